@@ -1,0 +1,213 @@
+"""The `evalboard` command line: one typed function per command; its docstring is its --help.
+
+Any `EvalboardError` becomes one line on stderr and exit code 2; a traceback means a bug.
+Machine-readable output (`--json`) goes to stdout; progress bars and logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+
+from registry.errors import EvalboardError
+
+app = typer.Typer(
+    name="evalboard",
+    help="Catalogue, audit and evaluate trainable-rows and connector checkpoints of frozen base LLMs.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+evalset_app = typer.Typer(help="Register and list eval sets.", no_args_is_help=True)
+app.add_typer(evalset_app, name="evalset")
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+
+def _registry():
+    from registry.settings import Settings
+    from registry.store import Registry
+
+    settings = Settings.from_env()
+    if settings.db_url.startswith("sqlite"):
+        settings.ensure_home()
+    return Registry(settings=settings), settings
+
+
+def _print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def _progress(description: str):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=err, transient=False, disable=not err.is_terminal and not _force_progress())
+
+
+def _force_progress() -> bool:
+    import os
+
+    return os.environ.get("EVALBOARD_PROGRESS", "") == "1"
+
+
+@app.command()
+def scan(
+    paths: list[Path] = typer.Argument(..., help="Folders (or single checkpoints) to scan; runs are found inside."),
+    json_out: bool = typer.Option(False, "--json", help="Print a JSON summary {found, new, unchanged, invalid, ...}."),
+) -> None:
+    """Find runs, checkpoints, token spaces, eval_step*.json files and eval sets under PATHS and
+    register them. Unchanged checkpoints (same size and mtime) are skipped without reading them;
+    broken ones are registered as invalid with their reason and the scan goes on."""
+    from registry.scanner import scan as do_scan
+
+    reg, _ = _registry()
+    with _progress("scan") as bar:
+        task = bar.add_task("scanning", total=None)
+        summary = do_scan(reg, paths, on_total=lambda n: bar.update(task, total=n),
+                          progress=lambda _p: bar.advance(task))
+    if json_out:
+        _print_json(summary.to_dict())
+        return
+    err.print(f"found {summary.found} checkpoints in {summary.runs} runs: {summary.new} new, "
+              f"{summary.updated} updated, {summary.unchanged} unchanged, {summary.invalid} invalid; "
+              f"{summary.evalsets} new eval sets, {summary.results_imported} eval results imported")
+    for item in summary.invalid_items:
+        err.print(f"[red]invalid[/red] {item['reason']}", markup=True, highlight=False)
+
+
+@app.command()
+def inspect(
+    path: Path = typer.Argument(..., help="A checkpoint folder or .pt file, a token_space.json, an eval set "
+                                          "folder/manifest, or an eval_step*.json."),
+    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Validate one file or folder and say what it is (track, step, base model, ranges, hashes,
+    shapes), or why it is invalid (exit 2). Registers nothing."""
+    from evalboard.inspecting import inspect_path
+
+    summary = inspect_path(path)
+    if json_out:
+        _print_json(summary)
+        return
+    for key, value in summary.items():
+        if isinstance(value, (dict, list)):
+            value = json.dumps(value, default=str)
+        out.print(f"{key:>18}: {value}", highlight=False, markup=False)
+
+
+@app.command()
+def audit(
+    json_out: bool = typer.Option(False, "--json", help="Print findings as a JSON list."),
+    fail_on_mismatch: bool = typer.Option(False, "--fail-on-mismatch",
+                                          help="Exit 1 when any error-level finding exists (for CI gates)."),
+    severity: str = typer.Option("info", help="Lowest severity to show: error, warning or info."),
+) -> None:
+    """Report token-space compatibility across everything registered: checkpoint vs run-level vs
+    eval-set token spaces, row ranges vs modality ranges, base-model padding rows, base models
+    mixed within a run, codec/tokenizer versions, checkpoints shipped without token_space.json."""
+    from registry.audit import SEVERITIES, audit as do_audit, summarize
+
+    if severity not in SEVERITIES:
+        raise typer.BadParameter(f"--severity must be one of {', '.join(SEVERITIES)}")
+    reg, settings = _registry()
+    findings = do_audit(reg, models=settings.models)
+    shown = [f for f in findings if SEVERITIES.index(f.severity) <= SEVERITIES.index(severity)]
+    if json_out:
+        _print_json([f.to_dict() for f in shown])
+    else:
+        _print_findings(shown, summarize(findings))
+    if fail_on_mismatch and any(f.severity == "error" for f in findings):
+        raise typer.Exit(1)
+
+
+def _print_findings(findings, counts) -> None:
+    colours = {"error": "red", "warning": "yellow", "info": "cyan"}
+    for f in findings:
+        out.print(f"[{colours[f.severity]}]{f.severity:>7}[/] {f.code}: ", end="", markup=True, highlight=False)
+        out.print(f.message, markup=False, highlight=False)
+    out.print(f"{counts['error']} errors, {counts['warning']} warnings, {counts['info']} info", highlight=False)
+
+
+@evalset_app.command("add")
+def evalset_add(
+    path: Path = typer.Argument(..., help="Eval-set folder with manifest.json and *.parquet."),
+    name: Optional[str] = typer.Option(None, help="Register under this name instead of the manifest's."),
+    replace: bool = typer.Option(False, help="Replace an eval set already registered under the same name."),
+    json_out: bool = typer.Option(False, "--json", help="Print the registered eval set as JSON."),
+) -> None:
+    """Validate and register an eval set (nothing is written if it is invalid)."""
+    from registry.scanner import register_evalset
+
+    reg, _ = _registry()
+    es, state = register_evalset(reg, path, name=name, replace=replace)
+    if json_out:
+        _print_json({"name": es.name, "content_hash": es.content_hash, "token_space_hash": es.token_space_hash,
+                     "n_examples": es.n_examples, "tasks": es.tasks, "state": state})
+    else:
+        err.print(f"{state}: eval set {es.name!r} ({es.n_examples} examples, hash {es.content_hash[:12]})",
+                  markup=False, highlight=False)
+
+
+@evalset_app.command("list")
+def evalset_list(json_out: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
+    """List registered eval sets."""
+    reg, _ = _registry()
+    rows = [{"name": e.name, "n_examples": e.n_examples, "tasks": sorted(e.tasks), "content_hash": e.content_hash,
+             "token_space_hash": e.token_space_hash, "path": e.path} for e in reg.list_evalsets()]
+    if json_out:
+        _print_json(rows)
+        return
+    for r in rows:
+        out.print(f"{r['name']}  {r['n_examples']} examples  tasks={','.join(r['tasks'])}  "
+                  f"ts={(r['token_space_hash'] or '?')[:12]}  {r['path']}", markup=False, highlight=False)
+
+
+@app.command()
+def runs(json_out: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
+    """List registered runs with their checkpoint counts."""
+    reg, _ = _registry()
+    cks = reg.list_checkpoints()
+    rows = []
+    for r in reg.list_runs():
+        mine = [c for c in cks if c.run_id == r.id]
+        rows.append({"name": r.name, "track": r.track, "base_model": r.base_model, "checkpoints": len(mine),
+                     "invalid": sum(c.status != "valid" for c in mine),
+                     "steps": sorted(c.step for c in mine if c.step is not None), "path": r.path})
+    if json_out:
+        _print_json(rows)
+        return
+    for r in rows:
+        out.print(f"{r['name']}  track {r['track']}  {r['checkpoints']} checkpoints ({r['invalid']} invalid)  "
+                  f"base {r['base_model']}  {r['path']}", markup=False, highlight=False)
+
+
+@app.command()
+def demo(
+    workdir: Path = typer.Option(Path("demo-workspace"), help="Where the demo builds its models, runs and stores."),
+    port: int = typer.Option(8501, help="Port for the dashboard."),
+    no_serve: bool = typer.Option(False, "--no-serve", help="Do everything but start the dashboard; exit 0."),
+) -> None:
+    """Build a demo workspace from a tiny local Qwen3 (Track A and Track B runs, an eval set, a run
+    in a mismatched token space), scan it and print the audit."""
+    from evalboard.demo import run_demo
+
+    run_demo(workdir, port=port, serve=not no_serve, console=err)
+
+
+def main() -> None:
+    try:
+        app()
+    except EvalboardError as e:
+        err.print(f"error: {e}", markup=False, highlight=False)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""`evalboard inspect`: decide what a path is, validate it, summarise it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from registry.connector import ConnectorCheckpoint
+from registry.errors import InvalidInput
+from registry.eval_result import EvalResult
+from registry.evalset import MANIFEST, EvalSet
+from registry.token_space import TokenSpace
+from registry.trainable_rows import META_FILENAME, ROWS_FILENAMES, TrainableRows
+
+_TENSOR_SUFFIXES = (".pt", ".bin", ".pth", ".safetensors")
+
+
+def inspect_path(path: str | Path) -> dict[str, Any]:
+    """A JSON-able summary of whatever ``path`` is; raises InvalidInput naming the file otherwise."""
+    p = Path(path)
+    if not p.exists() and not p.is_symlink():
+        raise InvalidInput("does not exist", path=p)
+    if p.is_dir():
+        if (p / MANIFEST).exists():
+            return EvalSet.load(p).summary()
+        if any((p / n).exists() for n in (*ROWS_FILENAMES, META_FILENAME)):
+            return TrainableRows.load(p).summary()
+        raise InvalidInput("is a folder but neither a checkpoint (trainable_rows.*) nor an eval set (manifest.json)",
+                           path=p)
+    name = p.name
+    if name in ROWS_FILENAMES or name == META_FILENAME:
+        return TrainableRows.load(p.parent).summary()
+    if name == MANIFEST or p.suffix == ".parquet":
+        return EvalSet.load(p).summary()
+    if name.startswith("eval_step") and p.suffix == ".json":
+        res = EvalResult.load(p)
+        return {"kind": "eval_result", "path": str(p), **res.to_dict()}
+    if p.suffix == ".json":
+        ts = TokenSpace.load(p)
+        return {"kind": "token_space", "path": str(p), "abi_hash": ts.abi_hash, "file_sha256": ts.file_sha256,
+                "text_vocab_size": ts.text_vocab_size, "vocab_size_total": ts.vocab_size_total,
+                "modalities": {r.name: [r.start, r.end] for r in ts.modalities},
+                "pad_token_id": ts.resolved_pad_id(), "codec_versions": ts.codec_versions(),
+                "tokenizer": ts.tokenizer_version}
+    if p.suffix in _TENSOR_SUFFIXES:
+        return ConnectorCheckpoint.load(p).summary()
+    raise InvalidInput("is not a recognised evalboard file (checkpoint, token_space.json, eval set, eval_step json)",
+                       path=p)

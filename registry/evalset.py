@@ -1,0 +1,268 @@
+"""Eval sets: token ids already tokenized in one token space, stored as Parquet + ``manifest.json``.
+
+Layout (README "Eval set")::
+
+    my_evalset/
+      manifest.json      {"name", "token_space_hash", "codec_versions", "tokenizer_version",
+                          "token_space": {...inline token_space.json...} (optional), "description"}
+      data.parquet       columns example_id (str), task (str), input_ids (list<int>), labels (list<int>)
+      (more *.parquet files are concatenated in name order)
+
+``labels`` follows the Hugging Face convention: same length as ``input_ids``, ``-100`` where a
+position is not scored, and the model predicts ``labels[t]`` from positions ``< t``. So position
+0 can never be scored and each example needs at least one scored label at ``t >= 1``.
+
+The content hash covers the token-space hash and the bytes of every Parquet file, not the name or
+the description: renaming an eval set keeps its hash; changing one token changes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from registry.errors import InvalidInput
+from registry.files import FileRecord, file_records
+from registry.safeio import read_json
+from registry.token_space import TokenSpace
+
+__all__ = ["EvalSet", "Example", "IGNORE_INDEX", "write_evalset", "MANIFEST"]
+
+IGNORE_INDEX = -100
+MANIFEST = "manifest.json"
+COLUMNS = ("example_id", "task", "input_ids", "labels")
+_MANIFEST_FIELDS = {"name", "token_space_hash", "codec_versions", "tokenizer_version", "token_space",
+                    "description", "created_at", "files", "schema_version", "source", "tasks", "n_examples"}
+_HASH_ALIASES = ("token_space_hash", "token_space_abi_hash", "abi_hash")
+
+
+@dataclass(frozen=True, slots=True)
+class Example:
+    example_id: str
+    task: str
+    input_ids: list[int]
+    labels: list[int]
+
+    @property
+    def n_scored(self) -> int:
+        return sum(1 for x in self.labels[1:] if x != IGNORE_INDEX)
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    path: str
+    name: str
+    token_space_hash: str
+    manifest: Mapping[str, Any]
+    files: tuple[FileRecord, ...]
+    examples: tuple[Example, ...] = field(repr=False)
+    token_space: TokenSpace | None = None
+
+    @property
+    def content_hash(self) -> str:
+        h = hashlib.sha256(b"evalboard-evalset/1\n")
+        h.update(f"token_space:{self.token_space_hash}\n".encode())
+        for r in sorted(self.files, key=lambda r: r.name):
+            if r.name.endswith(".parquet"):
+                h.update(f"{r.name}:{r.sha256}\n".encode())
+        return h.hexdigest()
+
+    @property
+    def tasks(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for ex in self.examples:
+            t = out.setdefault(ex.task, {"examples": 0, "scored_tokens": 0, "tokens": 0})
+            t["examples"] += 1
+            t["scored_tokens"] += ex.n_scored
+            t["tokens"] += len(ex.input_ids)
+        return dict(sorted(out.items()))
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "kind": "evalset",
+            "path": self.path,
+            "name": self.name,
+            "content_hash": self.content_hash,
+            "token_space_hash": self.token_space_hash,
+            "n_examples": len(self.examples),
+            "tasks": self.tasks,
+            "codec_versions": self.manifest.get("codec_versions"),
+            "tokenizer_version": self.manifest.get("tokenizer_version"),
+            "files": [f.to_dict() for f in self.files],
+        }
+
+    @classmethod
+    def load(cls, path: str | Path, *, token_space: TokenSpace | None = None) -> "EvalSet":
+        """Read and validate. Token ids are checked against ``token_space`` when given, else
+        against the inline token space of the manifest (whose hash must match)."""
+        root, manifest_path = _locate(Path(path))
+        manifest = read_json(manifest_path)
+        where = str(manifest_path)
+        unexpected = sorted(set(manifest) - _MANIFEST_FIELDS - set(_HASH_ALIASES))
+        if unexpected:
+            raise InvalidInput(f"unexpected field {unexpected[0]!r}; known fields: {', '.join(sorted(_MANIFEST_FIELDS))}",
+                               path=where)
+        name = manifest.get("name")
+        if not isinstance(name, str) or not name.strip():
+            raise InvalidInput("missing field 'name' (a non-empty string)", path=where)
+        ts_hash = next((manifest[k] for k in _HASH_ALIASES if k in manifest), None)
+        inline = manifest.get("token_space")
+        inline_ts = TokenSpace.from_dict(inline, source=f"{where} (token_space)") if isinstance(inline, dict) else None
+        if ts_hash is None and inline_ts is None:
+            raise InvalidInput("missing field 'token_space_hash' (the token space the ids were made in)", path=where)
+        if ts_hash is not None and not isinstance(ts_hash, str):
+            raise InvalidInput("token_space_hash must be a string", path=where)
+        if inline_ts is not None and ts_hash is not None and inline_ts.abi_hash != ts_hash:
+            raise InvalidInput(
+                f"token_space_hash {ts_hash[:12]}… does not match its inline token_space ({inline_ts.abi_hash[:12]}…)",
+                path=where,
+            )
+        ts_hash = ts_hash or inline_ts.abi_hash
+        space = token_space or inline_ts
+        parquet_files = _parquet_files(root, manifest, where)
+        examples = _read_examples(parquet_files)
+        _validate(examples, space, parquet_files)
+        files = tuple(file_records(root, [manifest_path, *parquet_files]))
+        return cls(str(root), name, ts_hash, manifest, files, tuple(examples), space)
+
+
+def _locate(path: Path) -> tuple[Path, Path]:
+    if path.is_dir():
+        return path, path / MANIFEST if (path / MANIFEST).exists() else _missing_manifest(path)
+    if path.name == MANIFEST and path.exists():
+        return path.parent, path
+    if path.suffix == ".parquet" and path.exists():
+        m = path.parent / MANIFEST
+        return (path.parent, m) if m.exists() else _missing_manifest(path.parent)
+    raise InvalidInput("not found (expected an eval-set folder with manifest.json and *.parquet)", path=path)
+
+
+def _missing_manifest(root: Path):
+    raise InvalidInput(f"has no {MANIFEST} (name, token_space_hash, codec versions)", path=root)
+
+
+def _parquet_files(root: Path, manifest: Mapping[str, Any], where: str) -> list[Path]:
+    listed = manifest.get("files")
+    if listed is not None:
+        if not isinstance(listed, list) or not all(isinstance(x, str) for x in listed):
+            raise InvalidInput("files must be a list of Parquet file names", path=where)
+        files = [root / x for x in listed]
+        for f in files:
+            if not f.resolve().is_relative_to(root.resolve()):
+                raise InvalidInput(f"file {f.name!r} lies outside the eval-set folder", path=where)
+            if not f.exists():
+                raise InvalidInput(f"lists {f.name!r}, which does not exist", path=where)
+    else:
+        files = sorted(root.glob("*.parquet"))
+    if not files:
+        raise InvalidInput("has no *.parquet files: the eval set is empty", path=root)
+    return files
+
+
+def _read_examples(files: Sequence[Path]) -> list[Example]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    examples: list[Example] = []
+    for f in files:
+        try:
+            table = pq.read_table(f)
+        except (pa.ArrowException, OSError) as e:
+            raise InvalidInput(f"is not a readable Parquet file: {str(e).splitlines()[0]}", path=f) from None
+        missing = [c for c in COLUMNS if c not in table.column_names]
+        if missing:
+            raise InvalidInput(f"is missing column {missing[0]!r} (needs {', '.join(COLUMNS)})", path=f)
+        cols = {c: table.column(c).to_pylist() for c in COLUMNS}
+        for i in range(table.num_rows):
+            ids, labels = cols["input_ids"][i], cols["labels"][i]
+            if not isinstance(ids, list) or not isinstance(labels, list):
+                raise InvalidInput(f"row {i}: input_ids and labels must be lists of integers", path=f)
+            if any(not isinstance(x, int) for x in ids) or any(not isinstance(x, int) for x in labels):
+                raise InvalidInput(f"row {i}: input_ids and labels must hold integers (no nulls or floats)", path=f)
+            task = cols["task"][i]
+            if not isinstance(task, str) or not task:
+                raise InvalidInput(f"row {i}: task must be a non-empty string", path=f)
+            ex_id = cols["example_id"][i]
+            if ex_id is None:
+                raise InvalidInput(f"row {i}: example_id is null", path=f)
+            examples.append(Example(str(ex_id), task, ids, labels))
+    return examples
+
+
+def _validate(examples: Sequence[Example], space: TokenSpace | None, files: Sequence[Path]) -> None:
+    where = files[0] if len(files) == 1 else files[0].parent
+    if not examples:
+        raise InvalidInput("holds no examples: the eval set is empty", path=where)
+    seen: set[str] = set()
+    limit = space.vocab_size_total if space else None
+    for ex in examples:
+        label = f"example {ex.example_id!r}"
+        if ex.example_id in seen:
+            raise InvalidInput(f"{label} appears twice (example_id must be unique)", path=where)
+        seen.add(ex.example_id)
+        if not ex.input_ids:
+            raise InvalidInput(f"{label} has no tokens", path=where)
+        if len(ex.input_ids) != len(ex.labels):
+            raise InvalidInput(
+                f"{label}: input_ids has {len(ex.input_ids)} tokens but labels has {len(ex.labels)}", path=where
+            )
+        if ex.n_scored == 0:
+            raise InvalidInput(
+                f"{label} has no scored position (every label after the first is -100)", path=where
+            )
+        lo = min(ex.input_ids)
+        hi = max(ex.input_ids)
+        if lo < 0 or (limit is not None and hi >= limit):
+            bad = lo if lo < 0 else hi
+            bound = f"[0, {limit})" if limit is not None else "non-negative"
+            raise InvalidInput(f"{label} has token id {bad}, outside the token space {bound}", path=where)
+        scored = [x for x in ex.labels if x != IGNORE_INDEX]
+        if scored and (min(scored) < 0 or (limit is not None and max(scored) >= limit)):
+            bad = min(scored) if min(scored) < 0 else max(scored)
+            raise InvalidInput(f"{label} has label {bad}, outside the token space", path=where)
+
+
+def write_evalset(
+    out_dir: str | Path,
+    name: str,
+    examples: Sequence[Example | Mapping[str, Any]],
+    token_space: TokenSpace,
+    *,
+    description: str | None = None,
+    rows_per_file: int | None = None,
+) -> EvalSet:
+    """Write Parquet + manifest (with the token space inline), then load it back to validate."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [e if isinstance(e, Example) else Example(str(e["example_id"]), str(e["task"]), list(e["input_ids"]),
+                                                     list(e["labels"])) for e in examples]
+    chunk = rows_per_file or max(len(rows), 1)
+    names = []
+    for i in range(0, max(len(rows), 1), chunk):
+        part = rows[i:i + chunk]
+        table = pa.table({
+            "example_id": pa.array([r.example_id for r in part], pa.string()),
+            "task": pa.array([r.task for r in part], pa.string()),
+            "input_ids": pa.array([r.input_ids for r in part], pa.list_(pa.int64())),
+            "labels": pa.array([r.labels for r in part], pa.list_(pa.int64())),
+        })
+        fname = f"part-{i // chunk:05d}.parquet"
+        pq.write_table(table, out / fname)
+        names.append(fname)
+    manifest = {
+        "name": name,
+        "token_space_hash": token_space.abi_hash,
+        "codec_versions": token_space.codec_versions(),
+        "tokenizer_version": token_space.tokenizer_version,
+        "token_space": token_space.to_dict(),
+        "files": names,
+        **({"description": description} if description else {}),
+    }
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return EvalSet.load(out)
