@@ -1,20 +1,24 @@
 # The two commands: `make demo` and `make test`. Each creates .venv and installs what it needs.
+SHELL  := /bin/bash
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 # torch is pinned to the CPU wheel for the dev/CI install path; the library itself asks torch>=2.4.
 TORCH_PIN ?= torch==2.13.0
-STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+STAMP  := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
+# pip's notes about local mirror folders that lack a package are noise, not problems.
+PIP_QUIET := 2>&1 | { grep -v -e "^WARNING: Location 'file:" -e "BuildBackendWarning" || true; }
 
 .PHONY: demo test venv clean bench
 
 $(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet "$(TORCH_PIN)"
-	$(BIN)/python -m pip install --quiet "$(TORCH_PIN)" -e ".[dev]"
-	rm -f $(VENV)/.installed-*
-	touch $(STAMP)
+	@echo "==> creating $(VENV) and installing evalboard (torch pinned to $(TORCH_PIN))"
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@set -o pipefail; $(BIN)/python -m pip install --quiet --upgrade pip $(PIP_QUIET)
+	@set -o pipefail; $(BIN)/python -m pip install --quiet "$(TORCH_PIN)" $(PIP_QUIET)
+	@set -o pipefail; $(BIN)/python -m pip install --quiet "$(TORCH_PIN)" -e ".[dev]" $(PIP_QUIET)
+	@rm -f $(VENV)/.installed-*
+	@touch $(STAMP)
 
 venv: $(STAMP)
 
@@ -26,6 +30,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/scan.py
+	$(BIN)/python benchmarks/eval_throughput.py
 
 clean:
-	rm -rf $(VENV) .evalboard .pytest_cache
+	rm -rf $(VENV) .evalboard .pytest_cache test-output

@@ -21,6 +21,7 @@ app = typer.Typer(
     help="Catalogue, audit and evaluate trainable-rows and connector checkpoints of frozen base LLMs.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
     add_completion=False,
 )
 evalset_app = typer.Typer(help="Register and list eval sets.", no_args_is_help=True)
@@ -199,6 +200,23 @@ def demo(
     from evalboard.demo import run_demo
 
     run_demo(workdir, port=port, serve=not no_serve, console=err)
+
+
+def _register_extensions() -> None:
+    """Commands that live next to the package they drive (evaluator, queue, dashboard)."""
+    import importlib
+
+    for module in ("evalboard.cli_eval", "evalboard.cli_queue", "evalboard.cli_dashboard"):
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name != module:
+                raise
+            continue
+        mod.register(app)
+
+
+_register_extensions()
 
 
 def main() -> None:

@@ -25,7 +25,7 @@ from registry.connector import ConnectorCheckpoint
 from registry.errors import EvalboardError, InvalidInput
 from registry.eval_result import EvalResult
 from registry.evalset import MANIFEST, EvalSet
-from registry.files import FileRecord, content_hash, stat_matches
+from registry.files import FileRecord, content_hash
 from registry.safeio import sha256_file
 from registry.store import Registry
 from registry.token_space import TokenSpace
@@ -212,19 +212,19 @@ class _Scanner:
     def checkpoint(self, run_id: int, path: Path, track: str, run_ts: TokenSpace | None):
         self.summary.found += 1
         self.progress(str(path))
-        names = _present_files(path, track)
-        escaped = [n for n in names if (path / n if path.is_dir() else path).is_symlink()
-                   and _outside(path / n if path.is_dir() else path, self.root)]
+        entries = _entries(path, track)
+        names = sorted(entries)
+        escaped = [n for n, e in entries.items() if e.is_symlink() and _outside(Path(e.path), self.root)]
         known = self.index.get(str(path))
         if known is not None and not escaped:
             files, _, status = known
-            if sorted(f["name"] for f in files) == sorted(names) and stat_matches(path, files):
+            if _unchanged(files, entries):
                 self.summary.unchanged += 1
                 if status == "invalid":
                     self.invalid(str(path), self.reg.get_checkpoint(path=str(path)).reason or "invalid")
                 return None
         if escaped:
-            target = os.path.realpath(path / escaped[0])
+            target = os.path.realpath(entries[escaped[0]].path)
             return self.record_invalid(run_id, path, track,
                                        f"{escaped[0]} is a symlink that leaves the scanned tree {self.root} "
                                        f"(points to {target}); refused", [])
@@ -315,10 +315,39 @@ def _step_key(p: Path) -> tuple[int, str]:
     return (s if s is not None else -1, p.name)
 
 
-def _present_files(path: Path, track: str) -> list[str]:
-    if track == "A" or path.is_file():
-        return [path.name] if path.exists() else []
-    return [n for n in _B_FILES if (path / n).exists() or (path / n).is_symlink()]
+class _FileEntry:
+    """The bits of os.DirEntry we use, for a single-file (Track A) checkpoint."""
+
+    def __init__(self, path: Path):
+        self.name, self.path = path.name, str(path)
+
+    def is_symlink(self) -> bool:
+        return os.path.islink(self.path)
+
+    def stat(self) -> os.stat_result:
+        return os.stat(self.path)
+
+
+def _entries(path: Path, track: str) -> dict[str, Any]:
+    """The checkpoint's recognised files, from one directory listing (a rescan's only reads)."""
+    if track == "A" or not path.is_dir():
+        return {path.name: _FileEntry(path)} if os.path.lexists(path) else {}
+    with os.scandir(path) as it:
+        return {e.name: e for e in it if e.name in _B_FILES}
+
+
+def _unchanged(files: list[dict[str, Any]], entries: dict[str, os.DirEntry]) -> bool:
+    """Same file names with the same size and mtime as registered: no need to read anything."""
+    if sorted(f["name"] for f in files) != sorted(entries):
+        return False
+    for f in files:
+        try:
+            st = entries[f["name"]].stat()
+        except OSError:
+            return False
+        if st.st_size != f["size"] or st.st_mtime_ns != f["mtime_ns"]:
+            return False
+    return True
 
 
 def _records(path: Path, names: Iterable[str]) -> list[FileRecord]:
