@@ -38,7 +38,7 @@ _FLAT_PATTERNS = (
 _ALL_NAMES = ("eval_loss", "loss")
 _INFO_KEYS = {"step", "global_step", "tokens", "examples", "checkpoint", "evalset", "token_space_hash",
               "evalboard_version", "created_at", "epoch", "n_examples", "n_tokens", "loss", "losses", "metrics",
-              "source", "device", "dtype", "max_examples", "runtime_s", "note"}
+              "source", "device", "dtype", "max_examples", "runtime_s", "note", "run_info"}
 
 
 def eval_filename(step: int) -> str:
@@ -77,7 +77,7 @@ class EvalResult:
             "checkpoint": dict(self.checkpoint),
             "evalset": dict(self.evalset),
             "token_space_hash": self.token_space_hash,
-            **dict(self.extra),
+            **({"run_info": dict(self.extra)} if self.extra else {}),
         }
 
     def save(self, path: str | Path) -> Path:
@@ -113,9 +113,10 @@ class EvalResult:
         elif name_step is not None and name_step != step:
             raise InvalidInput(f"step {step} inside the file disagrees with its name {path.name}", path=where)
         counts = {k: _int_map(data.get(k), k, where) for k in ("tokens", "examples")}
-        extra = {k: v for k, v in data.items() if k in _INFO_KEYS - {"loss", "losses", "metrics", "tokens",
-                                                                    "examples", "checkpoint", "evalset", "step",
-                                                                    "global_step", "token_space_hash"}}
+        extra = dict(data["run_info"]) if isinstance(data.get("run_info"), dict) else {}
+        extra.update({k: v for k, v in data.items() if k in _INFO_KEYS - {
+            "loss", "losses", "metrics", "tokens", "examples", "checkpoint", "evalset", "step", "global_step",
+            "token_space_hash", "run_info"}})
         return cls(
             step=step,
             losses=losses,

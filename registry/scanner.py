@@ -285,6 +285,10 @@ class _Scanner:
             return
         ck = steps.get(res.step) if res.step is not None else None
         evalset_hash = res.evalset.get("content_hash") if res.evalset else None
+        ck_hash = (res.checkpoint or {}).get("content_hash")
+        if ck_hash and evalset_hash and self.reg.find_eval_result(checkpoint_hash=ck_hash, evalset_hash=evalset_hash,
+                                                                  source="evaluator"):
+            return  # evalboard wrote this file itself: the result is already registered
         evalset_id = None
         if evalset_hash:
             try:

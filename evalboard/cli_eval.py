@@ -1,0 +1,276 @@
+"""CLI commands that drive the evaluator: eval, stats, materialize, import-eval."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from registry.errors import EvalboardError, InvalidInput, NotFound
+
+
+def _registry():
+    from evalboard.cli import _registry as reg
+
+    return reg()
+
+
+def resolve_checkpoint(reg, ref: str):
+    """A checkpoint by path (registered on the fly if needed) or by numeric id."""
+    from registry.scanner import scan
+
+    if ref.isdigit() and not Path(ref).exists():
+        return reg.get_checkpoint(id=int(ref))
+    path = Path(os.path.realpath(ref))
+    if not path.exists():
+        raise InvalidInput("does not exist", path=ref)
+    try:
+        return reg.get_checkpoint(path=str(path))
+    except NotFound:
+        scan(reg, [path])
+        return reg.get_checkpoint(path=str(path))
+
+
+def resolve_evalset(reg, ref: str):
+    """An eval set by registered name, or by path (registered on the fly)."""
+    from registry.scanner import register_evalset
+
+    try:
+        return reg.get_evalset(name=ref)
+    except NotFound:
+        if not Path(ref).exists():
+            names = ", ".join(e.name for e in reg.list_evalsets()) or "none registered"
+            raise NotFound(f"eval set {ref!r} is neither a registered name ({names}) nor a path") from None
+    return register_evalset(reg, ref)[0]
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s")
+
+
+def eval_cmd(
+    checkpoints: list[str] = typer.Argument(..., help="Checkpoint folders (registered on the fly) or registry ids."),
+    evalset: str = typer.Option(..., "--evalset", help="Registered eval-set name, or a path to one."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda or cuda:N (default: cuda when available, else cpu)."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object per checkpoint (a list)."),
+    force: bool = typer.Option(False, "--force", help="Evaluate again even if this content was evaluated on this set."),
+    max_examples: Optional[int] = typer.Option(None, "--max-examples", min=1,
+                                               help="Deterministic subset: at most N examples per task."),
+    allow_mismatch: bool = typer.Option(False, "--allow-mismatch",
+                                        help="Evaluate despite a token-space mismatch (run tagged as such)."),
+    no_eval_json: bool = typer.Option(False, "--no-eval-json",
+                                      help="Do not write eval_step<step>.json next to the checkpoint."),
+    batch_tokens: Optional[int] = typer.Option(None, "--batch-tokens", min=1,
+                                               help="Padded tokens per forward pass (default: automatic)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what loading and patching did."),
+) -> None:
+    """Evaluate checkpoints on an eval set: loss(all) and per task, logged to MLflow and the registry.
+    Several checkpoints share one base-model load (only their rows are swapped). Every checkpoint is
+    checked (compatibility, file integrity) before any is evaluated; a refusal exits 2 and logs nothing."""
+    from evalboard.cli import _progress, err
+    from evaluator.service import EvalOptions, Evaluator
+
+    _setup_logging(verbose)
+    reg, settings = _registry()
+    es = resolve_evalset(reg, evalset)
+    cks = [resolve_checkpoint(reg, c) for c in checkpoints]
+    options = EvalOptions(device=device, max_examples=max_examples, force=force, allow_mismatch=allow_mismatch,
+                          write_eval_json=not no_eval_json, max_tokens_per_batch=batch_tokens)
+    with _progress("eval") as bar:
+        ck_task = bar.add_task("checkpoints", total=len(cks))
+        tok_task = bar.add_task("tokens", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(tok_task, completed=done, total=total)
+
+        ev = Evaluator(reg, settings, progress=progress)
+        for ck in cks:  # refuse before computing anything
+            ev.check(ck, es, options)
+        outcomes = []
+        for ck in cks:
+            outcomes.append(ev.evaluate(ck, es, options))
+            bar.advance(ck_task)
+            if not json_out:
+                err.print(outcomes[-1].line(), markup=False, highlight=False)
+    if json_out:
+        sys.stdout.write(json.dumps([{
+            "checkpoint": o.checkpoint.path, "step": o.checkpoint.step, "evalset": o.evalset.name,
+            "losses": dict(o.result.losses), "tokens": dict(o.result.tokens), "examples": dict(o.result.examples),
+            "skipped": o.skipped, "mlflow_run_id": o.mlflow.get("run_id"),
+        } for o in outcomes], indent=2) + "\n")
+
+
+def stats_cmd(
+    checkpoint: str = typer.Argument(..., help="Track B checkpoint folder or registry id."),
+    json_out: bool = typer.Option(False, "--json", help="Print the statistics document as JSON."),
+    no_base: bool = typer.Option(False, "--no-base", help="Skip the base model's text rows (no base needed)."),
+) -> None:
+    """Row-norm statistics per modality range for the embedding and lm_head rows: count, mean, std,
+    min, p5, p50, p95, max; zero, non-finite and never-trained rows; the base's text rows (read as
+    slices from its safetensors, not the whole model); drift against the run's previous checkpoint."""
+    from evaluator.base_model import resolve_base_model
+    from evaluator.service import Evaluator
+    from evaluator.stats import checkpoint_row_stats
+
+    reg, settings = _registry()
+    ck = resolve_checkpoint(reg, checkpoint)
+    if ck.status != "valid":
+        raise InvalidInput(f"is invalid: {ck.reason}", path=ck.path)
+    if ck.track != "B":
+        raise InvalidInput("is a Track A checkpoint; row statistics need trainable rows", path=ck.path)
+    ev = Evaluator(reg, settings)
+    space = ev.token_space_for(ck)
+    rows = ev.load_rows(ck, space)
+    base_dir = None if no_base else resolve_base_model(rows.base_model, settings.models)
+    doc = checkpoint_row_stats(rows.embed, rows.lm_head, rows.row_start, space, step=ck.step, base_dir=base_dir,
+                               previous=ev._previous_rows(ck, space))
+    reg.put_row_stats(checkpoint_id=ck.id, stats=doc)
+    if json_out:
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+        return
+    from evalboard.cli import out
+
+    for name, mats in doc["ranges"].items():
+        for m, s in mats.items():
+            out.print(f"{name:>10} {m:<8} n={s['count']} mean={_f(s['mean'])} std={_f(s['std'])} "
+                      f"p5={_f(s['p5'])} p50={_f(s['p50'])} p95={_f(s['p95'])} zero={s['zero_rows']} "
+                      f"nonfinite={s['nonfinite_rows']} unchanged={s['unchanged_rows']}", highlight=False)
+    if doc["base_text"]:
+        for m, s in doc["base_text"].items():
+            out.print(f"{'base text':>10} {m:<8} n={s['count']} mean={_f(s['mean'])} p50={_f(s['p50'])}",
+                      highlight=False)
+
+
+def _f(x) -> str:
+    return "-" if x is None else f"{x:.4f}"
+
+
+def materialize_cmd(
+    checkpoint: str = typer.Argument(..., help="Track B checkpoint folder or registry id."),
+    out_dir: Path = typer.Option(..., "--out", help="Folder to write the full model into (must be empty or new)."),
+    dtype: Optional[str] = typer.Option(None, help="Save as float32/bfloat16/float16 (default: the base's dtype)."),
+) -> None:
+    """Write base + patched rows as a full `save_pretrained` snapshot, loadable with plain
+    `AutoModelForCausalLM.from_pretrained(OUT)` (the seed's "full model snapshot")."""
+    import shutil
+
+    import torch
+
+    from evaluator.base_model import load_base, resolve_base_model
+    from evaluator.rows import ResidentModel, TokenSpaceSizes, TrainableRows as RowsTensors
+    from evaluator.service import Evaluator
+
+    reg, settings = _registry()
+    ck = resolve_checkpoint(reg, checkpoint)
+    if ck.status != "valid" or ck.track != "B":
+        raise InvalidInput(f"cannot be materialized ({ck.reason or 'not a Track B checkpoint'})", path=ck.path)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise InvalidInput("exists and is not empty; choose a new folder", path=out_dir)
+    ev = Evaluator(reg, settings)
+    space = ev.token_space_for(ck)
+    rows = ev.load_rows(ck, space)
+    base_path = resolve_base_model(rows.base_model, settings.models)
+    want = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if dtype is not None and dtype not in want:
+        raise typer.BadParameter(f"--dtype must be one of {', '.join(want)}")
+    base = load_base(base_path, "cpu", dtype=want.get(dtype) if dtype else _saved_dtype(base_path))
+    resident = ResidentModel(base)
+    sizes = TokenSpaceSizes(space.text_vocab_size, space.vocab_size_total, space.resolved_pad_id())
+    resident.apply(sizes, RowsTensors(rows.embed, rows.lm_head, rows.row_start, rows.row_end, source=ck.path))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    resident.model.save_pretrained(out_dir, safe_serialization=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
+                 "generation_config.json"):
+        src = Path(base_path) / name
+        if src.exists() and not (out_dir / name).exists():
+            shutil.copy2(src, out_dir / name)
+    space.save(out_dir / "token_space.json")
+    (out_dir / "evalboard_materialized.json").write_text(json.dumps({
+        "checkpoint": ck.path, "checkpoint_hash": ck.content_hash, "base_model": rows.base_model,
+        "base_path": str(base_path), "token_space_hash": space.abi_hash, "row_start": rows.row_start,
+        "row_end": rows.row_end}, indent=2) + "\n")
+    from evalboard.cli import err
+
+    err.print(f"materialized {ck.path} into {out_dir}", markup=False, highlight=False)
+
+
+def _saved_dtype(base_path: Path):
+    import torch
+
+    try:
+        cfg = json.loads((Path(base_path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return torch.float32
+    name = cfg.get("dtype") or cfg.get("torch_dtype") or "float32"
+    return getattr(torch, str(name), torch.float32)
+
+
+def import_eval_cmd(
+    paths: list[Path] = typer.Argument(..., help="eval_step*.json files (or folders holding them)."),
+    json_out: bool = typer.Option(False, "--json", help="Print what was imported as JSON."),
+) -> None:
+    """Backfill existing eval_step*.json files into MLflow (and the registry), linked to their
+    checkpoints when those are registered. Importing the same file twice does nothing."""
+    from evaluator.tracking import Tracker
+    from registry.eval_result import EvalResult
+    from registry.safeio import sha256_file
+
+    reg, settings = _registry()
+    files: list[Path] = []
+    for p in paths:
+        files += sorted(p.glob("eval_step*.json")) if p.is_dir() else [p]
+    parsed = [(f, EvalResult.load(f)) for f in files]  # validate everything before writing anything
+    tracker = Tracker(settings.mlflow_uri)
+    done = []
+    for f, res in parsed:
+        run_dir = os.path.realpath(f.parent)
+        try:
+            run = reg.get_run(path=run_dir)
+        except NotFound:
+            run = reg.upsert_run(path=run_dir, name=Path(run_dir).name)
+        ck = next((c for c in reg.list_checkpoints(run_id=run.id) if c.step == res.step and c.status == "valid"),
+                  None)
+        sha = sha256_file(f)
+        ids = tracker.log_imported(run_name=run.name, step=res.step, losses=res.losses, tokens=res.tokens,
+                                   source_path=str(f), checkpoint_hash=ck.content_hash if ck else None,
+                                   file_sha256=sha)
+        existing = next((r for r in reg.list_eval_results(run_ids=[run.id])
+                         if r.source == "import" and (r.extra or {}).get("file_sha256") == sha), None)
+        if existing is None:
+            reg.add_eval_result(checkpoint_id=ck.id if ck else None, run_id=run.id, step=res.step, source="import",
+                                loss_all=res.loss_all, metrics=res.metrics(), path=str(f),
+                                checkpoint_hash=ck.content_hash if ck else None,
+                                evalset_hash=(res.evalset or {}).get("content_hash"),
+                                mlflow_run_id=ids["run_id"],
+                                extra={"file_sha256": sha, "mlflow_experiment_id": ids["experiment_id"],
+                                       "run_name": run.name})
+        elif existing.mlflow_run_id != ids["run_id"]:
+            reg.update_eval_result(id=existing.id, mlflow_run_id=ids["run_id"],
+                                   extra={"mlflow_experiment_id": ids["experiment_id"]})
+        done.append({"path": str(f), "run": run.name, "step": res.step, "linked": ck is not None,
+                     "mlflow_run_id": ids["run_id"], "already_imported": ids.get("reused") == "true"})
+    if json_out:
+        sys.stdout.write(json.dumps(done, indent=2) + "\n")
+    else:
+        from evalboard.cli import err
+
+        for d in done:
+            err.print(f"{'already imported' if d['already_imported'] else 'imported'} {d['path']} "
+                      f"(run {d['run']}, step {d['step']}, {'linked' if d['linked'] else 'unlinked'})",
+                      markup=False, highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("eval")(eval_cmd)
+    app.command("stats")(stats_cmd)
+    app.command("materialize")(materialize_cmd)
+    app.command("import-eval")(import_eval_cmd)
+
+
+__all__ = ["register", "resolve_checkpoint", "resolve_evalset", "EvalboardError"]

@@ -1,0 +1,114 @@
+"""Finding a base model on local disk and loading it once, frozen, for evaluation.
+
+Workers never download: a base model id resolves to a local directory through the
+`EVALBOARD_MODELS` map, a path given as the id, or the Hugging Face cache (offline).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from registry.errors import InvalidInput, NotFound
+
+__all__ = ["ResidentBase", "resolve_base_model", "load_base", "default_dtype"]
+
+log = logging.getLogger(__name__)
+
+
+def resolve_base_model(
+    model_id: str, models_map: Mapping[str, str], *, cache_dir: str | Path | None = None
+) -> Path:
+    """Local directory holding `model_id`'s weights, without touching the network.
+
+    Tried in order: the `models_map` entry (from `EVALBOARD_MODELS`), `model_id` itself as an
+    existing directory, then the Hugging Face cache (`cache_dir`, default: the hub's own) offline.
+    """
+    if model_id in models_map:
+        path = Path(models_map[model_id]).expanduser()
+        if not path.is_dir():
+            raise NotFound(
+                f"EVALBOARD_MODELS maps base model {model_id!r} to {str(path)!r}, "
+                "which is not a directory; fix the entry or download the model there"
+            )
+        return path
+    as_path = Path(model_id).expanduser()
+    if as_path.is_dir():
+        return as_path
+    cached = _from_hf_cache(model_id, cache_dir)
+    if cached is not None:
+        return cached
+    known = ", ".join(sorted(models_map)) or "none"
+    raise NotFound(
+        f"base model {model_id!r} is not available locally: not in EVALBOARD_MODELS "
+        f"(known ids: {known}), not an existing directory, not in the Hugging Face cache. "
+        f"Add it with EVALBOARD_MODELS='{model_id}=/path/to/model' (or a JSON file mapping "
+        "id -> directory), or download it first with `huggingface-cli download`"
+    )
+
+
+def _from_hf_cache(model_id: str, cache_dir: str | Path | None) -> Path | None:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError
+
+    try:
+        return Path(snapshot_download(model_id, cache_dir=cache_dir, local_files_only=True))
+    except (FileNotFoundError, HFValidationError, ValueError, OSError):
+        # LocalEntryNotFoundError is a FileNotFoundError; a path-like id fails validation.
+        return None
+
+
+def default_dtype(device: str | torch.device) -> torch.dtype:
+    """bfloat16 on CUDA (how these bases are trained and served), float32 on CPU (bf16 matmuls
+    on CPU are slow and we want exact reference losses there)."""
+    return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+
+
+@dataclass(frozen=True)
+class ResidentBase:
+    """A base model loaded once, frozen, in eval mode, on `device`."""
+
+    model: torch.nn.Module
+    path: Path
+    device: torch.device
+    dtype: torch.dtype
+    load_seconds: float
+
+    def describe(self) -> str:
+        n_params = sum(p.numel() for p in self.model.parameters())
+        return (
+            f"base {self.path} loaded on {self.device} as {str(self.dtype).removeprefix('torch.')} "
+            f"({n_params / 1e6:.1f}M parameters) in {self.load_seconds:.1f}s"
+        )
+
+
+def load_base(
+    path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+) -> ResidentBase:
+    """Load the causal LM at `path` onto `device`, frozen (eval mode, no gradients).
+
+    `dtype` defaults to `default_dtype(device)`.
+    """
+    from transformers import AutoModelForCausalLM
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise NotFound(f"no config.json in base model directory {path}", path=path)
+    device = torch.device(device)
+    dtype = dtype or default_dtype(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidInput("device 'cuda' requested but torch sees no CUDA device; use --device cpu")
+    start = time.perf_counter()
+    # No device_map: that needs `accelerate`, which we do not depend on; one .to() is enough.
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, low_cpu_mem_usage=True)
+    model.to(device)
+    model.eval()
+    model.requires_grad_(False)
+    base = ResidentBase(model, path, device, dtype, time.perf_counter() - start)
+    log.info(base.describe())
+    return base

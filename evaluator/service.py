@@ -1,0 +1,371 @@
+"""Evaluate registered checkpoints on an eval set: the pipeline behind `evalboard eval` and the worker.
+
+Order matters for "nothing is logged on refusal": every check (compatibility, file integrity,
+base model, rows) runs before any result is written; numbers are computed before MLflow is
+touched; the registry row is written last, with the MLflow ids.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from evaluator.base_model import ResidentBase, load_base, resolve_base_model
+from evaluator.batching import Example
+from evaluator.loss import LossReport, evaluate_loss
+from evaluator.rows import ResidentModel, TokenSpaceSizes
+from evaluator.rows import TrainableRows as RowsTensors
+from registry.audit import pair_findings
+from registry.entities import CheckpointEntity, EvalSetEntity
+from registry.errors import Incompatible, InvalidInput, NotFound
+from registry.eval_result import EvalResult, eval_filename
+from registry.evalset import EvalSet
+from registry.files import verify_files
+from registry.settings import Settings
+from registry.store import Registry
+from registry.token_space import TokenSpace
+from registry.trainable_rows import TrainableRows
+
+__all__ = ["EvalOptions", "EvalOutcome", "Evaluator", "subset_examples", "resolve_device"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    device: str | None = None
+    """'cpu', 'cuda' or 'cuda:N'; None picks cuda when available, else cpu."""
+    max_examples: int | None = None
+    """Evaluate a deterministic subset of at most this many examples per task."""
+    force: bool = False
+    """Evaluate again even when this checkpoint content was already evaluated on this eval set."""
+    allow_mismatch: bool = False
+    """Evaluate despite a token-space mismatch (the MLflow run is tagged as such)."""
+    write_eval_json: bool = True
+    """Also write eval_step<step>.json into the checkpoint's run folder."""
+    max_tokens_per_batch: int | None = None
+    """Padded tokens per forward pass; None = automatic."""
+    log_to_mlflow: bool = True
+
+
+@dataclass
+class EvalOutcome:
+    checkpoint: CheckpointEntity
+    evalset: EvalSetEntity
+    result: EvalResult
+    report: LossReport | None
+    mlflow: dict[str, str] = field(default_factory=dict)
+    skipped: bool = False
+    registry_result_id: int | None = None
+
+    def line(self) -> str:
+        losses = " ".join(f"{k}={v:.4f}" for k, v in self.result.losses.items())
+        state = "already evaluated" if self.skipped else "evaluated"
+        return f"{state}: {self.checkpoint.path} on {self.evalset.name}: {losses}"
+
+
+def resolve_device(requested: str | None) -> torch.device:
+    """A device we can actually use, or a clear error (never a silent fallback for an explicit ask)."""
+    if requested is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(requested)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InvalidInput(f"--device {requested}: torch sees no CUDA device on this machine; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise InvalidInput(f"--device {requested}: only {torch.cuda.device_count()} CUDA devices are visible")
+    return dev
+
+
+def subset_examples(examples: Sequence[Any], max_per_task: int) -> list[Any]:
+    """The same subset every time: per task, the examples whose id hashes lowest."""
+    by_task: dict[str, list[Any]] = {}
+    for ex in examples:
+        by_task.setdefault(ex.task, []).append(ex)
+    chosen = []
+    for task in sorted(by_task):
+        ranked = sorted(by_task[task], key=lambda e: hashlib.sha256(e.example_id.encode()).hexdigest())
+        chosen.extend(ranked[:max_per_task])
+    keep = {id(e) for e in chosen}
+    return [e for e in examples if id(e) in keep]
+
+
+def eval_key(checkpoint_hash: str, evalset_hash: str, max_examples: int | None) -> str:
+    suffix = f":n{max_examples}" if max_examples else ""
+    return f"{checkpoint_hash[:24]}:{evalset_hash[:24]}{suffix}"
+
+
+class Evaluator:
+    """Holds one resident base model and evaluates checkpoints against eval sets."""
+
+    def __init__(self, registry: Registry, settings: Settings | None = None, *, tracker: Any = None,
+                 progress: Callable[[int, int], None] | None = None):
+        self.reg = registry
+        self.settings = settings or Settings.from_env()
+        self._tracker = tracker
+        self.progress = progress
+        self.base: ResidentBase | None = None
+        self.resident: ResidentModel | None = None
+        self._evalsets: dict[tuple[str, str], list[Example]] = {}
+        self.loads = 0
+
+    @property
+    def tracker(self):
+        if self._tracker is None:
+            from evaluator.tracking import Tracker
+
+            self._tracker = Tracker(self.settings.mlflow_uri)
+        return self._tracker
+
+    # --- preparation (all checks, no writes) ------------------------------------------------
+
+    def check(self, ck: CheckpointEntity, es: EvalSetEntity, options: EvalOptions) -> list:
+        """Refuse what cannot be evaluated; returns the non-error findings (e.g. version warnings)."""
+        findings = pair_findings(self.reg, ck, es)
+        errors = [f for f in findings if f.severity == "error"]
+        overridable = {"token-space-mismatch"}
+        if errors and not (options.allow_mismatch and all(f.code in overridable for f in errors)):
+            hint = " (pass --allow-mismatch to evaluate anyway)" if all(f.code in overridable for f in errors) else ""
+            raise Incompatible(f"refusing to evaluate {ck.path} on eval set {es.name!r}: "
+                               + "; ".join(f.message for f in errors) + hint)
+        return findings
+
+    def token_space_for(self, ck: CheckpointEntity) -> TokenSpace:
+        ts_id = ck.token_space_id
+        if ts_id is None:
+            run = self.reg.get_run(id=ck.run_id)
+            ts_id = run.token_space_id
+        if ts_id is None:
+            raise InvalidInput("has no token_space.json and its run has none", path=ck.path)
+        ent = self.reg.get_token_space(id=ts_id)
+        return TokenSpace.from_dict(ent.spec, source=ent.first_path)
+
+    def load_rows(self, ck: CheckpointEntity, space: TokenSpace) -> TrainableRows:
+        verify_files(ck.path, ck.files)
+        rows = TrainableRows.load(ck.path, run_token_space=space)
+        if rows.content_hash != ck.content_hash:
+            raise InvalidInput("changed on disk since registration; rescan it with `evalboard scan`", path=ck.path)
+        return rows
+
+    def ensure_base(self, base_model: str, device: torch.device) -> ResidentModel:
+        path = resolve_base_model(base_model, self.settings.models)
+        if self.base is None or self.base.path != Path(path) or self.base.device != device:
+            self.base = None
+            self.resident = None
+            self.base = load_base(path, device)
+            self.resident = ResidentModel(self.base)
+            self.loads += 1
+            log.info(self.base.describe())
+        return self.resident
+
+    def examples_for(self, es: EvalSetEntity, space: TokenSpace, max_examples: int | None) -> list[Example]:
+        key = (es.content_hash, space.abi_hash)
+        if key not in self._evalsets:
+            verify_files(es.path, es.files)
+            loaded = EvalSet.load(es.path, token_space=space)
+            if loaded.content_hash != es.content_hash:
+                raise InvalidInput("eval set changed on disk since registration; re-register it", path=es.path)
+            self._evalsets[key] = [Example(e.example_id, e.task, e.input_ids, e.labels) for e in loaded.examples]
+        examples = self._evalsets[key]
+        return subset_examples(examples, max_examples) if max_examples else examples
+
+    # --- the evaluation ---------------------------------------------------------------------
+
+    def compute(self, ck: CheckpointEntity, es: EvalSetEntity, options: EvalOptions) -> tuple[EvalResult, LossReport, dict]:
+        """Check, load, patch and compute; writes nothing."""
+        findings = self.check(ck, es, options)
+        space = self.token_space_for(ck)
+        rows = self.load_rows(ck, space)
+        device = resolve_device(options.device)
+        resident = self.ensure_base(rows.base_model, device)
+        sizes = TokenSpaceSizes(space.text_vocab_size, space.vocab_size_total, space.resolved_pad_id())
+        applied = resident.apply(sizes, RowsTensors(rows.embed, rows.lm_head, rows.row_start, rows.row_end,
+                                                    source=ck.path))
+        examples = self.examples_for(es, space, options.max_examples)
+        report = evaluate_loss(resident.model, examples, max_tokens_per_batch=options.max_tokens_per_batch,
+                               pad_token_id=sizes.pad_token_id, progress=self.progress)
+        bad = {t: v.loss for t, v in report.tasks.items() if not math.isfinite(v.loss)}
+        if bad:
+            raise InvalidInput(f"non-finite loss {bad} on eval set {es.name!r}; not logged as a score", path=ck.path)
+        result = EvalResult(
+            step=ck.step,
+            losses=report.losses(),
+            tokens={t: v.tokens for t, v in report.tasks.items()},
+            examples={t: v.examples for t, v in report.tasks.items()},
+            checkpoint={"path": ck.path, "content_hash": ck.content_hash},
+            evalset={"name": es.name, "content_hash": es.content_hash},
+            token_space_hash=space.abi_hash,
+            extra=_reproducibility(self.base, report, options, applied.describe(), findings),
+        )
+        return result, report, {"rows": rows, "space": space}
+
+    def evaluate(self, ck: CheckpointEntity, es: EvalSetEntity, options: EvalOptions = EvalOptions(),
+                 *, job_id: int | None = None) -> EvalOutcome:
+        if not options.force:
+            existing = self._existing(ck, es, options)
+            if existing is not None:
+                return existing
+        result, report, ctx = self.compute(ck, es, options)
+        return self.record(ck, es, result, report, options, ctx, job_id=job_id)
+
+    def _existing(self, ck: CheckpointEntity, es: EvalSetEntity, options: EvalOptions) -> EvalOutcome | None:
+        for r in self.reg.list_eval_results(checkpoint_id=ck.id):
+            if (r.source == "evaluator" and r.evalset_hash == es.content_hash
+                    and (r.extra or {}).get("max_examples") == options.max_examples):
+                metrics = r.metrics or {}
+                res = EvalResult(step=r.step, losses={t: m["loss"] for t, m in metrics.items()},
+                                 tokens={t: m.get("tokens") for t, m in metrics.items()},
+                                 examples={t: m.get("examples") for t, m in metrics.items()})
+                return EvalOutcome(ck, es, res, None, {"run_id": r.mlflow_run_id or ""}, skipped=True,
+                                   registry_result_id=r.id)
+        return None
+
+    def record(self, ck, es, result: EvalResult, report: LossReport | None, options: EvalOptions, ctx: dict,
+               *, job_id: int | None = None) -> EvalOutcome:
+        """Write the artifacts, log to MLflow, then record the result in the registry."""
+        out_dir = self.settings.home / "results" / f"{ck.content_hash[:16]}-{es.content_hash[:16]}"
+        if options.max_examples:
+            out_dir = out_dir.with_name(out_dir.name + f"-n{options.max_examples}")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        artifacts = {}
+        result_path = result.save(out_dir / eval_filename(ck.step or 0))
+        artifacts[result_path.name] = str(result_path)
+        if report is not None:
+            per_example = out_dir / "per_example_losses.parquet"
+            _write_per_example(report, per_example)
+            artifacts[per_example.name] = str(per_example)
+        stats = self._row_stats(ck, ctx)
+        if stats is not None:
+            import json
+
+            stats_path = out_dir / "row_stats.json"
+            stats_path.write_text(json.dumps(stats, indent=2) + "\n")
+            artifacts[stats_path.name] = str(stats_path)
+        if options.write_eval_json and ck.step is not None:
+            _write_next_to_checkpoint(result, Path(ck.path), es.name)
+        mlflow_ids: dict[str, str] = {}
+        if options.log_to_mlflow:
+            mlflow_ids = self.tracker.log(self._record(ck, es, result, options, artifacts), job_id=job_id,
+                                          force=options.force)
+        run = self.reg.get_run(id=ck.run_id)
+        extra = {"per_example_path": artifacts.get("per_example_losses.parquet"),
+                 "mlflow_experiment_id": mlflow_ids.get("experiment_id"),
+                 "mlflow_model_id": mlflow_ids.get("model_id"),
+                 "max_examples": options.max_examples, "allow_mismatch": options.allow_mismatch,
+                 "result_dir": str(out_dir), "job_id": job_id, "run_name": run.name,
+                 **{k: v for k, v in result.extra.items() if k in ("device", "dtype")}}
+        ent = self.reg.add_eval_result(
+            checkpoint_id=ck.id, run_id=ck.run_id, evalset_id=es.id, evalset_hash=es.content_hash,
+            checkpoint_hash=ck.content_hash, step=ck.step, source="evaluator", loss_all=result.loss_all,
+            metrics=result.metrics(), mlflow_run_id=mlflow_ids.get("run_id"), path=str(result_path), extra=extra)
+        return EvalOutcome(ck, es, result, report, mlflow_ids, registry_result_id=ent.id)
+
+    def _row_stats(self, ck: CheckpointEntity, ctx: dict) -> dict | None:
+        from evaluator.stats import checkpoint_row_stats
+
+        rows, space = ctx.get("rows"), ctx.get("space")
+        if rows is None or space is None:
+            return None
+        prev = self._previous_rows(ck, space)
+        stats = checkpoint_row_stats(rows.embed, rows.lm_head, rows.row_start, space, step=ck.step,
+                                     base_dir=self.base.path if self.base else None, previous=prev)
+        self.reg.put_row_stats(checkpoint_id=ck.id, stats=stats)
+        return stats
+
+    def _previous_rows(self, ck: CheckpointEntity, space: TokenSpace):
+        if ck.step is None:
+            return None
+        earlier = [c for c in self.reg.list_checkpoints(run_id=ck.run_id, status="valid")
+                   if c.track == "B" and c.step is not None and c.step < ck.step]
+        if not earlier:
+            return None
+        prev = max(earlier, key=lambda c: c.step)
+        try:
+            rows = TrainableRows.load(prev.path, run_token_space=space)
+        except Exception as e:  # noqa: BLE001 - drift is optional; a broken previous checkpoint only loses it
+            log.warning("no drift for %s: previous checkpoint %s unreadable: %s", ck.path, prev.path, e)
+            return None
+        return prev.step, rows.embed, rows.lm_head
+
+    def _record(self, ck, es, result: EvalResult, options: EvalOptions, artifacts: dict):
+        from evaluator.tracking import EvalRecord
+
+        run = self.reg.get_run(id=ck.run_id)
+        params = {k: v for k, v in result.extra.items() if k not in ("findings", "prepare")}
+        tags = {"evalboard.allow_mismatch": str(options.allow_mismatch).lower()}
+        if options.max_examples:
+            tags["evalboard.subset"] = f"max_examples={options.max_examples}"
+        return EvalRecord(
+            run_name=run.name, checkpoint_path=ck.path, checkpoint_hash=ck.content_hash, step=ck.step or 0,
+            base_model=ck.base_model or "", row_start=ck.row_start or 0, row_end=ck.row_end or 0,
+            token_space_hash=result.token_space_hash or "", evalset_name=es.name, evalset_hash=es.content_hash,
+            evalset_path=es.path, losses=result.losses, tokens=result.tokens, examples=result.examples,
+            params=params, tags=tags, artifacts=artifacts,
+            eval_key=eval_key(ck.content_hash, es.content_hash, options.max_examples))
+
+
+def _reproducibility(base: ResidentBase | None, report: LossReport, options: EvalOptions, prepare: str,
+                     findings: list) -> dict[str, Any]:
+    import transformers
+
+    import evalboard
+
+    return {
+        "evalboard_version": evalboard.__version__,
+        "torch_version": torch.__version__,
+        "transformers_version": transformers.__version__,
+        "python_version": platform.python_version(),
+        "device": str(base.device) if base else None,
+        "dtype": str(base.dtype).removeprefix("torch.") if base else None,
+        "base_model_path": str(base.path) if base else None,
+        "max_tokens_per_batch": report.max_tokens_per_batch,
+        "batches": report.batches,
+        "oom_retries": report.oom_retries,
+        "n_tokens": report.n_tokens,
+        "n_scored": report.n_scored,
+        "runtime_s": round(report.seconds, 3),
+        "max_examples": options.max_examples,
+        "allow_mismatch": options.allow_mismatch,
+        "prepare": prepare,
+        "findings": [f.message for f in findings],
+    }
+
+
+def _write_per_example(report: LossReport, path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({
+        "example_id": [e.example_id for e in report.examples],
+        "task": [e.task for e in report.examples],
+        "loss": [e.loss for e in report.examples],
+        "tokens": [e.tokens for e in report.examples],
+    })
+    pq.write_table(table, path)
+
+
+def _write_next_to_checkpoint(result: EvalResult, ckpt: Path, evalset_name: str) -> None:
+    """``<run>/eval_step<step>.json`` as the training code writes it; a second eval set does not
+    overwrite the first's file (it goes to ``eval_step<step>.<evalset>.json``)."""
+    import json
+
+    target = ckpt.parent / eval_filename(result.step or 0)
+    if target.exists():
+        try:
+            current = json.loads(target.read_text()).get("evalset", {}).get("name")
+        except (OSError, ValueError):
+            current = None
+        if current != evalset_name:
+            safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in evalset_name)
+            target = ckpt.parent / f"eval_step{result.step}.{safe}.json"
+    try:
+        result.save(target)
+    except OSError as e:
+        log.warning("could not write %s: %s", target, e)

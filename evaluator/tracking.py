@@ -1,0 +1,199 @@
+"""MLflow logging: the only module that writes to MLflow.
+
+Layout in MLflow:
+- one experiment per registry run, named ``<prefix><run name>`` (prefix ``evalboard/`` by default);
+- each checkpoint is an external LoggedModel (``mlflow.create_external_model``) tagged with its
+  content hash, step, base model, row range and token-space hash; found again by that hash;
+- each (checkpoint, eval set) evaluation is one MLflow run: metrics ``loss_all`` and ``loss_<task>``
+  at ``step=<checkpoint step>``, linked to the LoggedModel (``model_id=``) and to the eval set as an
+  MLflow dataset whose digest is the eval-set hash (first 36 hex characters: MLflow's column
+  limit; the full hash is the tag ``evalboard.evalset_hash``).
+
+Idempotence: before creating a run we look for a FINISHED run with the same key tags
+(``evalboard.eval_key``, and ``evalboard.job_id`` for queued jobs) and return it instead.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+__all__ = ["Tracker", "EvalRecord", "mlflow_available"]
+
+TAG = "evalboard."
+DIGEST_LEN = 36
+
+
+@dataclass(frozen=True)
+class EvalRecord:
+    """Everything one evaluation logs (computed before MLflow is touched)."""
+
+    run_name: str  # the registry run: becomes the experiment
+    checkpoint_path: str
+    checkpoint_hash: str
+    step: int
+    base_model: str
+    row_start: int
+    row_end: int
+    token_space_hash: str
+    evalset_name: str
+    evalset_hash: str
+    evalset_path: str
+    losses: Mapping[str, float]
+    tokens: Mapping[str, int]
+    examples: Mapping[str, int]
+    params: Mapping[str, Any]  # reproducibility: versions, device, dtype, batch settings, max_examples
+    tags: Mapping[str, str]
+    artifacts: Mapping[str, str]  # artifact file name -> local path
+    eval_key: str  # checkpoint hash + eval-set hash + options that change the numbers
+
+
+def mlflow_available(uri: str) -> bool:
+    try:
+        from mlflow.tracking import MlflowClient
+
+        MlflowClient(uri).search_experiments(max_results=1)
+        return True
+    except Exception:  # noqa: BLE001 - any failure means "not reachable now"
+        return False
+
+
+class Tracker:
+    def __init__(self, tracking_uri: str, experiment_prefix: str = "evalboard/"):
+        import mlflow
+        from mlflow.tracking import MlflowClient
+
+        self.uri = tracking_uri
+        self.prefix = experiment_prefix
+        mlflow.set_tracking_uri(tracking_uri)
+        self.client = MlflowClient(tracking_uri)
+        self._experiments: dict[str, str] = {}
+
+    def experiment_id(self, run_name: str) -> str:
+        from mlflow.exceptions import MlflowException
+
+        name = f"{self.prefix}{run_name}"
+        if name in self._experiments:
+            return self._experiments[name]
+        exp = self.client.get_experiment_by_name(name)
+        if exp is None:
+            try:
+                exp_id = self.client.create_experiment(name, tags={f"{TAG}run": run_name})
+            except MlflowException:  # another worker created it first
+                exp = self.client.get_experiment_by_name(name)
+                if exp is None:
+                    raise
+                exp_id = exp.experiment_id
+        else:
+            exp_id = exp.experiment_id
+        self._experiments[name] = exp_id
+        return exp_id
+
+    def logged_model_id(self, exp_id: str, rec: EvalRecord) -> str:
+        import mlflow
+
+        found = self.client.search_logged_models(
+            experiment_ids=[exp_id], filter_string=f"tags.`{TAG}checkpoint_hash` = '{rec.checkpoint_hash}'",
+            max_results=1)
+        if len(found):
+            return found[0].model_id
+        model = mlflow.create_external_model(
+            name=f"step-{rec.step}",
+            experiment_id=exp_id,
+            params={"step": str(rec.step), "base_model": rec.base_model, "row_start": str(rec.row_start),
+                    "row_end": str(rec.row_end), "token_space_hash": rec.token_space_hash},
+            tags={f"{TAG}checkpoint_hash": rec.checkpoint_hash, f"{TAG}checkpoint_path": rec.checkpoint_path,
+                  f"{TAG}step": str(rec.step)},
+            model_type="trainable-rows",
+        )
+        return model.model_id
+
+    def find_finished(self, exp_id: str, *, eval_key: str | None = None, job_id: int | None = None) -> str | None:
+        clauses = ["attributes.status = 'FINISHED'"]
+        if job_id is not None:
+            clauses.append(f"tags.`{TAG}job_id` = '{job_id}'")
+        elif eval_key is not None:
+            clauses.append(f"tags.`{TAG}eval_key` = '{eval_key}'")
+        runs = self.client.search_runs([exp_id], " and ".join(clauses), max_results=1)
+        return runs[0].info.run_id if runs else None
+
+    def log(self, rec: EvalRecord, *, job_id: int | None = None, force: bool = False) -> dict[str, str]:
+        """Log one evaluation; returns {run_id, experiment_id, model_id}. Reuses a FINISHED run
+        with the same job id (or the same eval key unless ``force``) instead of duplicating it."""
+        import mlflow
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.entities import LoggedModelInput
+
+        exp_id = self.experiment_id(rec.run_name)
+        model_id = self.logged_model_id(exp_id, rec)
+        existing = self.find_finished(exp_id, job_id=job_id) if job_id is not None else None
+        if existing is None and not force and job_id is None:
+            existing = self.find_finished(exp_id, eval_key=rec.eval_key)
+        if existing is not None:
+            return {"run_id": existing, "experiment_id": exp_id, "model_id": model_id, "reused": "true"}
+        tags = {f"{TAG}checkpoint_hash": rec.checkpoint_hash, f"{TAG}evalset_hash": rec.evalset_hash,
+                f"{TAG}evalset": rec.evalset_name, f"{TAG}token_space_hash": rec.token_space_hash,
+                f"{TAG}eval_key": rec.eval_key, f"{TAG}step": str(rec.step),
+                f"{TAG}checkpoint_path": rec.checkpoint_path, **dict(rec.tags)}
+        if job_id is not None:
+            tags[f"{TAG}job_id"] = str(job_id)
+        dataset = MetaDataset(source=_local_source(rec.evalset_path), name=rec.evalset_name,
+                              digest=rec.evalset_hash[:DIGEST_LEN])
+        with mlflow.start_run(experiment_id=exp_id, run_name=f"step{rec.step}:{rec.evalset_name}",
+                              tags=tags) as run:
+            mlflow.log_params({k: str(v) for k, v in rec.params.items()})
+            mlflow.log_input(dataset, context="eval", model=LoggedModelInput(model_id))
+            metrics = {f"loss_{task}": float(v) for task, v in rec.losses.items()}
+            metrics.update({f"tokens_{task}": float(v) for task, v in rec.tokens.items()})
+            mlflow.log_metrics(metrics, step=rec.step, model_id=model_id, dataset=dataset)
+            for name, path in rec.artifacts.items():
+                mlflow.log_artifact(path, artifact_path=None if "/" not in name else name.rsplit("/", 1)[0])
+            run_id = run.info.run_id
+        return {"run_id": run_id, "experiment_id": exp_id, "model_id": model_id, "reused": "false"}
+
+    def log_imported(self, *, run_name: str, step: int | None, losses: Mapping[str, float],
+                     tokens: Mapping[str, int], source_path: str, checkpoint_hash: str | None,
+                     file_sha256: str) -> dict[str, str]:
+        """Backfill an existing eval_step*.json (once per file content)."""
+        import mlflow
+
+        exp_id = self.experiment_id(run_name)
+        key = f"import:{file_sha256}"
+        existing = self.find_finished(exp_id, eval_key=key)
+        if existing:
+            return {"run_id": existing, "experiment_id": exp_id, "reused": "true"}
+        model_id = None
+        if checkpoint_hash:
+            found = self.client.search_logged_models(
+                experiment_ids=[exp_id], filter_string=f"tags.`{TAG}checkpoint_hash` = '{checkpoint_hash}'",
+                max_results=1)
+            model_id = found[0].model_id if len(found) else None
+        tags = {f"{TAG}eval_key": key, f"{TAG}source": "import", f"{TAG}source_path": source_path}
+        if checkpoint_hash:
+            tags[f"{TAG}checkpoint_hash"] = checkpoint_hash
+        with mlflow.start_run(experiment_id=exp_id, run_name=f"import:{Path(source_path).name}", tags=tags) as run:
+            metrics = {f"loss_{t}": float(v) for t, v in losses.items()}
+            metrics.update({f"tokens_{t}": float(v) for t, v in tokens.items()})
+            mlflow.log_metrics(metrics, step=step or 0, model_id=model_id)
+            mlflow.log_artifact(source_path)
+            return {"run_id": run.info.run_id, "experiment_id": exp_id, "model_id": model_id or "", "reused": "false"}
+
+
+def _local_source(path: str):
+    import warnings
+
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "can be interpreted in multiple ways": both are the local source
+        return resolve_dataset_source(Path(path).resolve().as_uri())
+
+
+def write_json_artifact(obj: Any, name: str, directory: str | None = None) -> str:
+    d = Path(directory or tempfile.mkdtemp(prefix="evalboard-"))
+    p = d / name
+    p.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    return str(p)

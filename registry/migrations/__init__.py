@@ -1,0 +1,37 @@
+"""Alembic migrations of the registry, applied in code by `Registry.__init__` (no alembic.ini).
+
+Several workers may start at once against a fresh database. The whole upgrade runs in one
+transaction that first takes a lock (`BEGIN IMMEDIATE` on SQLite, `pg_advisory_xact_lock` on
+PostgreSQL, see env.py), so the first process migrates and the others wait, then find the
+database at head and do nothing.
+
+To write a new revision by hand: copy versions/0001_initial.py, bump `revision` and set
+`down_revision`; `tests/registry/test_migrations.py` checks the result matches `models.py`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine
+
+__all__ = ["alembic_config", "upgrade_to_head", "MIGRATIONS_DIR"]
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent
+
+
+def alembic_config() -> Config:
+    """An alembic Config pointing at this package; `attributes["connection"]` is set by callers."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return config
+
+
+def upgrade_to_head(engine: Engine) -> None:
+    """Bring the database to the latest revision, inside one locked transaction."""
+    config = alembic_config()
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")

@@ -1,0 +1,541 @@
+"""The registry's SQL store: one `Registry` class over SQLite (default) or PostgreSQL.
+
+Every public method runs in `with self._session() as s:`, one transaction that commits on
+success, rolls back on any error and turns `SQLAlchemyError` into `StoreError` — so a bad input
+leaves the registry exactly as it was. Methods take keyword arguments and return the frozen
+dataclasses of `registry/entities.py`; ORM rows never leave this module.
+
+Getters `get_*` raise `NotFound`; `find_*` and `get_row_stats` return None when there is nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import fields
+from datetime import datetime, timezone
+from typing import Any, TypeVar
+
+from sqlalchemy import Engine, Select, func, or_, select, text
+from sqlalchemy.exc import IntegrityError as SAIntegrityError
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from registry import entities as E
+from registry import models as M
+from registry.engine import SQLITE_WRITE_OPTION, make_engine, mask_url, normalize_url
+from registry.errors import InvalidInput, NotFound, StoreError
+from registry.migrations import upgrade_to_head
+from registry.settings import Settings
+
+__all__ = ["Registry"]
+
+T = TypeVar("T")
+
+_ENTITY_OF = {
+    M.TokenSpace: E.TokenSpaceEntity,
+    M.Run: E.RunEntity,
+    M.Checkpoint: E.CheckpointEntity,
+    M.EvalSet: E.EvalSetEntity,
+    M.EvalResult: E.EvalResultEntity,
+    M.RowStats: E.RowStatsEntity,
+    M.EvalJob: E.EvalJobEntity,
+}
+_AUTOMATIC = {"id", "created_at", "updated_at", "registered_at", "enqueued_at"}
+_INACTIVE_JOB_STATUSES = ("failed", "cancelled")
+
+
+class Registry:
+    """The catalogue of token spaces, runs, checkpoints, eval sets, results, row stats and jobs.
+
+    `url` defaults to `settings.db_url` (itself `EVALBOARD_DB` or `sqlite:///.evalboard/registry.db`).
+    Construction migrates the database to the latest schema; several processes may do so at once.
+    """
+
+    def __init__(self, url: str | None = None, settings: Settings | None = None):
+        if url is None:
+            url = (settings or Settings.from_env()).db_url
+        self._url = normalize_url(url)
+        self._engine = make_engine(self._url)
+        self._reader = self._engine.execution_options(**{SQLITE_WRITE_OPTION: False})
+        try:
+            upgrade_to_head(self._engine)
+        except SQLAlchemyError as e:
+            self._engine.dispose()
+            raise self._store_error(e) from e
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    @property
+    def url(self) -> str:
+        """The database URL with any password masked."""
+        return mask_url(self._url)
+
+    @property
+    def dialect(self) -> str:
+        """'sqlite' or 'postgresql'."""
+        return self._engine.dialect.name
+
+    def __repr__(self) -> str:
+        return f"Registry({self.url!r})"
+
+    def close(self) -> None:
+        """Release pooled connections (PostgreSQL cannot drop a database that has some)."""
+        self._engine.dispose()
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _session(self, write: bool = True) -> Iterator[Session]:
+        """One transaction; on SQLite a write transaction holds the write lock from its start."""
+        session = Session(self._engine if write else self._reader, expire_on_commit=False)
+        try:
+            yield session
+            session.commit()
+        except SQLAlchemyError as e:
+            session.rollback()
+            raise self._store_error(e) from e
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+
+    def _store_error(self, e: SQLAlchemyError) -> StoreError:
+        detail = str(getattr(e, "orig", None) or e).strip().splitlines()
+        first = detail[0] if detail else type(e).__name__
+        return StoreError(f"registry {self.url}: {type(e).__name__}: {first}")
+
+    # -- token spaces ----------------------------------------------------------------------
+
+    def upsert_token_space(
+        self,
+        *,
+        abi_hash: str,
+        text_vocab_size: int,
+        vocab_size_total: int,
+        spec: dict[str, Any],
+        codec_versions: dict[str, Any] | None = None,
+        tokenizer_version: str | None = None,
+        path: str,
+    ) -> E.TokenSpaceEntity:
+        """Register a token-space ABI once; later files with the same hash return the first row."""
+        lookup = select(M.TokenSpace).where(M.TokenSpace.abi_hash == abi_hash)
+        with self._session() as s:
+            row = _insert_or_get(s, lookup, lambda: M.TokenSpace(
+                abi_hash=abi_hash,
+                text_vocab_size=text_vocab_size,
+                vocab_size_total=vocab_size_total,
+                spec=spec,
+                codec_versions=codec_versions or {},
+                tokenizer_version=tokenizer_version,
+                first_path=str(path),
+            ))
+            return _entity(row)
+
+    def get_token_space(self, *, id: int | None = None, abi_hash: str | None = None) -> E.TokenSpaceEntity:
+        with self._session(write=False) as s:
+            return _entity(_get_one(s, M.TokenSpace, "token space", id=id, abi_hash=abi_hash))
+
+    def list_token_spaces(self) -> list[E.TokenSpaceEntity]:
+        with self._session(write=False) as s:
+            return _entities(s.scalars(select(M.TokenSpace).order_by(M.TokenSpace.id)))
+
+    # -- runs ------------------------------------------------------------------------------
+
+    def upsert_run(
+        self,
+        *,
+        path: str,
+        name: str,
+        track: str | None = None,
+        base_model: str | None = None,
+        token_space_id: int | None = None,
+        token_space_path: str | None = None,
+    ) -> E.RunEntity:
+        """Register the run at `path`, or update its name and whichever other fields are given."""
+        if track is not None:
+            _check_choice("run track", track, M.RUN_TRACKS)
+        given = {"track": track, "base_model": base_model, "token_space_id": token_space_id,
+                 "token_space_path": token_space_path}
+        given = {k: v for k, v in given.items() if v is not None}
+        lookup = select(M.Run).where(M.Run.path == str(path))
+        with self._session() as s:
+            row = _insert_or_get(s, lookup, lambda: M.Run(path=str(path), name=name, **given))
+            _assign(row, name=name, **given)
+            s.flush()
+            return _entity(row)
+
+    def get_run(self, *, id: int | None = None, name: str | None = None, path: str | None = None) -> E.RunEntity:
+        with self._session(write=False) as s:
+            return _entity(_get_one(s, M.Run, "run", id=id, name=name, path=path))
+
+    def list_runs(self) -> list[E.RunEntity]:
+        with self._session(write=False) as s:
+            return _entities(s.scalars(select(M.Run).order_by(M.Run.name, M.Run.id)))
+
+    # -- checkpoints -----------------------------------------------------------------------
+
+    def upsert_checkpoint(self, *, path: str, run_id: int, **fields: Any) -> tuple[E.CheckpointEntity, str]:
+        """Register or refresh the checkpoint at `path`; returns it and 'new'|'updated'|'unchanged'.
+
+        'unchanged' means content_hash, status and reason equal the stored ones; other given
+        fields (e.g. file mtimes after a `touch`) are still refreshed so the scanner's quick
+        size+mtime check keeps working.
+        """
+        _check_fields(M.Checkpoint, fields, exclude={"path", "run_id"})
+        if "status" in fields:
+            _check_choice("checkpoint status", fields["status"], M.CHECKPOINT_STATUSES)
+        if "track" in fields:
+            _check_choice("checkpoint track", fields["track"], M.CHECKPOINT_TRACKS)
+        with self._session() as s:
+            row = s.scalars(select(M.Checkpoint).where(M.Checkpoint.path == str(path))).one_or_none()
+            if row is None:
+                _require(fields, ("track", "status"), "a new checkpoint", path)
+                row = M.Checkpoint(path=str(path), run_id=run_id, **{"files": [], "meta": {}, **fields})
+                s.add(row)
+                s.flush()
+                return _entity(row), "new"
+            changed = any(
+                key in fields and fields[key] != getattr(row, key)
+                for key in ("content_hash", "status", "reason")
+            )
+            _assign(row, run_id=run_id, **fields)
+            s.flush()
+            return _entity(row), "updated" if changed else "unchanged"
+
+    def get_checkpoint(
+        self, *, id: int | None = None, path: str | None = None, content_hash: str | None = None
+    ) -> E.CheckpointEntity:
+        with self._session(write=False) as s:
+            return _entity(
+                _get_one(s, M.Checkpoint, "checkpoint", id=id, path=path, content_hash=content_hash)
+            )
+
+    def list_checkpoints(self, *, run_id: int | None = None, status: str | None = None) -> list[E.CheckpointEntity]:
+        query = select(M.Checkpoint).order_by(M.Checkpoint.run_id, M.Checkpoint.step, M.Checkpoint.id)
+        if run_id is not None:
+            query = query.where(M.Checkpoint.run_id == run_id)
+        if status is not None:
+            _check_choice("checkpoint status", status, M.CHECKPOINT_STATUSES)
+            query = query.where(M.Checkpoint.status == status)
+        with self._session(write=False) as s:
+            return _entities(s.scalars(query))
+
+    def checkpoint_files_index(
+        self, *, paths_under: str | None = None
+    ) -> dict[str, tuple[list[dict[str, Any]], str | None, str]]:
+        """path -> (files, content_hash, status) in one query, so the scanner can skip folders
+        whose file sizes and mtimes did not change without reading any tensor."""
+        query = select(M.Checkpoint.path, M.Checkpoint.files, M.Checkpoint.content_hash,
+                       M.Checkpoint.status)
+        if paths_under is not None:
+            root = str(paths_under).rstrip("/") or "/"
+            prefix = root if root == "/" else root + "/"
+            query = query.where(or_(M.Checkpoint.path == root,
+                                    M.Checkpoint.path.startswith(prefix, autoescape=True)))
+        with self._session(write=False) as s:
+            return {path: (files, content_hash, status)
+                    for path, files, content_hash, status in s.execute(query)}
+
+    def delete_checkpoint(self, *, id: int) -> None:
+        """Delete a checkpoint with its row stats and jobs; its results stay, unlinked."""
+        with self._session() as s:
+            s.delete(_get_one(s, M.Checkpoint, "checkpoint", id=id))
+
+    # -- eval sets -------------------------------------------------------------------------
+
+    def register_evalset(
+        self,
+        *,
+        name: str,
+        path: str,
+        content_hash: str,
+        token_space_hash: str | None,
+        manifest: dict[str, Any],
+        tasks: dict[str, dict[str, int]],
+        n_examples: int,
+        files: list[dict[str, Any]],
+        replace: bool = False,
+    ) -> tuple[E.EvalSetEntity, str]:
+        """Register an eval set under `name`; returns it and 'new'|'updated'|'unchanged'.
+
+        A name stands for one content: registering different content under a taken name is
+        refused unless `replace=True`, because results would silently mix two eval sets.
+        """
+        values = dict(path=str(path), content_hash=content_hash, token_space_hash=token_space_hash,
+                      manifest=manifest, tasks=tasks, n_examples=n_examples, files=files)
+        with self._session() as s:
+            by_name = s.scalars(select(M.EvalSet).where(M.EvalSet.name == name)).one_or_none()
+            same_content = s.scalars(
+                select(M.EvalSet).where(M.EvalSet.content_hash == content_hash)
+            ).one_or_none()
+            if same_content is not None and same_content is not by_name:
+                raise InvalidInput(
+                    f"eval set {path} has the same content (hash {content_hash[:12]}) as eval set "
+                    f"{same_content.name!r} registered from {same_content.path}; use that name"
+                )
+            if by_name is None:
+                row = M.EvalSet(name=name, **values)
+                s.add(row)
+                s.flush()
+                return _entity(row), "new"
+            if by_name.content_hash == content_hash:
+                return _entity(by_name), "unchanged"
+            if not replace:
+                raise InvalidInput(
+                    f"eval set name {name!r} is already registered from {by_name.path} "
+                    f"(hash {by_name.content_hash[:12]}); {path} has different content "
+                    f"(hash {content_hash[:12]}). Pick another name, or replace it (replace=True)"
+                )
+            _assign(by_name, **values)
+            s.flush()
+            return _entity(by_name), "updated"
+
+    def get_evalset(
+        self, *, id: int | None = None, name: str | None = None, content_hash: str | None = None
+    ) -> E.EvalSetEntity:
+        with self._session(write=False) as s:
+            return _entity(_get_one(s, M.EvalSet, "eval set", id=id, name=name, content_hash=content_hash))
+
+    def list_evalsets(self) -> list[E.EvalSetEntity]:
+        with self._session(write=False) as s:
+            return _entities(s.scalars(select(M.EvalSet).order_by(M.EvalSet.name)))
+
+    # -- results ---------------------------------------------------------------------------
+
+    def add_eval_result(self, **fields: Any) -> E.EvalResultEntity:
+        """Record one evaluation; `loss_all` defaults to `metrics["all"]["loss"]`."""
+        _check_fields(M.EvalResult, fields)
+        _require(fields, ("source", "metrics"), "an eval result", fields.get("path"))
+        _check_choice("eval result source", fields["source"], M.RESULT_SOURCES)
+        fields.setdefault("loss_all", (fields["metrics"].get("all") or {}).get("loss"))
+        fields.setdefault("extra", {})
+        with self._session() as s:
+            row = M.EvalResult(**fields)
+            s.add(row)
+            s.flush()
+            return _entity(row)
+
+    def update_eval_result(self, *, id: int, mlflow_run_id: str | None = None,
+                           extra: dict[str, Any] | None = None) -> E.EvalResultEntity:
+        """Attach the MLflow run (and merge extra keys) once a result has been logged."""
+        with self._session() as s:
+            row = _get_one(s, M.EvalResult, "eval result", id=id)
+            if mlflow_run_id is not None:
+                row.mlflow_run_id = mlflow_run_id
+            if extra:
+                row.extra = {**(row.extra or {}), **extra}
+            s.flush()
+            return _entity(row)
+
+    def list_eval_results(
+        self,
+        *,
+        run_ids: Iterable[int] | None = None,
+        evalset_id: int | None = None,
+        checkpoint_id: int | None = None,
+    ) -> list[E.EvalResultEntity]:
+        query = select(M.EvalResult).order_by(M.EvalResult.run_id, M.EvalResult.step, M.EvalResult.id)
+        if run_ids is not None:
+            query = query.where(M.EvalResult.run_id.in_(list(run_ids)))
+        if evalset_id is not None:
+            query = query.where(M.EvalResult.evalset_id == evalset_id)
+        if checkpoint_id is not None:
+            query = query.where(M.EvalResult.checkpoint_id == checkpoint_id)
+        with self._session(write=False) as s:
+            return _entities(s.scalars(query))
+
+    def find_eval_result(
+        self, *, checkpoint_hash: str, evalset_hash: str, source: str | None = None
+    ) -> E.EvalResultEntity | None:
+        """The latest result for this checkpoint content on this eval set content, if any."""
+        query = select(M.EvalResult).where(
+            M.EvalResult.checkpoint_hash == checkpoint_hash, M.EvalResult.evalset_hash == evalset_hash
+        )
+        if source is not None:
+            query = query.where(M.EvalResult.source == source)
+        with self._session(write=False) as s:
+            row = s.scalars(query.order_by(M.EvalResult.id.desc()).limit(1)).first()
+            return None if row is None else _entity(row)
+
+    # -- row stats -------------------------------------------------------------------------
+
+    def put_row_stats(self, *, checkpoint_id: int, stats: dict[str, Any]) -> E.RowStatsEntity:
+        """Store (or replace) the row statistics of a checkpoint."""
+        with self._session() as s:
+            _get_one(s, M.Checkpoint, "checkpoint", id=checkpoint_id)
+            row = s.scalars(select(M.RowStats).where(M.RowStats.checkpoint_id == checkpoint_id)).one_or_none()
+            if row is None:
+                row = M.RowStats(checkpoint_id=checkpoint_id, stats=stats)
+                s.add(row)
+            else:
+                row.stats = stats
+                row.created_at = M.utcnow()
+            s.flush()
+            return _entity(row)
+
+    def get_row_stats(self, *, checkpoint_id: int) -> E.RowStatsEntity | None:
+        with self._session(write=False) as s:
+            row = s.scalars(select(M.RowStats).where(M.RowStats.checkpoint_id == checkpoint_id)).one_or_none()
+            return None if row is None else _entity(row)
+
+    # -- jobs (the queue verbs live in registry/queue.py) -----------------------------------
+
+    def enqueue_job(
+        self,
+        *,
+        checkpoint_id: int,
+        evalset_id: int,
+        force: bool = False,
+        max_attempts: int = 3,
+        options: dict[str, Any] | None = None,
+        priority: int = 0,
+    ) -> tuple[E.EvalJobEntity, bool]:
+        """Queue an evaluation; returns (job, created). Without `force`, an existing job for the
+        same checkpoint content and eval-set content (not failed or cancelled) is returned."""
+        if max_attempts < 1:
+            raise InvalidInput(f"max_attempts must be at least 1, got {max_attempts}")
+        with self._session() as s:
+            checkpoint = _get_one(s, M.Checkpoint, "checkpoint", id=checkpoint_id)
+            evalset = _get_one(s, M.EvalSet, "eval set", id=evalset_id)
+            if checkpoint.status != "valid" or not checkpoint.content_hash:
+                raise InvalidInput(
+                    f"checkpoint {checkpoint.path} cannot be evaluated: it is {checkpoint.status}"
+                    + (f" ({checkpoint.reason})" if checkpoint.reason else "")
+                )
+            key = f"{checkpoint.content_hash}:{evalset.content_hash}"
+            self._lock_key(s, key)
+            if not force:
+                existing = s.scalars(
+                    select(M.EvalJob)
+                    .where(M.EvalJob.dedupe_key == key,
+                           M.EvalJob.status.not_in(_INACTIVE_JOB_STATUSES))
+                    .order_by(M.EvalJob.id).limit(1)
+                ).first()
+                if existing is not None:
+                    return _entity(existing), False
+            job = M.EvalJob(checkpoint_id=checkpoint_id, evalset_id=evalset_id, dedupe_key=key,
+                            max_attempts=max_attempts, priority=priority, options=options or {})
+            s.add(job)
+            s.flush()
+            return _entity(job), True
+
+    def _lock_key(self, s: Session, key: str) -> None:
+        """Serialise check-then-insert on `key`. SQLite already holds the write lock
+        (BEGIN IMMEDIATE); PostgreSQL takes a transaction-scoped advisory lock on its hash."""
+        if self.dialect == "postgresql":
+            s.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"), {"key": key})
+
+    def list_jobs(self, *, status: str | None = None) -> list[E.EvalJobEntity]:
+        query = select(M.EvalJob).order_by(M.EvalJob.id)
+        if status is not None:
+            _check_choice("job status", status, M.JOB_STATUSES)
+            query = query.where(M.EvalJob.status == status)
+        with self._session(write=False) as s:
+            return _entities(s.scalars(query))
+
+    def get_job(self, *, id: int) -> E.EvalJobEntity:
+        with self._session(write=False) as s:
+            return _entity(_get_one(s, M.EvalJob, "job", id=id))
+
+    # -- whole-registry views --------------------------------------------------------------
+
+    def counts(self) -> dict[str, int]:
+        """Rows per table, e.g. to check that a refused input added nothing."""
+        with self._session(write=False) as s:
+            return {t.name: s.scalar(select(func.count()).select_from(t))
+                    for t in M.Base.metadata.sorted_tables}
+
+    def snapshot(self) -> dict[str, list[tuple]]:
+        """Every row of every table as tuples ordered by id: equal snapshots mean equal data."""
+        with self._session(write=False) as s:
+            return {
+                t.name: [tuple(_plain(v) for v in row) for row in s.execute(select(t).order_by(*t.primary_key))]
+                for t in M.Base.metadata.sorted_tables
+            }
+
+
+# -- helpers (module level: they need a session, not the registry) ---------------------------
+
+
+def _utc(value: datetime) -> datetime:
+    """SQLite hands back naive datetimes (it dropped the offset of the UTC value we stored)."""
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+def _plain(value: Any) -> Any:
+    return _utc(value) if isinstance(value, datetime) else value
+
+
+def _entity(row: M.Base) -> Any:
+    cls = _ENTITY_OF[type(row)]
+    return cls(**{f.name: _plain(getattr(row, f.name)) for f in fields(cls)})
+
+
+def _entities(rows: Iterable[M.Base]) -> list[Any]:
+    return [_entity(row) for row in rows]
+
+
+def _get_one(s: Session, model: type[T], what: str, **selectors: Any) -> T:
+    """The single row matching exactly one given selector, or NotFound naming what was asked."""
+    given = {k: v for k, v in selectors.items() if v is not None}
+    if len(given) != 1:
+        raise InvalidInput(f"look up a {what} by exactly one of {', '.join(selectors)}; got {given or 'none'}")
+    (key, value), = given.items()
+    rows = s.scalars(select(model).where(getattr(model, key) == value).limit(2)).all()
+    if not rows:
+        raise NotFound(f"no {what} with {key} {value!r} is registered")
+    if len(rows) > 1:
+        raise InvalidInput(f"more than one {what} has {key} {value!r}; look it up by id or path")
+    return rows[0]
+
+
+def _insert_or_get(s: Session, lookup: Select, make: Callable[[], T]) -> T:
+    """The row `lookup` finds, else a new one from `make()`; a concurrent insert of the same
+    unique key (possible on PostgreSQL) is resolved by reading the winner's row."""
+    row = s.scalars(lookup).one_or_none()
+    if row is not None:
+        return row
+    try:
+        with s.begin_nested():
+            row = make()
+            s.add(row)
+    except SAIntegrityError:
+        row = s.scalars(lookup).one_or_none()
+        if row is None:
+            raise
+    return row
+
+
+def _assign(row: M.Base, **values: Any) -> None:
+    for key, value in values.items():
+        setattr(row, key, value)
+
+
+def _check_fields(model: type[M.Base], given: dict[str, Any], exclude: Iterable[str] = ()) -> None:
+    allowed = set(model.__table__.columns.keys()) - _AUTOMATIC - set(exclude)
+    unknown = sorted(set(given) - allowed)
+    if unknown:
+        raise InvalidInput(
+            f"unknown {model.__tablename__} field(s) {', '.join(unknown)}; known: {', '.join(sorted(allowed))}"
+        )
+
+
+def _check_choice(what: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise InvalidInput(f"{what} {value!r} is not one of {', '.join(allowed)}")
+
+
+def _require(given: dict[str, Any], keys: tuple[str, ...], what: str, path: Any) -> None:
+    missing = [k for k in keys if given.get(k) is None]
+    if missing:
+        raise InvalidInput(f"{what} needs {', '.join(missing)}", path=path)

@@ -1,0 +1,1 @@
+"""Real services the test suite starts for itself (PostgreSQL; more later)."""

@@ -1,0 +1,71 @@
+"""Session-wide fixtures. Database part: every store test runs on a real SQLite file and on a
+real PostgreSQL server started once per session (or `EVALBOARD_TEST_PG_URL`, a server whose
+user may create databases)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from tests._infra.postgres import PostgresUnavailable, create_database, drop_database, start_postgres
+
+
+def _pg_admin_url(url: str) -> str:
+    """The same server's `postgres` maintenance database, from which test databases are made."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).set(database="postgres").render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """URL of a PostgreSQL database for the session; skipped (failed under CI=true) if none."""
+    given = os.environ.get("EVALBOARD_TEST_PG_URL")
+    if given:
+        yield given
+        return
+    try:
+        server = start_postgres()
+    except PostgresUnavailable as e:
+        reason = f"PostgreSQL unavailable: {e}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def fresh_pg_url(pg_url: str) -> Iterator[str]:
+    """A new, empty PostgreSQL database for one test, dropped afterwards."""
+    from sqlalchemy.engine import make_url
+
+    name = f"test_{uuid.uuid4().hex[:16]}"
+    admin = _pg_admin_url(pg_url)
+    create_database(admin, name)
+    try:
+        yield make_url(pg_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        drop_database(admin, name)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path) -> str:
+    """A fresh, empty registry database URL, once per backend."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'registry.db'}"
+    return request.getfixturevalue("fresh_pg_url")
+
+
+@pytest.fixture
+def registry(db_url: str):
+    """A migrated `Registry` on a fresh database (both backends), closed after the test."""
+    from registry.store import Registry
+
+    with Registry(db_url) as reg:
+        yield reg
