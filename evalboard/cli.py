@@ -194,12 +194,14 @@ def demo(
     workdir: Path = typer.Option(Path("demo-workspace"), help="Where the demo builds its models, runs and stores."),
     port: int = typer.Option(8501, help="Port for the dashboard."),
     no_serve: bool = typer.Option(False, "--no-serve", help="Do everything but start the dashboard; exit 0."),
+    quick: bool = typer.Option(False, "--quick", help="Fewer training steps and examples (for tests)."),
 ) -> None:
-    """Build a demo workspace from a tiny local Qwen3 (Track A and Track B runs, an eval set, a run
-    in a mismatched token space), scan it and print the audit."""
-    from evalboard.demo import run_demo
+    """Build a tiny Qwen3 base, train three Track B runs (only new rows), one run in a mismatched
+    token space and one Track A connector run, scan them, evaluate every checkpoint into MLflow,
+    print the audit and start the dashboard. Everything happens on this machine, offline."""
+    from evalboard.demo import DemoPlan, run_demo
 
-    run_demo(workdir, port=port, serve=not no_serve, console=err)
+    run_demo(workdir, port=port, serve=not no_serve, console=err, plan=DemoPlan.quick() if quick else None)
 
 
 def _register_extensions() -> None:

@@ -1,44 +1,204 @@
-"""`evalboard demo`: a workspace built from a tiny local Qwen3, scanned and audited.
+"""`evalboard demo`: from nothing to a populated dashboard, with real work done on this machine.
 
-Later stages (training, evaluation, the dashboard) extend this; every stage shows progress.
+Stages (each with a progress bar):
+1. build a tiny Qwen3 base (random weights, `save_pretrained`) registered as `demo/Qwen3-tiny-Base`;
+2. make a synthetic a2t/i2t task in a token space with an audio and an image range; write the
+   eval set in the registry's Parquet format;
+3. train: three Track B runs (different learning rates; only the new rows train), one Track B run
+   in a token space with a wider image range (a real mismatch for the audit), one Track A run
+   (resampler + projector);
+4. scan, enqueue every checkpoint against the eval set (the mismatched run is refused with the
+   audit's reason), run a worker until the queue is empty, logging to the local MLflow store;
+5. start the dashboard and print its URL (and how to open the MLflow UI on the same store).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from evalboard.fixtures import build_workspace
-from registry.audit import audit, summarize
-from registry.scanner import scan
-from registry.settings import Settings
-from registry.store import Registry
+from registry.errors import InvalidInput
+
+BASE_ID = "demo/Qwen3-tiny-Base"
+MARKER = ".evalboard-demo"
+EVALSET = "demo-a2t-i2t"
 
 
-def run_demo(workdir: Path, *, port: int = 8501, serve: bool = True, console: Console | None = None) -> int:
-    console = console or Console(stderr=True)
-    workdir = Path(workdir).resolve()
+@dataclass(frozen=True)
+class DemoPlan:
+    """How much work the demo does; `quick()` is what the tests run."""
+
+    steps: int = 150
+    save_every: int = 25
+    mismatch_steps: int = 50
+    connector_steps: int = 60
+    eval_examples_per_task: int = 48
+    learning_rates: tuple[float, ...] = (3e-3, 1e-2, 3e-2)
+
+    @classmethod
+    def quick(cls) -> "DemoPlan":
+        return cls(steps=60, save_every=30, mismatch_steps=30, connector_steps=20, eval_examples_per_task=12,
+                   learning_rates=(1e-2, 3e-2, 5e-2))
+
+
+def _prepare_workdir(workdir: Path) -> None:
+    if workdir.exists() and any(workdir.iterdir()) and not (workdir / MARKER).exists():
+        raise InvalidInput("exists and is not an evalboard demo folder; choose an empty or new --workdir",
+                           path=workdir)
+    for sub in ("models", "outputs", "evalsets", ".evalboard"):
+        shutil.rmtree(workdir / sub, ignore_errors=True)
     workdir.mkdir(parents=True, exist_ok=True)
-    home = workdir / ".evalboard"
-    os.environ.setdefault("EVALBOARD_HOME", str(home))
-    settings = Settings.from_env()
-    settings.ensure_home()
-    with console.status("building the tiny Qwen3 base, checkpoints and eval set"):
-        ws = build_workspace(workdir)
-    console.print(f"workspace: {workdir}", markup=False, highlight=False)
-    reg = Registry(settings=settings)
-    with console.status("scanning"):
-        summary = scan(reg, [ws.root / "outputs", ws.root / "evalsets"])
-    console.print(f"scan: {summary.found} checkpoints in {summary.runs} runs, {summary.new} new, "
-                  f"{summary.invalid} invalid", highlight=False)
-    findings = audit(reg, models={**settings.models, ws.base_model: str(ws.base_dir)})
-    for f in findings:
-        console.print(f"{f.severity:>7} {f.code}: {f.message}", markup=False, highlight=False)
-    counts = summarize(findings)
-    console.print(f"audit: {counts['error']} errors, {counts['warning']} warnings, {counts['info']} info",
-                  highlight=False)
+    (workdir / MARKER).write_text("created by `evalboard demo`; safe to delete\n")
+
+
+def _bar(console: Console) -> Progress:
+    return Progress(TextColumn("[bold]{task.description:<34}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=console)
+
+
+def run_demo(workdir: Path, *, port: int = 8501, serve: bool = True, console: Console | None = None,
+             plan: DemoPlan | None = None) -> dict:
+    """Run every stage; returns a summary (paths, counts, refused evaluations)."""
+    import torch
+
+    from evalboard.demo_train import SyntheticTask, train_connector_run, train_rows_run
+    from evalboard.fixtures import TinyBaseSpec, build_tiny_base, make_token_space
+    from registry.evalset import write_evalset
+
+    console = console or Console(stderr=True)
+    plan = plan or DemoPlan()
+    workdir = Path(workdir).resolve()
+    _prepare_workdir(workdir)
+    torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+    env = _demo_env(workdir)
+    os.environ.update(env)
+    import logging
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # its "creating tables" lines are not news here
+
+    with _bar(console) as bar:
+        t = bar.add_task("1/5 build tiny Qwen3 base", total=1)
+        base_dir = build_tiny_base(workdir / "models" / "Qwen3-tiny-Base",
+                                   TinyBaseSpec(text_vocab_size=512, hidden_size=64, output_scale=8.0))
+        (workdir / ".evalboard" / "models.json").write_text(json.dumps({BASE_ID: str(base_dir)}, indent=2))
+        bar.advance(t)
+
+        t = bar.add_task("2/5 synthetic task + eval set", total=1)
+        space = make_token_space(512, audio=128, image=128)
+        wide = make_token_space(512, audio=128, image=160)
+        task = SyntheticTask(space)
+        write_evalset(workdir / "evalsets" / EVALSET, EVALSET,
+                      task.examples(plan.eval_examples_per_task, seed=7), space,
+                      description="synthetic audio->text and image->text answers")
+        bar.advance(t)
+
+        runs = [(f"stage3_lr{lr:g}", space, lr, plan.steps) for lr in plan.learning_rates]
+        runs.append(("stage3_wide_image", wide, plan.learning_rates[1], plan.mismatch_steps))
+        total = sum(r[3] for r in runs) + plan.connector_steps
+        t = bar.add_task("3/5 train (only new rows / connector)", total=total)
+        outputs = workdir / "outputs"
+        for i, (name, sp, lr, steps) in enumerate(runs):
+            train_rows_run(base_dir, outputs / name, sp, SyntheticTask(sp), base_model=BASE_ID, lr=lr,
+                           steps=steps, save_every=plan.save_every, seed=i, on_step=lambda _s: bar.advance(t))
+        train_connector_run(base_dir, outputs / "stage1_connector", base_model=BASE_ID, vision_tower="demo/vit-tiny",
+                            steps=plan.connector_steps, save_every=max(1, plan.connector_steps // 3),
+                            on_step=lambda _s: bar.advance(t))
+
+        summary = _scan_and_evaluate(workdir, bar)
+    _print_audit(console, summary["findings"])
+    for ref in summary["refused"]:
+        console.print(f"refused: {ref}", markup=False, highlight=False)
+    console.print(f"\nworkspace: {workdir}\nregistry:  {env['EVALBOARD_DB']}\nMLflow:    {env['MLFLOW_TRACKING_URI']}",
+                  markup=False, highlight=False)
+    console.print(f"MLflow UI on the same store: mlflow ui --backend-store-uri {env['MLFLOW_TRACKING_URI']} "
+                  "--port 5000", markup=False, highlight=False)
     if serve:
-        console.print("the dashboard is not part of this build yet; run with --no-serve", highlight=False)
-    return 0
+        _serve(workdir, port, env, console)
+    return summary
+
+
+def _demo_env(workdir: Path) -> dict[str, str]:
+    home = workdir / ".evalboard"
+    home.mkdir(parents=True, exist_ok=True)
+    return {
+        "EVALBOARD_HOME": str(home),
+        "EVALBOARD_DB": f"sqlite:///{home / 'registry.db'}",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
+        "EVALBOARD_MODELS": str(home / "models.json"),
+    }
+
+
+def _scan_and_evaluate(workdir: Path, bar: Progress) -> dict:
+    from registry.audit import audit, pair_findings
+    from registry.scanner import scan
+    from registry.settings import Settings
+    from registry.store import Registry
+
+    settings = Settings.from_env()
+    reg = Registry(settings=settings)
+    t = bar.add_task("4/5 scan + enqueue", total=None)
+    summary = scan(reg, [workdir / "outputs", workdir / "evalsets"],
+                   on_total=lambda n: bar.update(t, total=n), progress=lambda _p: bar.advance(t))
+    es = reg.get_evalset(name=EVALSET)
+    refused, jobs = [], []
+    for ck in reg.list_checkpoints(status="valid"):
+        if ck.track != "B":
+            continue
+        errors = [f for f in pair_findings(reg, ck, es) if f.severity == "error"]
+        if errors:
+            refused.append(f"{Path(ck.path).parent.name}/{Path(ck.path).name}: " + "; ".join(f.message for f in errors))
+            continue
+        job, _ = reg.enqueue_job(checkpoint_id=ck.id, evalset_id=es.id)
+        jobs.append(job)
+    t = bar.add_task("5/5 evaluate (worker)", total=len(jobs))
+    _run_jobs(reg, settings, jobs, lambda: bar.advance(t))
+    findings = audit(reg, models=settings.models)
+    return {"scan": summary.to_dict(), "jobs": len(jobs), "refused": refused, "findings": findings,
+            "evalset": es.name}
+
+
+def _run_jobs(reg, settings, jobs, advance) -> None:
+    """Drain the queue with one in-process worker (the same code path as `evalboard worker`)."""
+    try:
+        from evaluator.worker import drain_queue
+    except ImportError:
+        drain_queue = None
+    if drain_queue is not None:
+        drain_queue(reg, settings, on_job=lambda _j: advance())
+        return
+    from evaluator.service import EvalOptions, Evaluator
+
+    ev = Evaluator(reg, settings)
+    for job in jobs:
+        ck = reg.get_checkpoint(id=job.checkpoint_id)
+        es = reg.get_evalset(id=job.evalset_id)
+        ev.evaluate(ck, es, EvalOptions(), job_id=job.id)
+        advance()
+
+
+def _print_audit(console: Console, findings) -> None:
+    from registry.audit import summarize
+
+    for f in findings:
+        if f.severity != "info":
+            console.print(f"{f.severity:>7} {f.code}: {f.message}", markup=False, highlight=False)
+    c = summarize(findings)
+    console.print(f"audit: {c['error']} errors, {c['warning']} warnings, {c['info']} info", highlight=False)
+
+
+def _serve(workdir: Path, port: int, env: dict[str, str], console: Console) -> None:
+    import subprocess
+
+    cmd = [sys.executable, "-m", "evalboard.cli", "dashboard", "--port", str(port)]
+    console.print(f"dashboard: http://127.0.0.1:{port}  (Ctrl-C to stop)", markup=False, highlight=False)
+    try:
+        subprocess.run(cmd, env={**os.environ, **env}, check=False)
+    except KeyboardInterrupt:
+        pass

@@ -43,6 +43,10 @@ class TinyBaseSpec:
     intermediate_size: int = 128
     tie_word_embeddings: bool = False
     max_position_embeddings: int = 2048
+    output_scale: float = 1.0
+    """Multiplies the final norm's weight. With random weights (std 0.02) logits are tiny and the
+    softmax is nearly flat whatever the input; a larger scale lets a frozen random base make
+    confident predictions, so training only new rows can visibly lower the loss (the demo)."""
 
 
 def build_tiny_base(out_dir: str | Path, spec: TinyBaseSpec = TinyBaseSpec(), *, seed: int = 0) -> Path:
@@ -69,6 +73,9 @@ def build_tiny_base(out_dir: str | Path, spec: TinyBaseSpec = TinyBaseSpec(), *,
         pad_token_id=0,
     )
     model = Qwen3ForCausalLM(config).to(torch.float32).eval()
+    if spec.output_scale != 1.0:
+        with torch.no_grad():
+            model.model.norm.weight.mul_(spec.output_scale)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     return out

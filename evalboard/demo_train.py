@@ -1,0 +1,206 @@
+"""Real (tiny) training for the demo: stage-3 style trainable rows, and a stage-1 style connector.
+
+Track B: the base is frozen; only the new rows of the input embedding and of lm_head train (the
+text rows get zero gradient, so Adam never moves them). The task is learnable from the new rows
+alone: an "audio" or "image" token sequence encodes a class, and the text answer is the class's
+fixed answer string. A checkpoint in the seed format is saved every ``save_every`` steps.
+
+Track A: a resampler (learned queries attending over "vision features") and a projector feed
+the frozen LLM a prefix; only the connector trains, and ``checkpoint_<step>.pt`` files are saved.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from evalboard.fixtures import write_connector_checkpoint, write_trainable_rows
+from registry.evalset import IGNORE_INDEX, Example
+from registry.token_space import TokenSpace
+
+__all__ = ["SyntheticTask", "train_rows_run", "train_connector_run"]
+
+BOS = 1
+
+
+@dataclass(frozen=True)
+class SyntheticTask:
+    """Classes of modality tokens, each with a fixed text answer."""
+
+    space: TokenSpace
+    n_classes: int = 8
+    answer_len: int = 3
+    seed: int = 0
+
+    def _answers(self) -> list[list[int]]:
+        rng = random.Random(self.seed)
+        hi = min(self.space.text_vocab_size, 200)
+        return [[rng.randrange(3, hi) for _ in range(self.answer_len)] for _ in range(self.n_classes)]
+
+    def examples(self, n_per_task: int, *, seed: int, prefix: tuple[int, int] = (10, 24)) -> list[Example]:
+        rng = random.Random(seed)
+        answers = self._answers()
+        out = []
+        for task, modality in (("a2t", "audio"), ("i2t", "image")):
+            r = self.space.modality(modality)
+            if r is None:
+                continue
+            group = max(1, r.size // self.n_classes)
+            for i in range(n_per_task):
+                c = rng.randrange(self.n_classes)
+                lo = r.start + c * group
+                toks = [rng.randrange(lo, min(lo + group, r.end)) for _ in range(rng.randint(*prefix))]
+                # The answer follows the modality tokens directly, as in a2t/i2t data: the last
+                # modality token's (trainable) embedding predicts the first answer token.
+                ids = [BOS, *toks, *answers[c]]
+                labels = [IGNORE_INDEX] * (len(ids) - self.answer_len) + answers[c]
+                out.append(Example(f"{task}-{seed}-{i:05d}", task, ids, labels))
+        return out
+
+
+def _batches(examples: list[Example], batch_size: int, pad: int, seed: int):
+    rng = random.Random(seed)
+    while True:
+        batch = rng.sample(examples, min(batch_size, len(examples)))
+        n = max(len(e.input_ids) for e in batch)
+        ids = torch.full((len(batch), n), pad, dtype=torch.long)
+        labels = torch.full((len(batch), n), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros((len(batch), n), dtype=torch.long)
+        for i, e in enumerate(batch):
+            ids[i, :len(e.input_ids)] = torch.tensor(e.input_ids)
+            labels[i, :len(e.labels)] = torch.tensor(e.labels)
+            mask[i, :len(e.input_ids)] = 1
+        yield ids, mask, labels
+
+
+def _load_frozen(base_dir: Path):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    model.train(False)
+    model.requires_grad_(False)
+    return model
+
+
+def train_rows_run(
+    base_dir: Path,
+    run_dir: Path,
+    space: TokenSpace,
+    task: SyntheticTask,
+    *,
+    base_model: str,
+    lr: float,
+    steps: int,
+    save_every: int,
+    batch_size: int = 32,
+    seed: int = 0,
+    on_step: Callable[[int], None] | None = None,
+) -> list[Path]:
+    """Train only the new rows; save ``checkpoint_<step>/`` every ``save_every`` steps."""
+    from evaluator.rows import prepare_for_token_space
+
+    torch.manual_seed(seed)
+    model = _load_frozen(base_dir)
+    prepare_for_token_space(model, space.text_vocab_size, space.vocab_size_total, space.resolved_pad_id())
+    emb = model.get_input_embeddings().weight
+    head = model.get_output_embeddings().weight
+    text = space.text_vocab_size
+    params = [emb] if head is emb else [emb, head]
+    for p in params:
+        p.requires_grad_(True)
+        p.register_hook(lambda g: torch.cat([torch.zeros_like(g[:text]), g[text:]]))
+    opt = torch.optim.Adam(params, lr=lr)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    space.save(run_dir / "token_space.json")
+    train = task.examples(256, seed=seed + 1000)
+    data = _batches(train, batch_size, space.resolved_pad_id() or 0, seed)
+    saved = []
+    model.train()
+    for step in range(1, steps + 1):
+        ids, mask, labels = next(data)
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % save_every == 0:
+            with torch.no_grad():
+                rows = emb[text:].detach().clone()
+                head_rows = head[text:].detach().clone()
+            saved.append(write_trainable_rows(run_dir / f"checkpoint_{step}", space, base_model=base_model,
+                                              hidden_size=rows.shape[1], step=step, rows=rows,
+                                              lm_head_rows=head_rows))
+        if on_step:
+            on_step(step)
+    return saved
+
+
+class Connector(nn.Module):
+    """Learned queries attend over vision features (resampler), then an MLP maps them to the LLM."""
+
+    def __init__(self, vision_dim: int, llm_dim: int, n_queries: int):
+        super().__init__()
+        self.resampler = nn.ModuleDict({
+            "attn": nn.MultiheadAttention(vision_dim, num_heads=4, batch_first=True),
+        })
+        self.resampler_queries = nn.Parameter(torch.randn(n_queries, vision_dim) * 0.02)
+        self.projector = nn.Sequential(nn.Linear(vision_dim, llm_dim), nn.GELU(), nn.Linear(llm_dim, llm_dim))
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        q = self.resampler_queries.expand(feats.shape[0], -1, -1)
+        pooled, _ = self.resampler["attn"](q, feats, feats)
+        return self.projector(pooled)
+
+    def connector_state(self) -> dict[str, torch.Tensor]:
+        state = {k: v.detach().clone() for k, v in self.state_dict().items()}
+        state["resampler.queries"] = state.pop("resampler_queries")
+        return state
+
+
+def train_connector_run(
+    base_dir: Path,
+    run_dir: Path,
+    *,
+    base_model: str,
+    vision_tower: str,
+    steps: int,
+    save_every: int,
+    lr: float = 3e-3,
+    n_classes: int = 8,
+    seed: int = 0,
+    on_step: Callable[[int], None] | None = None,
+) -> list[Path]:
+    """Stage-1 alignment in miniature: frozen LLM, frozen "vision tower" (fixed class features)."""
+    torch.manual_seed(seed)
+    model = _load_frozen(base_dir)
+    hidden = model.config.hidden_size
+    vision_dim, patches, n_queries = 32, 16, 8
+    g = torch.Generator().manual_seed(seed)
+    class_feats = torch.randn(n_classes, patches, vision_dim, generator=g)
+    answers = torch.randint(3, min(200, model.config.vocab_size), (n_classes, 4), generator=g)
+    conn = Connector(vision_dim, hidden, n_queries)
+    opt = torch.optim.Adam(conn.parameters(), lr=lr)
+    embed = model.get_input_embeddings()
+    saved = []
+    for step in range(1, steps + 1):
+        c = torch.randint(0, n_classes, (16,), generator=g)
+        feats = class_feats[c] + 0.1 * torch.randn(16, patches, vision_dim, generator=g)
+        prefix = conn(feats)
+        text = embed(answers[c])
+        inputs = torch.cat([prefix, text], dim=1)
+        labels = torch.cat([torch.full((16, n_queries), IGNORE_INDEX), answers[c]], dim=1)
+        loss = model(inputs_embeds=inputs, labels=labels).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % save_every == 0:
+            saved.append(write_connector_checkpoint(
+                run_dir / f"checkpoint_{step}.pt", step=step, base_llm=base_model, vision_tower=vision_tower,
+                state=conn.connector_state(), with_optimizer=True))
+        if on_step:
+            on_step(step)
+    return saved

@@ -1,0 +1,45 @@
+"""`evalboard demo --no-serve` end to end (shortened): real training, real evaluation, real MLflow."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections import defaultdict
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def test_quick_demo_trains_evaluates_and_refuses_the_mismatch(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    workdir = tmp_path / "demo"
+    proc = subprocess.run([sys.executable, "-m", "evalboard.cli", "demo", "--workdir", str(workdir), "--no-serve",
+                           "--quick"], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    # the mismatched run is in the audit with its reason, and its evaluation was refused
+    assert "token-space-mismatch" in proc.stderr
+    assert "image range 640–799 (160 rows)" in proc.stderr and "640–767 (128 rows)" in proc.stderr
+    assert "refused: stage3_wide_image/checkpoint_" in proc.stderr
+
+    client = MlflowClient(f"sqlite:///{workdir / '.evalboard' / 'mlflow.db'}")
+    experiments = {e.name: e.experiment_id for e in client.search_experiments()}
+    track_b = sorted(n for n in experiments if n.startswith("evalboard/stage3_lr"))
+    assert len(track_b) == 3
+    assert "evalboard/stage3_wide_image" not in experiments  # refused: nothing logged
+    for name in track_b:
+        by_metric: dict[str, dict[int, float]] = defaultdict(dict)
+        runs = client.search_runs([experiments[name]])
+        assert runs and all(r.info.status == "FINISHED" for r in runs)
+        for run in runs:
+            for metric in ("loss_all", "loss_a2t", "loss_i2t"):
+                for m in client.get_metric_history(run.info.run_id, metric):
+                    by_metric[metric][m.step] = m.value
+        for metric, points in by_metric.items():
+            steps = sorted(points)
+            assert len(steps) >= 2, (name, metric)
+            assert points[steps[-1]] < points[steps[0]], (name, metric, points)
+    # the Track A run was trained and registered
+    assert list((workdir / "outputs" / "stage1_connector").glob("checkpoint_*.pt"))
