@@ -1,0 +1,136 @@
+"""Checkpoint: one checkpoint's metadata, files and sizes, token space, eval history across eval
+sets, per-example losses (distribution per task, worst examples), row-norm statistics and links
+to its MLflow run and LoggedModel."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from dashboard import analysis, charts, data
+from dashboard.app_pages import _common as c
+
+st.title("Checkpoint")
+url, version = c.registry_url(), c.version()
+runs = c.runs(url, version)
+cks = c.checkpoints(url, version)
+
+if cks.empty:
+    c.empty_state("No checkpoints registered yet. Register training output folders with", "evalboard scan PATH")
+    st.stop()
+
+run_names = dict(zip(runs["run_id"], runs["run"]))
+run_ids = [r for r in runs.sort_values("run")["run_id"] if r in set(cks["run_id"])]
+query_ck = st.query_params.get("checkpoint")
+if query_ck and query_ck.isdigit() and int(query_ck) in set(cks["checkpoint_id"]) \
+        and "checkpoint_run" not in st.session_state:
+    st.session_state["checkpoint_run"] = int(cks.loc[cks["checkpoint_id"] == int(query_ck), "run_id"].iloc[0])
+    st.session_state["checkpoint_id"] = int(query_ck)
+
+col_run, col_ck = st.columns(2)
+run_id = col_run.selectbox("Run", run_ids, format_func=lambda r: run_names.get(r, f"run {r}"), key="checkpoint_run")
+mine = cks[cks["run_id"] == run_id].sort_values("step")
+labels = {int(r.checkpoint_id): f"step {r.step}" + ("" if r.status == "valid" else " (invalid)")
+          for r in mine.itertuples()}
+ids = list(labels)
+if st.session_state.get("checkpoint_id") not in ids:  # a new run: its latest valid checkpoint
+    valid = mine.loc[mine["status"] == "valid", "checkpoint_id"].astype(int).tolist()
+    st.session_state["checkpoint_id"] = (valid or ids)[-1]
+ck_id = col_ck.selectbox("Checkpoint", ids, format_func=labels.get, key="checkpoint_id")
+st.query_params["checkpoint"] = str(ck_id)
+
+reg = c.registry()
+ck = reg.get_checkpoint(id=ck_id)
+if ck.status != "valid":
+    st.error(f"This checkpoint is invalid: {c.md(ck.reason or 'no reason recorded')}")
+
+st.subheader("Metadata")
+st.dataframe(pd.DataFrame([
+    ("run", run_names.get(ck.run_id)), ("path", ck.path), ("step", ck.step), ("track", ck.track),
+    ("status", ck.status), ("base model", ck.base_model), ("content hash", ck.content_hash),
+    ("rows", f"{ck.row_start}–{ck.row_end}" if ck.row_start is not None else None),
+    ("ships token_space.json", ck.has_token_space), ("registered", ck.registered_at),
+], columns=["field", "value"]).astype({"value": str}), hide_index=True, width="stretch")
+if ck.meta:
+    with st.expander("Checkpoint metadata (JSON)"):
+        st.json(ck.meta)
+
+st.subheader("Files")
+files = pd.DataFrame(ck.files or [])
+if files.empty:
+    st.info("No files recorded for this checkpoint.")
+else:
+    if "size" in files.columns:
+        files["size_mib"] = files["size"].astype(float) / 2**20
+    st.dataframe(files, hide_index=True, width="stretch",
+                 column_config={"size_mib": st.column_config.NumberColumn("size (MiB)", format="%.3f")})
+
+st.subheader("Token space")
+space_id = ck.token_space_id
+if space_id is None:
+    run_space = runs.loc[runs["run_id"] == ck.run_id, "token_space_id"].dropna()
+    space_id = int(run_space.iloc[0]) if len(run_space) else None
+if space_id:
+    ts = reg.get_token_space(id=int(space_id))
+    origin = "checkpoint" if ck.token_space_id else "run-level token_space.json"
+    st.caption(f"ABI hash `{ts.abi_hash[:16]}` ({origin}); text vocabulary {ts.text_vocab_size}, "
+               f"total {ts.vocab_size_total}")
+    from registry.token_space import TokenSpace
+
+    space = TokenSpace.from_dict(ts.spec)
+    st.dataframe(pd.DataFrame([{"range": r.name, "rows": r.describe(), "size": r.size, "codec": r.codec,
+                                "codec version": r.codec_version} for r in space.modalities]),
+                 hide_index=True, width="stretch")
+else:
+    st.info("No token space known for this checkpoint (neither its own token_space.json nor its run's).")
+
+st.subheader("Eval history")
+results = c.results(url, version)
+history = results[results["checkpoint_id"] == ck_id]
+if history.empty:
+    c.empty_state("Not evaluated yet. Queue it on the Queue page, or run",
+                  "evalboard eval --evalset NAME CHECKPOINT_DIR...")
+else:
+    wide = history.pivot_table(index=["result_id", "evalset", "source", "created_at"], columns="task",
+                               values="loss", aggfunc="first")
+    wide = wide[data.task_order(wide.columns)].reset_index().sort_values("created_at", ascending=False)
+    st.dataframe(wide.drop(columns="result_id"), hide_index=True, width="stretch")
+    latest = history.sort_values("result_id").iloc[-1]
+    extra = data.result_extra(reg, int(latest["result_id"]))
+    links = data.mlflow_links(latest["mlflow_run_id"], extra)
+    if links:
+        with st.container(horizontal=True):
+            if "run" in links:
+                st.link_button("MLflow run", links["run"], icon=":material/open_in_new:")
+            if "model" in links:
+                st.link_button("MLflow LoggedModel", links["model"], icon=":material/open_in_new:")
+    else:
+        st.caption("No MLflow run recorded for the latest result.")
+
+    st.subheader("Per-example losses")
+    with_examples = history[history["per_example_path"].notna()].drop_duplicates("result_id")
+    if with_examples.empty:
+        st.info("The results of this checkpoint kept no per-example losses.")
+    else:
+        result_evalset = dict(zip(with_examples["result_id"].astype(int), with_examples["evalset"]))
+        result_path = dict(zip(with_examples["result_id"].astype(int), with_examples["per_example_path"]))
+        choice = st.selectbox("Result", list(result_evalset), key="checkpoint_result",
+                              format_func=lambda i: f"{result_evalset.get(i, '?')} (result {i})")
+        per_ex = data.load_per_example(result_path[choice])
+        if per_ex is None:
+            st.warning("The per-example file is missing on disk.")
+        else:
+            st.plotly_chart(charts.loss_distribution(per_ex), key="checkpoint_dist")
+            st.caption("Worst examples")
+            st.dataframe(per_ex.sort_values("loss", ascending=False).head(20), hide_index=True, width="stretch")
+
+st.subheader("Row-norm statistics")
+stats = data.load_row_stats(reg, [ck_id]).get(ck_id)
+if not stats:
+    st.info("No row statistics for this checkpoint yet (the evaluator computes them when it evaluates).")
+else:
+    trend, drift = analysis.row_stats_tables({ck.step or 0: stats})
+    st.dataframe(trend.drop(columns=["step"]), hide_index=True, width="stretch")
+    flagged = analysis.flagged_rows(trend)
+    if not flagged.empty:
+        st.error("Dead (all-zero) or non-finite rows found: see the zero_rows / nonfinite_rows columns.")

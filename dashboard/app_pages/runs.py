@@ -1,0 +1,61 @@
+"""Runs: every registered run with its track, base model, token space, checkpoint counts, latest
+and best loss per task and when it was last evaluated; filters and search."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pandas as pd
+import streamlit as st
+
+from dashboard.app_pages import _common as c
+
+st.title("Runs")
+url, version = c.registry_url(), c.version()
+table = c.runs_overview(url, version)
+
+if table.empty:
+    c.empty_state("No runs registered yet. Register training output folders with", "evalboard scan PATH")
+    st.stop()
+
+with st.container(horizontal=True):
+    search = st.text_input("Search run name", key="runs_search", placeholder="substring, case-insensitive")
+    bases = st.multiselect("Base model", sorted(table["base_model"].dropna().unique()), key="runs_base")
+    spaces = st.multiselect("Token space", sorted(table["token_space"].dropna().unique()), key="runs_space")
+    tracks = st.multiselect("Track", sorted(table["track"].dropna().unique()), key="runs_track")
+    since = st.date_input("Updated since", value=None, key="runs_since")
+
+shown = table
+if search:
+    shown = shown[shown["run"].str.contains(search, case=False, regex=False)]
+if bases:
+    shown = shown[shown["base_model"].isin(bases)]
+if spaces:
+    shown = shown[shown["token_space"].isin(spaces)]
+if tracks:
+    shown = shown[shown["track"].isin(tracks)]
+if since:
+    cutoff = pd.Timestamp(dt.datetime.combine(since, dt.time()), tz="UTC")
+    shown = shown[shown["updated_at"] >= cutoff]
+
+loss_cols = [col for col in shown.columns if col.startswith(("latest ", "best "))]
+columns = ["run", "track", "base_model", "token_space", "checkpoints", "invalid", "latest_step", "evaluated",
+           *loss_cols, "last_evaluated", "updated_at", "path"]
+st.caption(f"{len(shown)} of {len(table)} runs")
+st.dataframe(
+    shown[columns], hide_index=True, width="stretch",
+    column_config={
+        "run": st.column_config.TextColumn("run", pinned=True),
+        "base_model": "base model",
+        "token_space": st.column_config.TextColumn("token space", help="short ABI hash"),
+        "latest_step": st.column_config.NumberColumn("latest step", format="%d"),
+        "evaluated": st.column_config.NumberColumn("evaluated", help="checkpoints with an eval result"),
+        "last_evaluated": st.column_config.DatetimeColumn("last evaluated", format="YYYY-MM-DD HH:mm"),
+        "updated_at": st.column_config.DatetimeColumn("updated", format="YYYY-MM-DD HH:mm"),
+        **{col: st.column_config.NumberColumn(col, format="%.4f") for col in loss_cols},
+    },
+)
+c.csv_download(shown[columns], "runs.csv", key="runs_csv")
+if not loss_cols:
+    c.empty_state("No eval results yet. Queue evaluations on the Queue page, or from the shell:",
+                  "evalboard eval --evalset NAME CHECKPOINT_DIR...")

@@ -1,0 +1,204 @@
+"""Reports of selected runs as self-contained HTML (interactive Plotly charts, plotly.js inlined),
+Markdown and CSV. Pure functions: `collect(reg, runs, evalset)` gathers a `Report`, the `to_*`
+functions render it; the Export page and `evalboard export` share them.
+
+Run names, eval-set names and task labels are user strings: HTML escapes them (tables with
+`escape=True`, text with `html.escape`, and figure strings are escaped by `dashboard.charts`);
+Markdown escapes `<`, `>`, `|` and backslashes; CSV prefixes a quote to any string cell that a
+spreadsheet would read as a formula.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import pandas as pd
+
+from dashboard import analysis, charts, data
+from registry.errors import InvalidInput, NotFound
+from registry.store import Registry
+
+__all__ = ["Report", "collect", "to_html", "to_markdown", "to_csv", "neutralise_cell", "render", "FORMATS"]
+
+FORMATS = ("html", "md", "csv")
+_FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+@dataclass
+class Report:
+    runs: list[str]
+    evalset: str | None
+    results: pd.DataFrame
+    runs_table: pd.DataFrame
+    best: pd.DataFrame
+    findings: pd.DataFrame
+    created_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+
+    @property
+    def tasks(self) -> list[str]:
+        return data.task_order(self.results["task"]) if not self.results.empty else []
+
+
+def collect(reg: Registry, run_names: list[str], evalset: str | None = None) -> Report:
+    """Gather the report of `run_names` (on one eval set label, or all when None)."""
+    from registry.audit import audit
+
+    runs = data.load_runs(reg)
+    unknown = sorted(set(run_names) - set(runs["run"]))
+    if unknown:
+        known = ", ".join(sorted(runs["run"])) or "none registered; run `evalboard scan PATH`"
+        raise NotFound(f"unknown runs: {', '.join(unknown)}; known: {known}")
+    chosen = runs[runs["run"].isin(run_names)]
+    ids = chosen["run_id"].tolist()
+    results = data.latest_per_checkpoint(data.load_results(reg, run_ids=ids))
+    if evalset is not None:
+        labels = sorted(results["evalset"].unique())
+        if evalset not in labels:
+            raise InvalidInput(f"eval set {evalset!r} has no results for these runs; with results: "
+                               f"{', '.join(labels) or 'none'}")
+        results = results[results["evalset"] == evalset]
+    checkpoints = data.load_checkpoints(reg, run_ids=ids)
+    table = data.runs_overview(chosen, checkpoints, results)
+    findings = pd.DataFrame([f.to_dict() for f in audit(reg) if f.run in set(run_names)],
+                            columns=["severity", "code", "message", "run", "checkpoint", "evalset", "detail"])
+    return Report(runs=list(run_names), evalset=evalset, results=results, runs_table=table,
+                  best=analysis.best_checkpoints(results), findings=findings.drop(columns="detail"))
+
+
+# -- CSV ---------------------------------------------------------------------------------------
+
+
+def neutralise_cell(value: Any) -> Any:
+    """A string a spreadsheet would evaluate (=, +, -, @, tab, CR first) gets a leading quote.
+    Numbers are left alone: -0.5 is a number, not a formula."""
+    if isinstance(value, str) and value.startswith(_FORMULA_PREFIXES):
+        return "'" + value
+    return value
+
+
+def safe_csv(df: pd.DataFrame) -> str:
+    """`df` as CSV with every string cell (and header) neutralised."""
+    clean = df.copy()
+    for c in clean.columns:
+        if clean[c].dtype == object or pd.api.types.is_string_dtype(clean[c]):
+            clean[c] = clean[c].map(neutralise_cell)
+    clean.columns = [neutralise_cell(str(c)) for c in clean.columns]
+    buf = io.StringIO()
+    clean.to_csv(buf, index=False)
+    return buf.getvalue()
+
+
+def to_csv(report: Report) -> str:
+    """Long format: one line per (run, checkpoint, eval set, task)."""
+    cols = ["run", "step", "tokens_seen", "evalset", "task", "loss", "tokens", "examples", "source", "subset",
+            "mlflow_run_id", "created_at"]
+    return safe_csv(report.results[cols])
+
+
+# -- Markdown ----------------------------------------------------------------------------------
+
+
+def md_escape(value: Any) -> str:
+    s = "" if value is None or (isinstance(value, float) and pd.isna(value)) else str(value)
+    for a, b in (("\\", "\\\\"), ("|", "\\|"), ("<", "&lt;"), (">", "&gt;"), ("\n", " "), ("`", "\\`"),
+                 ("[", "\\["), ("]", "\\]"), ("*", "\\*"), ("_", "\\_")):
+        s = s.replace(a, b)
+    return s
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return "" if pd.isna(value) else f"{value:.4f}"
+    if value is None or value is pd.NA or value is pd.NaT:
+        return ""
+    return md_escape(value)
+
+
+def md_table(df: pd.DataFrame) -> str:
+    if df.empty:
+        return "_none_\n"
+    head = "| " + " | ".join(md_escape(c) for c in df.columns) + " |"
+    sep = "|" + "---|" * len(df.columns)
+    body = ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join([head, sep, *body]) + "\n"
+
+
+def _overview_columns(report: Report) -> pd.DataFrame:
+    keep = ["run", "track", "base_model", "token_space", "checkpoints", "evaluated"]
+    keep += [c for c in report.runs_table.columns if c.startswith(("latest ", "best "))]
+    return report.runs_table[[c for c in keep if c in report.runs_table.columns]]
+
+
+def to_markdown(report: Report) -> str:
+    parts = [f"# evalboard report: {len(report.runs)} runs\n",
+             f"Eval set: {md_escape(report.evalset or 'all')}  \nGenerated {report.created_at:%Y-%m-%d %H:%M} UTC\n",
+             "## Runs\n", md_table(_overview_columns(report)),
+             "## Best checkpoint per run (by loss on all)\n", md_table(report.best),
+             "## Losses\n", md_table(_loss_wide(report)),
+             "## Audit findings\n", md_table(report.findings[["severity", "code", "run", "message"]])]
+    return "\n".join(parts)
+
+
+def _loss_wide(report: Report) -> pd.DataFrame:
+    r = report.results
+    if r.empty:
+        return pd.DataFrame(columns=["run", "step", "evalset"])
+    wide = r.pivot_table(index=["run", "step", "evalset"], columns="task", values="loss", aggfunc="last")
+    wide = wide[data.task_order(wide.columns)]
+    wide.columns = [f"loss {t}" for t in wide.columns]
+    return wide.reset_index()
+
+
+# -- HTML --------------------------------------------------------------------------------------
+
+_CSS = """body{font-family:system-ui,sans-serif;margin:2rem;max-width:1200px}
+table{border-collapse:collapse;font-size:13px;margin:.5rem 0 1.5rem}
+td,th{border:1px solid #ddd;padding:3px 8px;text-align:left}th{background:#f4f4f4}
+.error{color:#b00020}.warning{color:#a15c00}.info{color:#0b5394}"""
+
+
+def _table_html(df: pd.DataFrame) -> str:
+    if df.empty:
+        return "<p><em>none</em></p>"
+    return df.to_html(index=False, escape=True, na_rep="", float_format=lambda v: f"{v:.4f}", border=0)
+
+
+def to_html(report: Report) -> str:
+    """One self-contained page: plotly.js is inlined once, every chart stays interactive."""
+    import plotly.io as pio
+
+    e = html.escape
+    figures = []
+    for i, task in enumerate(report.tasks):
+        fig = charts.loss_curves(report.results, task)
+        figures.append(pio.to_html(fig, full_html=False, include_plotlyjs=(i == 0), validate=False,
+                                   div_id=f"loss-{i}"))
+    run_list = ", ".join(e(r) for r in report.runs)
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<title>evalboard report</title><style>{_CSS}</style></head><body>
+<h1>evalboard report</h1>
+<p>Runs: {run_list}<br>Eval set: {e(report.evalset or "all")}<br>
+Generated {report.created_at:%Y-%m-%d %H:%M} UTC</p>
+<h2>Loss vs step</h2>
+{"".join(figures) or "<p><em>no eval results for these runs</em></p>"}
+<h2>Runs</h2>
+{_table_html(_overview_columns(report))}
+<h2>Best checkpoint per run (by loss on all)</h2>
+{_table_html(report.best)}
+<h2>Losses</h2>
+{_table_html(_loss_wide(report))}
+<h2>Audit findings</h2>
+{_table_html(report.findings[["severity", "code", "run", "message"]])}
+</body></html>
+"""
+
+
+def render(report: Report, fmt: str) -> str:
+    if fmt not in FORMATS:
+        raise InvalidInput(f"unknown report format {fmt!r}; use one of {', '.join(FORMATS)}")
+    return {"html": to_html, "md": to_markdown, "csv": to_csv}[fmt](report)

@@ -1,0 +1,233 @@
+"""Every page under AppTest, on a populated registry and on an empty one, plus each page's main
+interaction."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.dashboard._helpers import PAGES, TITLES, assert_ok, run_page
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_page_renders_populated(populated, page):
+    at = run_page(page)
+    assert_ok(at, TITLES[page])
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_page_renders_empty_with_hint(empty, page):
+    at = run_page(page)
+    assert_ok(at, TITLES[page])
+    hints = " ".join(i.value for i in at.info)
+    assert "evalboard" in hints, hints
+
+
+def test_runs_table_and_filter(populated):
+    at = run_page("runs")
+    table = at.dataframe[0].value
+    assert set(table["run"]) == {"stage1_align_trial", "stage3_token_lm_iter5", "stage3_token_lm_wide_image"}
+    iter5 = table.set_index("run").loc["stage3_token_lm_iter5"]
+    assert iter5["checkpoints"] == 4 and iter5["invalid"] == 1
+    assert iter5["best all"] < iter5["best i2t"]  # "all" averages a2t (lower) and i2t
+    at.text_input(key="runs_search").input("wide").run()
+    assert list(at.dataframe[0].value["run"]) == ["stage3_token_lm_wide_image"]
+
+
+def _chart_traces(at):
+    import json
+
+    return [[t.get("name") for t in json.loads(chart.proto.spec)["data"]] for chart in _plotly(at, "compare_chart_")]
+
+
+def _plotly(at, prefix: str = ""):
+    return [c for c in at.get("plotly_chart") if (c.key or "").startswith(prefix)]
+
+
+def test_compare_choosing_runs_changes_charts(populated):
+    at = run_page("compare")
+    assert_ok(at, "Compare runs")
+    runs = ["stage3_token_lm_iter5", "stage3_token_lm_wide_image"]
+    # three tasks (all, a2t, i2t), a line per run plus the best-checkpoint markers
+    assert len(_plotly(at, "compare_chart_")) == 3
+    assert all(names == [*runs, "best checkpoint"] for names in _chart_traces(at))
+    at.multiselect(key="compare_runs").set_value(["stage3_token_lm_wide_image"]).run()
+    assert_ok(at, "Compare runs")
+    assert all(names == ["stage3_token_lm_wide_image", "best checkpoint"] for names in _chart_traces(at))
+    # the regression planted in wide_image's i2t at its last step is flagged
+    assert any("worse than their run's previous best" in w.value for w in at.warning)
+    # filter + select all matching
+    at.multiselect(key="compare_runs").set_value([]).run()
+    at.text_input(key="compare_filter").input("ITER5").run()
+    at.button(key="compare_select_all").click().run()
+    assert at.multiselect(key="compare_runs").value == ["stage3_token_lm_iter5"]
+    assert all(names == ["stage3_token_lm_iter5", "best checkpoint"] for names in _chart_traces(at))
+
+
+def test_compare_example_by_example(populated):
+    at = run_page("compare")
+    summaries = [d.value for d in at.dataframe if "better" in d.value.columns]
+    assert summaries and set(summaries[0]["task"]) == {"a2t", "i2t"}
+    assert (summaries[0]["examples"] == 8).all()
+
+
+def test_compare_tokens_seen_axis(populated):
+    at = run_page("compare")
+    at.radio(key="compare_x").set_value("tokens seen").run()
+    assert_ok(at, "Compare runs")
+    import json
+
+    spec = json.loads(_plotly(at)[0].proto.spec)
+    assert spec["layout"]["xaxis"]["title"]["text"] == "tokens seen"
+    assert max(spec["data"][0]["x"]) == 300 * 4096
+
+
+def test_checkpoint_page_links_and_history(populated):
+    at = run_page("checkpoint")
+    assert_ok(at, "Checkpoint")
+    # defaults to the first run alphabetically (Track A, not evaluated): switch to an evaluated one
+    at.selectbox(key="checkpoint_run").set_value(_run_id(at, "stage3_token_lm_iter5")).run()
+    assert_ok(at, "Checkpoint")
+    buttons = at.get("link_button")
+    urls = [b.proto.url for b in buttons]
+    assert any("/#/experiments/7/runs/mlflowrun" in u for u in urls), urls
+    assert any("/#/experiments/7/models/m-" in u for u in urls), urls
+    assert len(_plotly(at)) == 1  # per-example distribution
+
+
+def test_compatibility_matrix_marks_mismatch(populated):
+    at = run_page("compatibility")
+    matrix = at.dataframe[0].value
+    if hasattr(matrix, "data"):  # a Styler
+        matrix = matrix.data
+    m = matrix.set_index("run")
+    assert m.loc["stage3_token_lm_wide_image", "synthetic-a2t-i2t"] == "error"
+    assert m.loc["stage3_token_lm_iter5", "synthetic-a2t-i2t"] in ("ok", "warning")
+    assert m.loc["stage1_align_trial", "synthetic-a2t-i2t"] == "n/a"
+    assert m.loc["stage3_token_lm_iter5", "run token_space.json"] == "ok"
+    assert m.loc["stage3_token_lm_iter5", "checkpoints"] == "error"  # the truncated checkpoint_400
+    diff = [d.value for d in at.dataframe if "field" in getattr(d.value, "columns", [])]
+    assert diff and "range:image" in set(diff[0]["field"])
+
+
+def test_row_stats_charts(populated):
+    at = run_page("row_stats")
+    assert_ok(at, "Row statistics")
+    assert len(_plotly(at)) == 5  # trend ×2, histogram ×2, drift
+    assert at.success and "No dead" in at.success[0].value
+
+
+def _enqueue(at, run_name: str, mode: str, checkpoints=()):
+    at.selectbox(key="eval_run").set_value(_run_id(at, run_name)).run()
+    at.radio(key="eval_mode").set_value(mode)
+    if checkpoints:
+        at.multiselect(key="eval_checkpoints").set_value(list(checkpoints))
+    at.button[0].click()  # the form's submit button
+    return at.run()
+
+
+def _run_id(at, name: str) -> int:
+    from dashboard.data import load_runs
+    from tests.dashboard._helpers import registry_from_env
+
+    runs = load_runs(registry_from_env())
+    return int(runs.loc[runs["run"] == name, "run_id"].iloc[0])
+
+
+def _checkpoint_ids(run_name: str) -> list[int]:
+    from tests.dashboard._helpers import registry_from_env
+
+    with registry_from_env() as reg:
+        run = reg.get_run(name=run_name)
+        return [c.id for c in sorted(reg.list_checkpoints(run_id=run.id), key=lambda c: c.step)]
+
+
+def test_evaluate_form_creates_jobs_and_dedups(populated):
+    from registry.store import Registry
+
+    at = run_page("queue")
+    assert_ok(at, "Queue")
+    at.selectbox(key="eval_run").set_value(_run_id(at, "stage3_token_lm_iter5")).run()
+    valid = _checkpoint_ids("stage3_token_lm_iter5")[:2]  # steps 100 and 200
+    at.radio(key="eval_mode").set_value("chosen below")
+    at.multiselect(key="eval_checkpoints").set_value(valid)
+    at.button(key="FormSubmitter:evaluate_form-Enqueue").click().run()
+    assert_ok(at, "Queue")
+    assert any("Enqueued 2 jobs" in s.value for s in at.success), [s.value for s in at.success]
+    with Registry(populated) as reg:
+        jobs = reg.list_jobs()
+    assert sorted(j.checkpoint_id for j in jobs) == sorted(valid)
+    assert all(j.status == "queued" for j in jobs)
+    # the jobs table shows them, and submitting again reports "already queued"
+    assert len(at.dataframe[0].value) == 2
+    at.button(key="FormSubmitter:evaluate_form-Enqueue").click().run()
+    assert any("already queued" in i.value for i in at.info)
+    with Registry(populated) as reg:
+        assert len(reg.list_jobs()) == 2
+
+
+def test_evaluate_refuses_mismatched_token_space(populated):
+    from registry.store import Registry
+
+    at = run_page("queue")
+    at.selectbox(key="eval_run").set_value(_run_id(at, "stage3_token_lm_wide_image")).run()
+    at.radio(key="eval_mode").set_value("chosen below")
+    at.multiselect(key="eval_checkpoints").set_value(_checkpoint_ids("stage3_token_lm_wide_image")[:1])
+    at.button(key="FormSubmitter:evaluate_form-Enqueue").click().run()
+    assert_ok(at, "Queue")
+    errors = [e.value for e in at.error]
+    assert errors and "Refused" in errors[0]
+    assert "image range" in errors[0] and "vocab" in errors[0], errors
+    with Registry(populated) as reg:
+        assert reg.list_jobs() == []
+
+
+def test_queue_cancel_and_retry(populated):
+    from registry.store import Registry
+
+    with Registry(populated) as reg:
+        ck = next(c for c in reg.list_checkpoints() if c.status == "valid" and c.track == "B")
+        job, _ = reg.enqueue_job(checkpoint_id=ck.id, evalset_id=reg.list_evalsets()[0].id)
+    at = run_page("queue")
+    at.multiselect(key="jobs_picked").set_value([job.id])
+    at.button(key="jobs_cancel").click().run()
+    assert_ok(at, "Queue")
+    with Registry(populated) as reg:
+        assert reg.get_job(id=job.id).status == "cancelled"
+    assert at.dataframe[0].value.iloc[0]["status"] == "cancelled"
+    at.multiselect(key="jobs_picked").set_value([job.id])
+    at.button(key="jobs_retry").click().run()
+    with Registry(populated) as reg:
+        again = reg.get_job(id=job.id)
+    assert again.status == "queued" and again.attempts == 0
+
+
+def test_export_page_builds_checked_file(populated):
+    at = run_page("export")
+    assert_ok(at, "Export")
+    at.radio(key="export_format").set_value("md")
+    at.button(key="export_build").click().run()
+    assert_ok(at, "Export")
+    payload = at.session_state["export_payload"]
+    assert payload.startswith("# evalboard report")
+    assert "stage3\\_token\\_lm\\_iter5" in payload
+    assert "## Audit findings" in payload
+    at.radio(key="export_format").set_value("csv")
+    at.button(key="export_build").click().run()
+    lines = at.session_state["export_payload"].splitlines()
+    assert lines[0].startswith("run,step,tokens_seen,evalset,task,loss")
+    assert len(lines) == 1 + (6 + 2) * 3  # 6 evaluated + 2 imported eval_step300.json, × (all, a2t, i2t)
+
+
+def test_new_results_show_up_without_restart(populated):
+    from registry.store import Registry
+
+    at = run_page("runs")
+    before = at.dataframe[0].value.set_index("run").loc["stage3_token_lm_iter5", "best all"]
+    with Registry(populated) as reg:
+        run = reg.get_run(name="stage3_token_lm_iter5")
+        ck = next(c for c in reg.list_checkpoints(run_id=run.id) if c.step == 300)
+        reg.add_eval_result(checkpoint_id=ck.id, run_id=run.id, evalset_id=reg.list_evalsets()[0].id, step=300,
+                            source="evaluator", metrics={"all": {"loss": 0.5, "tokens": 1, "examples": 1}})
+    at.run()
+    after = at.dataframe[0].value.set_index("run").loc["stage3_token_lm_iter5", "best all"]
+    assert before > 1 and after == pytest.approx(0.5)
