@@ -10,6 +10,7 @@ the evaluator, the queue and the dashboard's Evaluate form refuse with.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
@@ -45,6 +46,18 @@ def _space(ts: TokenSpaceEntity | None) -> TokenSpace | None:
     return TokenSpace.from_dict(ts.spec, source=ts.first_path) if ts is not None else None
 
 
+def with_versions(space: TokenSpace, codecs: Mapping[str, Any] | None, tokenizer: str | None) -> TokenSpace:
+    """``space`` with the codec/tokenizer versions a particular file recorded (token-space rows
+    are shared per ABI hash, so the registered spec carries only the first file's versions)."""
+    if codecs:
+        mods = tuple(dataclasses.replace(r, codec=None, codec_version=codecs.get(r.name)) if r.name in codecs else r
+                     for r in space.modalities)
+        space = dataclasses.replace(space, modalities=mods)
+    if tokenizer is not None:
+        space = dataclasses.replace(space, tokenizer_name=None, tokenizer_version=tokenizer)
+    return space
+
+
 def _label(path: str) -> str:
     p = Path(path)
     return f"{p.parent.name}/{p.name}"
@@ -62,6 +75,7 @@ class _Context:
         self.checkpoints = reg.list_checkpoints()
         self.evalsets = reg.list_evalsets()
         self._parsed: dict[int, TokenSpace | None] = {}
+        self._files: dict[str, TokenSpace | None] = {}
 
     def space(self, ts_id: int | None) -> TokenSpace | None:
         if ts_id is None:
@@ -71,19 +85,46 @@ class _Context:
         return self._parsed[ts_id]
 
     def evalset_space(self, es: EvalSetEntity) -> TokenSpace | None:
-        inline = (es.manifest or {}).get("token_space")
+        manifest = es.manifest or {}
+        inline = manifest.get("token_space")
         if isinstance(inline, dict):
             return TokenSpace.from_dict(inline, source=es.path)
         ts = self.by_hash.get(es.token_space_hash or "")
-        return self.space(ts.id) if ts else None
+        space = self.space(ts.id) if ts else None
+        if space is not None and (manifest.get("codec_versions") or manifest.get("tokenizer_version")):
+            codecs = manifest.get("codec_versions") if isinstance(manifest.get("codec_versions"), dict) else None
+            space = with_versions(space, codecs, manifest.get("tokenizer_version"))
+        return space
+
+    def own_space(self, ck: CheckpointEntity) -> TokenSpace | None:
+        """The checkpoint's shipped token space, with the versions its own file recorded."""
+        space = self.space(ck.token_space_id)
+        versions = (ck.meta or {}).get("token_space_versions")
+        if space is not None and isinstance(versions, dict):
+            space = with_versions(space, versions.get("codecs"), versions.get("tokenizer"))
+        return space
+
+    def run_space(self, run: RunEntity | None) -> TokenSpace | None:
+        """The run-level token_space.json as it is on disk (for its versions), else as registered."""
+        if run is None or run.token_space_id is None:
+            return None
+        if run.token_space_path and run.token_space_path not in self._files:
+            try:
+                self._files[run.token_space_path] = TokenSpace.load(run.token_space_path)
+            except Exception:  # noqa: BLE001 - moved or broken since the scan: use the registered spec
+                self._files[run.token_space_path] = None
+        on_disk = self._files.get(run.token_space_path or "")
+        if on_disk is not None and on_disk.abi_hash == self.spaces[run.token_space_id].abi_hash:
+            return on_disk
+        return self.space(run.token_space_id)
 
     def checkpoint_space(self, ck: CheckpointEntity) -> tuple[TokenSpace | None, str]:
         """The checkpoint's own token space, else its run's (the seed allows either)."""
         if ck.token_space_id is not None:
-            return self.space(ck.token_space_id), "checkpoint"
+            return self.own_space(ck), "checkpoint"
         run = self.runs.get(ck.run_id)
         if run is not None and run.token_space_id is not None:
-            return self.space(run.token_space_id), "run"
+            return self.run_space(run), "run"
         return None, "none"
 
 
@@ -156,7 +197,7 @@ def audit(reg: Registry, *, models: Mapping[str, str] | None = None) -> list[Fin
 
 def _run_findings(ctx: _Context, run: RunEntity, cks: list[CheckpointEntity]) -> list[Finding]:
     out: list[Finding] = []
-    run_space = ctx.space(run.token_space_id)
+    run_space = ctx.run_space(run)
     valid = [c for c in cks if c.status == "valid"]
     for ck in cks:
         if ck.status != "valid":
@@ -184,7 +225,7 @@ def _checkpoint_findings(ctx: _Context, run: RunEntity, run_space: TokenSpace | 
                          ck: CheckpointEntity) -> list[Finding]:
     out: list[Finding] = []
     label = _label(ck.path)
-    own = ctx.space(ck.token_space_id)
+    own = ctx.own_space(ck)
     if not ck.has_token_space:
         out.append(Finding("warning", "token-space-not-shipped",
                            f"{label} was shipped without token_space.json (compatibility rule 1: always ship it)"

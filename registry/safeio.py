@@ -190,6 +190,8 @@ def _load_torch(path: Path, kind: str) -> dict[str, Any]:
 def _unsafe_reason(message: str) -> str:
     """Name the global a pickle asked for, from torch's weights_only error text."""
     m = re.search(r"Unsupported global: GLOBAL ([\w.]+)", message) or re.search(
+        # torch >= 2.6 for globals of blocked modules (os, posix, subprocess, ...)
+        r"unsupported GLOBAL ([\w.]+) whose module", message) or re.search(
         r"Unsupported (?:operand|class|global)[^:]*:\s*([^\s,]+)", message
     )
     what = f"it references the global {m.group(1)!r}" if m else "it needs more than plain tensors"

@@ -239,6 +239,7 @@ class _Scanner:
                               meta={"hidden_size": ck.hidden_size, "dtype": ck.dtype, "tied": ck.tied,
                                     "embed_key": ck.embed_key, "lm_head_key": ck.lm_head_key,
                                     "embed_shape": list(ck.embed.shape), "warnings": list(ck.warnings),
+                                    "token_space_versions": _versions(ck.token_space),
                                     **{k: v for k, v in ck.meta.info.items() if _jsonable(v)}})
             else:
                 ck = ConnectorCheckpoint.load(path)
@@ -364,6 +365,15 @@ def _records(path: Path, names: Iterable[str]) -> list[FileRecord]:
         except OSError:
             continue
     return out
+
+
+def _versions(ts: TokenSpace | None) -> dict[str, Any] | None:
+    """Codec/tokenizer versions of this very file: token-space rows are shared per ABI hash, so
+    versions (which are not part of the ABI) must be kept with whoever shipped them."""
+    if ts is None:
+        return None
+    tok = "@".join(x for x in (ts.tokenizer_name, ts.tokenizer_version) if x) or None
+    return {"codecs": ts.codec_versions(), "tokenizer": tok}
 
 
 def _jsonable(v: Any) -> bool:
