@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -98,7 +99,7 @@ class EvalSet:
     def load(cls, path: str | Path, *, token_space: TokenSpace | None = None) -> "EvalSet":
         """Read and validate. Token ids are checked against ``token_space`` when given, else
         against the inline token space of the manifest (whose hash must match)."""
-        root, manifest_path = _locate(Path(path))
+        root, manifest_path = _locate(Path(os.path.realpath(path)))
         manifest = read_json(manifest_path)
         where = str(manifest_path)
         unexpected = sorted(set(manifest) - _MANIFEST_FIELDS - set(_HASH_ALIASES))

@@ -166,6 +166,7 @@ class _Scanner:
         self.progress = progress or (lambda _msg: None)
         self.index = registry.checkpoint_files_index(paths_under=str(root))
         self._ts_ids: dict[str, int] = {}
+        self.known_evalsets = {e.path: e for e in registry.list_evalsets()}
 
     def token_space_id(self, ts: TokenSpace, path: str) -> int:
         if ts.abi_hash not in self._ts_ids:
@@ -274,10 +275,14 @@ class _Scanner:
         self.summary.invalid_items.append({"path": path, "reason": reason})
 
     def import_result(self, run_id: int, path: Path, steps: dict[int, Any]) -> None:
+        st = path.stat()
+        imported = [r for r in self.reg.list_eval_results(run_ids=[run_id])
+                    if r.source == "import" and r.path == str(path)]
+        if any((r.extra or {}).get("size") == st.st_size and (r.extra or {}).get("mtime_ns") == st.st_mtime_ns
+               for r in imported):
+            return  # same file as last time: not even re-hashed
         sha = sha256_file(path)
-        existing = {(r.path, (r.extra or {}).get("file_sha256")) for r in self.reg.list_eval_results(run_ids=[run_id])
-                    if r.source == "import"}
-        if (str(path), sha) in existing:
+        if any((r.extra or {}).get("file_sha256") == sha for r in imported):
             return
         try:
             res = EvalResult.load(path)
@@ -300,12 +305,16 @@ class _Scanner:
             checkpoint_id=ck.id if ck is not None else None, run_id=run_id, evalset_id=evalset_id,
             evalset_hash=evalset_hash, checkpoint_hash=ck.content_hash if ck is not None else None,
             step=res.step, source="import", loss_all=res.loss_all, metrics=res.metrics(), path=str(path),
-            extra={"file_sha256": sha, "evalset_name": (res.evalset or {}).get("name")},
+            extra={"file_sha256": sha, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+                   "evalset_name": (res.evalset or {}).get("name")},
         )
         self.summary.results_imported += 1
 
     def evalset(self, path: Path) -> None:
         self.progress(str(path))
+        known = self.known_evalsets.get(str(path))
+        if known is not None and _files_unchanged(path, known.files):
+            return  # registered and untouched: the Parquet files are not re-read
         try:
             _, state = register_evalset(self.reg, path)
         except EvalboardError as e:
@@ -374,6 +383,17 @@ def _versions(ts: TokenSpace | None) -> dict[str, Any] | None:
         return None
     tok = "@".join(x for x in (ts.tokenizer_name, ts.tokenizer_version) if x) or None
     return {"codecs": ts.codec_versions(), "tokenizer": tok}
+
+
+def _files_unchanged(base: Path, files: list[dict[str, Any]]) -> bool:
+    try:
+        with os.scandir(base) as it:
+            entries = {e.name: e for e in it if e.is_file()}
+    except OSError:
+        return False
+    names = {f["name"] for f in files}
+    current = {n for n in entries if n.endswith(".parquet") or n == MANIFEST}
+    return current == names and _unchanged(files, {n: entries[n] for n in names})
 
 
 def _jsonable(v: Any) -> bool:

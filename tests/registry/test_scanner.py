@@ -103,7 +103,7 @@ def test_the_standard_tree(session_ws: Workspace, registry, monkeypatch: pytest.
     assert (again.found, again.new, again.updated, again.unchanged, again.invalid) == (10, 0, 0, 10, 1)
     assert (again.evalsets, again.results_imported) == (0, 0)
     assert again.invalid_items == summary.invalid_items
-    assert hashed and all(h.endswith((".json", ".parquet")) for h in hashed)  # eval results and the eval set
+    assert hashed == []  # untouched eval results and eval sets are not re-read either
     assert state() == before and registry.counts() == before_counts
 
 

@@ -1,0 +1,150 @@
+"""Watch training output folders: register each new checkpoint once it is complete, and queue it.
+
+A trainer writes a checkpoint over seconds or minutes, file by file. A checkpoint is complete when
+  1. every file it needs exists (Track B: a `trainable_rows.*` file and `trainable_rows.json`;
+     Track A: the `.pt` itself),
+  2. the sizes and mtimes of all its files are unchanged across two polls at least
+     `settle_seconds` apart, and
+  3. it validates (the scanner registers it as valid).
+Only then is its evaluation enqueued, once per content: the store's dedupe makes a second enqueue
+of the same (checkpoint content, eval set) return the first job, and the watcher remembers what it
+already handled so an unchanged checkpoint costs one `stat` per poll.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+from registry.audit import pair_findings
+from registry.entities import EvalSetEntity
+from registry.errors import EvalboardError
+from registry.scanner import discover, scan
+from registry.store import Registry
+from registry.trainable_rows import META_FILENAME, ROWS_FILENAMES
+
+__all__ = ["Watcher", "WatchEvent", "file_state"]
+
+log = logging.getLogger("evalboard.watch")
+
+FileState = tuple[tuple[str, int, int], ...]
+
+
+def file_state(checkpoint: Path) -> FileState | None:
+    """(name, size, mtime_ns) of the checkpoint's files, or None while a required file is missing."""
+    if checkpoint.is_file():
+        st = checkpoint.stat()
+        return ((checkpoint.name, st.st_size, st.st_mtime_ns),)
+    try:
+        entries = {e.name: e.stat() for e in os.scandir(checkpoint) if e.is_file()}
+    except FileNotFoundError:
+        return None
+    if META_FILENAME not in entries or not any(n in entries for n in ROWS_FILENAMES):
+        return None
+    return tuple(sorted((n, st.st_size, st.st_mtime_ns) for n, st in entries.items()))
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    path: str
+    action: str
+    """'enqueued', 'already-queued', 'invalid', 'refused'."""
+    detail: str = ""
+    job_id: int | None = None
+
+
+@dataclass
+class _Seen:
+    state: FileState
+    since: float  # monotonic time this state was first seen
+
+
+@dataclass
+class Watcher:
+    """Poll `roots` every `interval` seconds; see the module docstring for "complete"."""
+
+    registry: Registry
+    roots: list[Path]
+    evalset: EvalSetEntity
+    settle_seconds: float = 5.0
+    max_attempts: int = 3
+    options: dict = field(default_factory=dict)
+    clock: Callable[[], float] = time.monotonic
+    polls: int = 0
+    _pending: dict[Path, _Seen] = field(default_factory=dict)
+    _handled: dict[Path, FileState] = field(default_factory=dict)
+
+    @property
+    def settling(self) -> bool:
+        """Some checkpoint was seen but is not complete yet."""
+        return bool(self._pending)
+
+    def candidates(self) -> Iterable[Path]:
+        for root in self.roots:
+            if not root.exists():
+                continue
+            for run in discover(root).runs.values():
+                yield from run.rows
+                yield from run.connectors
+
+    def poll(self) -> list[WatchEvent]:
+        """One pass: returns what happened to checkpoints that became complete in it."""
+        now = self.clock()
+        self.polls += 1
+        events = []
+        for path in self.candidates():
+            state = file_state(path)
+            if state is None:  # a required file is not there yet
+                self._pending.pop(path, None)
+                continue
+            if self._handled.get(path) == state:
+                continue
+            seen = self._pending.get(path)
+            if seen is None or seen.state != state:
+                self._pending[path] = _Seen(state, now)  # new or still being written
+                continue
+            if now - seen.since < self.settle_seconds:
+                continue
+            del self._pending[path]
+            self._handled[path] = state
+            events.append(self._register(path))
+        return events
+
+    def _register(self, path: Path) -> WatchEvent:
+        try:
+            scan(self.registry, [path])
+            ck = self.registry.get_checkpoint(path=os.path.realpath(path))
+        except EvalboardError as e:
+            return self._log(WatchEvent(str(path), "invalid", str(e)))
+        if not ck.is_valid:
+            # A truncated file that stopped growing for a while: look again when it changes.
+            return self._log(WatchEvent(str(path), "invalid", ck.reason or "invalid"))
+        refusals = [f.message for f in pair_findings(self.registry, ck, self.evalset) if f.severity == "error"]
+        if refusals:
+            return self._log(WatchEvent(str(path), "refused", "; ".join(refusals)))
+        try:
+            job, created = self.registry.enqueue_job(checkpoint_id=ck.id, evalset_id=self.evalset.id,
+                                                     max_attempts=self.max_attempts, options=self.options)
+        except EvalboardError as e:
+            return self._log(WatchEvent(str(path), "refused", str(e)))
+        return self._log(WatchEvent(str(path), "enqueued" if created else "already-queued", job_id=job.id))
+
+    def _log(self, event: WatchEvent) -> WatchEvent:
+        level = logging.INFO if event.action in ("enqueued", "already-queued") else logging.WARNING
+        log.log(level, "%s %s%s", event.action, event.path, f": {event.detail}" if event.detail else
+                f" (job {event.job_id})")
+        return event
+
+    def run(self, *, interval: float, should_stop: Callable[[], bool],
+            on_event: Callable[[WatchEvent], None] | None = None) -> None:
+        while not should_stop():
+            for event in self.poll():
+                if on_event is not None:
+                    on_event(event)
+            deadline = self.clock() + interval
+            while not should_stop() and self.clock() < deadline:
+                time.sleep(min(0.2, interval))
