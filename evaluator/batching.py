@@ -18,6 +18,7 @@ __all__ = [
     "Example",
     "Batch",
     "scored_targets",
+    "needed_length",
     "check_examples",
     "plan_batches",
     "padded_cost",
@@ -46,6 +47,17 @@ class Example:
 def scored_targets(example: Example) -> int:
     """How many tokens of `example` are scored (`labels[1:]` that are not `IGNORE_INDEX`)."""
     return sum(1 for label in example.labels[1:] if label != IGNORE_INDEX)
+
+
+def needed_length(example: Example) -> int:
+    """Tokens the model must see to score `example`: up to its last scored label (0 if none).
+
+    Later tokens cannot change earlier predictions (causal attention), so they are not run.
+    """
+    for t in range(len(example.labels) - 1, 0, -1):
+        if example.labels[t] != IGNORE_INDEX:
+            return t + 1
+    return 0
 
 
 def check_examples(examples: Sequence[Example], vocab_size: int) -> None:
@@ -112,19 +124,28 @@ class Batch:
 
 
 def collate(
-    examples: Sequence[Example], indices: Sequence[int], pad_token_id: int, device: torch.device
+    examples: Sequence[Example],
+    indices: Sequence[int],
+    pad_token_id: int,
+    device: torch.device,
+    lengths: Sequence[int] | None = None,
 ) -> Batch:
-    """Right-pad `examples[indices]` with `pad_token_id`; padding has attention 0, label ignored."""
-    longest = max(len(examples[i].input_ids) for i in indices)
+    """Right-pad `examples[indices]` with `pad_token_id`; padding has attention 0, label ignored.
+
+    `lengths[i]`, when given, cuts example i to its first `lengths[i]` tokens.
+    """
+    if lengths is None:
+        lengths = [len(ex.input_ids) for ex in examples]
+    longest = max(lengths[i] for i in indices)
     shape = (len(indices), longest)
     input_ids = torch.full(shape, pad_token_id, dtype=torch.long)
     labels = torch.full(shape, IGNORE_INDEX, dtype=torch.long)
     attention_mask = torch.zeros(shape, dtype=torch.long)
     n_tokens = 0
     for row, i in enumerate(indices):
-        n = len(examples[i].input_ids)
-        input_ids[row, :n] = torch.as_tensor(examples[i].input_ids, dtype=torch.long)
-        labels[row, :n] = torch.as_tensor(examples[i].labels, dtype=torch.long)
+        n = lengths[i]
+        input_ids[row, :n] = torch.as_tensor(examples[i].input_ids[:n], dtype=torch.long)
+        labels[row, :n] = torch.as_tensor(examples[i].labels[:n], dtype=torch.long)
         attention_mask[row, :n] = 1
         n_tokens += n
     return Batch(

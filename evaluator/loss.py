@@ -34,6 +34,7 @@ from evaluator.batching import (
     Example,
     check_examples,
     collate,
+    needed_length,
     padded_cost,
     plan_batches,
     scored_targets,
@@ -48,6 +49,7 @@ __all__ = [
     "evaluate_loss",
     "batch_nll",
     "scored_nll",
+    "default_vocab_block",
     "auto_token_budget",
     "is_out_of_memory",
 ]
@@ -89,7 +91,8 @@ class LossReport:
     examples: list[ExampleLoss]
     """In the order of the input examples."""
     n_tokens: int
-    """Input tokens (unpadded) that went through the model."""
+    """Input tokens (unpadded) that went through the model: each example up to its last
+    scored label."""
     n_scored: int
     batches: int
     oom_retries: int
@@ -113,13 +116,15 @@ def scored_nll(
     bias: torch.Tensor | None = None,
     *,
     positions_per_chunk: int = 1024,
-    vocab_block: int = 32768,
+    vocab_block: int | None = None,
 ) -> torch.Tensor:
     """NLL of each target: `logsumexp(h @ W.T + b) - (h @ W.T + b)[target]`, one per row.
 
     `hidden` [N, H], `targets` [N], `weight` [V, H]. Computed in float32; at most
-    `positions_per_chunk x vocab_block` logits exist at a time.
+    `positions_per_chunk x vocab_block` logits exist at a time, plus (for a bf16 weight) one
+    float32 copy of a `vocab_block` slice of it (default: 128 MiB worth of rows, <= 32768).
     """
+    vocab_block = vocab_block or default_vocab_block(weight.shape[1])
     out = torch.empty(len(targets), dtype=torch.float32, device=hidden.device)
     vocab = weight.shape[0]
     for start in range(0, len(targets), positions_per_chunk):
@@ -141,6 +146,11 @@ def scored_nll(
     return out
 
 
+def default_vocab_block(hidden_size: int) -> int:
+    """lm_head rows per float32 block: 128 MiB of upcast weight, between 1024 and 32768 rows."""
+    return max(1024, min(32768, (128 << 20) // (4 * hidden_size)))
+
+
 def _decoder(model: nn.Module) -> nn.Module:
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
     return decoder if decoder is not None else model.base_model
@@ -158,7 +168,7 @@ def _check_plain_lm_head(model: nn.Module) -> None:
 
 @torch.no_grad()
 def batch_nll(
-    model: nn.Module, batch: Batch, *, positions_per_chunk: int = 1024, vocab_block: int = 32768
+    model: nn.Module, batch: Batch, *, positions_per_chunk: int = 1024, vocab_block: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """NLL of every scored target of `batch`, and which batch row it belongs to.
 
@@ -210,7 +220,8 @@ def auto_token_budget(model: nn.Module, device: torch.device, max_length: int) -
     q_kv = (heads + 2 * getattr(config, "num_key_value_heads", heads)) * head_dim
     per_token = 2 * itemsize * (4 * hidden + q_kv + 3 * config.intermediate_size) + 4 * max_length
     free, _ = torch.cuda.mem_get_info(device)
-    scratch = 3 * 1024 * 32768 * 4 + 32768 * hidden * 4  # scored_nll logits + an upcast block
+    block = default_vocab_block(hidden)
+    scratch = 3 * 1024 * block * 4 + block * hidden * 4  # scored_nll logits + an upcast block
     budget = int(0.6 * max(free - scratch, 0) / per_token)
     return max(max_length, min(budget, 262144), 1024)
 
@@ -223,7 +234,7 @@ def evaluate_loss(
     max_tokens_per_batch: int | None = None,
     pad_token_id: int | None = None,
     positions_per_chunk: int = 1024,
-    vocab_block: int = 32768,
+    vocab_block: int | None = None,
     progress: Progress | None = None,
     batch_fn: BatchNll = batch_nll,
 ) -> LossReport:
@@ -233,7 +244,8 @@ def evaluate_loss(
     number. For one example that is exactly the model's own `labels=` loss; for a task and for
     "all" it is the mean over every scored token they hold (long answers weigh more), not the
     mean of per-example means. Batching does not change the numbers: padding is masked out and
-    each example's tokens are scored separately.
+    each example's tokens are scored separately. Tokens after an example's last scored label
+    are not run (they cannot affect its predictions).
 
     `max_tokens_per_batch` bounds padded tokens per forward pass (default: `auto_token_budget`).
     On an out-of-memory error the failing batch is halved and retried, and the budget halved.
@@ -247,9 +259,10 @@ def evaluate_loss(
     check_examples(examples, vocab)
     if pad_token_id is None:
         pad_token_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
-    lengths = [len(ex.input_ids) for ex in examples]
+    # Only the tokens up to the last scored label; nothing at all for an example with no
+    # scored tokens (it contributes nothing).
+    lengths = [needed_length(ex) for ex in examples]
     counts = [scored_targets(ex) for ex in examples]
-    # Examples with nothing scored contribute nothing: do not spend a forward pass on them.
     todo = [i for i, c in enumerate(counts) if c]
     budget = max_tokens_per_batch or auto_token_budget(model, device, max(lengths, default=1))
     queue = deque([todo[j] for j in batch] for batch in plan_batches([lengths[i] for i in todo], budget))
@@ -261,7 +274,7 @@ def evaluate_loss(
         if len(indices) > 1 and padded_cost(lengths, indices) > budget:
             queue.extendleft(reversed(_halves(indices)))
             continue
-        batch = collate(examples, indices, pad_token_id, device)
+        batch = collate(examples, indices, pad_token_id, device, lengths)
         try:
             nll, rows = batch_fn(
                 model, batch, positions_per_chunk=positions_per_chunk, vocab_block=vocab_block
@@ -335,7 +348,7 @@ def _report(
     return LossReport(
         tasks=tasks,
         examples=per_example,
-        n_tokens=sum(lengths[i] for i, c in enumerate(counts) if c),
+        n_tokens=sum(lengths),
         n_scored=sum(counts),
         batches=n_batches,
         oom_retries=oom_retries,
