@@ -26,7 +26,7 @@ def dashboard(
            "PYTHONPATH": os.pathsep.join(filter(None, [str(APP.parent.parent), os.environ.get("PYTHONPATH")]))}
     cmd = [sys.executable, "-m", "streamlit", "run", str(APP), "--server.port", str(port), "--server.address", host,
            "--server.headless", "true", "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
-           "--global.developmentMode", "false"]
+           "--global.developmentMode", "false", "--client.toolbarMode", "minimal"]
     sys.stderr.write(f"evalboard dashboard on http://{host}:{port} (registry {settings.db_url})\n")
     try:
         raise typer.Exit(subprocess.call(cmd, env=env))
