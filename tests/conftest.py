@@ -69,3 +69,17 @@ def registry(db_url: str):
 
     with Registry(db_url) as reg:
         yield reg
+
+
+@pytest.fixture(scope="session")
+def quick_demo(tmp_path_factory):
+    """`evalboard demo --no-serve --quick` run once per session (real training, evaluation and
+    MLflow logging): returns (workdir, completed process)."""
+    import subprocess
+    import sys
+
+    workdir = tmp_path_factory.mktemp("quick-demo") / "ws"
+    proc = subprocess.run([sys.executable, "-m", "evalboard.cli", "demo", "--workdir", str(workdir), "--no-serve",
+                           "--quick"], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return workdir, proc

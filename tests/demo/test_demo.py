@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections import defaultdict
 
 import pytest
@@ -11,13 +9,10 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
-def test_quick_demo_trains_evaluates_and_refuses_the_mismatch(tmp_path):
+def test_quick_demo_trains_evaluates_and_refuses_the_mismatch(quick_demo):
     from mlflow.tracking import MlflowClient
 
-    workdir = tmp_path / "demo"
-    proc = subprocess.run([sys.executable, "-m", "evalboard.cli", "demo", "--workdir", str(workdir), "--no-serve",
-                           "--quick"], capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    workdir, proc = quick_demo
     assert "Traceback" not in proc.stderr
     # the mismatched run is in the audit with its reason, and its evaluation was refused
     assert "token-space-mismatch" in proc.stderr
