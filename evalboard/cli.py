@@ -62,11 +62,21 @@ def _force_progress() -> bool:
 def scan(
     paths: list[Path] = typer.Argument(..., help="Folders (or single checkpoints) to scan; runs are found inside."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary {found, new, unchanged, invalid, ...}."),
+    watch: bool = typer.Option(False, "--watch", help="After scanning, keep watching PATHS: register each new "
+                                                      "checkpoint once complete and queue it on --evalset."),
+    evalset: Optional[str] = typer.Option(None, "--evalset", help="With --watch: the eval set to queue new checkpoints on."),
+    interval: float = typer.Option(10.0, "--interval", help="With --watch: seconds between polls."),
+    settle_seconds: float = typer.Option(30.0, "--settle-seconds",
+                                         help="With --watch: files unchanged this long count as complete."),
 ) -> None:
     """Find runs, checkpoints, token spaces, eval_step*.json files and eval sets under PATHS and
     register them. Unchanged checkpoints (same size and mtime) are skipped without reading them;
-    broken ones are registered as invalid with their reason and the scan goes on."""
+    broken ones are registered as invalid with their reason and the scan goes on.
+    With --watch --evalset NAME it then keeps running, like `evalboard watch`."""
     from registry.scanner import scan as do_scan
+
+    if watch and not evalset:
+        raise typer.BadParameter("--watch needs --evalset NAME (the eval set new checkpoints are queued on)")
 
     reg, _ = _registry()
     with _progress("scan") as bar:
@@ -75,12 +85,16 @@ def scan(
                           progress=lambda _p: bar.advance(task))
     if json_out:
         _print_json(summary.to_dict())
-        return
-    err.print(f"found {summary.found} checkpoints in {summary.runs} runs: {summary.new} new, "
-              f"{summary.updated} updated, {summary.unchanged} unchanged, {summary.invalid} invalid; "
-              f"{summary.evalsets} new eval sets, {summary.results_imported} eval results imported")
-    for item in summary.invalid_items:
-        err.print(f"[red]invalid[/red] {item['reason']}", markup=True, highlight=False)
+    else:
+        err.print(f"found {summary.found} checkpoints in {summary.runs} runs: {summary.new} new, "
+                  f"{summary.updated} updated, {summary.unchanged} unchanged, {summary.invalid} invalid; "
+                  f"{summary.evalsets} new eval sets, {summary.results_imported} eval results imported")
+        for item in summary.invalid_items:
+            err.print(f"[red]invalid[/red] {item['reason']}", markup=True, highlight=False)
+    if watch:
+        from evalboard.cli_queue import run_watch
+
+        run_watch(paths, evalset, interval=interval, settle_seconds=settle_seconds)
 
 
 @app.command()

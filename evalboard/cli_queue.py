@@ -58,9 +58,29 @@ def worker_cmd(
                           poll_seconds=poll_seconds, once=once, max_jobs=max_jobs,
                           reconcile_seconds=reconcile_seconds, outbox_seconds=outbox_seconds)
     reg, settings = _registry()
-    worker = Worker(reg, settings, config)
+    worker = Worker(reg, settings, config, hooks=_hooks_from_env())
     worker.install_signal_handlers()
     raise typer.Exit(worker.run())
+
+
+def _hooks_from_env():
+    """Debugging/test seam: with EVALBOARD_WORKER_HOLD=<file>, a worker that finished computing a
+    job writes `<file>.reached` (the job id) and waits while `<file>` exists, before logging it."""
+    import os
+    import time
+
+    from evaluator.worker import WorkerHooks
+
+    hold = os.environ.get("EVALBOARD_WORKER_HOLD")
+    if not hold:
+        return None
+
+    def after_compute(job) -> None:
+        Path(hold + ".reached").write_text(str(job.id))
+        while Path(hold).exists():
+            time.sleep(0.05)
+
+    return WorkerHooks(after_compute=after_compute)
 
 
 def _gpu_list(gpus: str) -> list[int]:

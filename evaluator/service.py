@@ -33,7 +33,7 @@ from registry.store import Registry
 from registry.token_space import TokenSpace
 from registry.trainable_rows import TrainableRows
 
-__all__ = ["EvalOptions", "EvalOutcome", "Evaluator", "subset_examples", "resolve_device"]
+__all__ = ["EvalOptions", "EvalOutcome", "Evaluator", "Publication", "subset_examples", "resolve_device"]
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,32 @@ class EvalOutcome:
         losses = " ".join(f"{k}={v:.4f}" for k, v in self.result.losses.items())
         state = "already evaluated" if self.skipped else "evaluated"
         return f"{state}: {self.checkpoint.path} on {self.evalset.name}: {losses}"
+
+
+@dataclass(frozen=True)
+class Publication:
+    """What `Evaluator.record` publishes once the numbers exist: the MLflow record and the registry
+    result row. Plain JSON (`to_dict`/`from_dict`), so a queued job can keep it in the registry's
+    outbox while MLflow is unreachable and log it later without computing anything again."""
+
+    record: Any  # evaluator.tracking.EvalRecord
+    result_fields: dict[str, Any]  # Registry.add_eval_result keyword arguments, less the MLflow ids
+    job_id: int | None = None
+    job_token: int | None = None
+    force: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return {"record": asdict(self.record), "result_fields": self.result_fields, "job_id": self.job_id,
+                "job_token": self.job_token, "force": self.force}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Publication":
+        from evaluator.tracking import EvalRecord
+
+        return cls(record=EvalRecord(**data["record"]), result_fields=dict(data["result_fields"]),
+                   job_id=data.get("job_id"), job_token=data.get("job_token"), force=bool(data.get("force")))
 
 
 def resolve_device(requested: str | None) -> torch.device:
@@ -115,6 +141,8 @@ class Evaluator:
         self.resident: ResidentModel | None = None
         self._evalsets: dict[tuple[str, str], list[Example]] = {}
         self.loads = 0
+        self.batch_fn = None
+        """Override `evaluate_loss`'s per-batch function (fault-injection tests); None = default."""
 
     @property
     def tracker(self):
@@ -189,8 +217,9 @@ class Evaluator:
         applied = resident.apply(sizes, RowsTensors(rows.embed, rows.lm_head, rows.row_start, rows.row_end,
                                                     source=ck.path))
         examples = self.examples_for(es, space, options.max_examples)
+        extra_kw = {} if self.batch_fn is None else {"batch_fn": self.batch_fn}
         report = evaluate_loss(resident.model, examples, max_tokens_per_batch=options.max_tokens_per_batch,
-                               pad_token_id=sizes.pad_token_id, progress=self.progress)
+                               pad_token_id=sizes.pad_token_id, progress=self.progress, **extra_kw)
         bad = {t: v.loss for t, v in report.tasks.items() if not math.isfinite(v.loss)}
         if bad:
             raise InvalidInput(f"non-finite loss {bad} on eval set {es.name!r}; not logged as a score", path=ck.path)
@@ -228,8 +257,16 @@ class Evaluator:
         return None
 
     def record(self, ck, es, result: EvalResult, report: LossReport | None, options: EvalOptions, ctx: dict,
-               *, job_id: int | None = None) -> EvalOutcome:
+               *, job_id: int | None = None, job_token: int | None = None) -> EvalOutcome:
         """Write the artifacts, log to MLflow, then record the result in the registry."""
+        pub = self.prepare(ck, es, result, report, options, ctx, job_id=job_id, job_token=job_token)
+        mlflow_ids, ent = self.publish(pub, log_to_mlflow=options.log_to_mlflow)
+        return EvalOutcome(ck, es, result, report, mlflow_ids, registry_result_id=ent.id)
+
+    def prepare(self, ck, es, result: EvalResult, report: LossReport | None, options: EvalOptions, ctx: dict,
+                *, job_id: int | None = None, job_token: int | None = None) -> Publication:
+        """Write the local artifacts (result json, per-example losses, row stats, eval_step json)
+        and assemble what `publish` sends; touches neither MLflow nor the results table."""
         out_dir = self.settings.home / "results" / f"{ck.content_hash[:16]}-{es.content_hash[:16]}"
         if options.max_examples:
             out_dir = out_dir.with_name(out_dir.name + f"-n{options.max_examples}")
@@ -250,22 +287,38 @@ class Evaluator:
             artifacts[stats_path.name] = str(stats_path)
         if options.write_eval_json and ck.step is not None:
             _write_next_to_checkpoint(result, Path(ck.path), es.name)
-        mlflow_ids: dict[str, str] = {}
-        if options.log_to_mlflow:
-            mlflow_ids = self.tracker.log(self._record(ck, es, result, options, artifacts), job_id=job_id,
-                                          force=options.force)
+        record = self._record(ck, es, result, options, artifacts)
+        if job_token is not None:
+            record = _with_tags(record, {"evalboard.fencing_token": str(job_token)})
         run = self.reg.get_run(id=ck.run_id)
         extra = {"per_example_path": artifacts.get("per_example_losses.parquet"),
-                 "mlflow_experiment_id": mlflow_ids.get("experiment_id"),
-                 "mlflow_model_id": mlflow_ids.get("model_id"),
                  "max_examples": options.max_examples, "allow_mismatch": options.allow_mismatch,
                  "result_dir": str(out_dir), "job_id": job_id, "run_name": run.name,
                  **{k: v for k, v in result.extra.items() if k in ("device", "dtype")}}
-        ent = self.reg.add_eval_result(
-            checkpoint_id=ck.id, run_id=ck.run_id, evalset_id=es.id, evalset_hash=es.content_hash,
-            checkpoint_hash=ck.content_hash, step=ck.step, source="evaluator", loss_all=result.loss_all,
-            metrics=result.metrics(), mlflow_run_id=mlflow_ids.get("run_id"), path=str(result_path), extra=extra)
-        return EvalOutcome(ck, es, result, report, mlflow_ids, registry_result_id=ent.id)
+        fields = dict(checkpoint_id=ck.id, run_id=ck.run_id, evalset_id=es.id, evalset_hash=es.content_hash,
+                      checkpoint_hash=ck.content_hash, step=ck.step, source="evaluator", loss_all=result.loss_all,
+                      metrics=result.metrics(), path=str(result_path), extra=extra)
+        return Publication(record=record, result_fields=fields, job_id=job_id, job_token=job_token,
+                           force=options.force)
+
+    def publish(self, pub: Publication, *, log_to_mlflow: bool = True,
+                still_owner: Callable[[], bool] | None = None):
+        """Log `pub` to MLflow (reusing the job's FINISHED run if one exists), then add the registry
+        result, or reuse the one this job already added (a retry after a crash adds no second row).
+        Returns (mlflow ids, registry result). `still_owner` is asked before the run is FINISHED."""
+        mlflow_ids: dict[str, str] = {}
+        if log_to_mlflow:
+            mlflow_ids = self.tracker.log(pub.record, job_id=pub.job_id, force=pub.force, still_owner=still_owner)
+        fields = dict(pub.result_fields)
+        fields["extra"] = {**fields.get("extra", {}), "mlflow_experiment_id": mlflow_ids.get("experiment_id"),
+                           "mlflow_model_id": mlflow_ids.get("model_id")}
+        if pub.job_id is not None:
+            for r in self.reg.list_eval_results(checkpoint_id=fields.get("checkpoint_id")):
+                if (r.extra or {}).get("job_id") == pub.job_id and r.source == "evaluator":
+                    return mlflow_ids, self.reg.update_eval_result(
+                        id=r.id, mlflow_run_id=mlflow_ids.get("run_id"), extra=fields["extra"])
+        ent = self.reg.add_eval_result(mlflow_run_id=mlflow_ids.get("run_id"), **fields)
+        return mlflow_ids, ent
 
     def _row_stats(self, ck: CheckpointEntity, ctx: dict) -> dict | None:
         from evaluator.stats import checkpoint_row_stats
@@ -309,6 +362,12 @@ class Evaluator:
             evalset_path=es.path, losses=result.losses, tokens=result.tokens, examples=result.examples,
             params=params, tags=tags, artifacts=artifacts,
             eval_key=eval_key(ck.content_hash, es.content_hash, options.max_examples))
+
+
+def _with_tags(record, tags: dict[str, str]):
+    from dataclasses import replace
+
+    return replace(record, tags={**dict(record.tags), **tags})
 
 
 def _reproducibility(base: ResidentBase | None, report: LossReport, options: EvalOptions, prepare: str,

@@ -11,6 +11,8 @@ Layout in MLflow:
 
 Idempotence: before creating a run we look for a FINISHED run with the same key tags
 (``evalboard.eval_key``, and ``evalboard.job_id`` for queued jobs) and return it instead.
+A queued job's run is also tagged ``evalboard.fencing_token`` (its claim); `Tracker.reconcile`
+uses that to tell a live worker's RUNNING run from one a dead worker left behind.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 __all__ = ["Tracker", "EvalRecord", "mlflow_available"]
 
@@ -120,9 +122,14 @@ class Tracker:
         runs = self.client.search_runs([exp_id], " and ".join(clauses), max_results=1)
         return runs[0].info.run_id if runs else None
 
-    def log(self, rec: EvalRecord, *, job_id: int | None = None, force: bool = False) -> dict[str, str]:
+    def log(self, rec: EvalRecord, *, job_id: int | None = None, force: bool = False,
+            still_owner: Callable[[], bool] | None = None) -> dict[str, str]:
         """Log one evaluation; returns {run_id, experiment_id, model_id}. Reuses a FINISHED run
-        with the same job id (or the same eval key unless ``force``) instead of duplicating it."""
+        with the same job id (or the same eval key unless ``force``) instead of duplicating it.
+
+        ``still_owner()`` is asked just before the run is marked FINISHED; when it says False (the
+        worker lost its job's lease) the run ends FAILED and `LeaseLost` is raised, so a stale
+        worker never adds a second FINISHED run for a job."""
         import mlflow
         from mlflow.data.meta_dataset import MetaDataset
         from mlflow.entities import LoggedModelInput
@@ -150,9 +157,77 @@ class Tracker:
             metrics.update({f"tokens_{task}": float(v) for task, v in rec.tokens.items()})
             mlflow.log_metrics(metrics, step=rec.step, model_id=model_id, dataset=dataset)
             for name, path in rec.artifacts.items():
+                if not Path(path).exists():  # an outbox entry flushed on another machine
+                    mlflow.set_tag(f"{TAG}missing_artifact.{name}", path)
+                    continue
                 mlflow.log_artifact(path, artifact_path=None if "/" not in name else name.rsplit("/", 1)[0])
             run_id = run.info.run_id
+            if still_owner is not None and not still_owner():
+                from registry.queue import LeaseLost
+
+                raise LeaseLost(f"job {job_id}: lease lost before MLflow run {run_id} finished; "
+                                "the run is marked FAILED")
         return {"run_id": run_id, "experiment_id": exp_id, "model_id": model_id, "reused": "false"}
+
+    def reconcile(self, live_leases: Callable[[], Mapping[int, int]],
+                  done_runs: Callable[[], Mapping[int, str | None]]) -> dict[str, list[str]]:
+        """Close what dead workers left in MLflow; returns {"killed": run ids, "superseded": run ids}.
+
+        - A RUNNING run of a queued job whose (job id, fencing token) is not a live lease belongs to
+          a dead attempt (worker killed, lease expired, or the job finished in another run): KILLED.
+        - A done job with more than one FINISHED run (a stale worker raced its successor) keeps the
+          run the registry recorded; the others become FAILED, tagged ``evalboard.superseded_by``.
+
+        Runs are listed before the leases and done jobs are read, so a run started after the listing
+        is never judged against leases older than it, and a run that finished after the listing is
+        found among the done jobs' runs (a lease is only cleared by the `complete` that records it).
+        """
+        exp_ids = [e.experiment_id for e in self.client.search_experiments(
+            filter_string=f"name LIKE '{self.prefix}%'", max_results=1000)]
+        if not exp_ids:
+            return {"killed": [], "superseded": []}
+        job_tag = f"tags.`{TAG}job_id` LIKE '%'"
+        running = self._all_runs(exp_ids, f"attributes.status = 'RUNNING' and {job_tag}")
+        finished = self._all_runs(exp_ids, f"attributes.status = 'FINISHED' and {job_tag}")
+        live, done = live_leases(), done_runs()
+        recorded = set(done.values())
+        killed = []
+        for run in running:
+            job_id = int(run.data.tags[f"{TAG}job_id"])
+            token = run.data.tags.get(f"{TAG}fencing_token")
+            if token is not None and live.get(job_id) == int(token):
+                continue  # a live worker's run
+            if run.info.run_id in recorded:
+                continue  # it finished after the listing: its job completed with it
+            if self.client.get_run(run.info.run_id).info.status != "RUNNING":
+                continue
+            self.client.set_terminated(run.info.run_id, status="KILLED")
+            self.client.set_tag(run.info.run_id, f"{TAG}reconciled", "dead worker: lease lost or job finished elsewhere")
+            killed.append(run.info.run_id)
+        by_job: dict[int, list[Any]] = {}
+        for run in finished:
+            by_job.setdefault(int(run.data.tags[f"{TAG}job_id"]), []).append(run)
+        superseded = []
+        for job_id, runs in by_job.items():
+            if len(runs) < 2 or job_id not in done:
+                continue
+            keep = done[job_id] if done[job_id] in {r.info.run_id for r in runs} else \
+                min(runs, key=lambda r: r.info.start_time).info.run_id
+            for run in runs:
+                if run.info.run_id != keep:
+                    self.client.set_terminated(run.info.run_id, status="FAILED")
+                    self.client.set_tag(run.info.run_id, f"{TAG}superseded_by", keep)
+                    superseded.append(run.info.run_id)
+        return {"killed": killed, "superseded": superseded}
+
+    def _all_runs(self, exp_ids: list[str], filter_string: str) -> list[Any]:
+        runs, token = [], None
+        while True:
+            page = self.client.search_runs(exp_ids, filter_string, max_results=1000, page_token=token)
+            runs.extend(page)
+            token = page.token
+            if not token:
+                return runs
 
     def log_imported(self, *, run_name: str, step: int | None, losses: Mapping[str, float],
                      tokens: Mapping[str, int], source_path: str, checkpoint_hash: str | None,

@@ -1,0 +1,139 @@
+"""The queue's commands as a user's shell runs them: enqueue (and its refusal), jobs, worker
+(--once, --max-jobs, CPU fallback, an unusable --device, SIGTERM), and the network-filesystem check."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+from registry import queue
+from tests.worker._procs import FAST, run_cli, start_worker
+from tests.worker.conftest import EVALSET, wait_until
+
+
+def _jobs(stack, cwd) -> list[dict]:
+    done = run_cli(["jobs", "--json"], stack.env, cwd)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_enqueue_jobs_and_worker_once(sqlite_stack, workspace, tmp_path):
+    stack = sqlite_stack
+    cks = workspace.checkpoints["stage3_token_lm_iter5"]
+    done = run_cli(["enqueue", *cks, "--evalset", EVALSET, "--json"], stack.env, tmp_path)
+    assert done.returncode == 0, done.stderr
+    first = json.loads(done.stdout)
+    assert [r["created"] for r in first] == [True, True]
+    again = run_cli(["enqueue", cks[0], "--evalset", EVALSET, "--json"], stack.env, tmp_path)  # double click
+    assert json.loads(again.stdout)[0] == {**first[0], "created": False}
+    assert [j["status"] for j in _jobs(stack, tmp_path)] == ["queued", "queued"]
+
+    ran = run_cli(["worker", "--once", "--max-jobs", "1", "--lease-seconds", "10"], stack.env, tmp_path)
+    assert ran.returncode == 0, ran.stderr
+    assert "no GPU visible; running on the CPU" in ran.stderr
+    assert sum(line.count(" done: ") for line in ran.stderr.splitlines()) == 1
+    assert sorted(j["status"] for j in _jobs(stack, tmp_path)) == ["done", "queued"]
+    rest = run_cli(["worker", "--once", "--lease-seconds", "10"], stack.env, tmp_path)
+    assert rest.returncode == 0, rest.stderr
+    rows = _jobs(stack, tmp_path)
+    assert [j["status"] for j in rows] == ["done", "done"] and all(j["losses"]["all"] > 0 for j in rows)
+    table = run_cli(["jobs"], stack.env, tmp_path)
+    assert table.returncode == 0 and table.stdout.count(" done ") == 2
+
+
+def test_enqueue_refuses_a_token_space_mismatch_with_the_audits_reason(sqlite_stack, workspace, tmp_path):
+    wide = workspace.checkpoints["stage3_token_lm_wide_image"][0]
+    done = run_cli(["enqueue", wide, "--evalset", EVALSET], sqlite_stack.env, tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "not queued on eval set 'synthetic-a2t-i2t'" in done.stderr and "image" in done.stderr
+    assert sqlite_stack.reg.list_jobs() == []
+
+
+def test_jobs_cancel_and_retry(sqlite_stack, workspace, tmp_path):
+    stack = sqlite_stack
+    run_cli(["enqueue", workspace.checkpoints["stage3_token_lm_iter5"][0], "--evalset", EVALSET], stack.env, tmp_path)
+    (job,) = stack.reg.list_jobs()
+    assert run_cli(["jobs", "cancel", job.id], stack.env, tmp_path).returncode == 0
+    assert [j["status"] for j in _jobs(stack, tmp_path)] == ["cancelled"]
+    assert run_cli(["jobs", "retry", job.id], stack.env, tmp_path).returncode == 0
+    assert [j["status"] for j in _jobs(stack, tmp_path)] == ["queued"]
+    missing = run_cli(["jobs", "cancel", "999"], stack.env, tmp_path)
+    assert missing.returncode == 2 and "no job with id 999" in missing.stderr
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="CUDA device check")
+def test_worker_for_a_missing_device_claims_nothing(sqlite_stack, workspace, tmp_path):
+    import torch
+
+    stack = sqlite_stack
+    run_cli(["enqueue", workspace.checkpoints["stage3_token_lm_iter5"][0], "--evalset", EVALSET], stack.env, tmp_path)
+    missing = f"cuda:{torch.cuda.device_count() + 1}"
+    done = run_cli(["worker", "--device", missing, "--once"], stack.env, tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert f"--device {missing}" in done.stderr
+    (job,) = stack.reg.list_jobs()
+    assert job.status == "queued" and job.attempts == 0
+    if not torch.cuda.is_available():
+        gpus = run_cli(["worker", "--gpus", "all"], stack.env, tmp_path)
+        assert gpus.returncode == 2 and "--gpus all: torch sees no CUDA device" in gpus.stderr
+
+
+def test_sigterm_finishes_the_current_job_and_claims_no_more(sqlite_stack, workspace, tmp_path):
+    stack = sqlite_stack
+    run_cli(["enqueue", *workspace.checkpoints["stage3_token_lm_iter5"], "--evalset", EVALSET], stack.env, tmp_path)
+    hold = tmp_path / "hold"
+    hold.write_text("")
+    proc = start_worker(stack.env, tmp_path / "worker.log", FAST, extra_env={"EVALBOARD_WORKER_HOLD": str(hold)})
+    try:
+        job_id = int(wait_until(lambda: Path(str(hold) + ".reached").exists() and
+                                Path(str(hold) + ".reached").read_text(), timeout=90, what="a job computed"))
+        proc.send_signal(signal.SIGTERM)
+        hold.unlink()  # let it go on: it must finish this job, then stop
+        assert proc.wait(60) == 0, (tmp_path / "worker.log").read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    jobs = {j.id: j for j in stack.reg.list_jobs()}
+    assert jobs[job_id].status == "done"
+    assert [j.status for i, j in jobs.items() if i != job_id] == ["queued"]
+
+
+def test_second_sigterm_releases_the_job(sqlite_stack, workspace, tmp_path):
+    stack = sqlite_stack
+    run_cli(["enqueue", workspace.checkpoints["stage3_token_lm_iter5"][0], "--evalset", EVALSET], stack.env, tmp_path)
+    hold = tmp_path / "hold"
+    hold.write_text("")
+    proc = start_worker(stack.env, tmp_path / "worker.log", FAST, extra_env={"EVALBOARD_WORKER_HOLD": str(hold)})
+    try:
+        wait_until(lambda: Path(str(hold) + ".reached").exists(), timeout=90, what="a job computed")
+        proc.send_signal(signal.SIGTERM)
+        # signals sent back to back may be delivered as one: wait until the first was handled
+        wait_until(lambda: "got SIGTERM" in (tmp_path / "worker.log").read_text(), timeout=30,
+                   what="the first SIGTERM handled")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    (job,) = stack.reg.list_jobs()
+    assert job.status == "queued" and job.attempts == 0 and "interrupted" in job.last_error
+
+
+def test_sqlite_registry_on_a_network_filesystem_is_refused_at_worker_startup(tmp_path, monkeypatch, capsys):
+    import registry.engine as engine
+    from evalboard import cli
+
+    db = tmp_path / "nfs" / "registry.db"
+    monkeypatch.setattr(engine, "_read_mounts", lambda: f"server:/export {tmp_path / 'nfs'} nfs4 rw 0 0\n")
+    monkeypatch.setenv("EVALBOARD_DB", f"sqlite:///{db}")
+    monkeypatch.setenv("EVALBOARD_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(sys, "argv", ["evalboard", "worker", "--once"])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "nfs4 network filesystem" in err and "use PostgreSQL" in err and not db.exists()
