@@ -31,6 +31,8 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/scan.py
 	$(BIN)/python benchmarks/eval_throughput.py
+	$(BIN)/python benchmarks/dashboard.py
+	$(BIN)/python benchmarks/queue.py
 
 clean:
 	rm -rf $(VENV) .evalboard .pytest_cache test-output

@@ -35,10 +35,10 @@ EVALSET = "demo-a2t-i2t"
 class DemoPlan:
     """How much work the demo does; `quick()` is what the tests run."""
 
-    steps: int = 150
+    steps: int = 300
     save_every: int = 25
-    mismatch_steps: int = 50
-    connector_steps: int = 60
+    mismatch_steps: int = 100
+    connector_steps: int = 90
     eval_examples_per_task: int = 48
     learning_rates: tuple[float, ...] = (3e-3, 1e-2, 3e-2)
 
@@ -165,22 +165,19 @@ def _scan_and_evaluate(workdir: Path, bar: Progress) -> dict:
 
 
 def _run_jobs(reg, settings, jobs, advance) -> None:
-    """Drain the queue with one in-process worker (the same code path as `evalboard worker`)."""
-    try:
-        from evaluator.worker import drain_queue
-    except ImportError:
-        drain_queue = None
-    if drain_queue is not None:
-        drain_queue(reg, settings, on_job=lambda _j: advance())
-        return
-    from evaluator.service import EvalOptions, Evaluator
+    """Drain the queue with one in-process worker: the same code path as `evalboard worker --once`."""
+    from evaluator.worker import Worker, WorkerConfig, WorkerHooks
 
-    ev = Evaluator(reg, settings)
-    for job in jobs:
-        ck = reg.get_checkpoint(id=job.checkpoint_id)
-        es = reg.get_evalset(id=job.evalset_id)
-        ev.evaluate(ck, es, EvalOptions(), job_id=job.id)
-        advance()
+    if not jobs:
+        return
+    worker = Worker(reg, settings, WorkerConfig(once=True, worker_id="demo"),
+                    hooks=WorkerHooks(after_job=lambda _job: advance()))
+    code = worker.run()
+    if code:
+        raise RuntimeError(f"the demo worker stopped with exit status {code}")
+    failed = [j for j in reg.list_jobs(status="failed")]
+    if failed:
+        raise RuntimeError(f"{len(failed)} demo evaluations failed, first: {failed[0].last_error}")
 
 
 def _print_audit(console: Console, findings) -> None:

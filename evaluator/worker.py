@@ -89,6 +89,8 @@ class WorkerHooks:
     after_compute: Callable[[EvalJobEntity], None] | None = None
     batch_fn: Any = None
     """Replaces `evaluate_loss`'s per-batch function (fault injection)."""
+    after_job: Callable[[EvalJobEntity], None] | None = None
+    """Called after each claimed job reached its state (progress bars)."""
 
 
 class Interrupted(BaseException):
@@ -231,6 +233,8 @@ class Worker:
                     self._stop.wait(self.config.poll_seconds)
                     continue
                 code = self.run_job(job)
+                if self.hooks.after_job is not None:
+                    self.hooks.after_job(job)
                 if code:
                     return code
         except Interrupted:

@@ -11,6 +11,7 @@ To write a new revision by hand: copy versions/0001_initial.py, bump `revision` 
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 from alembic import command
@@ -29,9 +30,15 @@ def alembic_config() -> Config:
     return config
 
 
+_ALEMBIC_LOCK = threading.Lock()
+
+
 def upgrade_to_head(engine: Engine) -> None:
-    """Bring the database to the latest revision, inside one locked transaction."""
+    """Bring the database to the latest revision, inside one locked transaction.
+
+    Alembic's `context` is process-global, so registries opened from several threads at once
+    migrate one after another (processes are serialised by the database lock instead)."""
     config = alembic_config()
-    with engine.begin() as connection:
+    with _ALEMBIC_LOCK, engine.begin() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
