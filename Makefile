@@ -7,16 +7,17 @@ BIN    := $(VENV)/bin
 TORCH_PIN ?= torch==2.13.0
 STAMP  := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 # pip's notes about local mirror folders that lack a package are noise, not problems.
-PIP_QUIET := 2>&1 | { grep -v -e "^WARNING: Location 'file:" -e "BuildBackendWarning" || true; }
+PIP_QUIET := 2>&1 | { grep -v -e "^WARNING: Location 'file:" || true; }
+PIP := PYTHONWARNINGS=ignore $(BIN)/python -m pip
 
 .PHONY: demo test venv clean bench
 
 $(STAMP): pyproject.toml
 	@echo "==> creating $(VENV) and installing evalboard (torch pinned to $(TORCH_PIN))"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@set -o pipefail; $(BIN)/python -m pip install --quiet --upgrade pip $(PIP_QUIET)
-	@set -o pipefail; $(BIN)/python -m pip install --quiet "$(TORCH_PIN)" $(PIP_QUIET)
-	@set -o pipefail; $(BIN)/python -m pip install --quiet "$(TORCH_PIN)" -e ".[dev]" $(PIP_QUIET)
+	@set -o pipefail; $(PIP) install --quiet --upgrade pip $(PIP_QUIET)
+	@set -o pipefail; $(PIP) install --quiet "$(TORCH_PIN)" $(PIP_QUIET)
+	@set -o pipefail; $(PIP) install --quiet "$(TORCH_PIN)" -e ".[dev]" $(PIP_QUIET)
 	@rm -f $(VENV)/.installed-*
 	@touch $(STAMP)
 

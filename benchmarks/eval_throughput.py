@@ -18,6 +18,8 @@ Progress goes to stderr; the last stdout line is one JSON object (targets: token
 
 from __future__ import annotations
 
+import _bench_path  # noqa: F401  (first: see benchmarks/_bench_path.py)
+
 import argparse
 import ctypes
 import json
@@ -390,20 +392,20 @@ def compare_losses(examples, fast: dict, naive: dict) -> float:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--examples", type=int, default=256)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda[:N]")
+    parser.add_argument("--examples", type=int, default=256, help="eval examples (lengths spread log-uniformly)")
     parser.add_argument(
         "--naive-examples", type=int, default=None,
         help="examples the naive loop runs (the first N, random order); default all on CUDA, "
         "48 on CPU, where full [tokens, 184704] logits make it take ~10 s per batch",
     )  # fmt: skip
     parser.add_argument("--layers", type=int, default=None, help="default 2 (36 with the preset)")
-    parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--min-len", type=int, default=32)
-    parser.add_argument("--max-len", type=int, default=1024)
-    parser.add_argument("--preset", choices=["qwen3-8b"], default=None)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json-out", type=Path, default=None)
+    parser.add_argument("--hidden", type=int, default=256, help="hidden size of the random Qwen3")
+    parser.add_argument("--min-len", type=int, default=32, help="shortest example, tokens")
+    parser.add_argument("--max-len", type=int, default=1024, help="longest example, tokens")
+    parser.add_argument("--preset", choices=["qwen3-8b"], default=None, help="qwen3-8b: the 8B shape in bf16 (GPU), reports MFU")
+    parser.add_argument("--seed", type=int, default=0, help="random seed for weights and data")
+    parser.add_argument("--json-out", type=Path, default=None, help="also write the JSON object to this file")
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)

@@ -59,8 +59,8 @@ def measure(url: str, jobs: int, claimers: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", type=int, default=2000)
-    parser.add_argument("--claimers", type=int, default=8)
+    parser.add_argument("--jobs", type=int, default=2000, help="jobs queued before the claimers start")
+    parser.add_argument("--claimers", type=int, default=8, help="concurrent claimer processes")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="evalboard-bench-queue-") as tmp:

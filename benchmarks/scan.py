@@ -9,6 +9,8 @@ Target: speedup >= 20.
 
 from __future__ import annotations
 
+import _bench_path  # noqa: F401  (first: see benchmarks/_bench_path.py)
+
 import argparse
 import json
 import sys
