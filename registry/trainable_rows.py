@@ -31,9 +31,10 @@ META_FILENAME = "trainable_rows.json"
 TOKEN_SPACE_FILENAME = "token_space.json"
 
 _EMBED_NAMES = ("embed_tokens", "model.embed_tokens", "input_embeddings", "input_embedding", "embed",
-                "embedding", "embeddings", "wte", "transformer.wte", "embed_rows", "model.model.embed_tokens")
+                "embedding", "embeddings", "wte", "transformer.wte", "embed_rows", "model.model.embed_tokens",
+                "embed_tokens_rows", "input_embedding_rows", "input_embeddings_rows", "embedding_rows")
 _LM_HEAD_NAMES = ("lm_head", "output_embeddings", "output_embedding", "output", "lm_head_rows", "head",
-                  "model.lm_head")
+                  "model.lm_head", "output_embedding_rows", "output_embeddings_rows", "output_rows")
 _NESTS = ("state_dict", "rows", "trainable_rows", "weights", "model")
 _STRIP_PREFIXES = ("module.", "_orig_mod.", "base_model.model.")
 # Non-tensor entries a rows file may carry alongside the tensors.
@@ -44,7 +45,7 @@ _META_ALIASES: dict[str, tuple[str, ...]] = {
     "base_model": ("base_model", "base_model_id", "base_llm", "base_model_name_or_path", "model_id"),
     "row_start": ("row_start", "start"),
     "row_end": ("row_end", "end"),
-    "row_ranges": ("row_ranges", "rows"),
+    "row_ranges": ("row_ranges", "row_range", "rows"),
     "step": ("step", "global_step"),
     "dtype": ("dtype", "torch_dtype"),
     "hidden_size": ("hidden_size",),

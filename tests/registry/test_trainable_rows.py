@@ -55,6 +55,8 @@ def test_safetensors_rows_are_accepted(tmp_path: Path, token_space: TokenSpace) 
     ("embed_tokens.weight", "lm_head.weight"),
     ("input_embeddings", "output_embeddings"),
     ("module.model.embed_tokens.weight", "module.lm_head.weight"),
+    ("embed_tokens_rows", "lm_head_rows"),
+    ("base_model.model.model.embed_tokens.weight", "base_model.model.lm_head.weight"),
 ])
 def test_key_variants(tmp_path: Path, token_space: TokenSpace, embed_key: str, lm_head_key: str) -> None:
     embed, head = _rows(4), _rows(5)
@@ -99,6 +101,8 @@ def test_row_ranges_form(tmp_path: Path, token_space: TokenSpace, row_ranges) ->
     _rewrite_meta(ck, {"base_model_id": BASE_MODEL, "row_ranges": row_ranges, "global_step": 4})
     rows = TrainableRows.load(ck)
     assert (rows.row_start, rows.row_end, rows.step, rows.base_model) == (256, 384, 4, BASE_MODEL)
+    _rewrite_meta(ck, {"base_llm": BASE_MODEL, "row_range": row_ranges})
+    assert (TrainableRows.load(ck).row_start, TrainableRows.load(ck).row_end) == (256, 384)
 
 
 def test_row_ranges_that_differ_between_matrices_are_refused(tmp_path: Path, token_space: TokenSpace) -> None:
