@@ -262,6 +262,14 @@ class Worker:
                 es = self.reg.get_evalset(id=job.evalset_id)
                 opts = {k: v for k, v in (job.options or {}).items() if k in _OPTION_KEYS}
                 options = EvalOptions(device=str(self.device), force=True, **opts)
+                prior = None if (job.options or {}).get("force") else self._prior_result(ck, es, options)
+                if prior is not None:
+                    queue.complete(self.reg, job_id=job.id, token=token, mlflow_run_id=prior.mlflow_run_id,
+                                   result={"reused_result_id": prior.id})
+                    self.stats.done += 1
+                    log.info("job %d done: %s was already evaluated on %s (MLflow run %s); not computed again",
+                             job.id, ck.path, es.name, prior.mlflow_run_id)
+                    return 0
                 ev = self.evaluator
                 result, report, ctx = ev.compute(ck, es, options)
                 self._base_model = ck.base_model
@@ -288,6 +296,16 @@ class Worker:
                  result.tokens.get("all", 0), time.monotonic() - t0, self.device, job.attempts,
                  job.max_attempts, where)
         return 0
+
+    def _prior_result(self, ck, es, options):
+        """A logged evaluator result for this checkpoint content on this eval-set content (same
+        subset), e.g. from `evalboard eval`: the job is then done without a second MLflow run."""
+        for r in self.reg.list_eval_results(checkpoint_id=ck.id):
+            if (r.source == "evaluator" and r.mlflow_run_id and r.checkpoint_hash == ck.content_hash
+                    and r.evalset_hash == es.content_hash
+                    and (r.extra or {}).get("max_examples") == options.max_examples):
+                return r
+        return None
 
     def _publish_or_keep(self, job: EvalJobEntity, pub, beat: _Heartbeat) -> str | None:
         """Log to MLflow and complete; when MLflow is unreachable, complete with the result kept."""

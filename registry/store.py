@@ -412,7 +412,12 @@ class Registry:
                     f"checkpoint {checkpoint.path} cannot be evaluated: it is {checkpoint.status}"
                     + (f" ({checkpoint.reason})" if checkpoint.reason else "")
                 )
+            options = dict(options or {})
             key = f"{checkpoint.content_hash}:{evalset.content_hash}"
+            if options.get("max_examples"):  # a quick subset and the full evaluation are different jobs
+                key += f":n{options['max_examples']}"
+            if force:
+                options["force"] = True  # the worker evaluates again even if a result exists
             self._lock_key(s, key)
             if not force:
                 existing = s.scalars(
@@ -424,7 +429,7 @@ class Registry:
                 if existing is not None:
                     return _entity(existing), False
             job = M.EvalJob(checkpoint_id=checkpoint_id, evalset_id=evalset_id, dedupe_key=key,
-                            max_attempts=max_attempts, priority=priority, options=options or {})
+                            max_attempts=max_attempts, priority=priority, options=options)
             s.add(job)
             s.flush()
             return _entity(job), True

@@ -299,3 +299,27 @@ def test_import_eval_backfills_mlflow_once(eval_env):
     assert len(runs) == 1
     hist = client.get_metric_history(runs[0].info.run_id, "loss_a2t")
     assert [(m.step, m.value) for m in hist] == [(300, 2.3606)]
+
+
+def test_a_queued_job_for_an_evaluated_pair_reuses_the_result_unless_forced(eval_env):
+    from mlflow.tracking import MlflowClient
+
+    from evaluator.worker import Worker, WorkerConfig
+    from registry import queue
+
+    ck = eval_env.checkpoint(RUN, 100)
+    first = Evaluator(eval_env.reg, eval_env.settings).evaluate(ck, eval_env.evalset, EvalOptions(device="cpu"))
+    job, created = queue.enqueue(eval_env.reg, checkpoint_id=ck.id, evalset_id=eval_env.evalset.id)
+    assert created
+    assert Worker(eval_env.reg, eval_env.settings, WorkerConfig(device="cpu", once=True)).run() == 0
+    done = eval_env.reg.get_job(id=job.id)
+    assert (done.status, done.mlflow_run_id) == ("done", first.mlflow["run_id"])
+    client = MlflowClient(eval_env.mlflow_uri)
+    exp = client.get_experiment_by_name(f"evalboard/{RUN}")
+    assert len(client.search_runs([exp.experiment_id])) == 1
+    forced, created = queue.enqueue(eval_env.reg, checkpoint_id=ck.id, evalset_id=eval_env.evalset.id, force=True)
+    assert created and forced.options["force"] is True
+    assert Worker(eval_env.reg, eval_env.settings, WorkerConfig(device="cpu", once=True)).run() == 0
+    again = eval_env.reg.get_job(id=forced.id)
+    assert again.status == "done" and again.mlflow_run_id != first.mlflow["run_id"]
+    assert len(client.search_runs([exp.experiment_id])) == 2

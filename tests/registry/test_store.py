@@ -273,7 +273,7 @@ def test_enqueue_deduplicates_unless_forced(registry: Registry, run) -> None:
 
     forced, created = registry.enqueue_job(checkpoint_id=checkpoint.id, evalset_id=evalset.id, force=True,
                                            options={"batch_size": 4})
-    assert created and forced.id != job.id and forced.options == {"batch_size": 4}
+    assert created and forced.id != job.id and forced.options == {"batch_size": 4, "force": True}
     assert [j.id for j in registry.list_jobs(status="queued")] == [job.id, forced.id]
     assert registry.get_job(id=forced.id) == forced
 
