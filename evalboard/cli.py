@@ -13,6 +13,7 @@ from typing import Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from registry.errors import EvalboardError
 
@@ -27,8 +28,8 @@ app = typer.Typer(
 evalset_app = typer.Typer(help="Register and list eval sets.", no_args_is_help=True)
 app.add_typer(evalset_app, name="evalset")
 
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True, markup=False)  # user strings (paths, run names) are never markup
+err = Console(stderr=True, soft_wrap=True, markup=False)
 
 
 def _registry():
@@ -90,7 +91,7 @@ def scan(
                   f"{summary.updated} updated, {summary.unchanged} unchanged, {summary.invalid} invalid; "
                   f"{summary.evalsets} new eval sets, {summary.results_imported} eval results imported")
         for item in summary.invalid_items:
-            err.print(f"[red]invalid[/red] {item['reason']}", markup=True, highlight=False)
+            err.print(f"[red]invalid[/red] {escape(item['reason'])}", markup=True, highlight=False)
     if watch:
         from evalboard.cli_queue import run_watch
 

@@ -72,7 +72,7 @@ def run_demo(workdir: Path, *, port: int = 8501, serve: bool = True, console: Co
     from evalboard.fixtures import TinyBaseSpec, build_tiny_base, make_token_space
     from registry.evalset import write_evalset
 
-    console = console or Console(stderr=True)
+    console = console or Console(stderr=True, markup=False)
     plan = plan or DemoPlan()
     workdir = Path(workdir).resolve()
     _prepare_workdir(workdir)

@@ -193,3 +193,19 @@ def test_evalset_add_under_a_taken_name_is_refused(session_ws: Workspace, home: 
     renamed = run_cli(["evalset", "add", other.path, "--name", "synthetic-seed7"], home=home)
     assert renamed.returncode == 0, renamed.stderr
     assert "new: eval set 'synthetic-seed7'" in renamed.stderr
+
+
+def test_user_strings_with_brackets_are_printed_literally(tmp_path):
+    """Rich markup in a path or run name must not be interpreted (nor swallowed) on the console."""
+    import subprocess
+    import sys
+
+    run = tmp_path / "[bold]run[/bold]"
+    bad = run / "checkpoint_1"
+    bad.mkdir(parents=True)
+    (bad / "trainable_rows.pt").write_bytes(b"")
+    env = {**__import__("os").environ, "EVALBOARD_HOME": str(tmp_path / "home")}
+    proc = subprocess.run([sys.executable, "-m", "evalboard.cli", "scan", str(tmp_path)], capture_output=True,
+                          text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "[bold]run[/bold]/checkpoint_1" in proc.stderr
