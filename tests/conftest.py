@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from pathlib import Path
 from collections.abc import Iterator
 
 import pytest
@@ -69,6 +70,24 @@ def registry(db_url: str):
 
     with Registry(db_url) as reg:
         yield reg
+
+
+@pytest.fixture(scope="session")
+def session_ws(tmp_path_factory):
+    """The standard workspace (`evalboard.fixtures.build_workspace`: tiny Qwen3 base, two Track B
+    runs, one in a wider image range, a Track A run, a broken checkpoint, an eval set), built once
+    per session. Read-only: tests that edit files take `workspace`, a private copy."""
+    from evalboard.fixtures import build_workspace
+
+    return build_workspace(Path(os.path.realpath(tmp_path_factory.mktemp("session-workspace"))))
+
+
+@pytest.fixture
+def workspace(session_ws, tmp_path):
+    """A private, editable copy of the session workspace."""
+    from tests._infra.workspace import copy_workspace
+
+    return copy_workspace(session_ws, tmp_path / "ws")
 
 
 @pytest.fixture(scope="session")

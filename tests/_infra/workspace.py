@@ -1,7 +1,7 @@
 """Plain helpers the registry and CLI tests share: copying a built workspace, running the real
 CLI in a subprocess, and writing small Track A/B checkpoints without any base model.
 
-The pytest fixtures that call these live in `tests/registry/conftest.py` and `tests/cli/conftest.py`.
+The pytest fixtures `session_ws` and `workspace` that use them live in `tests/conftest.py`.
 """
 
 from __future__ import annotations
@@ -93,19 +93,5 @@ def run_cli(args: Sequence[str], *, home: Path, cwd: Path | None = None,
     )
 
 
-_SESSION_WORKSPACES: dict[Path, Workspace] = {}
 
 
-def session_workspace(basetemp: Path) -> Workspace:
-    """`build_workspace` once per test session (the tiny Qwen3 base takes seconds to build).
-
-    Both `tests/registry/conftest.py` and `tests/cli/conftest.py` expose it as a session fixture;
-    keying on pytest's basetemp makes the two share one build. Tests must not edit it: take a
-    `copy_workspace` first.
-    """
-    from evalboard.fixtures import build_workspace
-
-    basetemp = Path(os.path.realpath(basetemp))
-    if basetemp not in _SESSION_WORKSPACES:
-        _SESSION_WORKSPACES[basetemp] = build_workspace(basetemp / "session-workspace")
-    return _SESSION_WORKSPACES[basetemp]

@@ -14,21 +14,14 @@ from tests.dashboard._helpers import populate
 
 
 @pytest.fixture(scope="session")
-def workspace(tmp_path_factory):
-    from evalboard.fixtures import build_workspace
-
-    return build_workspace(tmp_path_factory.mktemp("ws"))
-
-
-@pytest.fixture(scope="session")
-def template_db(workspace, tmp_path_factory) -> Path:
+def template_db(session_ws, tmp_path_factory) -> Path:
     from registry.scanner import scan
     from registry.store import Registry
 
     d = tmp_path_factory.mktemp("template")
     db = d / "registry.db"
     with Registry(f"sqlite:///{db}") as reg:
-        scan(reg, [workspace.root / "outputs", workspace.root / "evalsets"])
+        scan(reg, [session_ws.root / "outputs", session_ws.root / "evalsets"])
         populate(reg, d)
     return db
 

@@ -14,13 +14,6 @@ BASE_ID = "demo/Qwen3-tiny-Base"
 
 
 @pytest.fixture(scope="session")
-def workspace_template(tmp_path_factory):
-    from evalboard.fixtures import build_workspace
-
-    return build_workspace(tmp_path_factory.mktemp("ws-template"), base_model=BASE_ID)
-
-
-@pytest.fixture(scope="session")
 def mlflow_template(tmp_path_factory) -> Path:
     from mlflow.tracking import MlflowClient
 
@@ -51,13 +44,13 @@ class EvalEnv:
 
 
 @pytest.fixture
-def eval_env(workspace_template, mlflow_template, tmp_path, monkeypatch) -> EvalEnv:
+def eval_env(session_ws, mlflow_template, tmp_path, monkeypatch) -> EvalEnv:
     from registry.scanner import scan
     from registry.settings import Settings
     from registry.store import Registry
 
     root = tmp_path / "ws"
-    shutil.copytree(workspace_template.root, root, symlinks=True)
+    shutil.copytree(session_ws.root, root, symlinks=True)
     home = tmp_path / "home"
     home.mkdir()
     shutil.copy(mlflow_template, home / "mlflow.db")

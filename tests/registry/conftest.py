@@ -10,22 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from evalboard.fixtures import Workspace
 from registry.token_space import TokenSpace
-from tests._infra.workspace import copy_workspace, session_workspace, small_token_space
-
-
-@pytest.fixture(scope="session")
-def session_ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
-    """Two Track B runs (one in a wider image range), a Track A run, a broken checkpoint and
-    an eval set, built once per session. Read-only: use `workspace` to edit."""
-    return session_workspace(tmp_path_factory.getbasetemp())
-
-
-@pytest.fixture
-def workspace(session_ws: Workspace, tmp_path: Path) -> Workspace:
-    """A private, editable copy of the session workspace."""
-    return copy_workspace(session_ws, tmp_path / "ws")
+from tests._infra.workspace import small_token_space
 
 
 @pytest.fixture
