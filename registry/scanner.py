@@ -186,27 +186,27 @@ class _Scanner:
                                      token_space_id=run_ts_id,
                                      token_space_path=str(run.token_space) if run.token_space else None)
         self.summary.runs += 1
-        base_models: Counter[str] = Counter()
-        steps: dict[int, Any] = {}
-        for ckpt in sorted(run.rows, key=_step_key):
-            ent = self.checkpoint(entity.id, ckpt, "B", run_ts)
-            if ent is not None:
-                if ent.base_model:
-                    base_models[ent.base_model] += ent.status == "valid"
-                if ent.step is not None:
-                    steps[ent.step] = ent
-        for ckpt in sorted(run.connectors, key=_step_key):
-            ent = self.checkpoint(entity.id, ckpt, "A", None)
-            if ent is not None:
-                if ent.base_model:
-                    base_models[ent.base_model] += ent.status == "valid"
-                if ent.step is not None:
-                    steps.setdefault(ent.step, ent)
+        work = [(p, "B") for p in sorted(run.rows, key=_step_key)] + \
+            [(p, "A") for p in sorted(run.connectors, key=_step_key)]
+        changed = False
+        for ckpt, track in work:
+            changed |= self.checkpoint(entity.id, ckpt, track, run_ts if track == "B" else None) is not None
         for link, reason in run.escaped:
             self.summary.found += 1
             self.record_invalid(entity.id, link, "A" if link.suffix in (".pt", ".bin") else "B", reason, [])
-        if base_models:
-            self.reg.upsert_run(path=str(run.path), name=run.path.name, base_model=base_models.most_common(1)[0][0])
+            changed = True
+        if not (changed or run.eval_jsons):
+            return  # an untouched run: nothing to recompute, no query
+        # Derived from what is registered (unchanged checkpoints were skipped without a read).
+        registered = self.reg.list_checkpoints(run_id=entity.id)
+        if changed:
+            bases = Counter(c.base_model for c in registered if c.status == "valid" and c.base_model)
+            if bases:
+                self.reg.upsert_run(path=str(run.path), name=run.path.name, base_model=bases.most_common(1)[0][0])
+        steps: dict[int, Any] = {}
+        for c in registered:  # a Track B checkpoint wins a step shared with a connector
+            if c.step is not None and (c.step not in steps or c.track == "B"):
+                steps[c.step] = c
         for ej in sorted(run.eval_jsons):
             self.import_result(entity.id, ej, steps)
 

@@ -223,3 +223,17 @@ def test_imported_eval_results_are_linked_to_their_checkpoint(session_ws: Worksp
         assert ck.step == 300 and r.checkpoint_hash == ck.content_hash
     scan(sqlite_registry, [session_ws.root])
     assert len(sqlite_registry.list_eval_results()) == 2
+
+
+def test_an_eval_result_written_after_the_first_scan_links_to_its_unchanged_checkpoint(
+        workspace: Workspace, sqlite_registry) -> None:
+    from registry.eval_result import EvalResult
+
+    scan(sqlite_registry, [workspace.root])
+    run_dir = workspace.runs[B_RUN]
+    EvalResult(step=100, losses={"all": 3.0, "a2t": 2.9}).save(run_dir / "eval_step100.json")
+    again = scan(sqlite_registry, [workspace.root])
+    assert (again.new, again.results_imported) == (0, 1)
+    (r,) = [r for r in sqlite_registry.list_eval_results() if r.step == 100]
+    ck = sqlite_registry.get_checkpoint(path=str(run_dir / "checkpoint_100"))
+    assert (r.checkpoint_id, r.checkpoint_hash) == (ck.id, ck.content_hash)
