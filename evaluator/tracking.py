@@ -94,14 +94,19 @@ class Tracker:
         self._experiments[name] = exp_id
         return exp_id
 
+    def find_model_id(self, exp_id: str, checkpoint_hash: str) -> str | None:
+        """The LoggedModel of this checkpoint content in this experiment, if one was created."""
+        found = self.client.search_logged_models(
+            experiment_ids=[exp_id], filter_string=f"tags.`{TAG}checkpoint_hash` = '{checkpoint_hash}'",
+            max_results=1)
+        return found[0].model_id if len(found) else None
+
     def logged_model_id(self, exp_id: str, rec: EvalRecord) -> str:
         import mlflow
 
-        found = self.client.search_logged_models(
-            experiment_ids=[exp_id], filter_string=f"tags.`{TAG}checkpoint_hash` = '{rec.checkpoint_hash}'",
-            max_results=1)
-        if len(found):
-            return found[0].model_id
+        existing = self.find_model_id(exp_id, rec.checkpoint_hash)
+        if existing is not None:
+            return existing
         model = mlflow.create_external_model(
             name=f"step-{rec.step}",
             experiment_id=exp_id,
@@ -153,9 +158,7 @@ class Tracker:
                               tags=tags) as run:
             mlflow.log_params({k: str(v) for k, v in rec.params.items()})
             mlflow.log_input(dataset, context="eval", model=LoggedModelInput(model_id))
-            metrics = {f"loss_{task}": float(v) for task, v in rec.losses.items()}
-            metrics.update({f"tokens_{task}": float(v) for task, v in rec.tokens.items()})
-            mlflow.log_metrics(metrics, step=rec.step, model_id=model_id, dataset=dataset)
+            mlflow.log_metrics(_metrics(rec.losses, rec.tokens), step=rec.step, model_id=model_id, dataset=dataset)
             for name, path in rec.artifacts.items():
                 if not Path(path).exists():  # an outbox entry flushed on another machine
                     mlflow.set_tag(f"{TAG}missing_artifact.{name}", path)
@@ -240,21 +243,20 @@ class Tracker:
         existing = self.find_finished(exp_id, eval_key=key)
         if existing:
             return {"run_id": existing, "experiment_id": exp_id, "reused": "true"}
-        model_id = None
-        if checkpoint_hash:
-            found = self.client.search_logged_models(
-                experiment_ids=[exp_id], filter_string=f"tags.`{TAG}checkpoint_hash` = '{checkpoint_hash}'",
-                max_results=1)
-            model_id = found[0].model_id if len(found) else None
+        model_id = self.find_model_id(exp_id, checkpoint_hash) if checkpoint_hash else None
         tags = {f"{TAG}eval_key": key, f"{TAG}source": "import", f"{TAG}source_path": source_path}
         if checkpoint_hash:
             tags[f"{TAG}checkpoint_hash"] = checkpoint_hash
         with mlflow.start_run(experiment_id=exp_id, run_name=f"import:{Path(source_path).name}", tags=tags) as run:
-            metrics = {f"loss_{t}": float(v) for t, v in losses.items()}
-            metrics.update({f"tokens_{t}": float(v) for t, v in tokens.items()})
-            mlflow.log_metrics(metrics, step=step or 0, model_id=model_id)
+            mlflow.log_metrics(_metrics(losses, tokens), step=step or 0, model_id=model_id)
             mlflow.log_artifact(source_path)
             return {"run_id": run.info.run_id, "experiment_id": exp_id, "model_id": model_id or "", "reused": "false"}
+
+
+def _metrics(losses: Mapping[str, float], tokens: Mapping[str, int]) -> dict[str, float]:
+    """`loss_<task>` and `tokens_<task>`, "all" included: the names the dashboard and users query."""
+    return {**{f"loss_{t}": float(v) for t, v in losses.items()},
+            **{f"tokens_{t}": float(v) for t, v in tokens.items()}}
 
 
 def _local_source(path: str):
