@@ -116,7 +116,6 @@ def stats_cmd(
     slices from its safetensors, not the whole model); drift against the run's previous checkpoint."""
     from evaluator.base_model import resolve_base_model
     from evaluator.service import Evaluator
-    from evaluator.stats import checkpoint_row_stats
 
     reg, settings = _registry()
     ck = resolve_checkpoint(reg, checkpoint)
@@ -128,9 +127,7 @@ def stats_cmd(
     space = ev.token_space_for(ck)
     rows = ev.load_rows(ck, space)
     base_dir = None if no_base else resolve_base_model(rows.base_model, settings.models)
-    doc = checkpoint_row_stats(rows.embed, rows.lm_head, rows.row_start, space, step=ck.step, base_dir=base_dir,
-                               previous=ev._previous_rows(ck, space))
-    reg.put_row_stats(checkpoint_id=ck.id, stats=doc)
+    doc = ev.row_stats(ck, rows, space, base_dir=base_dir)
     if json_out:
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
         return

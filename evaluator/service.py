@@ -244,17 +244,28 @@ class Evaluator:
         result, report, ctx = self.compute(ck, es, options)
         return self.record(ck, es, result, report, options, ctx, job_id=job_id)
 
-    def _existing(self, ck: CheckpointEntity, es: EvalSetEntity, options: EvalOptions) -> EvalOutcome | None:
+    def prior_result(self, ck: CheckpointEntity, es: EvalSetEntity, max_examples: int | None, *,
+                     logged_only: bool = False):
+        """The registry's evaluator result for this checkpoint content on this eval-set content and
+        subset (``logged_only``: one that has its MLflow run), or None."""
         for r in self.reg.list_eval_results(checkpoint_id=ck.id):
-            if (r.source == "evaluator" and r.evalset_hash == es.content_hash
-                    and (r.extra or {}).get("max_examples") == options.max_examples):
-                metrics = r.metrics or {}
-                res = EvalResult(step=r.step, losses={t: m["loss"] for t, m in metrics.items()},
-                                 tokens={t: m.get("tokens") for t, m in metrics.items()},
-                                 examples={t: m.get("examples") for t, m in metrics.items()})
-                return EvalOutcome(ck, es, res, None, {"run_id": r.mlflow_run_id or ""}, skipped=True,
-                                   registry_result_id=r.id)
+            if (r.source == "evaluator" and r.checkpoint_hash == ck.content_hash
+                    and r.evalset_hash == es.content_hash
+                    and (r.extra or {}).get("max_examples") == max_examples
+                    and (r.mlflow_run_id or not logged_only)):
+                return r
         return None
+
+    def _existing(self, ck: CheckpointEntity, es: EvalSetEntity, options: EvalOptions) -> EvalOutcome | None:
+        r = self.prior_result(ck, es, options.max_examples)
+        if r is None:
+            return None
+        metrics = r.metrics or {}
+        res = EvalResult(step=r.step, losses={t: m["loss"] for t, m in metrics.items()},
+                         tokens={t: m.get("tokens") for t, m in metrics.items()},
+                         examples={t: m.get("examples") for t, m in metrics.items()})
+        return EvalOutcome(ck, es, res, None, {"run_id": r.mlflow_run_id or ""}, skipped=True,
+                           registry_result_id=r.id)
 
     def record(self, ck, es, result: EvalResult, report: LossReport | None, options: EvalOptions, ctx: dict,
                *, job_id: int | None = None, job_token: int | None = None) -> EvalOutcome:
@@ -321,14 +332,19 @@ class Evaluator:
         return mlflow_ids, ent
 
     def _row_stats(self, ck: CheckpointEntity, ctx: dict) -> dict | None:
-        from evaluator.stats import checkpoint_row_stats
-
         rows, space = ctx.get("rows"), ctx.get("space")
         if rows is None or space is None:
             return None
-        prev = self._previous_rows(ck, space)
+        return self.row_stats(ck, rows, space, base_dir=self.base.path if self.base else None)
+
+    def row_stats(self, ck: CheckpointEntity, rows: TrainableRows, space: TokenSpace, *,
+                  base_dir: Path | None) -> dict:
+        """Row-norm statistics of ``rows`` (drift against the run's previous checkpoint, the base's
+        text rows when ``base_dir`` is given), stored in the registry and returned."""
+        from evaluator.stats import checkpoint_row_stats
+
         stats = checkpoint_row_stats(rows.embed, rows.lm_head, rows.row_start, space, step=ck.step,
-                                     base_dir=self.base.path if self.base else None, previous=prev)
+                                     base_dir=base_dir, previous=self._previous_rows(ck, space))
         self.reg.put_row_stats(checkpoint_id=ck.id, stats=stats)
         return stats
 

@@ -262,7 +262,8 @@ class Worker:
                 es = self.reg.get_evalset(id=job.evalset_id)
                 opts = {k: v for k, v in (job.options or {}).items() if k in _OPTION_KEYS}
                 options = EvalOptions(device=str(self.device), force=True, **opts)
-                prior = None if (job.options or {}).get("force") else self._prior_result(ck, es, options)
+                prior = None if (job.options or {}).get("force") else \
+                    self.evaluator.prior_result(ck, es, options.max_examples, logged_only=True)
                 if prior is not None:
                     queue.complete(self.reg, job_id=job.id, token=token, mlflow_run_id=prior.mlflow_run_id,
                                    result={"reused_result_id": prior.id})
@@ -296,16 +297,6 @@ class Worker:
                  result.tokens.get("all", 0), time.monotonic() - t0, self.device, job.attempts,
                  job.max_attempts, where)
         return 0
-
-    def _prior_result(self, ck, es, options):
-        """A logged evaluator result for this checkpoint content on this eval-set content (same
-        subset), e.g. from `evalboard eval`: the job is then done without a second MLflow run."""
-        for r in self.reg.list_eval_results(checkpoint_id=ck.id):
-            if (r.source == "evaluator" and r.mlflow_run_id and r.checkpoint_hash == ck.content_hash
-                    and r.evalset_hash == es.content_hash
-                    and (r.extra or {}).get("max_examples") == options.max_examples):
-                return r
-        return None
 
     def _publish_or_keep(self, job: EvalJobEntity, pub, beat: _Heartbeat) -> str | None:
         """Log to MLflow and complete; when MLflow is unreachable, complete with the result kept."""
