@@ -130,15 +130,15 @@ def enqueue_cmd(
     from evalboard.cli import err
     from evalboard.cli_eval import resolve_checkpoint, resolve_evalset
     from registry import queue
-    from registry.audit import pair_findings
+    from registry.audit import refusals
 
     reg, _ = _registry()
     es = resolve_evalset(reg, evalset)
     cks = [resolve_checkpoint(reg, c) for c in checkpoints]
-    refusals = [f"{ck.path}: " + "; ".join(f.message for f in pair_findings(reg, ck, es) if f.severity == "error")
-                for ck in cks if any(f.severity == "error" for f in pair_findings(reg, ck, es))]
-    if refusals:  # refuse all before queuing any
-        raise Incompatible(f"not queued on eval set {es.name!r}: " + " | ".join(refusals))
+    refused = refusals(reg, cks, es)
+    if refused:  # refuse all before queuing any
+        raise Incompatible(f"not queued on eval set {es.name!r}: " + " | ".join(
+            f"{ck.path}: " + "; ".join(f.message for f in refused[ck.id]) for ck in cks if ck.id in refused))
     options = {"max_examples": max_examples} if max_examples else {}
     rows = []
     for ck in cks:

@@ -136,7 +136,7 @@ def _demo_env(workdir: Path) -> dict[str, str]:
 
 
 def _scan_and_evaluate(workdir: Path, bar: Progress) -> dict:
-    from registry.audit import audit, pair_findings
+    from registry.audit import audit, refusals
     from registry.scanner import scan
     from registry.settings import Settings
     from registry.store import Registry
@@ -148,10 +148,10 @@ def _scan_and_evaluate(workdir: Path, bar: Progress) -> dict:
                    on_total=lambda n: bar.update(t, total=n), progress=lambda _p: bar.advance(t))
     es = reg.get_evalset(name=EVALSET)
     refused, jobs = [], []
-    for ck in reg.list_checkpoints(status="valid"):
-        if ck.track != "B":
-            continue
-        errors = [f for f in pair_findings(reg, ck, es) if f.severity == "error"]
+    track_b = [ck for ck in reg.list_checkpoints(status="valid") if ck.track == "B"]
+    errors_by_id = refusals(reg, track_b, es)
+    for ck in track_b:
+        errors = errors_by_id.get(ck.id)
         if errors:
             refused.append(f"{Path(ck.path).parent.name}/{Path(ck.path).name}: " + "; ".join(f.message for f in errors))
             continue

@@ -21,7 +21,7 @@ from registry.entities import CheckpointEntity, EvalSetEntity, RunEntity, TokenS
 from registry.store import Registry
 from registry.token_space import TokenSpace
 
-__all__ = ["Finding", "audit", "pair_findings", "SEVERITIES", "base_embedding_rows"]
+__all__ = ["Finding", "audit", "pair_findings", "refusals", "SEVERITIES", "base_embedding_rows"]
 
 SEVERITIES = ("error", "warning", "info")
 
@@ -167,6 +167,19 @@ def pair_findings(reg: Registry, checkpoint: CheckpointEntity, evalset: EvalSetE
     return [Finding("error", "token-space-mismatch", reason, run_name, checkpoint.path, evalset.name,
                     {"changes": [c.field for c in changes], "checkpoint_hash": space.abi_hash,
                      "evalset_hash": evalset.token_space_hash})]
+
+
+def refusals(reg: Registry, checkpoints: Iterable[CheckpointEntity],
+             evalset: EvalSetEntity) -> dict[int, list[Finding]]:
+    """Error-level findings, by checkpoint id, for evaluating each of ``checkpoints`` on
+    ``evalset``; checkpoints that may be evaluated are absent. The registry is read once."""
+    ctx = _Context(reg, None)
+    out: dict[int, list[Finding]] = {}
+    for ck in checkpoints:
+        errors = [f for f in pair_findings(reg, ck, evalset, ctx=ctx) if f.severity == "error"]
+        if errors:
+            out[ck.id] = errors
+    return out
 
 
 def base_embedding_rows(model_dir: str | Path) -> int | None:

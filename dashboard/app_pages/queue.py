@@ -41,7 +41,7 @@ else:
         chosen = st.multiselect("Checkpoints", list(labels), format_func=labels.get, key="eval_checkpoints")
         submitted = st.form_submit_button("Enqueue", type="primary")
     if submitted:
-        from registry.audit import pair_findings
+        from registry.audit import refusals
 
         if mode == "chosen below":
             targets = list(chosen)
@@ -52,15 +52,15 @@ else:
                                               "every valid checkpoint of this run is evaluated or queued."))
         evalset = es_by_id[es_id]
         created = existing = 0
-        for ck_id in targets:
-            ck = reg.get_checkpoint(id=ck_id)
-            refusals = [f for f in pair_findings(reg, ck, evalset) if f.severity == "error"]
-            if refusals:
-                st.error(f"Refused step {ck.step}: " + c.md("; ".join(f.message for f in refusals)),
+        checkpoints = [reg.get_checkpoint(id=ck_id) for ck_id in targets]
+        refused = refusals(reg, checkpoints, evalset)
+        for ck in checkpoints:
+            if ck.id in refused:
+                st.error(f"Refused step {ck.step}: " + c.md("; ".join(f.message for f in refused[ck.id])),
                          icon=":material/block:")
                 continue
             try:
-                _, new = reg.enqueue_job(checkpoint_id=ck_id, evalset_id=es_id)
+                _, new = reg.enqueue_job(checkpoint_id=ck.id, evalset_id=es_id)
             except EvalboardError as e:
                 st.error(f"Refused step {ck.step}: {c.md(e)}", icon=":material/block:")
                 continue
