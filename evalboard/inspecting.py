@@ -5,14 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from registry.connector import ConnectorCheckpoint
+from registry import tracks
 from registry.errors import InvalidInput
 from registry.eval_result import EvalResult
 from registry.evalset import MANIFEST, EvalSet
 from registry.token_space import TokenSpace
-from registry.trainable_rows import META_FILENAME, ROWS_FILENAMES, TrainableRows
-
-_TENSOR_SUFFIXES = (".pt", ".bin", ".pth", ".safetensors")
 
 
 def inspect_path(path: str | Path) -> dict[str, Any]:
@@ -23,13 +20,15 @@ def inspect_path(path: str | Path) -> dict[str, Any]:
     if p.is_dir():
         if (p / MANIFEST).exists():
             return EvalSet.load(p).summary()
-        if any((p / n).exists() for n in (*ROWS_FILENAMES, META_FILENAME)):
-            return TrainableRows.load(p).summary()
-        raise InvalidInput("is a folder but neither a checkpoint (trainable_rows.*) nor an eval set (manifest.json)",
-                           path=p)
+        track = tracks.for_dir(p)
+        if track is not None:
+            return track.inspect(p)
+        raise InvalidInput("is a folder but neither a checkpoint (trainable_rows.*, mm_projector.*) nor an eval set "
+                           "(manifest.json)", path=p)
     name = p.name
-    if name in ROWS_FILENAMES or name == META_FILENAME:
-        return TrainableRows.load(p.parent).summary()
+    owner = tracks.for_dir(p.parent)
+    if owner is not None and name in owner.file_names() and name != "token_space.json":
+        return owner.inspect(p.parent)
     if name == MANIFEST or p.suffix == ".parquet":
         return EvalSet.load(p).summary()
     if name.startswith("eval_step") and p.suffix == ".json":
@@ -42,7 +41,8 @@ def inspect_path(path: str | Path) -> dict[str, Any]:
                 "modalities": {r.name: [r.start, r.end] for r in ts.modalities},
                 "pad_token_id": ts.resolved_pad_id(), "codec_versions": ts.codec_versions(),
                 "tokenizer": ts.tokenizer_version}
-    if p.suffix in _TENSOR_SUFFIXES:
-        return ConnectorCheckpoint.load(p).summary()
+    track = next((t for t in tracks.ALL if t.inspects_file(p)), None)
+    if track is not None:
+        return track.inspect(p)
     raise InvalidInput("is not a recognised evalboard file (checkpoint, token_space.json, eval set, eval_step json)",
                        path=p)

@@ -60,8 +60,11 @@ def needed_length(example: Example) -> int:
     return 0
 
 
-def check_examples(examples: Sequence[Example], vocab_size: int) -> None:
-    """Refuse examples the forward pass would fail on (or silently mis-score), naming the first."""
+def check_examples(examples: Sequence[Example], vocab_size: int, *, placeholder_id: int | None = None) -> None:
+    """Refuse examples the forward pass would fail on (or silently mis-score), naming the first.
+
+    `placeholder_id` marks positions whose embedding is supplied by other means (an image's
+    features): allowed in `input_ids`, never as a scored label."""
     for ex in examples:
         if ex.task == "all":
             raise InvalidInput(
@@ -75,10 +78,15 @@ def check_examples(examples: Sequence[Example], vocab_size: int) -> None:
                 f"eval example {ex.example_id!r}: {len(ex.labels)} labels for "
                 f"{len(ex.input_ids)} input_ids; they must be aligned one to one"
             )
-        low, high = min(ex.input_ids), max(ex.input_ids)
+        ids = ex.input_ids if placeholder_id is None else [i for i in ex.input_ids if i != placeholder_id]
+        low, high = (min(ids), max(ids)) if ids else (0, 0)
         scored = [label for label in ex.labels if label != IGNORE_INDEX]
         if scored:
             low, high = min(low, min(scored)), max(high, max(scored))
+        if placeholder_id is not None and placeholder_id in scored:
+            raise InvalidInput(
+                f"eval example {ex.example_id!r} scores the image placeholder {placeholder_id} as a label"
+            )
         if low < 0 or high >= vocab_size:
             bad = low if low < 0 else high
             raise Incompatible(

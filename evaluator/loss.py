@@ -63,6 +63,9 @@ ALL = "all"
 
 BatchNll = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 Progress = Callable[[int, int], None]
+InputsFn = Callable[[nn.Module, Batch], dict[str, torch.Tensor]]
+"""The decoder's inputs for a batch: ``{"input_ids": ...}`` by default; a track that feeds the LLM
+more than token ids (a connector's image embeddings) returns ``{"inputs_embeds": ...}``."""
 
 
 @dataclass(frozen=True)
@@ -168,16 +171,22 @@ def _check_plain_lm_head(model: nn.Module) -> None:
 
 @torch.no_grad()
 def batch_nll(
-    model: nn.Module, batch: Batch, *, positions_per_chunk: int = 1024, vocab_block: int | None = None
+    model: nn.Module,
+    batch: Batch,
+    *,
+    positions_per_chunk: int = 1024,
+    vocab_block: int | None = None,
+    inputs: InputsFn | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """NLL of every scored target of `batch`, and which batch row it belongs to.
 
-    Runs the decoder stack only (hidden states, no logits), keeps the hidden state at position t
-    when `labels[t + 1]` is scored, and scores those against lm_head with `scored_nll`.
+    Runs the decoder stack only (hidden states, no logits) on `inputs(model, batch)` (default:
+    the batch's token ids), keeps the hidden state at position t when `labels[t + 1]` is scored,
+    and scores those against lm_head with `scored_nll`.
     """
-    out = _decoder(model)(
-        input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False
-    )
+    fed = inputs(model, batch) if inputs is not None else {"input_ids": batch.input_ids}
+    out = _decoder(model)(**fed, attention_mask=batch.attention_mask, use_cache=False)
+    del fed
     hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
     targets = batch.labels[:, 1:]
     scored = targets != IGNORE_INDEX
@@ -237,6 +246,8 @@ def evaluate_loss(
     vocab_block: int | None = None,
     progress: Progress | None = None,
     batch_fn: BatchNll = batch_nll,
+    inputs: InputsFn | None = None,
+    placeholder_id: int | None = None,
 ) -> LossReport:
     """Eval loss of `model` on `examples`: per example, per task and over all scored tokens.
 
@@ -250,13 +261,15 @@ def evaluate_loss(
     `max_tokens_per_batch` bounds padded tokens per forward pass (default: `auto_token_budget`).
     On an out-of-memory error the failing batch is halved and retried, and the budget halved.
     `progress(tokens_done, tokens_total)` is called after each batch. `batch_fn` computes the
-    NLLs of one batch (default `batch_nll`); tests use it to inject failures.
+    NLLs of one batch (default `batch_nll`); tests use it to inject failures. `inputs` builds the
+    decoder's inputs for a batch (see `InputsFn`); `placeholder_id` is an id in `input_ids` that
+    `inputs` replaces (so it is exempt from the vocabulary check) and that is never scored.
     """
     start = time.perf_counter()
     _check_plain_lm_head(model)
     device = next(model.parameters()).device
     vocab = model.get_input_embeddings().weight.shape[0]
-    check_examples(examples, vocab)
+    check_examples(examples, vocab, placeholder_id=placeholder_id)
     if pad_token_id is None:
         pad_token_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
     # Only the tokens up to the last scored label; nothing at all for an example with no
@@ -277,7 +290,8 @@ def evaluate_loss(
         batch = collate(examples, indices, pad_token_id, device, lengths)
         try:
             nll, rows = batch_fn(
-                model, batch, positions_per_chunk=positions_per_chunk, vocab_block=vocab_block
+                model, batch, positions_per_chunk=positions_per_chunk, vocab_block=vocab_block,
+                inputs=inputs,
             )
         except Exception as error:  # noqa: BLE001 - only out-of-memory is handled, see below
             if not is_out_of_memory(error):

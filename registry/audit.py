@@ -13,34 +13,16 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from registry import tracks
 from registry.entities import CheckpointEntity, EvalSetEntity, RunEntity, TokenSpaceEntity
+from registry.findings import SEVERITIES, Finding, checkpoint_label
 from registry.store import Registry
 from registry.token_space import TokenSpace
 
-__all__ = ["Finding", "audit", "pair_findings", "refusals", "SEVERITIES", "base_embedding_rows"]
-
-SEVERITIES = ("error", "warning", "info")
-
-
-@dataclass(frozen=True)
-class Finding:
-    severity: str
-    code: str
-    message: str
-    run: str | None = None
-    checkpoint: str | None = None
-    evalset: str | None = None
-    detail: Mapping[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["detail"] = dict(self.detail)
-        return d
-
+__all__ = ["Finding", "audit", "pair_findings", "refusals", "overridable", "SEVERITIES", "base_embedding_rows"]
 
 def _space(ts: TokenSpaceEntity | None) -> TokenSpace | None:
     return TokenSpace.from_dict(ts.spec, source=ts.first_path) if ts is not None else None
@@ -58,9 +40,7 @@ def with_versions(space: TokenSpace, codecs: Mapping[str, Any] | None, tokenizer
     return space
 
 
-def _label(path: str) -> str:
-    p = Path(path)
-    return f"{p.parent.name}/{p.name}"
+_label = checkpoint_label
 
 
 class _Context:
@@ -129,51 +109,29 @@ class _Context:
 
 
 def pair_findings(reg: Registry, checkpoint: CheckpointEntity, evalset: EvalSetEntity,
-                  *, ctx: _Context | None = None) -> list[Finding]:
-    """Can ``checkpoint`` be evaluated on ``evalset``? Errors mean no."""
-    ctx = ctx or _Context(reg, None)
+                  *, ctx: _Context | None = None, models: Mapping[str, str] | None = None) -> list[Finding]:
+    """Can ``checkpoint`` be evaluated on ``evalset``? Errors mean no. The checkpoint's track
+    decides what compatible means (registry/tracks); ``models`` (id -> local folder) lets it
+    check widths and preprocessing against the models' configs."""
+    ctx = ctx or _Context(reg, models)
     run = ctx.runs.get(checkpoint.run_id)
     run_name = run.name if run else None
-    ck_label = _label(checkpoint.path)
     if checkpoint.status != "valid":
-        return [Finding("error", "invalid-checkpoint", f"{ck_label} is invalid: {checkpoint.reason}",
+        return [Finding("error", "invalid-checkpoint", f"{_label(checkpoint.path)} is invalid: {checkpoint.reason}",
                         run_name, checkpoint.path, evalset.name)]
-    if checkpoint.track != "B":
-        return [Finding("error", "track-a", f"{ck_label} is a Track A connector checkpoint; loss evaluation "
-                        "needs a Track B (trainable rows) checkpoint", run_name, checkpoint.path, evalset.name)]
-    space, origin = ctx.checkpoint_space(checkpoint)
-    if space is None:
-        return [Finding("error", "no-token-space", f"{ck_label} has no token_space.json and its run has none: "
-                        "cannot check it against the eval set", run_name, checkpoint.path, evalset.name)]
-    if space.abi_hash == evalset.token_space_hash:
-        out = []
-        es_space = ctx.evalset_space(evalset)
-        if es_space is not None:
-            out += [Finding("warning", "version-mismatch", c.message, run_name, checkpoint.path, evalset.name,
-                            {"field": c.field, "checkpoint": c.this, "evalset": c.other})
-                    for c in space.diff(es_space, f"{ck_label}", f"eval set {evalset.name!r}")
-                    if c.severity == "warning"]
-        return out
-    es_space = ctx.evalset_space(evalset)
-    if es_space is None:
-        return [Finding("error", "token-space-mismatch",
-                        f"token space {space.short_hash} of {ck_label} differs from eval set {evalset.name!r}'s "
-                        f"{(evalset.token_space_hash or '?')[:12]} (that token space is not registered, so the "
-                        "exact difference is unknown)", run_name, checkpoint.path, evalset.name,
-                        {"checkpoint_hash": space.abi_hash, "evalset_hash": evalset.token_space_hash})]
-    changes = [c for c in space.diff(es_space, f"{ck_label} ({origin} token space)", f"eval set {evalset.name!r}")
-               if c.severity == "error"]
-    reason = "; ".join(c.message for c in changes) or "token-space hashes differ"
-    return [Finding("error", "token-space-mismatch", reason, run_name, checkpoint.path, evalset.name,
-                    {"changes": [c.field for c in changes], "checkpoint_hash": space.abi_hash,
-                     "evalset_hash": evalset.token_space_hash})]
+    return tracks.get(checkpoint.track).pair_findings(ctx, checkpoint, evalset, run_name)
+
+
+def overridable(checkpoint: CheckpointEntity) -> frozenset[str]:
+    """Finding codes that ``--allow-mismatch`` lets an evaluation of ``checkpoint`` go past."""
+    return tracks.get(checkpoint.track).overridable
 
 
 def refusals(reg: Registry, checkpoints: Iterable[CheckpointEntity],
-             evalset: EvalSetEntity) -> dict[int, list[Finding]]:
+             evalset: EvalSetEntity, *, models: Mapping[str, str] | None = None) -> dict[int, list[Finding]]:
     """Error-level findings, by checkpoint id, for evaluating each of ``checkpoints`` on
     ``evalset``; checkpoints that may be evaluated are absent. The registry is read once."""
-    ctx = _Context(reg, None)
+    ctx = _Context(reg, models)
     out: dict[int, list[Finding]] = {}
     for ck in checkpoints:
         errors = [f for f in pair_findings(reg, ck, evalset, ctx=ctx) if f.severity == "error"]
@@ -210,16 +168,11 @@ def audit(reg: Registry, *, models: Mapping[str, str] | None = None) -> list[Fin
 
 def _run_findings(ctx: _Context, run: RunEntity, cks: list[CheckpointEntity]) -> list[Finding]:
     out: list[Finding] = []
-    run_space = ctx.run_space(run)
     valid = [c for c in cks if c.status == "valid"]
     for ck in cks:
         if ck.status != "valid":
             out.append(Finding("error", "invalid-checkpoint", f"{_label(ck.path)} is invalid: {ck.reason}",
                                run.name, ck.path))
-    b_valid = [c for c in valid if c.track == "B"]
-    if b_valid and run_space is None:
-        out.append(Finding("info", "no-run-token-space", f"run {run.name!r} has no run-level token_space.json",
-                           run.name))
     bases = sorted({c.base_model for c in valid if c.base_model})
     if len(bases) > 1:
         per = defaultdict(list)
@@ -229,46 +182,10 @@ def _run_findings(ctx: _Context, run: RunEntity, cks: list[CheckpointEntity]) ->
                            f"run {run.name!r} mixes base models: " +
                            "; ".join(f"{b} at steps {', '.join(per[b])}" for b in bases),
                            run.name, detail={"base_models": bases}))
-    for ck in b_valid:
-        out += _checkpoint_findings(ctx, run, run_space, ck)
-    return out
-
-
-def _checkpoint_findings(ctx: _Context, run: RunEntity, run_space: TokenSpace | None,
-                         ck: CheckpointEntity) -> list[Finding]:
-    out: list[Finding] = []
-    label = _label(ck.path)
-    own = ctx.own_space(ck)
-    if not ck.has_token_space:
-        out.append(Finding("warning", "token-space-not-shipped",
-                           f"{label} was shipped without token_space.json (compatibility rule 1: always ship it)"
-                           + (f"; using run {run.name!r}'s" if run_space else ""), run.name, ck.path))
-    if own is not None and run_space is not None:
-        for c in own.diff(run_space, label, f"run {run.name!r} token_space.json"):
-            out.append(Finding(c.severity, "run-token-space-" + ("mismatch" if c.severity == "error" else "version"),
-                               c.message, run.name, ck.path, detail={"field": c.field, "checkpoint": c.this,
-                                                                     "run": c.other}))
-    space = own or run_space
-    if space is not None and ck.row_start is not None and ck.row_end is not None:
-        for r in space.modalities:
-            if r.start < ck.row_start or r.end > ck.row_end:
-                out.append(Finding("warning", "range-not-covered",
-                                   f"{r.name} range {r.describe()} is not inside the trained rows "
-                                   f"{ck.row_start}–{ck.row_end - 1} of {label}: those rows stay at their initial values",
-                                   run.name, ck.path, detail={"modality": r.name}))
-        if ck.row_start != space.text_vocab_size:
-            out.append(Finding("info", "rows-start-offset",
-                               f"{label} trains rows from {ck.row_start}, the token space's text vocabulary ends at "
-                               f"{space.text_vocab_size}", run.name, ck.path))
-        model_dir = ctx.models.get(ck.base_model or "")
-        if model_dir:
-            rows = base_embedding_rows(model_dir)
-            if rows is not None and rows > space.text_vocab_size:
-                out.append(Finding("warning", "base-padding-overwritten",
-                                   f"base {ck.base_model} has {rows} embedding rows but text_vocab_size is "
-                                   f"{space.text_vocab_size}: its padding rows {space.text_vocab_size}–{rows - 1} "
-                                   f"are overwritten by new rows", run.name, ck.path,
-                                   detail={"base_rows": rows, "text_vocab_size": space.text_vocab_size}))
+    for track in tracks.ALL:
+        mine = [c for c in valid if c.track == track.letter]
+        if mine:
+            out += track.run_findings(ctx, run, mine)
     return out
 
 
@@ -276,16 +193,17 @@ def _evalset_findings(ctx: _Context, by_run: Mapping[int, list[CheckpointEntity]
     """One finding per (run, checkpoint token space, eval set) that disagree — not per checkpoint."""
     out: list[Finding] = []
     for es in ctx.evalsets:
-        if es.token_space_hash not in ctx.by_hash and ctx.evalset_space(es) is None:
+        if es.token_space_hash is not None and es.token_space_hash not in ctx.by_hash \
+                and ctx.evalset_space(es) is None:
             out.append(Finding("warning", "evalset-token-space-unknown",
                                f"eval set {es.name!r} was made in token space {(es.token_space_hash or '?')[:12]}, "
                                "which no registered run or checkpoint uses", evalset=es.name))
         for run_id, cks in by_run.items():
-            groups: dict[str | None, list[CheckpointEntity]] = defaultdict(list)
+            groups: dict[Any, list[CheckpointEntity]] = defaultdict(list)
             for ck in cks:
-                if ck.status == "valid" and ck.track == "B":
-                    space, _ = ctx.checkpoint_space(ck)
-                    groups[space.abi_hash if space else None].append(ck)
+                if ck.status == "valid" and tracks.get(ck.track).accepts_evalset(es):
+                    track = tracks.get(ck.track)
+                    groups[(track.letter, track.evalset_group(ctx, ck))].append(ck)
             for _, group in groups.items():
                 first = group[0]
                 for f in pair_findings(ctx.reg, first, es, ctx=ctx):

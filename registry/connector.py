@@ -9,6 +9,15 @@ Schema (README "Track A checkpoint"): a dict with
   ``{"name", "revision"}``); variants ``base_model``/``llm`` and ``vision_model``/``vision_encoder``,
   also accepted inside ``config``/``meta``/``metadata``;
 - optional ``optimizer`` (or ``optimizer_state_dict``), ``scheduler``, ``config``, ``meta``.
+
+Settings the evaluator reads from the metadata (``config``/``meta``, or top level):
+``connector_builder`` ("package.module:function" that rebuilds the module from the state dict),
+``vision_feature_layer`` (which hidden layer of the tower feeds the connector) and
+``vision_drop_cls`` (whether the tower's CLS token is dropped); see evaluator/tracks/connector.py.
+
+Also accepted: LLaVA's layout, a folder holding ``mm_projector.bin`` (or ``.safetensors``) and
+the training ``config.json`` (``mm_vision_tower``, ``mm_projector_type``, ``mm_hidden_size``,
+``hidden_size``, ``mm_vision_select_layer``, ``mm_vision_select_feature``, ``_name_or_path``).
 """
 
 from __future__ import annotations
@@ -22,7 +31,10 @@ from registry.files import FileRecord, content_hash, file_records
 from registry.safeio import load_tensors
 from registry.trainable_rows import parse_step
 
-__all__ = ["ConnectorCheckpoint"]
+__all__ = ["ConnectorCheckpoint", "LLAVA_FILES", "is_llava_folder"]
+
+LLAVA_FILES = ("mm_projector.bin", "mm_projector.safetensors", "config.json")
+_BUILDER_KEYS = ("connector_builder", "builder")
 
 _STATE_KEYS = ("connector", "connector_state_dict", "state_dict", "model", "model_state_dict")
 _MODULES = ("resampler", "projector")
@@ -45,6 +57,16 @@ class ConnectorCheckpoint:
     has_optimizer: bool
     files: tuple[FileRecord, ...]
     meta: Mapping[str, Any]
+    layout: str = "evalboard"
+    """"evalboard" (one .pt) or "llava" (mm_projector + config.json folder)."""
+    input_width: int | None = None
+    """Feature width the connector takes (the tower's hidden size), when the weights say it."""
+    output_width: int | None = None
+    """Embedding width it produces (the LLM's hidden size), when the weights say it."""
+    builder: str | None = None
+    """``package.module:function`` named by the checkpoint itself, if any."""
+    feature_layer: int | None = None
+    drop_cls: bool | None = None
 
     @property
     def content_hash(self) -> str:
@@ -53,6 +75,8 @@ class ConnectorCheckpoint:
     @classmethod
     def load(cls, path: str | Path) -> "ConnectorCheckpoint":
         path = Path(path)
+        if path.is_dir():
+            return _load_llava(path)
         if not path.is_file():
             raise InvalidInput("is not a file", path=path)
         obj = load_tensors(path)
@@ -64,7 +88,7 @@ class ConnectorCheckpoint:
         step = _step(obj, path)
         _check_finite(state, path)
         known = set(_STATE_KEYS) | set(_MODULES) | set(_OPTIMIZER_KEYS) | set(_LLM_KEYS) | set(_VISION_KEYS) \
-            | set(_META_KEYS) | _OTHER_KEYS
+            | set(_META_KEYS) | _OTHER_KEYS | set(_BUILDER_KEYS) | {"vision_feature_layer", "vision_drop_cls"}
         unexpected = sorted(k for k in obj if k not in known)
         if unexpected:
             raise InvalidInput(
@@ -77,8 +101,14 @@ class ConnectorCheckpoint:
         info = {k: v for k, v in meta.items() if isinstance(v, (str, int, float, bool)) or v is None}
         if "tokens_seen" in obj and isinstance(obj["tokens_seen"], int):
             info["tokens_seen"] = obj["tokens_seen"]
+        settings = {**meta, **{k: obj[k] for k in (*_BUILDER_KEYS, "vision_feature_layer", "vision_drop_cls")
+                               if k in obj}}
+        in_w, out_w = _widths(shapes)
         return cls(str(path), step, base_llm, vision, shapes, n_params,
-                   any(k in obj for k in _OPTIMIZER_KEYS), tuple(file_records(path, [path])), info)
+                   any(k in obj for k in _OPTIMIZER_KEYS), tuple(file_records(path, [path])), info,
+                   "evalboard", in_w, out_w, _builder(settings, path),
+                   _int_setting(settings, ("vision_feature_layer", "mm_vision_select_layer", "feature_layer"), path),
+                   _drop_cls(settings, path))
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -91,6 +121,12 @@ class ConnectorCheckpoint:
             "modules": {m: {k: list(s) for k, s in p.items()} for m, p in self.modules.items()},
             "n_params": self.n_params,
             "has_optimizer": self.has_optimizer,
+            "layout": self.layout,
+            "input_width": self.input_width,
+            "output_width": self.output_width,
+            "connector_builder": self.builder,
+            "vision_feature_layer": self.feature_layer,
+            "vision_drop_cls": self.drop_cls,
             "content_hash": self.content_hash,
             "files": [f.to_dict() for f in self.files],
         }
@@ -178,3 +214,123 @@ def _check_finite(state: Mapping[str, Any], path: Path) -> None:
     for k, t in state.items():
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise InvalidInput(f"connector weight {k!r} contains NaN/Inf", path=path)
+
+
+def is_llava_folder(path: Path) -> bool:
+    return (path / "mm_projector.bin").exists() or (path / "mm_projector.safetensors").exists()
+
+
+def _load_llava(path: Path) -> ConnectorCheckpoint:
+    """LLaVA's pretraining output: ``mm_projector.bin`` + the model's ``config.json``."""
+    from registry.safeio import read_json
+
+    weights = next((path / n for n in LLAVA_FILES[:2] if (path / n).exists()), None)
+    if weights is None:
+        raise InvalidInput("has no mm_projector.bin / mm_projector.safetensors", path=path)
+    cfg_path = path / "config.json"
+    if not cfg_path.exists():
+        raise InvalidInput("has no config.json (mm_vision_tower, mm_projector_type, mm_hidden_size, hidden_size)",
+                           path=path)
+    cfg = read_json(cfg_path)
+    for key in ("mm_vision_tower", "mm_projector_type", "mm_hidden_size", "hidden_size"):
+        if key not in cfg:
+            raise InvalidInput(f"missing field {key!r} (LLaVA layout)", path=cfg_path)
+    for key in ("mm_hidden_size", "hidden_size"):
+        v = cfg[key]
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 < v < 2**20:
+            raise InvalidInput(f"{key} must be a positive integer, got {v!r}", path=cfg_path)
+    for key in ("mm_vision_tower", "mm_projector_type"):
+        if not isinstance(cfg[key], str) or not cfg[key].strip() or len(cfg[key]) > 512:
+            raise InvalidInput(f"{key} must be a non-empty string", path=cfg_path)
+    raw = load_tensors(weights)
+    state: dict[str, Any] = {}
+    import torch
+
+    for k, v in raw.items():
+        if not isinstance(v, torch.Tensor):
+            raise InvalidInput(f"entry {k!r} is a {type(v).__name__}, expected a tensor", path=weights)
+        name = k.removeprefix("module.").removeprefix("base_model.").removeprefix("model.")
+        if not name.startswith("mm_projector"):
+            raise InvalidInput(f"unexpected tensor {k!r}; expected mm_projector.* weights", path=weights)
+        state[name] = v
+    if not state:
+        raise InvalidInput("holds no mm_projector weights", path=weights)
+    _check_finite(state, weights)
+    shapes = {"mm_projector": {k: tuple(t.shape) for k, t in state.items()}}
+    in_w, out_w = _widths(shapes)
+    if in_w is not None and in_w != cfg["mm_hidden_size"]:
+        raise InvalidInput(f"mm_projector takes {in_w}-wide features but config.json says mm_hidden_size "
+                           f"{cfg['mm_hidden_size']}", path=weights)
+    if out_w is not None and out_w != cfg["hidden_size"]:
+        raise InvalidInput(f"mm_projector produces {out_w}-wide embeddings but config.json says hidden_size "
+                           f"{cfg['hidden_size']}", path=weights)
+    base = cfg.get("base_llm") or cfg.get("_name_or_path")
+    if not isinstance(base, str) or not base.strip():
+        raise InvalidInput("missing field '_name_or_path' (the base LLM the projector plugs into)", path=cfg_path)
+    select = cfg.get("mm_vision_select_feature", "patch")
+    if select not in ("patch", "cls_patch"):
+        raise InvalidInput(f"mm_vision_select_feature must be 'patch' or 'cls_patch', got {select!r}", path=cfg_path)
+    info = {k: cfg[k] for k in ("mm_projector_type", "mm_hidden_size", "hidden_size", "mm_vision_select_layer",
+                                "mm_vision_select_feature", "mm_use_im_start_end") if k in cfg}
+    builder = cfg.get("connector_builder") if isinstance(cfg.get("connector_builder"), str) else None
+    layer = cfg.get("mm_vision_select_layer", -2)
+    if isinstance(layer, bool) or not isinstance(layer, int):
+        raise InvalidInput(f"mm_vision_select_layer must be an integer, got {layer!r}", path=cfg_path)
+    return ConnectorCheckpoint(
+        str(path), parse_step(path.name), base, cfg["mm_vision_tower"], shapes,
+        sum(int(t.numel()) for t in state.values()), False,
+        tuple(file_records(path, [weights, cfg_path])), info, "llava", in_w, out_w,
+        builder or "evaluator.connectors:llava_projector", layer, select == "patch")
+
+
+def _widths(shapes: Mapping[str, Mapping[str, tuple[int, ...]]]) -> tuple[int | None, int | None]:
+    """(features in, embeddings out) read off the weights: the resampler's queries (or the first
+    projector layer) take the tower's width; the last projector layer gives the LLM's."""
+    import re
+
+    def index(name: str) -> tuple[int, ...]:
+        return tuple(int(x) for x in re.findall(r"\.(\d+)\.", name + "."))
+
+    proj = sorted(((k, s) for m, p in shapes.items() if "projector" in m for k, s in p.items()
+                   if k.endswith("weight") and len(s) == 2), key=lambda kv: index(kv[0]))
+    out_w = proj[-1][1][0] if proj else None
+    in_w = None
+    for m, p in shapes.items():
+        for k, s in p.items():
+            if "resampler" in m and k.endswith("queries") and len(s) == 2:
+                in_w = s[1]
+    if in_w is None and proj:
+        in_w = proj[0][1][1]
+    return in_w, out_w
+
+
+def _builder(settings: Mapping[str, Any], path: Path) -> str | None:
+    for k in _BUILDER_KEYS:
+        v = settings.get(k)
+        if v is None:
+            continue
+        if not isinstance(v, str) or ":" not in v or len(v) > 512:
+            raise InvalidInput(f"{k} must name a function as 'package.module:function', got {v!r}", path=path)
+        return v
+    return None
+
+
+def _int_setting(settings: Mapping[str, Any], keys: tuple[str, ...], path: Path) -> int | None:
+    for k in keys:
+        v = settings.get(k)
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, int) or abs(v) > 1000:
+            raise InvalidInput(f"{k} must be an integer hidden-layer index, got {v!r}", path=path)
+        return v
+    return None
+
+
+def _drop_cls(settings: Mapping[str, Any], path: Path) -> bool | None:
+    v = settings.get("vision_drop_cls")
+    if v is None:
+        select = settings.get("mm_vision_select_feature")
+        return None if select is None else select == "patch"
+    if not isinstance(v, bool):
+        raise InvalidInput(f"vision_drop_cls must be true or false, got {v!r}", path=path)
+    return v

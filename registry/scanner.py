@@ -1,7 +1,9 @@
 """`evalboard scan`: find runs, checkpoints, token spaces, eval results and eval sets, register them.
 
-What counts as what (README "Layout"):
-- ``<run>/checkpoint_<step>/`` with ``trainable_rows.*`` → a Track B checkpoint of run ``<run>``;
+What counts as what (README "Layout"); which files make a checkpoint of which track is asked of
+``registry.tracks``, never decided here:
+- ``<run>/checkpoint_<step>/`` holding a track's files (``trainable_rows.*``: Track B;
+  ``mm_projector.*``: Track A in LLaVA's layout) → a checkpoint of run ``<run>``;
 - ``<run>/checkpoint_<step>.pt`` → a Track A (connector) checkpoint;
 - ``<run>/token_space.json`` next to checkpoints → the run-level token space;
 - ``<run>/eval_step<step>.json`` → an evaluation the trainer already made (imported, source="import");
@@ -21,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from registry.connector import ConnectorCheckpoint
+from registry import tracks
 from registry.errors import EvalboardError, InvalidInput
 from registry.eval_result import EvalResult
 from registry.evalset import MANIFEST, EvalSet
@@ -29,14 +31,13 @@ from registry.files import FileRecord, content_hash
 from registry.safeio import sha256_file
 from registry.store import Registry
 from registry.token_space import TokenSpace
-from registry.trainable_rows import META_FILENAME, ROWS_FILENAMES, TOKEN_SPACE_FILENAME, TrainableRows, parse_step
+from registry.tracks import FileEntry, Track
+from registry.trainable_rows import TOKEN_SPACE_FILENAME, parse_step
 
 __all__ = ["ScanSummary", "scan", "discover", "register_evalset", "register_token_space"]
 
 _CKPT_DIR_RE = re.compile(r"^(?:checkpoint|ckpt)[-_]\d+$")
-_CKPT_FILE_RE = re.compile(r"^(?:checkpoint|ckpt)[-_]\d+\.(?:pt|bin)$")
 _EVAL_JSON_RE = re.compile(r"^eval_step\d+\.json$")
-_B_FILES = (*ROWS_FILENAMES, META_FILENAME, TOKEN_SPACE_FILENAME)
 
 Progress = Callable[[str], None]
 
@@ -64,11 +65,10 @@ class ScanSummary:
 @dataclass
 class _Run:
     path: Path
-    rows: list[Path] = field(default_factory=list)
-    connectors: list[Path] = field(default_factory=list)
+    checkpoints: list[tuple[Path, Track]] = field(default_factory=list)
     eval_jsons: list[Path] = field(default_factory=list)
     token_space: Path | None = None
-    escaped: list[tuple[Path, str]] = field(default_factory=list)  # symlinks leaving the tree
+    escaped: list[tuple[Path, Track, str]] = field(default_factory=list)  # symlinks leaving the tree
 
 
 @dataclass
@@ -78,7 +78,7 @@ class Discovery:
 
     @property
     def n_items(self) -> int:
-        return sum(len(r.rows) + len(r.connectors) + len(r.escaped) for r in self.runs.values()) + len(self.evalsets)
+        return sum(len(r.checkpoints) + len(r.escaped) for r in self.runs.values()) + len(self.evalsets)
 
 
 def _outside(path: Path, root: Path) -> str | None:
@@ -96,8 +96,9 @@ def discover(root: str | Path) -> Discovery:
     if root.is_file():
         _classify_file(found, root.parent, root.name, root)
         return found
-    if _is_checkpoint_dir(root, root.name):
-        found.runs.setdefault(root.parent, _Run(root.parent)).rows.append(root)
+    track = _checkpoint_dir_track(root, root.name)
+    if track is not None:
+        found.runs.setdefault(root.parent, _Run(root.parent)).checkpoints.append((root, track))
         return found
     if _is_evalset_dir(root):
         found.evalsets.append(root)
@@ -113,10 +114,11 @@ def discover(root: str | Path) -> Discovery:
                 target = _outside(p, root)
                 if target and _CKPT_DIR_RE.match(d):
                     found.runs.setdefault(here, _Run(here)).escaped.append(
-                        (p, f"symlink leaves the scanned tree {root} (points to {target}); refused"))
+                        (p, tracks.DEFAULT_DIR, f"symlink leaves the scanned tree {root} (points to {target}); refused"))
                 continue
-            if _is_checkpoint_dir(p, d):
-                found.runs.setdefault(here, _Run(here)).rows.append(p)
+            track = _checkpoint_dir_track(p, d)
+            if track is not None:
+                found.runs.setdefault(here, _Run(here)).checkpoints.append((p, track))
             elif _is_evalset_dir(p):
                 found.evalsets.append(p)
             else:
@@ -126,29 +128,32 @@ def discover(root: str | Path) -> Discovery:
             _classify_file(found, here, f, root)
     for run in found.runs.values():
         ts = run.path / TOKEN_SPACE_FILENAME
-        if ts.exists() and (run.rows or run.connectors or run.escaped):
+        if ts.exists() and (run.checkpoints or run.escaped):
             run.token_space = ts
-    found.runs = {p: r for p, r in found.runs.items() if r.rows or r.connectors or r.escaped or r.eval_jsons}
+    found.runs = {p: r for p, r in found.runs.items() if r.checkpoints or r.escaped or r.eval_jsons}
     return found
 
 
 def _classify_file(found: Discovery, here: Path, name: str, root: Path) -> None:
     p = here / name
-    if _CKPT_FILE_RE.match(name):
+    track = tracks.for_file(p)
+    if track is not None:
         run = found.runs.setdefault(here, _Run(here))
         target = _outside(p, root) if p.is_symlink() else None
         if target:
-            run.escaped.append((p, f"symlink leaves the scanned tree {root} (points to {target}); refused"))
+            run.escaped.append((p, track, f"symlink leaves the scanned tree {root} (points to {target}); refused"))
         else:
-            run.connectors.append(p)
+            run.checkpoints.append((p, track))
     elif _EVAL_JSON_RE.match(name):
         found.runs.setdefault(here, _Run(here)).eval_jsons.append(p)
 
 
-def _is_checkpoint_dir(p: Path, name: str) -> bool:
-    if _CKPT_DIR_RE.match(name):
-        return True
-    return any((p / f).exists() for f in (*ROWS_FILENAMES, META_FILENAME))
+def _checkpoint_dir_track(p: Path, name: str) -> Track | None:
+    """The track of folder ``p`` when it is a checkpoint: by its files, else by its name."""
+    track = tracks.for_dir(p)
+    if track is None and _CKPT_DIR_RE.match(name):
+        return tracks.DEFAULT_DIR  # registered (invalid) with what is missing
+    return track
 
 
 def _is_evalset_dir(p: Path) -> bool:
@@ -181,19 +186,19 @@ class _Scanner:
                 run_ts_id = self.token_space_id(run_ts, str(run.token_space))
             except EvalboardError as e:
                 self.invalid(str(run.token_space), str(e))
-        track = "mixed" if run.rows and run.connectors else "B" if run.rows else "A" if run.connectors else "unknown"
+        letters = sorted({t.letter for _, t in run.checkpoints} | {t.letter for _, t, _ in run.escaped})
+        track = letters[0] if len(letters) == 1 else "mixed" if letters else "unknown"
         entity = self.reg.upsert_run(path=str(run.path), name=run.path.name, track=track,
                                      token_space_id=run_ts_id,
                                      token_space_path=str(run.token_space) if run.token_space else None)
         self.summary.runs += 1
-        work = [(p, "B") for p in sorted(run.rows, key=_step_key)] + \
-            [(p, "A") for p in sorted(run.connectors, key=_step_key)]
+        work = sorted(run.checkpoints, key=lambda pt: (tracks.ALL.index(pt[1]), _step_key(pt[0])))
         changed = False
         for ckpt, track in work:
-            changed |= self.checkpoint(entity.id, ckpt, track, run_ts if track == "B" else None) is not None
-        for link, reason in run.escaped:
+            changed |= self.checkpoint(entity.id, ckpt, track, run_ts if track.uses_token_space else None) is not None
+        for link, track, reason in run.escaped:
             self.summary.found += 1
-            self.record_invalid(entity.id, link, "A" if link.suffix in (".pt", ".bin") else "B", reason, [])
+            self.record_invalid(entity.id, link, track, reason, [])
             changed = True
         if not (changed or run.eval_jsons):
             return  # an untouched run: nothing to recompute, no query
@@ -204,16 +209,18 @@ class _Scanner:
             if bases:
                 self.reg.upsert_run(path=str(run.path), name=run.path.name, base_model=bases.most_common(1)[0][0])
         steps: dict[int, Any] = {}
-        for c in registered:  # a Track B checkpoint wins a step shared with a connector
-            if c.step is not None and (c.step not in steps or c.track == "B"):
+        priority = {t.letter: t.step_priority for t in tracks.ALL}
+        for c in registered:  # of two tracks sharing a step, the one with the higher step_priority wins
+            if c.step is not None and (c.step not in steps or
+                                       priority.get(c.track, -1) > priority.get(steps[c.step].track, -1)):
                 steps[c.step] = c
         for ej in sorted(run.eval_jsons):
             self.import_result(entity.id, ej, steps)
 
-    def checkpoint(self, run_id: int, path: Path, track: str, run_ts: TokenSpace | None):
+    def checkpoint(self, run_id: int, path: Path, track: Track, run_ts: TokenSpace | None):
         self.summary.found += 1
         self.progress(str(path))
-        entries = _entries(path, track)
+        entries = track.entries(path)
         names = sorted(entries)
         escaped = [n for n, e in entries.items() if e.is_symlink() and _outside(Path(e.path), self.root)]
         known = self.index.get(str(path))
@@ -230,37 +237,22 @@ class _Scanner:
                                        f"{escaped[0]} is a symlink that leaves the scanned tree {self.root} "
                                        f"(points to {target}); refused", [])
         try:
-            if track == "B":
-                ck = TrainableRows.load(path, run_token_space=run_ts)
-                ts_id = self.token_space_id(ck.token_space, str(path / TOKEN_SPACE_FILENAME)) if ck.token_space else None
-                fields = dict(step=ck.step, track="B", status="valid", reason=None, content_hash=ck.content_hash,
-                              files=[f.to_dict() for f in ck.files], base_model=ck.base_model,
-                              token_space_id=ts_id, has_token_space=ck.token_space is not None,
-                              row_start=ck.row_start, row_end=ck.row_end,
-                              meta={"hidden_size": ck.hidden_size, "dtype": ck.dtype, "tied": ck.tied,
-                                    "embed_key": ck.embed_key, "lm_head_key": ck.lm_head_key,
-                                    "embed_shape": list(ck.embed.shape), "warnings": list(ck.warnings),
-                                    "token_space_versions": _versions(ck.token_space),
-                                    **{k: v for k, v in ck.meta.info.items() if _jsonable(v)}})
-            else:
-                ck = ConnectorCheckpoint.load(path)
-                fields = dict(step=ck.step, track="A", status="valid", reason=None, content_hash=ck.content_hash,
-                              files=[f.to_dict() for f in ck.files], base_model=ck.base_llm, token_space_id=None,
-                              has_token_space=False, row_start=None, row_end=None,
-                              meta={"vision_tower": ck.vision_tower, "n_params": ck.n_params,
-                                    "has_optimizer": ck.has_optimizer,
-                                    "modules": {m: {k: list(s) for k, s in p.items()} for m, p in ck.modules.items()},
-                                    **dict(ck.meta)})
+            reg = track.register(path, run_token_space=run_ts)
         except EvalboardError as e:
             return self.record_invalid(run_id, path, track, str(e), names)
+        ts_id = self.token_space_id(reg.token_space, reg.token_space_path or str(path)) if reg.token_space else None
+        fields = dict(step=reg.step, track=track.letter, status="valid", reason=None, content_hash=reg.content_hash,
+                      files=reg.files, base_model=reg.base_model, token_space_id=ts_id,
+                      has_token_space=reg.token_space is not None, row_start=reg.row_start, row_end=reg.row_end,
+                      meta=dict(reg.meta))
         ent, state = self.reg.upsert_checkpoint(path=str(path), run_id=run_id, **fields)
         self.count(state)
         return ent
 
-    def record_invalid(self, run_id: int, path: Path, track: str, reason: str, names: list[str]):
+    def record_invalid(self, run_id: int, path: Path, track: Track, reason: str, names: list[str]):
         records = _records(path, names)
         ent, state = self.reg.upsert_checkpoint(
-            path=str(path), run_id=run_id, step=parse_step(path.name), track=track, status="invalid",
+            path=str(path), run_id=run_id, step=parse_step(path.name), track=track.letter, status="invalid",
             reason=reason, content_hash=content_hash(records) if records else None,
             files=[r.to_dict() for r in records], has_token_space=(TOKEN_SPACE_FILENAME in names), meta={})
         self.count(state)
@@ -329,27 +321,6 @@ def _step_key(p: Path) -> tuple[int, str]:
     return (s if s is not None else -1, p.name)
 
 
-class _FileEntry:
-    """The bits of os.DirEntry we use, for a single-file (Track A) checkpoint."""
-
-    def __init__(self, path: Path):
-        self.name, self.path = path.name, str(path)
-
-    def is_symlink(self) -> bool:
-        return os.path.islink(self.path)
-
-    def stat(self) -> os.stat_result:
-        return os.stat(self.path)
-
-
-def _entries(path: Path, track: str) -> dict[str, Any]:
-    """The checkpoint's recognised files, from one directory listing (a rescan's only reads)."""
-    if track == "A" or not path.is_dir():
-        return {path.name: _FileEntry(path)} if os.path.lexists(path) else {}
-    with os.scandir(path) as it:
-        return {e.name: e for e in it if e.name in _B_FILES}
-
-
 def _unchanged(files: list[dict[str, Any]], entries: dict[str, os.DirEntry]) -> bool:
     """Same file names with the same size and mtime as registered: no need to read anything."""
     if sorted(f["name"] for f in files) != sorted(entries):
@@ -376,16 +347,9 @@ def _records(path: Path, names: Iterable[str]) -> list[FileRecord]:
     return out
 
 
-def _versions(ts: TokenSpace | None) -> dict[str, Any] | None:
-    """Codec/tokenizer versions of this very file: token-space rows are shared per ABI hash, so
-    versions (which are not part of the ABI) must be kept with whoever shipped them."""
-    if ts is None:
-        return None
-    tok = "@".join(x for x in (ts.tokenizer_name, ts.tokenizer_version) if x) or None
-    return {"codecs": ts.codec_versions(), "tokenizer": tok}
-
-
 def _files_unchanged(base: Path, files: list[dict[str, Any]]) -> bool:
+    """The eval set's top-level Parquet files and manifest are the registered ones, and every
+    registered file (image files in sub-folders included) keeps its size and mtime."""
     try:
         with os.scandir(base) as it:
             entries = {e.name: e for e in it if e.is_file()}
@@ -393,11 +357,9 @@ def _files_unchanged(base: Path, files: list[dict[str, Any]]) -> bool:
         return False
     names = {f["name"] for f in files}
     current = {n for n in entries if n.endswith(".parquet") or n == MANIFEST}
-    return current == names and _unchanged(files, {n: entries[n] for n in names})
-
-
-def _jsonable(v: Any) -> bool:
-    return isinstance(v, (str, int, float, bool)) or v is None
+    if current != {n for n in names if "/" not in n and (n.endswith(".parquet") or n == MANIFEST)}:
+        return False
+    return _unchanged(files, {n: entries[n] if n in entries else FileEntry(base / n) for n in names})
 
 
 def register_token_space(reg: Registry, ts: TokenSpace, path: str):
@@ -411,7 +373,7 @@ def register_evalset(reg: Registry, path: str | Path, *, name: str | None = None
     """Validate then register an eval set (and its inline token space). Nothing is written when
     validation fails."""
     es = EvalSet.load(path)
-    if es.token_space is None:
+    if es.token_space is None and es.token_space_hash is not None:
         try:
             spec = reg.get_token_space(abi_hash=es.token_space_hash).spec
             es = EvalSet.load(path, token_space=TokenSpace.from_dict(spec, source=f"token space {es.token_space_hash[:12]}"))

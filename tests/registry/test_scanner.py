@@ -195,12 +195,14 @@ def test_discovery_sorts_what_it_finds(session_ws: Workspace) -> None:
     found = discover(session_ws.root)
     runs = {p.name: r for p, r in found.runs.items()}
     assert set(runs) == {B_RUN, WIDE_RUN, A_RUN}
-    assert [p.name for p in sorted(runs[B_RUN].rows)] == ["checkpoint_100", "checkpoint_200", "checkpoint_300",
-                                                         "checkpoint_400"]
+    assert [p.name for p, t in sorted(runs[B_RUN].checkpoints)] == ["checkpoint_100", "checkpoint_200",
+                                                                    "checkpoint_300", "checkpoint_400"]
+    assert {t.letter for _, t in runs[B_RUN].checkpoints} == {"B"}
     assert runs[B_RUN].token_space == session_ws.runs[B_RUN] / "token_space.json"
     assert [p.name for p in runs[B_RUN].eval_jsons] == ["eval_step300.json"]
-    assert sorted(p.name for p in runs[A_RUN].connectors) == ["checkpoint_1225.pt", "checkpoint_2450.pt",
-                                                              "checkpoint_3675.pt"]
+    assert sorted(p.name for p, _ in runs[A_RUN].checkpoints) == ["checkpoint_1225.pt", "checkpoint_2450.pt",
+                                                                  "checkpoint_3675.pt"]
+    assert {t.letter for _, t in runs[A_RUN].checkpoints} == {"A"}
     assert found.evalsets == [Path(session_ws.evalsets["synthetic-a2t-i2t"])]
     assert not any("models" in str(p) for p in found.runs)  # the base model folder is not a run
 
