@@ -68,6 +68,10 @@ def eval_cmd(
                                       help="Do not write eval_step<step>.json next to the checkpoint."),
     batch_tokens: Optional[int] = typer.Option(None, "--batch-tokens", min=1,
                                                help="Padded tokens per forward pass (default: automatic)."),
+    connector_builder: Optional[str] = typer.Option(
+        None, "--connector-builder", metavar="PKG.MODULE:FUNCTION",
+        help="Builds connector modules for connector checkpoints whose metadata and configuration "
+             "(EVALBOARD_CONNECTOR_BUILDER) name none; e.g. evaluator.connectors:perceiver_resampler."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what loading and patching did."),
 ) -> None:
     """Evaluate checkpoints on an eval set: loss(all) and per task, logged to MLflow and the registry.
@@ -81,7 +85,8 @@ def eval_cmd(
     es = resolve_evalset(reg, evalset)
     cks = [resolve_checkpoint(reg, c) for c in checkpoints]
     options = EvalOptions(device=device, max_examples=max_examples, force=force, allow_mismatch=allow_mismatch,
-                          write_eval_json=not no_eval_json, max_tokens_per_batch=batch_tokens)
+                          write_eval_json=not no_eval_json, max_tokens_per_batch=batch_tokens,
+                          connector_builder=connector_builder)
     with _progress("eval") as bar:
         ck_task = bar.add_task("checkpoints", total=len(cks))
         tok_task = bar.add_task("tokens", total=None)
@@ -107,41 +112,46 @@ def eval_cmd(
 
 
 def stats_cmd(
-    checkpoint: str = typer.Argument(..., help="Track B checkpoint folder or registry id."),
+    checkpoint: str = typer.Argument(..., help="Checkpoint (folder or .pt file) or registry id."),
     json_out: bool = typer.Option(False, "--json", help="Print the statistics document as JSON."),
     no_base: bool = typer.Option(False, "--no-base", help="Skip the base model's text rows (no base needed)."),
 ) -> None:
-    """Row-norm statistics per modality range for the embedding and lm_head rows: count, mean, std,
-    min, p5, p50, p95, max; zero, non-finite and never-trained rows; the base's text rows (read as
-    slices from its safetensors, not the whole model); drift against the run's previous checkpoint."""
-    from evaluator.base_model import resolve_base_model
+    """Statistics of a checkpoint's trained weights, with drift against the run's previous checkpoint.
+    Trainable rows: row-norm statistics per modality range for the embedding and lm_head rows (count,
+    mean, std, min, p5, p50, p95, max; zero, non-finite and never-trained rows) and the base's text rows
+    (read as slices from its safetensors, not the whole model). Connectors: parameter norms per module."""
     from evaluator.service import Evaluator
 
     reg, settings = _registry()
     ck = resolve_checkpoint(reg, checkpoint)
-    if ck.status != "valid":
-        raise InvalidInput(f"is invalid: {ck.reason}", path=ck.path)
-    if ck.track != "B":
-        raise InvalidInput("is a Track A checkpoint; row statistics need trainable rows", path=ck.path)
-    ev = Evaluator(reg, settings)
-    space = ev.token_space_for(ck)
-    rows = ev.load_rows(ck, space)
-    base_dir = None if no_base else resolve_base_model(rows.base_model, settings.models)
-    doc = ev.row_stats(ck, rows, space, base_dir=base_dir)
+    doc = Evaluator(reg, settings).statistics(ck, with_base=not no_base)
     if json_out:
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
         return
     from evalboard.cli import out
 
-    for name, mats in doc["ranges"].items():
+    for line in stats_lines(doc):
+        out.print(line, highlight=False, markup=False)
+
+
+def stats_lines(doc: dict) -> list[str]:
+    """The human-readable lines of a statistics document (either kind)."""
+    lines = []
+    for name, mats in (doc.get("ranges") or {}).items():
         for m, s in mats.items():
-            out.print(f"{name:>10} {m:<8} n={s['count']} mean={_f(s['mean'])} std={_f(s['std'])} "
-                      f"p5={_f(s['p5'])} p50={_f(s['p50'])} p95={_f(s['p95'])} zero={s['zero_rows']} "
-                      f"nonfinite={s['nonfinite_rows']} unchanged={s['unchanged_rows']}", highlight=False)
-    if doc["base_text"]:
-        for m, s in doc["base_text"].items():
-            out.print(f"{'base text':>10} {m:<8} n={s['count']} mean={_f(s['mean'])} p50={_f(s['p50'])}",
-                      highlight=False)
+            lines.append(f"{name:>10} {m:<8} n={s['count']} mean={_f(s['mean'])} std={_f(s['std'])} "
+                         f"p5={_f(s['p5'])} p50={_f(s['p50'])} p95={_f(s['p95'])} zero={s['zero_rows']} "
+                         f"nonfinite={s['nonfinite_rows']} unchanged={s['unchanged_rows']}")
+    for m, s in (doc.get("base_text") or {}).items():
+        lines.append(f"{'base text':>10} {m:<8} n={s['count']} mean={_f(s['mean'])} p50={_f(s['p50'])}")
+    drift = (doc.get("drift") or {}).get("modules") or {}
+    for m, s in (doc.get("modules") or {}).items():
+        d = drift.get(m)
+        lines.append(f"{m:>12} params={s['params']} norm={_f(s['norm'])} rms={_f(s['rms'])} "
+                     f"max_abs={_f(s['max_abs'])} nonfinite={s['nonfinite']}"
+                     + (f" update={_f(d['update_norm'])} relative={_f(d['relative_update'])} cosine={_f(d['cosine'])}"
+                        if d else ""))
+    return lines
 
 
 def _f(x) -> str:
@@ -155,57 +165,24 @@ def materialize_cmd(
 ) -> None:
     """Write base + patched rows as a full `save_pretrained` snapshot, loadable with plain
     `AutoModelForCausalLM.from_pretrained(OUT)` (the seed's "full model snapshot")."""
-    import shutil
-
     import torch
 
-    from evaluator.base_model import load_base, resolve_base_model
-    from evaluator.rows import ResidentModel, TokenSpaceSizes, TrainableRows as RowsTensors
+    from evaluator import tracks
     from evaluator.service import Evaluator
 
     reg, settings = _registry()
     ck = resolve_checkpoint(reg, checkpoint)
-    if ck.status != "valid" or ck.track != "B":
-        raise InvalidInput(f"cannot be materialized ({ck.reason or 'not a Track B checkpoint'})", path=ck.path)
+    if ck.status != "valid":
+        raise InvalidInput(f"cannot be materialized ({ck.reason})", path=ck.path)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise InvalidInput("exists and is not empty; choose a new folder", path=out_dir)
-    ev = Evaluator(reg, settings)
-    space = ev.token_space_for(ck)
-    rows = ev.load_rows(ck, space)
-    base_path = resolve_base_model(rows.base_model, settings.models)
     want = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
     if dtype is not None and dtype not in want:
         raise typer.BadParameter(f"--dtype must be one of {', '.join(want)}")
-    base = load_base(base_path, "cpu", dtype=want.get(dtype) if dtype else _saved_dtype(base_path))
-    resident = ResidentModel(base)
-    sizes = TokenSpaceSizes(space.text_vocab_size, space.vocab_size_total, space.resolved_pad_id())
-    resident.apply(sizes, RowsTensors(rows.embed, rows.lm_head, rows.row_start, rows.row_end, source=ck.path))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    resident.model.save_pretrained(out_dir, safe_serialization=True)
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
-                 "generation_config.json"):
-        src = Path(base_path) / name
-        if src.exists() and not (out_dir / name).exists():
-            shutil.copy2(src, out_dir / name)
-    space.save(out_dir / "token_space.json")
-    (out_dir / "evalboard_materialized.json").write_text(json.dumps({
-        "checkpoint": ck.path, "checkpoint_hash": ck.content_hash, "base_model": rows.base_model,
-        "base_path": str(base_path), "token_space_hash": space.abi_hash, "row_start": rows.row_start,
-        "row_end": rows.row_end}, indent=2) + "\n")
+    line = tracks.get(ck.track).materialize(Evaluator(reg, settings), ck, out_dir, want.get(dtype) if dtype else None)
     from evalboard.cli import err
 
-    err.print(f"materialized {ck.path} into {out_dir}", markup=False, highlight=False)
-
-
-def _saved_dtype(base_path: Path):
-    import torch
-
-    try:
-        cfg = json.loads((Path(base_path) / "config.json").read_text())
-    except (OSError, ValueError):
-        return torch.float32
-    name = cfg.get("dtype") or cfg.get("torch_dtype") or "float32"
-    return getattr(torch, str(name), torch.float32)
+    err.print(line, markup=False, highlight=False)
 
 
 def import_eval_cmd(

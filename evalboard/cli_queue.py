@@ -40,6 +40,9 @@ def worker_cmd(
                                             help="How often to close MLflow runs left RUNNING by dead workers."),
     outbox_seconds: float = typer.Option(10.0, "--outbox-seconds",
                                          help="How often to retry logging results kept while MLflow was away."),
+    connector_builder: Optional[str] = typer.Option(
+        None, "--connector-builder", metavar="PKG.MODULE:FUNCTION",
+        help="Builds connector modules for jobs whose checkpoint metadata, job and configuration name none."),
 ) -> None:
     """Claim queued evaluations and run them until stopped, keeping the base model resident.
 
@@ -56,7 +59,8 @@ def worker_cmd(
         raise typer.Exit(supervise_gpus(argv, _gpu_list(gpus)))
     config = WorkerConfig(device=device, lease_seconds=lease_seconds, heartbeat_seconds=heartbeat_seconds,
                           poll_seconds=poll_seconds, once=once, max_jobs=max_jobs,
-                          reconcile_seconds=reconcile_seconds, outbox_seconds=outbox_seconds)
+                          reconcile_seconds=reconcile_seconds, outbox_seconds=outbox_seconds,
+                          connector_builder=connector_builder)
     reg, settings = _registry()
     worker = Worker(reg, settings, config, hooks=_hooks_from_env())
     worker.install_signal_handlers()
@@ -122,6 +126,10 @@ def enqueue_cmd(
     max_examples: Optional[int] = typer.Option(None, "--max-examples", min=1,
                                                help="Deterministic subset: at most N examples per task."),
     priority: int = typer.Option(0, help="Higher runs first."),
+    connector_builder: Optional[str] = typer.Option(
+        None, "--connector-builder", metavar="PKG.MODULE:FUNCTION",
+        help="Builds connector modules for connector checkpoints whose metadata and configuration name none "
+             "(kept with the job)."),
     json_out: bool = typer.Option(False, "--json", help="Print the jobs as JSON."),
 ) -> None:
     """Queue evaluations of checkpoints on an eval set (one job per checkpoint content and eval set:
@@ -132,14 +140,18 @@ def enqueue_cmd(
     from registry import queue
     from registry.audit import refusals
 
-    reg, _ = _registry()
+    reg, _settings = _registry()
     es = resolve_evalset(reg, evalset)
     cks = [resolve_checkpoint(reg, c) for c in checkpoints]
-    refused = refusals(reg, cks, es)
+    refused = refusals(reg, cks, es, models=_settings.models)
     if refused:  # refuse all before queuing any
         raise Incompatible(f"not queued on eval set {es.name!r}: " + " | ".join(
             f"{ck.path}: " + "; ".join(f.message for f in refused[ck.id]) for ck in cks if ck.id in refused))
-    options = {"max_examples": max_examples} if max_examples else {}
+    options: dict = {"max_examples": max_examples} if max_examples else {}
+    if connector_builder:
+        from registry.settings import parse_connector_builders
+
+        options["connector_builder"] = parse_connector_builders(connector_builder)["*"]
     rows = []
     for ck in cks:
         job, created = queue.enqueue(reg, checkpoint_id=ck.id, evalset_id=es.id, force=force,

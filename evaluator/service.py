@@ -3,6 +3,9 @@
 Order matters for "nothing is logged on refusal": every check (compatibility, file integrity,
 base model, rows) runs before any result is written; numbers are computed before MLflow is
 touched; the registry row is written last, with the MLflow ids.
+
+What differs between checkpoint tracks (rows patched into the embeddings, a connector in front of
+a vision tower) is asked of `evaluator.tracks`: this module never branches on a track.
 """
 
 from __future__ import annotations
@@ -17,21 +20,16 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from evaluator import tracks
 from evaluator.base_model import ResidentBase, load_base, resolve_base_model
-from evaluator.batching import Example
 from evaluator.loss import LossReport, evaluate_loss
-from evaluator.rows import ResidentModel, TokenSpaceSizes
-from evaluator.rows import TrainableRows as RowsTensors
-from registry.audit import pair_findings
+from evaluator.rows import ResidentModel
+from registry.audit import overridable, pair_findings
 from registry.entities import CheckpointEntity, EvalSetEntity
-from registry.errors import Incompatible, InvalidInput, NotFound
+from registry.errors import Incompatible, InvalidInput
 from registry.eval_result import EvalResult, eval_filename
-from registry.evalset import EvalSet
-from registry.files import verify_files
 from registry.settings import Settings
 from registry.store import Registry
-from registry.token_space import TokenSpace
-from registry.trainable_rows import TrainableRows
 
 __all__ = ["EvalOptions", "EvalOutcome", "Evaluator", "Publication", "subset_examples", "resolve_device"]
 
@@ -53,6 +51,9 @@ class EvalOptions:
     max_tokens_per_batch: int | None = None
     """Padded tokens per forward pass; None = automatic."""
     log_to_mlflow: bool = True
+    connector_builder: str | None = None
+    """Builder (``package.module:function``) for connector checkpoints whose metadata and the
+    configuration name none (`--connector-builder`)."""
 
 
 @dataclass
@@ -91,9 +92,9 @@ class Publication:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Publication":
-        from evaluator.tracking import EvalRecord
+        from evaluator.tracking import record_from_dict
 
-        return cls(record=EvalRecord(**data["record"]), result_fields=dict(data["result_fields"]),
+        return cls(record=record_from_dict(data["record"]), result_fields=dict(data["result_fields"]),
                    job_id=data.get("job_id"), job_token=data.get("job_token"), force=bool(data.get("force")))
 
 
@@ -128,8 +129,14 @@ def eval_key(checkpoint_hash: str, evalset_hash: str, max_examples: int | None) 
     return f"{checkpoint_hash[:24]}:{evalset_hash[:24]}{suffix}"
 
 
+_FEATURES_MEMORY_BYTES = 4 << 30
+"""Vision features kept in memory across a sweep (beyond this the disk cache serves them)."""
+
+
 class Evaluator:
-    """Holds one resident base model and evaluates checkpoints against eval sets."""
+    """Holds one resident base model (and vision tower) and evaluates checkpoints against eval sets."""
+
+    log = log
 
     def __init__(self, registry: Registry, settings: Settings | None = None, *, tracker: Any = None,
                  progress: Callable[[int, int], None] | None = None):
@@ -139,7 +146,12 @@ class Evaluator:
         self.progress = progress
         self.base: ResidentBase | None = None
         self.resident: ResidentModel | None = None
-        self._evalsets: dict[tuple[str, str], list[Example]] = {}
+        self.towers: dict[tuple[Path, str], Any] = {}
+        self.examples_cache: dict[tuple[str, str], Any] = {}
+        """Eval-set examples per (content hash, form), read once per worker."""
+        self.features_memory: dict[str, torch.Tensor] = {}
+        """Vision-tower features by cache key (see evaluator/vision.py)."""
+        self._feature_cache: Any = None
         self.loads = 0
         self.batch_fn = None
         """Override `evaluate_loss`'s per-batch function (fault-injection tests); None = default."""
@@ -156,70 +168,78 @@ class Evaluator:
 
     def check(self, ck: CheckpointEntity, es: EvalSetEntity, options: EvalOptions) -> list:
         """Refuse what cannot be evaluated; returns the non-error findings (e.g. version warnings)."""
-        findings = pair_findings(self.reg, ck, es)
+        findings = pair_findings(self.reg, ck, es, models=self.settings.models)
         errors = [f for f in findings if f.severity == "error"]
-        overridable = {"token-space-mismatch"}
-        if errors and not (options.allow_mismatch and all(f.code in overridable for f in errors)):
-            hint = " (pass --allow-mismatch to evaluate anyway)" if all(f.code in overridable for f in errors) else ""
+        allowed = overridable(ck) if ck.status == "valid" else frozenset()
+        if errors and not (options.allow_mismatch and all(f.code in allowed for f in errors)):
+            hint = " (pass --allow-mismatch to evaluate anyway)" if all(f.code in allowed for f in errors) else ""
             raise Incompatible(f"refusing to evaluate {ck.path} on eval set {es.name!r}: "
                                + "; ".join(f.message for f in errors) + hint)
         return findings
 
-    def token_space_for(self, ck: CheckpointEntity) -> TokenSpace:
-        ts_id = ck.token_space_id
-        if ts_id is None:
-            run = self.reg.get_run(id=ck.run_id)
-            ts_id = run.token_space_id
-        if ts_id is None:
-            raise InvalidInput("has no token_space.json and its run has none", path=ck.path)
-        ent = self.reg.get_token_space(id=ts_id)
-        return TokenSpace.from_dict(ent.spec, source=ent.first_path)
-
-    def load_rows(self, ck: CheckpointEntity, space: TokenSpace) -> TrainableRows:
-        verify_files(ck.path, ck.files)
-        rows = TrainableRows.load(ck.path, run_token_space=space)
-        if rows.content_hash != ck.content_hash:
-            raise InvalidInput("changed on disk since registration; rescan it with `evalboard scan`", path=ck.path)
-        return rows
-
-    def ensure_base(self, base_model: str, device: torch.device) -> ResidentModel:
+    def ensure_base(self, base_model: str, device: torch.device, *, pristine: bool = False) -> ResidentModel:
+        """The resident base LLM on ``device``, loaded once. ``pristine``: as loaded, never fitted to
+        a token space (a connector feeds the base's own vocabulary); a fitted one is reloaded."""
         path = resolve_base_model(base_model, self.settings.models)
-        if self.base is None or self.base.path != Path(path) or self.base.device != device:
+        stale = self.base is None or self.base.path != Path(path) or self.base.device != device
+        if stale or (pristine and self.resident is not None and self.resident.sizes is not None):
             self.base = None
             self.resident = None
             self.base = load_base(path, device)
             self.resident = ResidentModel(self.base)
             self.loads += 1
             log.info(self.base.describe())
+        assert self.resident is not None
         return self.resident
 
-    def examples_for(self, es: EvalSetEntity, space: TokenSpace, max_examples: int | None) -> list[Example]:
-        key = (es.content_hash, space.abi_hash)
-        if key not in self._evalsets:
-            verify_files(es.path, es.files)
-            loaded = EvalSet.load(es.path, token_space=space)
-            if loaded.content_hash != es.content_hash:
-                raise InvalidInput("eval set changed on disk since registration; re-register it", path=es.path)
-            self._evalsets[key] = [Example(e.example_id, e.task, e.input_ids, e.labels) for e in loaded.examples]
-        examples = self._evalsets[key]
-        return subset_examples(examples, max_examples) if max_examples else examples
+    def ensure_tower(self, tower_id: str, device: torch.device):
+        """The resident vision tower ``tower_id`` on ``device`` (same dtype as the base LLM)."""
+        from evaluator.base_model import default_dtype
+        from evaluator.vision import load_tower
+
+        path = resolve_base_model(tower_id, self.settings.models)
+        key = (Path(path), str(device))
+        if key not in self.towers:
+            self.towers.clear()  # one tower resident at a time
+            self.features_memory.clear()
+            self.towers[key] = load_tower(path, device, self.base.dtype if self.base else default_dtype(device))
+        return self.towers[key]
+
+    def feature_cache(self):
+        """The on-disk vision-feature cache under the evalboard home (None when disabled)."""
+        from evaluator.vision import FeatureCache
+
+        if self.settings.vision_cache_bytes <= 0:
+            return None
+        if self._feature_cache is None:
+            self._feature_cache = FeatureCache(self.settings.home / "cache" / "vision",
+                                               self.settings.vision_cache_bytes)
+        if sum(t.numel() * t.element_size() for t in self.features_memory.values()) > _FEATURES_MEMORY_BYTES:
+            self.features_memory.clear()
+        return self._feature_cache
+
+    def previous_checkpoint(self, ck: CheckpointEntity) -> CheckpointEntity | None:
+        """The run's valid checkpoint of the same track just before ``ck`` (for drift)."""
+        if ck.step is None:
+            return None
+        earlier = [c for c in self.reg.list_checkpoints(run_id=ck.run_id, status="valid")
+                   if c.track == ck.track and c.step is not None and c.step < ck.step]
+        return max(earlier, key=lambda c: c.step) if earlier else None
 
     # --- the evaluation ---------------------------------------------------------------------
 
     def compute(self, ck: CheckpointEntity, es: EvalSetEntity, options: EvalOptions) -> tuple[EvalResult, LossReport, dict]:
-        """Check, load, patch and compute; writes nothing."""
+        """Check, load, apply and compute; writes nothing."""
         findings = self.check(ck, es, options)
-        space = self.token_space_for(ck)
-        rows = self.load_rows(ck, space)
+        track = tracks.get(ck.track)
+        loaded = track.load(self, ck)
         device = resolve_device(options.device)
-        resident = self.ensure_base(rows.base_model, device)
-        sizes = TokenSpaceSizes(space.text_vocab_size, space.vocab_size_total, space.resolved_pad_id())
-        applied = resident.apply(sizes, RowsTensors(rows.embed, rows.lm_head, rows.row_start, rows.row_end,
-                                                    source=ck.path))
-        examples = self.examples_for(es, space, options.max_examples)
+        applied = track.apply(self, ck, loaded, device, options)
+        fed = track.inputs(self, applied, es, options.max_examples)
         extra_kw = {} if self.batch_fn is None else {"batch_fn": self.batch_fn}
-        report = evaluate_loss(resident.model, examples, max_tokens_per_batch=options.max_tokens_per_batch,
-                               pad_token_id=sizes.pad_token_id, progress=self.progress, **extra_kw)
+        report = evaluate_loss(applied.model, fed.examples, max_tokens_per_batch=options.max_tokens_per_batch,
+                               pad_token_id=applied.pad_token_id, progress=self.progress, inputs=fed.inputs,
+                               placeholder_id=fed.placeholder_id, **extra_kw)
         bad = {t: v.loss for t, v in report.tasks.items() if not math.isfinite(v.loss)}
         if bad:
             raise InvalidInput(f"non-finite loss {bad} on eval set {es.name!r}; not logged as a score", path=ck.path)
@@ -230,10 +250,10 @@ class Evaluator:
             examples={t: v.examples for t, v in report.tasks.items()},
             checkpoint={"path": ck.path, "content_hash": ck.content_hash},
             evalset={"name": es.name, "content_hash": es.content_hash},
-            token_space_hash=space.abi_hash,
-            extra=_reproducibility(self.base, report, options, applied.describe(), findings),
+            token_space_hash=applied.token_space_hash,
+            extra={**_reproducibility(self.base, report, options, applied.prepare, findings), **applied.params},
         )
-        return result, report, {"rows": rows, "space": space}
+        return result, report, {"track": track, "loaded": loaded, "applied": applied}
 
     def evaluate(self, ck: CheckpointEntity, es: EvalSetEntity, options: EvalOptions = EvalOptions(),
                  *, job_id: int | None = None) -> EvalOutcome:
@@ -293,7 +313,7 @@ class Evaluator:
         if stats is not None:
             import json
 
-            stats_path = out_dir / "row_stats.json"
+            stats_path = out_dir / ctx["track"].stats_artifact
             stats_path.write_text(json.dumps(stats, indent=2) + "\n")
             artifacts[stats_path.name] = str(stats_path)
         if options.write_eval_json and ck.step is not None:
@@ -332,48 +352,39 @@ class Evaluator:
         return mlflow_ids, ent
 
     def _row_stats(self, ck: CheckpointEntity, ctx: dict) -> dict | None:
-        rows, space = ctx.get("rows"), ctx.get("space")
-        if rows is None or space is None:
+        track, loaded = ctx.get("track"), ctx.get("loaded")
+        if track is None or loaded is None:
             return None
-        return self.row_stats(ck, rows, space, base_dir=self.base.path if self.base else None)
-
-    def row_stats(self, ck: CheckpointEntity, rows: TrainableRows, space: TokenSpace, *,
-                  base_dir: Path | None) -> dict:
-        """Row-norm statistics of ``rows`` (drift against the run's previous checkpoint, the base's
-        text rows when ``base_dir`` is given), stored in the registry and returned."""
-        from evaluator.stats import checkpoint_row_stats
-
-        stats = checkpoint_row_stats(rows.embed, rows.lm_head, rows.row_start, space, step=ck.step,
-                                     base_dir=base_dir, previous=self._previous_rows(ck, space))
+        stats = track.statistics(self, ck, loaded, base_dir=self.base.path if self.base else None)
         self.reg.put_row_stats(checkpoint_id=ck.id, stats=stats)
         return stats
 
-    def _previous_rows(self, ck: CheckpointEntity, space: TokenSpace):
-        if ck.step is None:
-            return None
-        earlier = [c for c in self.reg.list_checkpoints(run_id=ck.run_id, status="valid")
-                   if c.track == "B" and c.step is not None and c.step < ck.step]
-        if not earlier:
-            return None
-        prev = max(earlier, key=lambda c: c.step)
-        try:
-            rows = TrainableRows.load(prev.path, run_token_space=space)
-        except Exception as e:  # noqa: BLE001 - drift is optional; a broken previous checkpoint only loses it
-            log.warning("no drift for %s: previous checkpoint %s unreadable: %s", ck.path, prev.path, e)
-            return None
-        return prev.step, rows.embed, rows.lm_head
+    def statistics(self, ck: CheckpointEntity, *, with_base: bool = True) -> dict:
+        """The checkpoint's statistics document (row norms, or connector parameter norms), with drift
+        against the run's previous checkpoint; stored in the registry and returned. ``with_base``:
+        compare with the frozen base (its text rows, read as slices; never the whole model)."""
+        if ck.status != "valid":
+            raise InvalidInput(f"is invalid: {ck.reason}", path=ck.path)
+        track = tracks.get(ck.track)
+        loaded = track.load_for_stats(self, ck)
+        base_dir = track.stats_base(self, ck, loaded) if with_base else None
+        stats = track.statistics(self, ck, loaded, base_dir=base_dir)
+        self.reg.put_row_stats(checkpoint_id=ck.id, stats=stats)
+        return stats
 
     def _record(self, ck, es, result: EvalResult, options: EvalOptions, artifacts: dict):
         from evaluator.tracking import EvalRecord
 
         run = self.reg.get_run(id=ck.run_id)
+        track = tracks.get(ck.track)
         params = {k: v for k, v in result.extra.items() if k not in ("findings", "prepare")}
-        tags = {"evalboard.allow_mismatch": str(options.allow_mismatch).lower()}
+        tags = {"evalboard.allow_mismatch": str(options.allow_mismatch).lower(), "evalboard.track": ck.track}
         if options.max_examples:
             tags["evalboard.subset"] = f"max_examples={options.max_examples}"
         return EvalRecord(
             run_name=run.name, checkpoint_path=ck.path, checkpoint_hash=ck.content_hash, step=ck.step or 0,
-            base_model=ck.base_model or "", row_start=ck.row_start or 0, row_end=ck.row_end or 0,
+            base_model=ck.base_model or "", model_type=track.model_type,
+            model_params=track.model_params(ck, result.token_space_hash),
             token_space_hash=result.token_space_hash or "", evalset_name=es.name, evalset_hash=es.content_hash,
             evalset_path=es.path, losses=result.losses, tokens=result.tokens, examples=result.examples,
             params=params, tags=tags, artifacts=artifacts,

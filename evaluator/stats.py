@@ -12,6 +12,7 @@ only rows ``[0, text_vocab_size)`` of the two matrices are read, never the whole
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import torch
 from registry.errors import InvalidInput
 from registry.token_space import TokenSpace
 
-__all__ = ["norm_stats", "checkpoint_row_stats", "read_base_text_rows", "STAT_KEYS"]
+__all__ = ["norm_stats", "checkpoint_row_stats", "read_base_text_rows", "connector_stats", "STAT_KEYS"]
 
 STAT_KEYS = ("count", "mean", "std", "min", "p5", "p50", "p95", "max", "zero_rows", "nonfinite_rows",
              "unchanged_rows")
@@ -173,3 +174,46 @@ def _histograms(matrices, base, ranges, row_start, token_space, bins) -> dict[st
     counts = {k: torch.histc(s, bins=bins, min=lo, max=hi).long().tolist() if len(s) else [0] * bins
               for k, s in series.items()}
     return {"edges": [float(e) for e in edges], "counts": counts}
+
+
+def connector_stats(state: dict[str, torch.Tensor], *, step: int | None = None,
+                    previous: tuple[int | None, dict[str, torch.Tensor]] | None = None) -> dict[str, Any]:
+    """Per-module parameter norms of a connector, and their drift against the previous checkpoint.
+
+    ``modules[m]``: ``params`` (count), ``norm`` (L2 norm of all its parameters together),
+    ``rms`` (norm / sqrt(params)), ``max_abs``, ``nonfinite`` (parameters that are NaN/Inf), and per
+    tensor its norm. ``drift.modules[m]``: ``update_norm`` (L2 norm of the change), ``relative_update``
+    (update / previous norm), ``cosine`` (between the flattened parameter vectors)."""
+    groups: dict[str, dict[str, torch.Tensor]] = {}
+    for k, t in state.items():
+        groups.setdefault(k.split(".", 1)[0], {})[k] = t
+    modules: dict[str, Any] = {}
+    for m, params in sorted(groups.items()):
+        flat = torch.cat([t.detach().float().reshape(-1) for t in params.values()]) if params else torch.zeros(0)
+        finite = torch.isfinite(flat)
+        clean = flat[finite]
+        norm = float(clean.norm()) if len(clean) else 0.0
+        modules[m] = {
+            "params": int(flat.numel()),
+            "norm": norm,
+            "rms": norm / math.sqrt(max(1, int(clean.numel()))),
+            "max_abs": float(clean.abs().max()) if len(clean) else None,
+            "nonfinite": int((~finite).sum()),
+            "tensors": {k: {"shape": list(t.shape), "norm": float(t.detach().float().nan_to_num().norm())}
+                        for k, t in sorted(params.items())},
+        }
+    doc: dict[str, Any] = {"kind": "connector", "step": step, "modules": modules, "drift": None}
+    if previous is not None:
+        prev_step, prev_state = previous
+        drift: dict[str, Any] = {}
+        for m, params in sorted(groups.items()):
+            keys = sorted(params)
+            if not all(k in prev_state and prev_state[k].shape == params[k].shape for k in keys):
+                continue
+            cur = torch.cat([params[k].detach().float().reshape(-1) for k in keys]).nan_to_num()
+            old = torch.cat([prev_state[k].detach().float().reshape(-1) for k in keys]).nan_to_num()
+            update = float((cur - old).norm())
+            drift[m] = {"update_norm": update, "relative_update": update / max(float(old.norm()), 1e-12),
+                        "cosine": float(torch.nn.functional.cosine_similarity(cur, old, dim=0, eps=1e-12))}
+        doc["drift"] = {"previous_step": prev_step, "modules": drift}
+    return doc

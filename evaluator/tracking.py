@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-__all__ = ["Tracker", "EvalRecord", "mlflow_available"]
+__all__ = ["Tracker", "EvalRecord", "mlflow_available", "record_from_dict"]
 
 TAG = "evalboard."
 DIGEST_LEN = 36
@@ -38,8 +38,8 @@ class EvalRecord:
     checkpoint_hash: str
     step: int
     base_model: str
-    row_start: int
-    row_end: int
+    model_type: str  # the checkpoint's track, as MLflow's LoggedModel type ("trainable-rows", "vision-connector")
+    model_params: Mapping[str, str]  # the LoggedModel's parameters (step, base model, row range or vision tower, ...)
     token_space_hash: str
     evalset_name: str
     evalset_hash: str
@@ -51,6 +51,18 @@ class EvalRecord:
     tags: Mapping[str, str]
     artifacts: Mapping[str, str]  # artifact file name -> local path
     eval_key: str  # checkpoint hash + eval-set hash + options that change the numbers
+
+
+def record_from_dict(data: Mapping[str, Any]) -> EvalRecord:
+    """An `EvalRecord` kept as JSON (the outbox), including ones written before records carried
+    their model type and parameters (then: a trainable-rows checkpoint with its row range)."""
+    data = dict(data)
+    if "model_type" not in data:
+        data["model_type"] = "trainable-rows"
+        data["model_params"] = {"step": str(data.get("step")), "base_model": data.get("base_model", ""),
+                                "row_start": str(data.pop("row_start", 0)), "row_end": str(data.pop("row_end", 0)),
+                                "token_space_hash": data.get("token_space_hash", "")}
+    return EvalRecord(**data)
 
 
 def mlflow_available(uri: str) -> bool:
@@ -110,11 +122,10 @@ class Tracker:
         model = mlflow.create_external_model(
             name=f"step-{rec.step}",
             experiment_id=exp_id,
-            params={"step": str(rec.step), "base_model": rec.base_model, "row_start": str(rec.row_start),
-                    "row_end": str(rec.row_end), "token_space_hash": rec.token_space_hash},
+            params={k: str(v) for k, v in rec.model_params.items()},
             tags={f"{TAG}checkpoint_hash": rec.checkpoint_hash, f"{TAG}checkpoint_path": rec.checkpoint_path,
                   f"{TAG}step": str(rec.step)},
-            model_type="trainable-rows",
+            model_type=rec.model_type,
         )
         return model.model_id
 

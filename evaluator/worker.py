@@ -42,7 +42,7 @@ EXIT_DEVICE_FAULT = 3
 """Exit status after an unrecoverable CUDA error: the job was released; restart the worker."""
 EXIT_INTERRUPTED = 130
 
-_OPTION_KEYS = ("max_examples", "allow_mismatch", "write_eval_json", "max_tokens_per_batch")
+_OPTION_KEYS = ("max_examples", "allow_mismatch", "write_eval_json", "max_tokens_per_batch", "connector_builder")
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,8 @@ class WorkerConfig:
     """How often to retry logging results kept while MLflow was unreachable."""
     worker_id: str | None = None
     """Name recorded on claimed jobs; default `<host>:<pid>`."""
+    connector_builder: str | None = None
+    """Connector builder for jobs whose checkpoint metadata, job options and configuration name none."""
 
     def __post_init__(self) -> None:
         if not self.lease_seconds > 0:
@@ -261,6 +263,7 @@ class Worker:
                 ck = self.reg.get_checkpoint(id=job.checkpoint_id)
                 es = self.reg.get_evalset(id=job.evalset_id)
                 opts = {k: v for k, v in (job.options or {}).items() if k in _OPTION_KEYS}
+                opts.setdefault("connector_builder", self.config.connector_builder)
                 options = EvalOptions(device=str(self.device), force=True, **opts)
                 prior = None if (job.options or {}).get("force") else \
                     self.evaluator.prior_result(ck, es, options.max_examples, logged_only=True)

@@ -22,7 +22,7 @@ the training ``config.json`` (``mm_vision_tower``, ``mm_projector_type``, ``mm_h
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -67,6 +67,8 @@ class ConnectorCheckpoint:
     """``package.module:function`` named by the checkpoint itself, if any."""
     feature_layer: int | None = None
     drop_cls: bool | None = None
+    state: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    """The connector's tensors, keys without ``module.``/``connector.`` prefixes."""
 
     @property
     def content_hash(self) -> str:
@@ -108,7 +110,7 @@ class ConnectorCheckpoint:
                    any(k in obj for k in _OPTIMIZER_KEYS), tuple(file_records(path, [path])), info,
                    "evalboard", in_w, out_w, _builder(settings, path),
                    _int_setting(settings, ("vision_feature_layer", "mm_vision_select_layer", "feature_layer"), path),
-                   _drop_cls(settings, path))
+                   _drop_cls(settings, path), {k: t for params in modules.values() for k, t in params.items()})
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -280,7 +282,8 @@ def _load_llava(path: Path) -> ConnectorCheckpoint:
         str(path), parse_step(path.name), base, cfg["mm_vision_tower"], shapes,
         sum(int(t.numel()) for t in state.values()), False,
         tuple(file_records(path, [weights, cfg_path])), info, "llava", in_w, out_w,
-        builder or "evaluator.connectors:llava_projector", layer, select == "patch")
+        builder or "evaluator.connectors:llava_projector", layer,
+        False if select == "cls_patch" else None, state)
 
 
 def _widths(shapes: Mapping[str, Mapping[str, tuple[int, ...]]]) -> tuple[int | None, int | None]:
@@ -329,8 +332,8 @@ def _int_setting(settings: Mapping[str, Any], keys: tuple[str, ...], path: Path)
 def _drop_cls(settings: Mapping[str, Any], path: Path) -> bool | None:
     v = settings.get("vision_drop_cls")
     if v is None:
-        select = settings.get("mm_vision_select_feature")
-        return None if select is None else select == "patch"
+        # LLaVA's "patch" drops the CLS token where the tower has one: the tower decides (None).
+        return False if settings.get("mm_vision_select_feature") == "cls_patch" else None
     if not isinstance(v, bool):
         raise InvalidInput(f"vision_drop_cls must be true or false, got {v!r}", path=path)
     return v

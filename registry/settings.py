@@ -15,7 +15,9 @@ from pathlib import Path
 
 from registry.errors import InvalidInput
 
-__all__ = ["Settings", "parse_models"]
+__all__ = ["Settings", "parse_models", "parse_connector_builders", "DEFAULT_VISION_CACHE_BYTES"]
+
+DEFAULT_VISION_CACHE_BYTES = 2 << 30
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,19 @@ class Settings:
     models: dict[str, str] = field(default_factory=dict)
     """Base-model id -> local directory, so workers never download. Env `EVALBOARD_MODELS`:
     a path to a JSON object file, or inline `id=dir,id2=dir2`."""
+
+    connector_builders: dict[str, str] = field(default_factory=dict)
+    """Connector builder (``package.module:function``) per run name, ``"*"`` for every run; used for
+    connector checkpoints whose metadata names none. Env `EVALBOARD_CONNECTOR_BUILDER`: one
+    builder for every run, `run=pkg.mod:fn,run2=...`, or a JSON file mapping run (or "*") -> builder."""
+
+    vision_cache_bytes: int = DEFAULT_VISION_CACHE_BYTES
+    """Bound of the on-disk cache of vision-tower features (`<home>/cache/vision`), least recently
+    used first out. Env `EVALBOARD_VISION_CACHE_BYTES`; 0 disables the disk cache."""
+
+    def connector_builder_for(self, run_name: str | None) -> str | None:
+        """The configured builder for ``run_name``'s connector checkpoints (the run's, else "*")."""
+        return self.connector_builders.get(run_name or "") or self.connector_builders.get("*")
 
     def __post_init__(self) -> None:
         # Defaults derive from `home`, so fill them here rather than in the field defaults.
@@ -51,6 +66,9 @@ class Settings:
             db_url=env.get("EVALBOARD_DB", ""),
             mlflow_uri=env.get("MLFLOW_TRACKING_URI", ""),
             models=parse_models(env.get("EVALBOARD_MODELS", "")),
+            connector_builders=parse_connector_builders(env.get("EVALBOARD_CONNECTOR_BUILDER", "")),
+            vision_cache_bytes=_non_negative_int(env.get("EVALBOARD_VISION_CACHE_BYTES", ""),
+                                                 "EVALBOARD_VISION_CACHE_BYTES", DEFAULT_VISION_CACHE_BYTES),
         )
 
     def ensure_home(self) -> Path:
@@ -96,3 +114,45 @@ def _models_from_json(path: Path) -> dict[str, str]:
             path=path,
         )
     return dict(data)
+
+
+def _non_negative_int(value: str, name: str, default: int) -> int:
+    value = value.strip()
+    if not value:
+        return default
+    if not value.isdigit() or len(value) > 18:
+        raise InvalidInput(f"{name} must be a non-negative integer (bytes), got {value!r}")
+    return int(value)
+
+
+def _check_builder(spec: str, where: str) -> str:
+    module, sep, fn = spec.partition(":")
+    if not sep or not module.strip() or not fn.strip() or len(spec) > 512:
+        raise InvalidInput(f"{where}: connector builder {spec!r} must be 'package.module:function'")
+    return spec.strip()
+
+
+def parse_connector_builders(value: str) -> dict[str, str]:
+    """`EVALBOARD_CONNECTOR_BUILDER`: `pkg.mod:fn` (every run), `run=pkg.mod:fn,...`, or a JSON file."""
+    value = value.strip()
+    if not value:
+        return {}
+    if "=" not in value and ":" in value and not value.endswith(".json"):
+        return {"*": _check_builder(value, "EVALBOARD_CONNECTOR_BUILDER")}
+    if "=" not in value:
+        path = Path(value)
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise InvalidInput(f"EVALBOARD_CONNECTOR_BUILDER is neither a builder nor a readable JSON file: {e}",
+                               path=path) from None
+        if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
+            raise InvalidInput("EVALBOARD_CONNECTOR_BUILDER must map run name (or \"*\") to a builder", path=path)
+        return {k: _check_builder(v, str(path)) for k, v in data.items()}
+    out: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        run, sep, spec = item.partition("=")
+        if not sep or not run.strip():
+            raise InvalidInput(f"EVALBOARD_CONNECTOR_BUILDER entry {item!r} is not of the form run=pkg.mod:fn")
+        out[run.strip()] = _check_builder(spec, "EVALBOARD_CONNECTOR_BUILDER")
+    return out

@@ -1,0 +1,211 @@
+"""The frozen vision tower, resident like the base LLM, and an on-disk cache of its features.
+
+A sweep over a run's connector checkpoints feeds the same images through the same frozen tower
+again and again; only the connector changes. So the tower's output for an image is computed once
+and kept, keyed by everything that changes it:
+
+    tower content hash  x  image sha256 + decoded (width, height)  x  preprocessing settings
+    x  selected hidden layer  x  whether the CLS token is dropped  x  dtype
+
+(keys that leave out the image size or the preprocessing serve stale features when either
+changes). The disk cache (`FeatureCache`) is bounded: least recently used files go first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from registry.errors import Incompatible, InvalidInput, NotFound
+from registry.files import content_hash, file_records
+from registry.vision import preprocessing_settings
+
+__all__ = ["VisionSettings", "ResidentTower", "FeatureCache", "load_tower"]
+
+log = logging.getLogger(__name__)
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".json")
+
+
+@dataclass(frozen=True)
+class VisionSettings:
+    """Which tower output feeds the connector (recorded with every result and in the cache key)."""
+
+    feature_layer: int
+    """Index into the tower's hidden states (-1: last layer; LLaVA uses -2)."""
+    drop_cls: bool
+    """Drop the first token (CLIP's CLS); towers without one (SigLIP) keep every patch."""
+
+    def key(self) -> str:
+        return f"layer={self.feature_layer};drop_cls={int(self.drop_cls)}"
+
+
+@dataclass
+class ResidentTower:
+    """A vision model loaded once, frozen, with its image processor."""
+
+    model: torch.nn.Module
+    processor: object
+    path: Path
+    device: torch.device
+    dtype: torch.dtype
+    content_hash: str
+    preprocessing: dict
+    has_cls: bool
+    hidden_size: int
+    num_layers: int
+    images_forwarded: int = 0
+    """Images that went through the tower since it was loaded (the cache's benchmark figure)."""
+
+    def describe(self) -> str:
+        return (f"vision tower {self.path} on {self.device} as {str(self.dtype).removeprefix('torch.')} "
+                f"(hidden {self.hidden_size}, {self.num_layers} layers, CLS token: {self.has_cls})")
+
+    def resolve(self, feature_layer: int | None, drop_cls: bool | None) -> VisionSettings:
+        layer = -2 if feature_layer is None else feature_layer
+        if not -(self.num_layers + 1) <= layer <= self.num_layers:
+            raise Incompatible(f"vision feature layer {layer} is out of range for tower {self.path} "
+                               f"({self.num_layers} layers + embeddings)")
+        return VisionSettings(layer, self.has_cls if drop_cls is None else drop_cls)
+
+    def cache_key(self, image_sha256: str, size: tuple[int, int], settings: VisionSettings) -> str:
+        h = hashlib.sha256(b"evalboard-vision-features/1\n")
+        for part in (self.content_hash, image_sha256, f"{size[0]}x{size[1]}",
+                     json.dumps(self.preprocessing, sort_keys=True), settings.key(), str(self.dtype)):
+            h.update(part.encode() + b"\n")
+        return h.hexdigest()
+
+    @torch.no_grad()
+    def features(self, images: Sequence[bytes], settings: VisionSettings, *, batch_size: int = 32) -> torch.Tensor:
+        """``[n, patches, hidden]`` features of the encoded ``images`` (on the tower's device)."""
+        from PIL import Image
+
+        out = []
+        for start in range(0, len(images), batch_size):
+            pil = []
+            for data in images[start:start + batch_size]:
+                with Image.open(io.BytesIO(data)) as im:
+                    pil.append(im.convert("RGB"))
+            pixels = self.processor(images=pil, return_tensors="pt")["pixel_values"]
+            hidden = self.model(pixel_values=pixels.to(self.device, self.dtype), output_hidden_states=True)
+            feats = hidden.hidden_states[settings.feature_layer]
+            out.append(feats[:, 1:] if settings.drop_cls else feats)
+            self.images_forwarded += len(pil)
+        return torch.cat(out)
+
+
+def _tower_hash(path: Path) -> str:
+    files = [p for p in sorted(path.iterdir()) if p.is_file() and p.suffix in _WEIGHT_SUFFIXES]
+    return content_hash(file_records(path, files))
+
+
+def load_tower(path: str | Path, device: torch.device, dtype: torch.dtype) -> ResidentTower:
+    """Load a Hugging Face vision model (SigLIP / CLIP vision config) and its image processor."""
+    import transformers
+    from transformers import AutoConfig, AutoImageProcessor, AutoModel
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise NotFound(f"no config.json in vision tower directory {path}", path=path)
+    if not (path / "preprocessor_config.json").is_file():
+        raise NotFound("has no preprocessor_config.json: the tower's image processor is needed to prepare images",
+                       path=path)
+    start = time.perf_counter()
+    config = AutoConfig.from_pretrained(path)
+    vision_config = getattr(config, "vision_config", None) or config
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # "falling back to the PIL backend" is not news
+    try:
+        processor = AutoImageProcessor.from_pretrained(path)
+        model = AutoModel.from_pretrained(path, dtype=dtype)
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+    if hasattr(model, "vision_model") and not hasattr(model, "embeddings"):
+        model = model.vision_model if getattr(config, "vision_config", None) is not None else model
+    model.to(device)
+    model.eval()
+    model.requires_grad_(False)
+    has_cls = getattr(vision_config, "model_type", "").startswith("clip")
+    tower = ResidentTower(model, processor, path, device, dtype, _tower_hash(path),
+                          preprocessing_settings(processor.to_dict()), has_cls, int(vision_config.hidden_size),
+                          int(vision_config.num_hidden_layers))
+    log.info("%s loaded in %.1fs", tower.describe(), time.perf_counter() - start)
+    return tower
+
+
+class FeatureCache:
+    """Features on disk, one safetensors file per key, bounded to ``max_bytes`` (LRU by mtime)."""
+
+    def __init__(self, root: str | Path, max_bytes: int):
+        if max_bytes < 0:
+            raise InvalidInput(f"vision cache bound must be non-negative, got {max_bytes}")
+        self.root = Path(root)
+        self.max_bytes = max_bytes
+        self.hits = 0
+        self.misses = 0
+
+    def _file(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.safetensors"
+
+    def get(self, key: str) -> torch.Tensor | None:
+        if self.max_bytes == 0:
+            return None
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        f = self._file(key)
+        try:
+            t = load_file(str(f))["features"]
+            os.utime(f)  # recently used: evicted last
+        except (OSError, KeyError, SafetensorError):
+            self.misses += 1
+            return None
+        self.hits += 1
+        return t
+
+    def put(self, key: str, features: torch.Tensor) -> None:
+        if self.max_bytes == 0:
+            return
+        from safetensors.torch import save_file
+
+        f = self._file(key)
+        f.parent.mkdir(parents=True, exist_ok=True)
+        tmp = f.with_name(f"{f.name}.{os.getpid()}.tmp")
+        try:
+            save_file({"features": features.detach().to("cpu").contiguous()}, str(tmp))
+            os.replace(tmp, f)
+        except OSError as e:  # a full or read-only disk costs speed, never the evaluation
+            log.warning("vision feature cache: could not write %s: %s", f, e)
+            tmp.unlink(missing_ok=True)
+
+    def evict(self) -> int:
+        """Delete least recently used files until the cache fits its bound; returns files removed."""
+        files = []
+        for sub in self.root.glob("??"):
+            for f in sub.glob("*.safetensors"):
+                try:
+                    st = f.stat()
+                except OSError:
+                    continue
+                files.append((st.st_mtime_ns, st.st_size, f))
+        total = sum(size for _, size, _ in files)
+        removed = 0
+        for _, size, f in sorted(files):
+            if total <= self.max_bytes:
+                break
+            f.unlink(missing_ok=True)
+            total -= size
+            removed += 1
+        return removed
+
+    def size_bytes(self) -> int:
+        return sum(f.stat().st_size for f in self.root.glob("??/*.safetensors"))
