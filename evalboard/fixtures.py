@@ -22,6 +22,11 @@ __all__ = [
     "make_token_space",
     "write_trainable_rows",
     "write_connector_checkpoint",
+    "TinyTowerSpec",
+    "build_tiny_vision_tower",
+    "synthetic_image",
+    "image_examples",
+    "make_image_evalset",
     "synthetic_examples",
     "make_evalset",
     "build_workspace",
@@ -161,6 +166,9 @@ def write_trainable_rows(
     return d
 
 
+PERCEIVER_BUILDER = "evaluator.connectors:perceiver_resampler"
+
+
 def write_connector_checkpoint(
     path: str | Path,
     *,
@@ -168,27 +176,33 @@ def write_connector_checkpoint(
     vision_dim: int = 32,
     llm_dim: int = 64,
     n_queries: int = 8,
+    num_heads: int = 4,
     base_llm: str = "demo/Qwen3-tiny-Base",
     vision_tower: str = "demo/vit-tiny",
     with_optimizer: bool = True,
     seed: int = 0,
     state: dict[str, Any] | None = None,
+    config: dict[str, Any] | None = None,
 ) -> Path:
-    """A Track A ``checkpoint_<step>.pt``: resampler + projector weights and pointers."""
+    """A Track A ``checkpoint_<step>.pt``: resampler + projector weights (the reference
+    `PerceiverConnector`'s, unless ``state`` is given), pointers, and the settings that rebuild it
+    (``connector_builder``, ``num_heads``)."""
     import torch
 
-    g = torch.Generator().manual_seed(seed)
+    from evaluator.connectors import PerceiverConnector
+
     if state is None:
-        state = {
-            "resampler.queries": torch.randn(n_queries, vision_dim, generator=g) * 0.02,
-            "resampler.attn.in_proj_weight": torch.randn(3 * vision_dim, vision_dim, generator=g) * 0.02,
-            "resampler.attn.out_proj.weight": torch.randn(vision_dim, vision_dim, generator=g) * 0.02,
-            "projector.0.weight": torch.randn(llm_dim, vision_dim, generator=g) * 0.02,
-            "projector.0.bias": torch.zeros(llm_dim),
-            "projector.2.weight": torch.randn(llm_dim, llm_dim, generator=g) * 0.02,
-        }
+        torch.manual_seed(seed)
+        module = PerceiverConnector(vision_dim, llm_dim, n_queries, num_heads)
+        with torch.no_grad():
+            for p in module.parameters():  # not the default init: distinct checkpoints differ everywhere
+                p.normal_(0, 0.05)
+        state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+    cfg = {"n_queries": n_queries, "vision_dim": vision_dim, "llm_dim": llm_dim, "num_heads": num_heads,
+           "connector_builder": PERCEIVER_BUILDER}
+    cfg.update(config or {})
     obj: dict[str, Any] = {"step": step, "connector": state, "base_llm": base_llm, "vision_tower": vision_tower,
-                           "config": {"n_queries": n_queries, "vision_dim": vision_dim, "llm_dim": llm_dim}}
+                           "config": cfg}
     if with_optimizer:
         obj["optimizer"] = {"state": {i: {"exp_avg": torch.zeros_like(t)} for i, t in enumerate(state.values())},
                             "param_groups": [{"lr": 1e-4, "params": list(range(len(state)))}]}
@@ -196,6 +210,93 @@ def write_connector_checkpoint(
     p.parent.mkdir(parents=True, exist_ok=True)
     torch.save(obj, p)
     return p
+
+
+@dataclass(frozen=True)
+class TinyTowerSpec:
+    """A vision tower small enough to run in milliseconds on a CPU (SigLIP, or CLIP with a CLS token)."""
+
+    kind: str = "siglip"
+    hidden_size: int = 32
+    num_layers: int = 2
+    num_heads: int = 4
+    intermediate_size: int = 64
+    image_size: int = 32
+    patch_size: int = 8
+
+
+def build_tiny_vision_tower(out_dir: str | Path, spec: TinyTowerSpec = TinyTowerSpec(), *, seed: int = 0) -> Path:
+    """Random-weight SigLIP (or CLIP) vision model + its image processor, ``save_pretrained``."""
+    import torch
+    import transformers
+
+    out = Path(out_dir)
+    if (out / "config.json").exists():
+        return out
+    torch.manual_seed(seed)
+    common = dict(hidden_size=spec.hidden_size, num_hidden_layers=spec.num_layers,
+                  num_attention_heads=spec.num_heads, intermediate_size=spec.intermediate_size,
+                  image_size=spec.image_size, patch_size=spec.patch_size, num_channels=3)
+    size = {"height": spec.image_size, "width": spec.image_size}
+    if spec.kind == "siglip":
+        model = transformers.SiglipVisionModel(transformers.SiglipVisionConfig(**common))
+        processor_cls = getattr(transformers, "SiglipImageProcessorPil", None) or transformers.SiglipImageProcessor
+        processor = processor_cls(size=size)
+    elif spec.kind == "clip":
+        model = transformers.CLIPVisionModel(transformers.CLIPVisionConfig(projection_dim=spec.hidden_size, **common))
+        processor_cls = getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
+        processor = processor_cls(size={"shortest_edge": spec.image_size},
+                                  crop_size={"height": spec.image_size, "width": spec.image_size})
+    else:
+        raise ValueError(f"unknown tower kind {spec.kind!r}; known: siglip, clip")
+    model.save_pretrained(out, safe_serialization=True)
+    processor.save_pretrained(out)
+    return out
+
+
+def synthetic_image(label: int, *, size: int = 32, seed: int = 0, noise: float = 0.15) -> bytes:
+    """A PNG whose pattern encodes ``label`` (a class colour and stripe frequency) plus noise."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    base = np.random.default_rng(1000 + label).uniform(0.1, 0.9, size=3)
+    y, x = np.mgrid[0:size, 0:size] / size
+    stripes = 0.5 + 0.5 * np.sin(2 * np.pi * (label % 4 + 1) * (x if label % 2 else y))
+    img = base[None, None, :] * (0.6 + 0.4 * stripes[..., None]) + noise * rng.standard_normal((size, size, 3))
+    buf = io.BytesIO()
+    Image.fromarray((np.clip(img, 0, 1) * 255).astype("uint8")).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def image_examples(n: int, *, n_classes: int = 8, answer_len: int = 4, text_vocab: int = 256, seed: int = 0,
+                   image_size: int = 32, task: str = "i2t", placeholder: int = -200) -> list[Example]:
+    """i2t examples: ``[BOS, <image>, SEP, answer...]``; the answer is the image's class's fixed text."""
+    rng = random.Random(seed)
+    ans_rng = random.Random(12345)
+    hi = min(text_vocab, 200)
+    answers = [[ans_rng.randrange(3, hi) for _ in range(answer_len)] for _ in range(n_classes)]
+    out = []
+    for i in range(n):
+        c = rng.randrange(n_classes)
+        ids = [1, placeholder, 2, *answers[c]]
+        labels = [IGNORE_INDEX] * (len(ids) - answer_len) + answers[c]
+        out.append(Example(f"{task}-{seed}-{i:05d}", task, ids, labels,
+                           synthetic_image(c, size=image_size, seed=seed * 100_000 + i)))
+    return out
+
+
+def make_image_evalset(out_dir: str | Path, name: str, *, tower: str, tower_dir: str | Path, n: int = 12,
+                       seed: int = 7, **kw: Any) -> EvalSet:
+    """An image eval set for ``tower`` (its preprocessing recorded in the manifest)."""
+    from registry.vision import read_tower_preprocessing
+
+    pre = read_tower_preprocessing(tower_dir) or {}
+    return write_evalset(out_dir, name, image_examples(n, seed=seed, **kw), None,
+                         vision={"tower": tower, "preprocessing": pre},
+                         description="synthetic image -> text answers")
 
 
 def synthetic_examples(

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import torch
 
 from registry.errors import InvalidInput, NotFound
 
-__all__ = ["ResidentBase", "resolve_base_model", "load_base", "default_dtype"]
+__all__ = ["ResidentBase", "resolve_base_model", "load_base", "default_dtype", "quiet_loading"]
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,24 @@ def _from_hf_cache(model_id: str, cache_dir: str | Path | None) -> Path | None:
         return None
 
 
+@contextmanager
+def quiet_loading() -> Iterator[None]:
+    """transformers' own progress bars and notices off while a model loads: our progress bars and
+    our one log line say what happened."""
+    import transformers
+
+    verbosity = transformers.logging.get_verbosity()
+    bars = transformers.utils.logging.is_progress_bar_enabled()
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+        if bars:
+            transformers.utils.logging.enable_progress_bar()
+
+
 def default_dtype(device: str | torch.device) -> torch.dtype:
     """bfloat16 on CUDA (how these bases are trained and served), float32 on CPU (bf16 matmuls
     on CPU are slow and we want exact reference losses there)."""
@@ -105,7 +124,8 @@ def load_base(
         raise InvalidInput("device 'cuda' requested but torch sees no CUDA device; use --device cpu")
     start = time.perf_counter()
     # No device_map: that needs `accelerate`, which we do not depend on; one .to() is enough.
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, low_cpu_mem_usage=True)
+    with quiet_loading():
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, low_cpu_mem_usage=True)
     model.to(device)
     model.eval()
     model.requires_grad_(False)

@@ -55,10 +55,15 @@ def _mlp_widths(state: Mapping[str, torch.Tensor], prefix: str, where: str) -> l
                    if (m := re.fullmatch(re.escape(prefix) + r"\.(\d+)\.weight", k)))
     if not found:
         raise InvalidInput(f"has no {prefix}.<i>.weight tensors to build the projector from", path=where)
-    if [i for i, _ in found] != list(range(0, 2 * len(found), 2)):
-        raise InvalidInput(f"{prefix} layers are at indices {[i for i, _ in found]}; the reference builders expect "
-                           "Linear layers at 0, 2, 4, ... with GELU between (name another builder)", path=where)
-    weights = [state[k] for _, k in found]
+    if found[0][0] != 0:
+        raise InvalidInput(f"{prefix} layers start at index {found[0][0]}; the reference builders expect Linear "
+                           "layers at 0, 2, 4, ... with GELU between (name another builder)", path=where)
+    chain = []
+    for j, (i, k) in enumerate(found):
+        if i != 2 * j:
+            break  # further keys are left for the strict load to name
+        chain.append(k)
+    weights = [state[k] for k in chain]
     widths = [int(weights[0].shape[1])]
     for w in weights:
         if w.dim() != 2 or int(w.shape[1]) != widths[-1]:
@@ -163,11 +168,15 @@ def load_builder(spec: str) -> Callable[..., nn.Module]:
 def build_connector(spec: str, state: Mapping[str, torch.Tensor], meta: Mapping[str, Any],
                     where: str | Path) -> nn.Module:
     """Build with ``spec`` and load ``state`` strictly; eval mode, no gradients."""
-    fn = load_builder(spec)
+    try:
+        fn = load_builder(spec)
+    except InvalidInput as e:
+        raise InvalidInput(str(e), path=where) from None
     try:
         module = fn(dict(state), {**dict(meta), "_path": str(where)})
     except (InvalidInput, Incompatible) as e:
-        raise type(e)(f"connector builder {spec}: {e}", path=where) from None
+        message = str(e).removeprefix(f"{e.path}: ") if e.path else str(e)
+        raise type(e)(f"connector builder {spec}: {message}", path=where) from None
     except Exception as e:  # noqa: BLE001 - user code
         raise InvalidInput(f"connector builder {spec} failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
                            path=where) from None

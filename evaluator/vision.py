@@ -25,9 +25,10 @@ from typing import Sequence
 
 import torch
 
+from evaluator.base_model import quiet_loading
 from registry.errors import Incompatible, InvalidInput, NotFound
 from registry.files import content_hash, file_records
-from registry.vision import preprocessing_settings
+from registry.vision import preprocessing_settings, read_tower_preprocessing
 
 __all__ = ["VisionSettings", "ResidentTower", "FeatureCache", "load_tower"]
 
@@ -110,7 +111,6 @@ def _tower_hash(path: Path) -> str:
 
 def load_tower(path: str | Path, device: torch.device, dtype: torch.dtype) -> ResidentTower:
     """Load a Hugging Face vision model (SigLIP / CLIP vision config) and its image processor."""
-    import transformers
     from transformers import AutoConfig, AutoImageProcessor, AutoModel
 
     path = Path(path)
@@ -122,13 +122,9 @@ def load_tower(path: str | Path, device: torch.device, dtype: torch.dtype) -> Re
     start = time.perf_counter()
     config = AutoConfig.from_pretrained(path)
     vision_config = getattr(config, "vision_config", None) or config
-    verbosity = transformers.logging.get_verbosity()
-    transformers.logging.set_verbosity_error()  # "falling back to the PIL backend" is not news
-    try:
+    with quiet_loading():  # "falling back to the PIL backend" is not news
         processor = AutoImageProcessor.from_pretrained(path)
         model = AutoModel.from_pretrained(path, dtype=dtype)
-    finally:
-        transformers.logging.set_verbosity(verbosity)
     if hasattr(model, "vision_model") and not hasattr(model, "embeddings"):
         model = model.vision_model if getattr(config, "vision_config", None) is not None else model
     model.to(device)
@@ -136,7 +132,7 @@ def load_tower(path: str | Path, device: torch.device, dtype: torch.dtype) -> Re
     model.requires_grad_(False)
     has_cls = getattr(vision_config, "model_type", "").startswith("clip")
     tower = ResidentTower(model, processor, path, device, dtype, _tower_hash(path),
-                          preprocessing_settings(processor.to_dict()), has_cls, int(vision_config.hidden_size),
+                          read_tower_preprocessing(path) or preprocessing_settings(processor.to_dict()), has_cls, int(vision_config.hidden_size),
                           int(vision_config.num_hidden_layers))
     log.info("%s loaded in %.1fs", tower.describe(), time.perf_counter() - start)
     return tower

@@ -296,6 +296,8 @@ def _widths(shapes: Mapping[str, Mapping[str, tuple[int, ...]]]) -> tuple[int | 
 
     proj = sorted(((k, s) for m, p in shapes.items() if "projector" in m for k, s in p.items()
                    if k.endswith("weight") and len(s) == 2), key=lambda kv: index(kv[0]))
+    if any(b[1][1] != a[1][0] for a, b in zip(proj, proj[1:])):
+        return None, None  # the layers do not chain: widths cannot be read off the weights
     out_w = proj[-1][1][0] if proj else None
     in_w = None
     for m, p in shapes.items():

@@ -75,26 +75,22 @@ class ConnectorEval(EvalTrack):
 
     def apply(self, ev: "Evaluator", ck: "CheckpointEntity", loaded: Any, device: torch.device,
               options: "EvalOptions") -> Applied:
+        from evaluator.base_model import resolve_base_model
+        from registry.tracks.connector import model_hidden_size
+
+        # Everything that can be refused without loading a model comes first.
+        spec = builder_for(ev, ck, loaded, options.connector_builder)
+        connector = build_connector(spec, loaded.state, loaded.meta, ck.path)
+        llm_dir = resolve_base_model(loaded.base_llm, ev.settings.models)
+        tower_dir = resolve_base_model(loaded.vision_tower, ev.settings.models)
+        hidden, tower_width = model_hidden_size(llm_dir), model_hidden_size(tower_dir)
+        if hidden is None or tower_width is None:
+            raise InvalidInput(f"config.json of {llm_dir if hidden is None else tower_dir} names no hidden_size")
+        _check_widths(connector, spec, loaded, ck, tower_width, hidden)
         resident = ev.ensure_base(loaded.base_llm, device, pristine=True)
         tower = ev.ensure_tower(loaded.vision_tower, device)
         settings = tower.resolve(loaded.feature_layer, loaded.drop_cls)
-        spec = builder_for(ev, ck, loaded, options.connector_builder)
-        connector = build_connector(spec, loaded.state, loaded.meta, ck.path).to(device)
-        hidden = resident.model.get_input_embeddings().weight.shape[1]
-        probe = torch.zeros(1, 4, tower.hidden_size, device=device)
-        try:
-            with torch.no_grad():
-                out = connector(probe)
-        except Exception as e:  # noqa: BLE001 - the user's module: report what does not fit
-            raise Incompatible(f"connector built by {spec} does not take the {tower.hidden_size}-wide features of "
-                               f"vision tower {loaded.vision_tower}: {type(e).__name__}: "
-                               f"{str(e).splitlines()[0] if str(e) else ''}", path=ck.path) from None
-        if not isinstance(out, torch.Tensor) or out.dim() != 3:
-            raise Incompatible(f"connector built by {spec} returned {type(out).__name__} "
-                               f"{tuple(getattr(out, 'shape', ()))}; expected [batch, tokens, {hidden}]", path=ck.path)
-        if out.shape[-1] != hidden:
-            raise Incompatible(f"connector built by {spec} produces {out.shape[-1]}-wide embeddings but the LLM "
-                               f"{loaded.base_llm} has hidden size {hidden}", path=ck.path)
+        connector = connector.to(device)
         prepare = (f"connector {Path(ck.path).name} built by {spec} ({loaded.n_params} parameters) on "
                    f"{tower.describe()}, features from hidden layer {settings.feature_layer}"
                    f"{', CLS dropped' if settings.drop_cls else ''}")
@@ -190,6 +186,25 @@ class ConnectorEval(EvalTrack):
         meta = ck.meta or {}
         return {"step": str(ck.step or 0), "base_model": ck.base_model or "",
                 "vision_tower": str(meta.get("vision_tower") or ""), "n_params": str(meta.get("n_params") or "")}
+
+
+def _check_widths(connector: torch.nn.Module, spec: str, loaded: ConnectorCheckpoint, ck: "CheckpointEntity",
+                  tower_width: int, hidden: int) -> None:
+    """A probe forward on zeros: the connector takes the tower's width and gives the LLM's."""
+    probe = torch.zeros(1, 4, tower_width)
+    try:
+        with torch.no_grad():
+            out = connector(probe)
+    except Exception as e:  # noqa: BLE001 - the user's module: report what does not fit
+        raise Incompatible(f"connector built by {spec} does not take the {tower_width}-wide features of vision "
+                           f"tower {loaded.vision_tower} (hidden size {tower_width}): {type(e).__name__}: "
+                           f"{str(e).splitlines()[0] if str(e) else ''}", path=ck.path) from None
+    if not isinstance(out, torch.Tensor) or out.dim() != 3:
+        raise Incompatible(f"connector built by {spec} returned {type(out).__name__} "
+                           f"{tuple(getattr(out, 'shape', ()))}; expected [batch, tokens, {hidden}]", path=ck.path)
+    if out.shape[-1] != hidden:
+        raise Incompatible(f"connector built by {spec} produces {out.shape[-1]}-wide embeddings but the LLM "
+                           f"{loaded.base_llm} has hidden size {hidden}", path=ck.path)
 
 
 def _expand(e: Any, placeholder: int, n: int) -> Example:
