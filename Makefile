@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/eval_throughput.py
 	$(BIN)/python benchmarks/dashboard.py
 	$(BIN)/python benchmarks/queue.py
+	$(BIN)/python benchmarks/track_a_sweep.py
 
 clean:
 	rm -rf $(VENV) .evalboard .pytest_cache test-output

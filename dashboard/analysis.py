@@ -18,6 +18,8 @@ __all__ = [
     "differences_only",
     "compare_examples",
     "row_stats_tables",
+    "is_module_stats",
+    "module_stats_tables",
 ]
 
 
@@ -146,6 +148,27 @@ def row_stats_tables(stats_by_step: Mapping[int, Mapping[str, Any]]) -> tuple[pd
             trend_df[c] = np.nan
     drift_df = pd.DataFrame(drift, columns=None if drift else ["step", "range", "matrix", "mean_cosine",
                                                                "mean_norm_change"])
+    return trend_df, drift_df
+
+
+def is_module_stats(stats_by_step: Mapping[int, Mapping[str, Any]]) -> bool:
+    """Statistics documents of parameter modules (a connector) rather than embedding rows."""
+    return any("modules" in (s or {}) for s in stats_by_step.values())
+
+
+def module_stats_tables(stats_by_step: Mapping[int, Mapping[str, Any]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(norm trend, drift) long tables of connector statistics: one row per (step, module)."""
+    trend, drift = [], []
+    for step, stats in sorted(stats_by_step.items()):
+        for name, s in (stats.get("modules") or {}).items():
+            trend.append({"step": step, "module": name, **{k: v for k, v in (s or {}).items() if k != "tensors"}})
+        d = stats.get("drift") or {}
+        for name, s in (d.get("modules") or {}).items():
+            drift.append({"step": step, "module": name, "previous step": d.get("previous_step"), **(s or {})})
+    trend_df = pd.DataFrame(trend, columns=None if trend else ["step", "module", "params", "norm", "rms",
+                                                               "max_abs", "nonfinite"])
+    drift_df = pd.DataFrame(drift, columns=None if drift else ["step", "module", "previous step", "update_norm",
+                                                               "relative_update", "cosine"])
     return trend_df, drift_df
 
 

@@ -23,6 +23,7 @@ __all__ = [
     "row_norm_trend",
     "norm_histograms",
     "drift_trend",
+    "module_trend",
     "esc",
 ]
 
@@ -163,3 +164,17 @@ def drift_trend(drift: pd.DataFrame) -> go.Figure:
                                          "norm change %{customdata:.4f}<extra></extra>"))
     return _figure(traces, title=dict(text="drift from the previous checkpoint"), xaxis=dict(title=dict(text="step")),
                    yaxis=dict(title=dict(text="mean cosine to previous")))
+
+
+def module_trend(trend: pd.DataFrame, value: str, title: str) -> go.Figure:
+    """One line per connector module: ``value`` (e.g. ``norm``, ``relative_update``) across steps.
+
+    `trend` columns: step, module, and ``value``."""
+    traces = []
+    for name, g in trend.dropna(subset=[value]).sort_values("step").groupby("module", sort=True):
+        label = esc(name)
+        traces.append(dict(type="scatter", mode="lines+markers", name=label, x=g["step"].tolist(),
+                           y=g[value].tolist(), hovertemplate=f"{label}<br>step %{{x}}<br>{esc(value)} "
+                                                              "%{y:.4g}<extra></extra>"))
+    return _figure(traces, title=dict(text=esc(title)), xaxis=dict(title=dict(text="step")),
+                   yaxis=dict(title=dict(text=esc(value))))

@@ -24,7 +24,7 @@ pages = {
     ],
     "Inspect": [
         st.Page(_PAGES / "compatibility.py", title="Compatibility", icon=":material/rule:"),
-        st.Page(_PAGES / "row_stats.py", title="Row statistics", icon=":material/bar_chart:"),
+        st.Page(_PAGES / "row_stats.py", title="Weight statistics", icon=":material/bar_chart:"),
     ],
     "Act": [
         st.Page(_PAGES / "queue.py", title="Queue", icon=":material/queue:"),

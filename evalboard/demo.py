@@ -1,14 +1,15 @@
 """`evalboard demo`: from nothing to a populated dashboard, with real work done on this machine.
 
 Stages (each with a progress bar):
-1. build a tiny Qwen3 base (random weights, `save_pretrained`) registered as `demo/Qwen3-tiny-Base`;
-2. make a synthetic a2t/i2t task in a token space with an audio and an image range; write the
-   eval set in the registry's Parquet format;
+1. build a tiny Qwen3 base (random weights, `save_pretrained`) registered as `demo/Qwen3-tiny-Base`,
+   and a tiny SigLIP vision tower registered as `demo/siglip-tiny`;
+2. make a synthetic a2t/i2t task in a token space with an audio and an image range, and an
+   image -> text task over synthetic images; write both eval sets in the registry's Parquet format;
 3. train: three Track B runs (different learning rates; only the new rows train), one Track B run
    in a token space with a wider image range (a real mismatch for the audit), one Track A run
-   (resampler + projector);
-4. scan, enqueue every checkpoint against the eval set (the mismatched run is refused with the
-   audit's reason), run a worker until the queue is empty, logging to the local MLflow store;
+   (resampler + projector over the frozen tower);
+4. scan, enqueue every checkpoint against the eval sets of its kind (the mismatched run is refused
+   with the audit's reason), run a worker until the queue is empty, logging to the local MLflow store;
 5. start the dashboard and print its URL (and how to open the MLflow UI on the same store).
 """
 
@@ -27,8 +28,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from registry.errors import InvalidInput
 
 BASE_ID = "demo/Qwen3-tiny-Base"
+TOWER_ID = "demo/siglip-tiny"
 MARKER = ".evalboard-demo"
 EVALSET = "demo-a2t-i2t"
+IMAGE_EVALSET = "demo-i2t-images"
 
 
 @dataclass(frozen=True)
@@ -38,7 +41,7 @@ class DemoPlan:
     steps: int = 300
     save_every: int = 25
     mismatch_steps: int = 100
-    connector_steps: int = 90
+    connector_steps: int = 150
     eval_examples_per_task: int = 48
     learning_rates: tuple[float, ...] = (3e-3, 1e-2, 3e-2)
 
@@ -69,7 +72,8 @@ def run_demo(workdir: Path, *, port: int = 8501, serve: bool = True, console: Co
     import torch
 
     from evalboard.demo_train import SyntheticTask, train_connector_run, train_rows_run
-    from evalboard.fixtures import TinyBaseSpec, build_tiny_base, make_token_space
+    from evalboard.fixtures import (TinyBaseSpec, build_tiny_base, build_tiny_vision_tower, make_image_evalset,
+                                    make_token_space)
     from registry.evalset import write_evalset
 
     console = console or Console(stderr=True, markup=False)
@@ -84,10 +88,12 @@ def run_demo(workdir: Path, *, port: int = 8501, serve: bool = True, console: Co
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # its "creating tables" lines are not news here
 
     with _bar(console) as bar:
-        t = bar.add_task("1/5 build tiny Qwen3 base", total=1)
+        t = bar.add_task("1/5 build tiny Qwen3 + vision tower", total=1)
         base_dir = build_tiny_base(workdir / "models" / "Qwen3-tiny-Base",
                                    TinyBaseSpec(text_vocab_size=512, hidden_size=64, output_scale=8.0))
-        (workdir / ".evalboard" / "models.json").write_text(json.dumps({BASE_ID: str(base_dir)}, indent=2))
+        tower_dir = build_tiny_vision_tower(workdir / "models" / "siglip-tiny")
+        (workdir / ".evalboard" / "models.json").write_text(
+            json.dumps({BASE_ID: str(base_dir), TOWER_ID: str(tower_dir)}, indent=2))
         bar.advance(t)
 
         t = bar.add_task("2/5 synthetic task + eval set", total=1)
@@ -97,6 +103,8 @@ def run_demo(workdir: Path, *, port: int = 8501, serve: bool = True, console: Co
         write_evalset(workdir / "evalsets" / EVALSET, EVALSET,
                       task.examples(plan.eval_examples_per_task, seed=7), space,
                       description="synthetic audio->text and image->text answers")
+        make_image_evalset(workdir / "evalsets" / IMAGE_EVALSET, IMAGE_EVALSET, tower=TOWER_ID, tower_dir=tower_dir,
+                           n=2 * plan.eval_examples_per_task, seed=7)
         bar.advance(t)
 
         runs = [(f"stage3_lr{lr:g}", space, lr, plan.steps) for lr in plan.learning_rates]
@@ -107,9 +115,9 @@ def run_demo(workdir: Path, *, port: int = 8501, serve: bool = True, console: Co
         for i, (name, sp, lr, steps) in enumerate(runs):
             train_rows_run(base_dir, outputs / name, sp, SyntheticTask(sp), base_model=BASE_ID, lr=lr,
                            steps=steps, save_every=plan.save_every, seed=i, on_step=lambda _s: bar.advance(t))
-        train_connector_run(base_dir, outputs / "stage1_connector", base_model=BASE_ID, vision_tower="demo/vit-tiny",
-                            steps=plan.connector_steps, save_every=max(1, plan.connector_steps // 3),
-                            on_step=lambda _s: bar.advance(t))
+        train_connector_run(base_dir, tower_dir, outputs / "stage1_connector", base_model=BASE_ID,
+                            vision_tower=TOWER_ID, steps=plan.connector_steps,
+                            save_every=max(1, plan.connector_steps // 3), on_step=lambda _s: bar.advance(t))
 
         summary = _scan_and_evaluate(workdir, bar)
     _print_audit(console, summary["findings"])
@@ -136,6 +144,7 @@ def _demo_env(workdir: Path) -> dict[str, str]:
 
 
 def _scan_and_evaluate(workdir: Path, bar: Progress) -> dict:
+    from registry import tracks
     from registry.audit import audit, refusals
     from registry.scanner import scan
     from registry.settings import Settings
@@ -146,22 +155,24 @@ def _scan_and_evaluate(workdir: Path, bar: Progress) -> dict:
     t = bar.add_task("4/5 scan + enqueue", total=None)
     summary = scan(reg, [workdir / "outputs", workdir / "evalsets"],
                    on_total=lambda n: bar.update(t, total=n), progress=lambda _p: bar.advance(t))
-    es = reg.get_evalset(name=EVALSET)
     refused, jobs = [], []
-    track_b = [ck for ck in reg.list_checkpoints(status="valid") if ck.track == "B"]
-    errors_by_id = refusals(reg, track_b, es)
-    for ck in track_b:
-        errors = errors_by_id.get(ck.id)
-        if errors:
-            refused.append(f"{Path(ck.path).parent.name}/{Path(ck.path).name}: " + "; ".join(f.message for f in errors))
-            continue
-        job, _ = reg.enqueue_job(checkpoint_id=ck.id, evalset_id=es.id)
-        jobs.append(job)
+    valid = reg.list_checkpoints(status="valid")
+    for es in reg.list_evalsets():  # each checkpoint on the eval sets of the kind its track evaluates
+        mine = [ck for ck in valid if tracks.get(ck.track).accepts_evalset(es)]
+        errors_by_id = refusals(reg, mine, es, models=settings.models)
+        for ck in mine:
+            errors = errors_by_id.get(ck.id)
+            if errors:
+                refused.append(f"{Path(ck.path).parent.name}/{Path(ck.path).name}: "
+                               + "; ".join(f.message for f in errors))
+                continue
+            job, _ = reg.enqueue_job(checkpoint_id=ck.id, evalset_id=es.id)
+            jobs.append(job)
     t = bar.add_task("5/5 evaluate (worker)", total=len(jobs))
     _run_jobs(reg, settings, jobs, lambda: bar.advance(t))
     findings = audit(reg, models=settings.models)
     return {"scan": summary.to_dict(), "jobs": len(jobs), "refused": refused, "findings": findings,
-            "evalset": es.name}
+            "evalset": EVALSET, "image_evalset": IMAGE_EVALSET}
 
 
 def _run_jobs(reg, settings, jobs, advance) -> None:

@@ -5,8 +5,9 @@ text rows get zero gradient, so Adam never moves them). The task is learnable fr
 alone: an "audio" or "image" token sequence encodes a class, and the text answer is the class's
 fixed answer string. A checkpoint in the seed format is saved every ``save_every`` steps.
 
-Track A: a resampler (learned queries attending over "vision features") and a projector feed
-the frozen LLM a prefix; only the connector trains, and ``checkpoint_<step>.pt`` files are saved.
+Track A: a frozen tiny SigLIP tower encodes synthetic images whose class decides a fixed text
+answer; a resampler (learned queries attending over the tower's features) and a projector feed
+the frozen LLM the image; only the connector trains, and ``checkpoint_<step>.pt`` files are saved.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from torch import nn
 
 from evalboard.fixtures import write_connector_checkpoint, write_trainable_rows
 from registry.evalset import IGNORE_INDEX, Example
@@ -139,30 +139,9 @@ def train_rows_run(
     return saved
 
 
-class Connector(nn.Module):
-    """Learned queries attend over vision features (resampler), then an MLP maps them to the LLM."""
-
-    def __init__(self, vision_dim: int, llm_dim: int, n_queries: int):
-        super().__init__()
-        self.resampler = nn.ModuleDict({
-            "attn": nn.MultiheadAttention(vision_dim, num_heads=4, batch_first=True),
-        })
-        self.resampler_queries = nn.Parameter(torch.randn(n_queries, vision_dim) * 0.02)
-        self.projector = nn.Sequential(nn.Linear(vision_dim, llm_dim), nn.GELU(), nn.Linear(llm_dim, llm_dim))
-
-    def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        q = self.resampler_queries.expand(feats.shape[0], -1, -1)
-        pooled, _ = self.resampler["attn"](q, feats, feats)
-        return self.projector(pooled)
-
-    def connector_state(self) -> dict[str, torch.Tensor]:
-        state = {k: v.detach().clone() for k, v in self.state_dict().items()}
-        state["resampler.queries"] = state.pop("resampler_queries")
-        return state
-
-
 def train_connector_run(
     base_dir: Path,
+    tower_dir: Path,
     run_dir: Path,
     *,
     base_model: str,
@@ -170,37 +149,53 @@ def train_connector_run(
     steps: int,
     save_every: int,
     lr: float = 3e-3,
-    n_classes: int = 8,
+    n_queries: int = 8,
+    num_heads: int = 4,
+    batch_size: int = 16,
+    n_train: int = 256,
     seed: int = 0,
     on_step: Callable[[int], None] | None = None,
 ) -> list[Path]:
-    """Stage-1 alignment in miniature: frozen LLM, frozen "vision tower" (fixed class features)."""
+    """Stage-1 alignment in miniature: frozen LLM, frozen vision tower, only the connector (the
+    reference Perceiver resampler + MLP projector) trains on image -> answer examples; a
+    ``checkpoint_<step>.pt`` with the settings that rebuild it is saved every ``save_every`` steps."""
+    from evalboard.fixtures import PERCEIVER_BUILDER, image_examples
+    from evaluator.connectors import PerceiverConnector
+    from evaluator.vision import load_tower
+
     torch.manual_seed(seed)
     model = _load_frozen(base_dir)
-    hidden = model.config.hidden_size
-    vision_dim, patches, n_queries = 32, 16, 8
-    g = torch.Generator().manual_seed(seed)
-    class_feats = torch.randn(n_classes, patches, vision_dim, generator=g)
-    answers = torch.randint(3, min(200, model.config.vocab_size), (n_classes, 4), generator=g)
-    conn = Connector(vision_dim, hidden, n_queries)
+    tower = load_tower(tower_dir, torch.device("cpu"), torch.float32)
+    settings = tower.resolve(None, None)
+    train = image_examples(n_train, seed=seed + 1000, text_vocab=model.config.vocab_size)
+    feats = tower.features([e.image for e in train], settings)  # the tower is frozen: once per image
+    conn = PerceiverConnector(tower.hidden_size, model.config.hidden_size, n_queries, num_heads)
     opt = torch.optim.Adam(conn.parameters(), lr=lr)
     embed = model.get_input_embeddings()
+    config = {"connector_builder": PERCEIVER_BUILDER, "num_heads": num_heads, "n_queries": n_queries,
+              "vision_feature_layer": settings.feature_layer, "vision_drop_cls": settings.drop_cls,
+              "lr": lr, "batch_size": batch_size, "steps": steps, "seed": seed}
+    g = torch.Generator().manual_seed(seed)
     saved = []
     for step in range(1, steps + 1):
-        c = torch.randint(0, n_classes, (16,), generator=g)
-        feats = class_feats[c] + 0.1 * torch.randn(16, patches, vision_dim, generator=g)
-        prefix = conn(feats)
-        text = embed(answers[c])
-        inputs = torch.cat([prefix, text], dim=1)
-        labels = torch.cat([torch.full((16, n_queries), IGNORE_INDEX), answers[c]], dim=1)
-        loss = model(inputs_embeds=inputs, labels=labels).loss
+        idx = torch.randint(0, len(train), (batch_size,), generator=g).tolist()
+        image = conn(feats[idx])
+        rows, labels = [], []
+        for b, i in enumerate(idx):
+            ids, lab = train[i].input_ids, train[i].labels
+            at = ids.index(-200)
+            rows.append(torch.cat([embed(torch.tensor(ids[:at])), image[b], embed(torch.tensor(ids[at + 1:]))]))
+            labels.append(lab[:at] + [IGNORE_INDEX] * n_queries + lab[at + 1:])
+        loss = model(inputs_embeds=torch.stack(rows), labels=torch.tensor(labels)).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if step % save_every == 0:
             saved.append(write_connector_checkpoint(
                 run_dir / f"checkpoint_{step}.pt", step=step, base_llm=base_model, vision_tower=vision_tower,
-                state=conn.connector_state(), with_optimizer=True))
+                state={k: v.detach().clone() for k, v in conn.state_dict().items()}, config=config,
+                n_queries=n_queries, vision_dim=tower.hidden_size, llm_dim=model.config.hidden_size,
+                num_heads=num_heads, with_optimizer=True))
         if on_step:
             on_step(step)
     return saved

@@ -222,8 +222,8 @@ class Evaluator:
         """The run's valid checkpoint of the same track just before ``ck`` (for drift)."""
         if ck.step is None:
             return None
-        earlier = [c for c in self.reg.list_checkpoints(run_id=ck.run_id, status="valid")
-                   if c.track == ck.track and c.step is not None and c.step < ck.step]
+        earlier = [c for c in self.reg.list_checkpoints(run_id=ck.run_id, status="valid", track=ck.track)
+                   if c.step is not None and c.step < ck.step]
         return max(earlier, key=lambda c: c.step) if earlier else None
 
     # --- the evaluation ---------------------------------------------------------------------

@@ -182,10 +182,11 @@ def _run_findings(ctx: _Context, run: RunEntity, cks: list[CheckpointEntity]) ->
                            f"run {run.name!r} mixes base models: " +
                            "; ".join(f"{b} at steps {', '.join(per[b])}" for b in bases),
                            run.name, detail={"base_models": bases}))
-    for track in tracks.ALL:
-        mine = [c for c in valid if c.track == track.letter]
-        if mine:
-            out += track.run_findings(ctx, run, mine)
+    by_track: dict[str, list[CheckpointEntity]] = defaultdict(list)
+    for c in valid:
+        by_track[c.track].append(c)
+    for letter, mine in by_track.items():
+        out += tracks.get(letter).run_findings(ctx, run, mine)
     return out
 
 

@@ -220,10 +220,13 @@ class Registry:
                 _get_one(s, M.Checkpoint, "checkpoint", id=id, path=path, content_hash=content_hash)
             )
 
-    def list_checkpoints(self, *, run_id: int | None = None, status: str | None = None) -> list[E.CheckpointEntity]:
+    def list_checkpoints(self, *, run_id: int | None = None, status: str | None = None,
+                         track: str | None = None) -> list[E.CheckpointEntity]:
         query = select(M.Checkpoint).order_by(M.Checkpoint.run_id, M.Checkpoint.step, M.Checkpoint.id)
         if run_id is not None:
             query = query.where(M.Checkpoint.run_id == run_id)
+        if track is not None:
+            query = query.where(M.Checkpoint.track == track)
         if status is not None:
             _check_choice("checkpoint status", status, M.CHECKPOINT_STATUSES)
             query = query.where(M.Checkpoint.status == status)

@@ -19,6 +19,9 @@ CASES = {
     "dashboard": (["--runs", "4", "--checkpoints", "3", "--selected", "2", "--repeats", "1"],
                   {"compare_render_s", "runs_render_s", "compare_cold_render_s"}),
     "queue": (["--jobs", "40", "--claimers", "2"], {"sqlite_claims_per_s", "postgres_claims_per_s", "duplicates"}),
+    "track_a_sweep": (["--checkpoints", "3", "--images", "8", "--image-size", "32", "--tower-hidden", "32",
+                       "--tower-layers", "1"],
+                      {"tower_forwards_per_image", "trackA_sweep_speedup", "max_abs_loss_diff"}),
 }
 
 
@@ -37,3 +40,5 @@ def test_benchmark_script_prints_its_figures(name):
         assert figures["duplicates"] == 0
     if name == "eval_throughput":
         assert figures["max_abs_loss_diff"] <= 1e-4
+    if name == "track_a_sweep":
+        assert figures["tower_forwards_per_image"] == 1.0 and figures["max_abs_loss_diff"] == 0.0

@@ -124,10 +124,15 @@ else:
             st.caption("Worst examples")
             st.dataframe(per_ex.sort_values("loss", ascending=False).head(20), hide_index=True, width="stretch")
 
-st.subheader("Row-norm statistics")
+st.subheader("Weight statistics")
 stats = data.load_row_stats(reg, [ck_id]).get(ck_id)
 if not stats:
-    st.info("No row statistics for this checkpoint yet (the evaluator computes them when it evaluates).")
+    st.info("No weight statistics for this checkpoint yet (the evaluator computes them when it evaluates).")
+elif analysis.is_module_stats({ck.step or 0: stats}):
+    modules, _ = analysis.module_stats_tables({ck.step or 0: stats})
+    st.dataframe(modules.drop(columns=["step"]), hide_index=True, width="stretch")
+    if modules["nonfinite"].fillna(0).sum():
+        st.error("Non-finite connector parameters found: see the nonfinite column.")
 else:
     trend, drift = analysis.row_stats_tables({ck.step or 0: stats})
     st.dataframe(trend.drop(columns=["step"]), hide_index=True, width="stretch")

@@ -1,4 +1,4 @@
-"""Compatibility: the token-space audit as a matrix (runs or one run's checkpoints × eval sets and
+"""Compatibility: the audit (token spaces; connector widths, towers and preprocessing) as a matrix (runs or one run's checkpoints × eval sets and
 the run-level token_space.json; green/amber/red), its findings with reasons, a side-by-side diff
 of any two token spaces, and a CSV download."""
 
@@ -31,15 +31,26 @@ def _worst(severities: pd.Series) -> str:
     return "ok" if worst == "info" else worst
 
 
+def _applies(letters: set[str], es) -> bool:
+    """Whether any of these checkpoint tracks evaluates eval sets of ``es``'s kind (registry/tracks)."""
+    from registry import tracks
+
+    return any(tracks.get(t).accepts_evalset(es) for t in letters if t in tracks.letters())
+
+
 def run_matrix(runs: pd.DataFrame, evalsets: pd.DataFrame, findings: pd.DataFrame) -> pd.DataFrame:
     """Worst severity per (run, eval set), per run against its own run-level token space, and of
-    the run's checkpoints themselves."""
+    the run's checkpoints themselves; "n/a" where none of the run's tracks evaluates that kind of set."""
+    sets = {e.name: e for e in c.registry().list_evalsets()}
+    cks = c.checkpoints(url, version)
+    letters = cks.groupby("run_id")["track"].apply(set).to_dict() if not cks.empty else {}
     rows = []
     for r in runs.sort_values("run").itertuples():
         mine = findings[findings["run"] == r.run]
         row = {"run": r.run, "track": r.track}
         for es in evalsets["evalset"]:
-            row[es] = "n/a" if r.track == "A" else _worst(mine.loc[mine["evalset"] == es, "severity"])
+            applies = es in sets and _applies(letters.get(r.run_id, set()), sets[es])
+            row[es] = _worst(mine.loc[mine["evalset"] == es, "severity"]) if applies else "n/a"
         own = mine[mine["evalset"].isna()]
         row[RUN_TS] = "n/a" if r.token_space_id is None or pd.isna(r.token_space_id) else \
             _worst(own.loc[own["code"].str.startswith(_RUN_TS_CODES), "severity"])
@@ -58,7 +69,8 @@ def checkpoint_matrix(run_id: int) -> pd.DataFrame:
     for ck in reg.list_checkpoints(run_id=run_id):
         row = {"step": ck.step, "status": ck.status}
         for es in sets:
-            row[es.name] = _worst(pd.Series([f.severity for f in pair_findings(reg, ck, es)], dtype=object))
+            row[es.name] = _worst(pd.Series([f.severity for f in pair_findings(reg, ck, es)], dtype=object)) \
+                if _applies({ck.track}, es) else "n/a"
         rows.append(row)
     return pd.DataFrame(rows)
 

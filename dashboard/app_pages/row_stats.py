@@ -1,6 +1,7 @@
-"""Row statistics: per modality range, the norm statistics of the new embedding and lm_head rows
-across a run's steps (trend), histograms of the new rows against the base's text rows, drift
-between consecutive checkpoints, and dead or non-finite rows highlighted."""
+"""Statistics of what was trained. Trainable rows: per modality range, the norm statistics of the new
+embedding and lm_head rows across a run's steps (trend), histograms of the new rows against the
+base's text rows, drift between consecutive checkpoints, and dead or non-finite rows highlighted.
+Connectors: parameter norms per module across steps, and their drift."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import streamlit as st
 from dashboard import analysis, charts, data
 from dashboard.app_pages import _common as c
 
-st.title("Row statistics")
+st.title("Weight statistics")
 url, version = c.registry_url(), c.version()
 runs = c.runs(url, version)
 cks = c.checkpoints(url, version)
@@ -25,9 +26,9 @@ def run_stats(url: str, version: tuple, run_id: int) -> dict[int, dict]:
     return {steps[ck]: stats for ck, stats in by_ck.items()}
 
 
-b_runs = runs[runs["track"].isin(["B", "mixed"])].sort_values("run")
+b_runs = runs.sort_values("run")
 if b_runs.empty:
-    c.empty_state("No Track B (trainable rows) runs registered yet. Register them with", "evalboard scan PATH")
+    c.empty_state("No runs registered yet. Register them with", "evalboard scan PATH")
     st.stop()
 names = dict(zip(b_runs["run_id"], b_runs["run"]))
 run_id = st.selectbox("Run", list(names), format_func=names.get, key="rowstats_run")
@@ -36,6 +37,32 @@ if not stats:
     c.empty_state("No row statistics for this run yet; the evaluator computes them for each checkpoint it "
                   "evaluates. Queue its checkpoints on the Queue page, or run",
                   "evalboard eval --evalset NAME CHECKPOINT_DIR...")
+    st.stop()
+
+if analysis.is_module_stats(stats):
+    modules, module_drift = analysis.module_stats_tables(stats)
+    broken = modules[modules["nonfinite"].fillna(0) > 0]
+    if broken.empty:
+        st.success("No non-finite parameters at any step.")
+    else:
+        st.error(f"Non-finite parameters at {broken['step'].nunique()} steps:")
+        st.dataframe(broken, hide_index=True, width="stretch")
+    st.subheader("Parameter norms across steps")
+    left, right = st.columns(2)
+    left.plotly_chart(charts.module_trend(modules, "norm", "L2 norm per module"), key="modstats_norm")
+    right.plotly_chart(charts.module_trend(modules, "rms", "RMS per module"), key="modstats_rms")
+    st.subheader("Drift between consecutive checkpoints")
+    if module_drift.empty:
+        st.info("No drift recorded (it needs two consecutive checkpoints with statistics).")
+    else:
+        left, right = st.columns(2)
+        left.plotly_chart(charts.module_trend(module_drift, "relative_update", "relative update per module"),
+                          key="modstats_update")
+        right.plotly_chart(charts.module_trend(module_drift, "cosine", "cosine to the previous checkpoint"),
+                           key="modstats_cosine")
+    with st.expander("All statistics"):
+        st.dataframe(modules, hide_index=True, width="stretch")
+        c.csv_download(modules, "connector_stats.csv", key="modstats_csv")
     st.stop()
 
 trend, drift = analysis.row_stats_tables(stats)

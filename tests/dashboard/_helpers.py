@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 PAGES = ["runs", "compare", "checkpoint", "compatibility", "row_stats", "queue", "export"]
 TITLES = {"runs": "Runs", "compare": "Compare runs", "checkpoint": "Checkpoint", "compatibility": "Compatibility",
-          "row_stats": "Row statistics", "queue": "Queue", "export": "Export"}
+          "row_stats": "Weight statistics", "queue": "Queue", "export": "Export"}
 ROOT = Path(__file__).resolve().parents[2]
 
 

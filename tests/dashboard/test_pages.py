@@ -111,7 +111,7 @@ def test_compatibility_matrix_marks_mismatch(populated):
 
 def test_row_stats_charts(populated):
     at = run_page("row_stats")
-    assert_ok(at, "Row statistics")
+    assert_ok(at, "Weight statistics")
     assert len(_plotly(at)) == 5  # trend ×2, histogram ×2, drift
     assert at.success and "No dead" in at.success[0].value
 
