@@ -31,7 +31,10 @@ if b_runs.empty:
     c.empty_state("No runs registered yet. Register them with", "evalboard scan PATH")
     st.stop()
 names = dict(zip(b_runs["run_id"], b_runs["run"]))
-run_id = st.selectbox("Run", list(names), format_func=names.get, key="rowstats_run")
+results = c.results(url, version)
+evaluated = set(results["run"]) if not results.empty else set()
+first = next((i for i, run_id in enumerate(names) if names[run_id] in evaluated), 0)  # statistics come with evaluations
+run_id = st.selectbox("Run", list(names), index=first, format_func=names.get, key="rowstats_run")
 stats = run_stats(url, version, run_id)
 if not stats:
     c.empty_state("No row statistics for this run yet; the evaluator computes them for each checkpoint it "

@@ -36,5 +36,10 @@ def test_quick_demo_trains_evaluates_and_refuses_the_mismatch(quick_demo):
             steps = sorted(points)
             assert len(steps) >= 2, (name, metric)
             assert points[steps[-1]] < points[steps[0]], (name, metric, points)
-    # the Track A run was trained and registered
+    # the Track A run was trained on the tower's features and evaluated on the image eval set
     assert list((workdir / "outputs" / "stage1_connector").glob("checkpoint_*.pt"))
+    runs = client.search_runs([experiments["evalboard/stage1_connector"]])
+    assert runs and all(r.info.status == "FINISHED" for r in runs)
+    i2t = {int(r.data.tags["evalboard.step"]): r.data.metrics["loss_i2t"] for r in runs}
+    assert len(i2t) >= 2 and i2t[max(i2t)] < i2t[min(i2t)], i2t
+    assert {r.data.tags["evalboard.evalset"] for r in runs} == {"demo-i2t-images"}
