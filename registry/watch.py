@@ -1,8 +1,8 @@
 """Watch training output folders: register each new checkpoint once it is complete, and queue it.
 
 A trainer writes a checkpoint over seconds or minutes, file by file. A checkpoint is complete when
-  1. every file it needs exists (Track B: a `trainable_rows.*` file and `trainable_rows.json`;
-     Track A: the `.pt` itself),
+  1. every file it needs exists (its track says which: `Track.complete`; e.g. Track B needs a
+     `trainable_rows.*` file and `trainable_rows.json`, Track A the `.pt` itself),
   2. the sizes and mtimes of all its files are unchanged across two polls at least
      `settle_seconds` apart, and
   3. it validates (the scanner registers it as valid).
@@ -25,7 +25,7 @@ from registry.entities import EvalSetEntity
 from registry.errors import EvalboardError
 from registry.scanner import discover, scan
 from registry.store import Registry
-from registry.trainable_rows import META_FILENAME, ROWS_FILENAMES
+from registry.tracks import Track
 
 __all__ = ["Watcher", "WatchEvent", "file_state"]
 
@@ -34,16 +34,16 @@ log = logging.getLogger("evalboard.watch")
 FileState = tuple[tuple[str, int, int], ...]
 
 
-def file_state(checkpoint: Path) -> FileState | None:
+def file_state(checkpoint: Path, track: Track) -> FileState | None:
     """(name, size, mtime_ns) of the checkpoint's files, or None while a required file is missing."""
-    if checkpoint.is_file():
-        st = checkpoint.stat()
-        return ((checkpoint.name, st.st_size, st.st_mtime_ns),)
     try:
+        if not track.complete(checkpoint):
+            return None
+        if checkpoint.is_file():
+            st = checkpoint.stat()
+            return ((checkpoint.name, st.st_size, st.st_mtime_ns),)
         entries = {e.name: e.stat() for e in os.scandir(checkpoint) if e.is_file()}
     except FileNotFoundError:
-        return None
-    if META_FILENAME not in entries or not any(n in entries for n in ROWS_FILENAMES):
         return None
     return tuple(sorted((n, st.st_size, st.st_mtime_ns) for n, st in entries.items()))
 
@@ -83,21 +83,20 @@ class Watcher:
         """Some checkpoint was seen but is not complete yet."""
         return bool(self._pending)
 
-    def candidates(self) -> Iterable[Path]:
+    def candidates(self) -> Iterable[tuple[Path, Track]]:
         for root in self.roots:
             if not root.exists():
                 continue
             for run in discover(root).runs.values():
-                yield from run.rows
-                yield from run.connectors
+                yield from run.checkpoints
 
     def poll(self) -> list[WatchEvent]:
         """One pass: returns what happened to checkpoints that became complete in it."""
         now = self.clock()
         self.polls += 1
         events = []
-        for path in self.candidates():
-            state = file_state(path)
+        for path, track in self.candidates():
+            state = file_state(path, track)
             if state is None:  # a required file is not there yet
                 self._pending.pop(path, None)
                 continue

@@ -79,6 +79,14 @@ class Track(ABC):
         `claims_file`: any name, when the user points at it)."""
         return self.claims_file(path)
 
+    def complete(self, path: Path) -> bool:
+        """Every file a checkpoint of this track needs exists (a watcher waits until then)."""
+        return path.is_file() if not path.is_dir() else all((path / n).exists() for n in self.required_files())
+
+    def required_files(self) -> tuple[str, ...]:
+        """Files a folder checkpoint cannot be without (alternatives are handled by `complete`)."""
+        return ()
+
     def entries(self, path: Path) -> dict[str, Any]:
         """The checkpoint's files, from one directory listing (a rescan reads nothing else)."""
         if not path.is_dir():

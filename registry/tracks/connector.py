@@ -55,6 +55,11 @@ class ConnectorTrack(Track):
     def file_names(self) -> tuple[str, ...]:
         return LLAVA_FILES
 
+    def complete(self, path: Path) -> bool:
+        if path.is_dir():
+            return is_llava_folder(path) and (path / "config.json").exists()
+        return path.is_file()
+
     def claims_dir(self, path: Path) -> bool:
         return is_llava_folder(path)
 

@@ -47,6 +47,9 @@ class TrainableRowsTrack(Track):
     def file_names(self) -> tuple[str, ...]:
         return (*ROWS_FILENAMES, META_FILENAME, TOKEN_SPACE_FILENAME)
 
+    def complete(self, path: Path) -> bool:
+        return (path / META_FILENAME).exists() and any((path / n).exists() for n in ROWS_FILENAMES)
+
     def claims_dir(self, path: Path) -> bool:
         return any((path / f).exists() for f in (*ROWS_FILENAMES, META_FILENAME))
 

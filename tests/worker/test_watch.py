@@ -87,7 +87,9 @@ def test_watcher_waits_for_the_settle_time_and_required_files(sqlite_stack, work
     ck = run / "checkpoint_5"
     ck.mkdir()
     (ck / "trainable_rows.pt").write_bytes(b"partial")
-    assert file_state(ck) is None and w.poll() == []  # trainable_rows.json missing
+    from registry import tracks
+
+    assert file_state(ck, tracks.for_dir(ck)) is None and w.poll() == []  # trainable_rows.json missing
     write_trainable_rows(ck, workspace.token_space, base_model=workspace.base_model, hidden_size=64, step=5)
     assert w.poll() == [] and w.settling  # first sighting
     now[0] = 9.9
