@@ -54,11 +54,9 @@ DEFAULT_MLFLOW_UI = "http://127.0.0.1:5000"
 
 
 def open_registry(settings: Settings | None = None) -> Registry:
-    """The registry named by `EVALBOARD_DB` / `EVALBOARD_HOME` (see `registry.settings`)."""
-    settings = settings or Settings.from_env()
-    if settings.db_url.startswith("sqlite"):
-        settings.ensure_home()
-    return Registry(settings=settings)
+    """The registry of the workspace or `EVALBOARD_DB` (see `registry.settings`); a SQLite
+    registry's folder is created by the engine, nothing else is."""
+    return Registry(settings=settings or Settings.from_env())
 
 
 def _read(reg: Registry):

@@ -223,7 +223,7 @@ def import_eval_cmd(
     for p in paths:
         files += sorted(p.glob("eval_step*.json")) if p.is_dir() else [p]
     parsed = [(f, EvalResult.load(f)) for f in files]  # validate everything before writing anything
-    tracker = Tracker(settings.mlflow_uri)
+    tracker = Tracker(settings.mlflow_uri, artifact_location=settings.artifact_location)
     done = []
     for f, res in parsed:
         run_dir = os.path.realpath(f.parent)

@@ -149,7 +149,7 @@ class Evaluator:
         if self._tracker is None:
             from evaluator.tracking import Tracker
 
-            self._tracker = Tracker(self.settings.mlflow_uri)
+            self._tracker = Tracker(self.settings.mlflow_uri, artifact_location=self.settings.artifact_location)
         return self._tracker
 
     # --- preparation (all checks, no writes) ------------------------------------------------
