@@ -295,10 +295,10 @@ class Settings:
             "origins": dict(self.origins),
         }
 
-    def mlflow_ui_command(self, port: int = 5000) -> str:
+    def mlflow_ui_command(self, port: int = 5000, executable: str = "mlflow") -> str:
         """The `mlflow ui` command that shows this store (and puts UI-made experiments' artifacts
         in the same place as ours)."""
-        cmd = f"mlflow ui --backend-store-uri {self.mlflow_uri}"
+        cmd = f"{executable} ui --backend-store-uri {self.mlflow_uri}"
         if self.artifact_location and not self.mlflow_uri.startswith(("http://", "https://")):
             cmd += f" --default-artifact-root {self.artifact_location}"
         return cmd + f" --port {port}"
