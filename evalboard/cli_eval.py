@@ -140,8 +140,11 @@ def stats_cmd(
                       f"nonfinite={s['nonfinite_rows']} unchanged={s['unchanged_rows']}", highlight=False)
     if doc["base_text"]:
         for m, s in doc["base_text"].items():
-            out.print(f"{'base text':>10} {m:<8} n={s['count']} mean={_f(s['mean'])} p50={_f(s['p50'])}",
-                      highlight=False)
+            out.print(f"{'base text':>10} {m:<8} n={s['count']} mean={_f(s['mean'])} p50={_f(s['p50'])} "
+                      f"zero={s['zero_rows']}", highlight=False)
+    from registry.row_health import row_health
+
+    out.print(row_health(doc).line(), highlight=False)
 
 
 def _f(x) -> str:

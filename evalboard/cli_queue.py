@@ -51,6 +51,7 @@ def worker_cmd(
     SIGTERM: stop claiming and finish the current job (a second SIGTERM releases it at once).
     Exit status 3 after an unrecoverable CUDA error (the job is released; restart the worker)."""
     from evaluator.worker import Worker, WorkerConfig, supervise_gpus
+    from registry import queue
 
     _setup_logging(verbose or bool((ctx.obj or {}).get("verbose")))
     if gpus is not None:
@@ -65,7 +66,11 @@ def worker_cmd(
     reg, settings = _registry()
     worker = Worker(reg, settings, config, hooks=_hooks_from_env())
     worker.install_signal_handlers()
-    raise typer.Exit(worker.run())
+    try:
+        code = worker.run()
+    finally:
+        queue.worker_gone(reg, worker.worker_id)
+    raise typer.Exit(code)
 
 
 def _hooks_from_env():

@@ -113,7 +113,7 @@ def run_demo(workdir: Path, *, port: int = 8501, serve: bool = True, console: Co
 
         summary = _scan_and_evaluate(workdir, bar)
     _print_audit(console, summary["findings"])
-    _print_refused(console, summary["refused"])
+    _print_refused(console, summary["refused"], summary["findings"])
     _print_next_steps(console, workdir, port)
     if serve:
         _serve(workdir, port, env, console)
@@ -135,15 +135,18 @@ def _demo_env(workdir: Path, models: dict[str, str]) -> dict[str, str]:
     return {"EVALBOARD_WORKSPACE": str(workdir)}
 
 
-def _print_refused(console: Console, refused: list[str]) -> None:
-    """One line per refused checkpoint; a reason shared by several is printed once, with them."""
+def _print_refused(console: Console, refused: list[str], findings) -> None:
+    """One line per distinct reason with the checkpoints it refused; a reason the audit printed
+    just above is referred to, not repeated."""
+    shown = {f.message for f in findings if f.severity != "info"}
     by_reason: dict[str, list[str]] = {}
     for item in refused:
         name, _, reason = item.partition(": ")
         by_reason.setdefault(reason, []).append(name)
     for reason, names in by_reason.items():
-        console.print(f"refused {len(names)} checkpoints ({', '.join(names)}): {reason}", markup=False,
-                      highlight=False)
+        said = all(any(part in message for message in shown) for part in reason.split("; "))
+        console.print(f"not evaluated ({len(names)} checkpoints, {', '.join(names)}): "
+                      + ("the audit error above" if said else reason), markup=False, highlight=False)
 
 
 def _print_next_steps(console: Console, workdir: Path, port: int) -> None:
@@ -199,12 +202,16 @@ def _scan_and_evaluate(workdir: Path, bar: Progress) -> dict:
 def _run_jobs(reg, settings, jobs, advance) -> None:
     """Drain the queue with one in-process worker: the same code path as `evalboard worker --once`."""
     from evaluator.worker import Worker, WorkerConfig, WorkerHooks
+    from registry import queue
 
     if not jobs:
         return
     worker = Worker(reg, settings, WorkerConfig(once=True, worker_id="demo"),
                     hooks=WorkerHooks(after_job=lambda _job: advance()))
-    code = worker.run()
+    try:
+        code = worker.run()
+    finally:
+        queue.worker_gone(reg, worker.worker_id)
     if code:
         raise RuntimeError(f"the demo worker stopped with exit status {code}")
     failed = [j for j in reg.list_jobs(status="failed")]

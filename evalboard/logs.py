@@ -46,6 +46,8 @@ def configure(verbose: bool = False, *, ours: int = logging.WARNING) -> None:
             logger.removeHandler(h)
         logger.propagate = True
     if not verbose:
+        # MLflow sets up its own loggers when imported (after this runs), at this level.
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
         # Read when MLflow moves artifacts and when huggingface_hub / transformers are imported
         # (transformers takes its progress-bar switch from huggingface_hub at import).
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

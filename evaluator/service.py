@@ -189,8 +189,7 @@ class Evaluator:
             self.resident = None
             self.base = load_base(path, device)
             self.resident = ResidentModel(self.base)
-            self.loads += 1
-            log.info(self.base.describe())
+            self.loads += 1  # load_base logs what it loaded
         return self.resident
 
     def examples_for(self, es: EvalSetEntity, space: TokenSpace, max_examples: int | None) -> list[Example]:

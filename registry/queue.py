@@ -51,6 +51,7 @@ __all__ = [
     "outbox_pending",
     "live_leases",
     "live_workers",
+    "worker_gone",
     "db_now",
 ]
 
@@ -352,6 +353,14 @@ def live_workers(reg: Registry) -> list[WorkerEntity]:
     with reg._session(write=False) as s:
         ids = list(s.scalars(statement))
         return [_entity(s.get(M.Worker, worker_id)) for worker_id in ids]
+
+
+def worker_gone(reg: Registry, worker_id: str) -> None:
+    """A worker that stops cleanly says so, instead of looking alive until its lease runs out."""
+    q = _sql(reg)
+    with reg._session() as s:
+        s.execute(text(f"UPDATE workers SET expires_at = {q['now']} WHERE worker_id = :worker"),
+                  {"worker": worker_id})
 
 
 def db_now(reg: Registry):

@@ -41,18 +41,26 @@ if since:
 loss_cols = [col for col in shown.columns if col.startswith(("latest ", "best "))]
 columns = ["run", "track", "base_model", "token_space", "checkpoints", "invalid", "latest_step", "evaluated",
            *loss_cols, "last_evaluated", "updated_at", "path"]
-st.caption(f"{len(shown)} of {len(table)} runs")
+st.caption(f"{len(shown)} of {len(table)} runs · a blank loss: the run has no result on that task "
+           "(e.g. a Track A run on audio tasks)")
+# Text that is simply unknown (a Track A run has no token space) reads as a dash, not "None".
+display = shown[columns].astype({col: object for col in ("base_model", "token_space", "path")})
+display[["base_model", "token_space", "path"]] = display[["base_model", "token_space", "path"]].fillna("—")
 st.dataframe(
-    shown[columns], hide_index=True, width="stretch",
+    display, hide_index=True, width="stretch",
     column_config={
         "run": st.column_config.TextColumn("run", pinned=True),
+        "track": st.column_config.TextColumn("track", width="small"),
         "base_model": "base model",
-        "token_space": st.column_config.TextColumn("token space", help="short ABI hash"),
-        "latest_step": st.column_config.NumberColumn("latest step", format="%d"),
-        "evaluated": st.column_config.NumberColumn("evaluated", help="checkpoints with an eval result"),
-        "last_evaluated": st.column_config.DatetimeColumn("last evaluated", format="YYYY-MM-DD HH:mm"),
-        "updated_at": st.column_config.DatetimeColumn("updated", format="YYYY-MM-DD HH:mm"),
-        **{col: st.column_config.NumberColumn(col, format="%.4f") for col in loss_cols},
+        "token_space": st.column_config.TextColumn("token space", help="short ABI hash", width="small"),
+        "checkpoints": st.column_config.NumberColumn("ckpts", help="registered checkpoints", width="small"),
+        "invalid": st.column_config.NumberColumn("invalid", width="small"),
+        "latest_step": st.column_config.NumberColumn("latest step", format="%d", width="small"),
+        "evaluated": st.column_config.NumberColumn("evaluated", help="checkpoints with an eval result",
+                                                   width="small"),
+        "last_evaluated": st.column_config.DatetimeColumn("last evaluated", format="MM-DD HH:mm"),
+        "updated_at": st.column_config.DatetimeColumn("updated", format="MM-DD HH:mm"),
+        **{col: st.column_config.NumberColumn(col, format="%.4f", width="small") for col in loss_cols},
     },
 )
 c.csv_download(shown[columns], "runs.csv", key="runs_csv")
