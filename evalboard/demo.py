@@ -145,8 +145,8 @@ def _print_refused(console: Console, refused: list[str], findings) -> None:
         by_reason.setdefault(reason, []).append(name)
     for reason, names in by_reason.items():
         said = all(any(part in message for message in shown) for part in reason.split("; "))
-        console.print(f"not evaluated ({len(names)} checkpoints, {', '.join(names)}): "
-                      + ("the audit error above" if said else reason), markup=False, highlight=False)
+        console.print(f"refused: {', '.join(names)}: " + ("not evaluated, see the audit error above" if said
+                                                          else reason), markup=False, highlight=False)
 
 
 def _print_next_steps(console: Console, workdir: Path, port: int) -> None:
