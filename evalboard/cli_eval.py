@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 from pathlib import Path
@@ -50,8 +49,10 @@ def resolve_evalset(reg, ref: str):
 
 
 def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
-                        format="%(levelname)s %(name)s: %(message)s")
+    if verbose:  # without it, `evalboard`'s root callback already configured logging
+        from evalboard import logs
+
+        logs.configure(True)
 
 
 def eval_cmd(

@@ -15,8 +15,9 @@ __all__ = ["configure", "OURS", "THIRD_PARTY"]
 
 OURS = ("evalboard", "evaluator", "registry", "dashboard")
 THIRD_PARTY = ("transformers", "huggingface_hub", "mlflow", "alembic", "urllib3", "httpx", "filelock", "fsspec",
-               "streamlit", "torch")
-ALWAYS_QUIET = ("sqlalchemy",)  # its INFO is statement echo: a debugging tool, never news
+               "streamlit")
+# Their INFO is statement echo and compiler metrics: debugging tools, never news.
+ALWAYS_QUIET = ("sqlalchemy", "torch")
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
