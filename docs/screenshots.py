@@ -17,6 +17,11 @@ from tests.dashboard._helpers import PAGES, TITLES  # noqa: E402
 from tests.dashboard.test_browser import CHROMIUM_ARGS, _chromium, _free_port, _wait_healthy  # noqa: E402
 
 
+WIDTH = 1600
+MAIN_HEIGHT = "document.querySelector('[data-testid=\"stMain\"]').scrollHeight"
+NO_SKELETONS = "document.querySelectorAll('[data-testid^=\"stSkeleton\"]').length === 0"
+
+
 def main(workspace: Path, out: Path) -> None:
     from playwright.sync_api import sync_playwright
 
@@ -30,17 +35,25 @@ def main(workspace: Path, out: Path) -> None:
         _wait_healthy(f"{base}/_stcore/health", proc)
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=_chromium(), headless=True, args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page = browser.new_page(viewport={"width": WIDTH, "height": 1000})
             for name in PAGES:
                 page.goto(f"{base}/{'' if name == 'runs' else name}", wait_until="domcontentloaded")
                 page.locator("h1", has_text=TITLES[name]).first.wait_for(state="visible", timeout=60_000)
                 page.locator('[data-testid="stApp"][data-test-script-state="notRunning"]').wait_for(
                     state="attached", timeout=60_000)
                 page.wait_for_load_state("networkidle")
+                page.wait_for_function(NO_SKELETONS, timeout=30_000)
                 charts = page.locator('[data-testid="stPlotlyChart"]')
                 for i in range(charts.count()):
                     charts.nth(i).locator(".main-svg").first.wait_for(state="attached", timeout=30_000)
+                # Streamlit scrolls inside its main container: grow the viewport to show all of it.
+                height = page.evaluate(MAIN_HEIGHT)
+                page.set_viewport_size({"width": WIDTH, "height": min(int(height) + 40, 6000)})
+                page.wait_for_function(NO_SKELETONS, timeout=30_000)
+                for i in range(charts.count()):
+                    charts.nth(i).locator(".main-svg").first.wait_for(state="attached", timeout=30_000)
                 page.screenshot(path=str(out / f"{name}.png"), full_page=True)
+                page.set_viewport_size({"width": WIDTH, "height": 1000})
                 print(out / f"{name}.png")
             browser.close()
     finally:

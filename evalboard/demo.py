@@ -136,17 +136,19 @@ def _demo_env(workdir: Path, models: dict[str, str]) -> dict[str, str]:
 
 
 def _print_refused(console: Console, refused: list[str], findings) -> None:
-    """One line per distinct reason with the checkpoints it refused; a reason the audit printed
-    just above is referred to, not repeated."""
-    shown = {f.message for f in findings if f.severity != "info"}
-    by_reason: dict[str, list[str]] = {}
+    """One line per run and reason, naming its refused checkpoints: the reasons of a run's
+    checkpoints differ only in the checkpoint's name, and the audit above already printed one."""
+    shown = [f.message for f in findings if f.severity != "info"]
+    groups: dict[tuple[str, str], list[tuple[str, str]]] = {}
     for item in refused:
         name, _, reason = item.partition(": ")
-        by_reason.setdefault(reason, []).append(name)
-    for reason, names in by_reason.items():
-        said = all(any(part in message for message in shown) for part in reason.split("; "))
-        console.print(f"refused: {', '.join(names)}: " + ("not evaluated, see the audit error above" if said
-                                                          else reason), markup=False, highlight=False)
+        run = name.rsplit("/", 1)[0]
+        groups.setdefault((run, reason.replace(name, "<checkpoint>")), []).append((name, reason))
+    for members in groups.values():
+        names = ", ".join(n for n, _ in members)
+        said = any(all(part in message for part in members[0][1].split("; ")) for message in shown)
+        console.print(f"refused: {names}: " + ("not evaluated, see the audit error above" if said
+                                                  else members[0][1]), markup=False, highlight=False)
 
 
 def _print_next_steps(console: Console, workdir: Path, port: int) -> None:
