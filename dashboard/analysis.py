@@ -98,11 +98,21 @@ def run_parameters(runs: pd.DataFrame, checkpoints: pd.DataFrame,
             ck = last.loc[run_id]
             if pd.notna(ck["row_start"]):
                 row["rows"] = f"{ck['row_start']}–{ck['row_end']}"
-            for k, v in sorted((meta.get(int(ck["checkpoint_id"])) or {}).items()):
-                if isinstance(v, (str, int, float, bool)) or v is None:
-                    row[f"meta.{k}"] = v
+            row.update(_scalars(meta.get(int(ck["checkpoint_id"])) or {}, "meta."))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _scalars(meta: Mapping[str, Any], prefix: str, depth: int = 2) -> dict[str, Any]:
+    """Scalar metadata as flat columns; nested objects (a trainer's `{"lr": ..., "steps": ...}`)
+    become `prefix.key.subkey`, down to `depth` levels."""
+    out: dict[str, Any] = {}
+    for k, v in sorted(meta.items()):
+        if isinstance(v, Mapping) and depth > 1:
+            out.update(_scalars(v, f"{prefix}{k}.", depth - 1))
+        elif isinstance(v, (str, int, float, bool)) or v is None:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def compare_examples(a: pd.DataFrame, b: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -134,7 +144,7 @@ def row_stats_tables(stats_by_step: Mapping[int, Mapping[str, Any]]) -> tuple[pd
     for step, stats in sorted(stats_by_step.items()):
         ranges = dict(stats.get("ranges") or {})
         if stats.get("base_text"):
-            ranges["base_text"] = stats["base_text"]
+            ranges[BASE_RANGE] = stats["base_text"]
         for name, per_matrix in ranges.items():
             for matrix, s in (per_matrix or {}).items():
                 trend.append({"step": step, "range": name, "matrix": matrix, **(s or {})})
@@ -172,12 +182,26 @@ def module_stats_tables(stats_by_step: Mapping[int, Mapping[str, Any]]) -> tuple
     return trend_df, drift_df
 
 
+BASE_RANGE = "base_text"
+"""The range name `row_stats_tables` gives the frozen base's text rows."""
+
+
 def flagged_rows(trend: pd.DataFrame) -> pd.DataFrame:
-    """Steps/ranges with dead (all-zero) or non-finite rows."""
+    """Steps/ranges of the checkpoints with dead (all-zero) or non-finite rows: the same rule as
+    `registry.row_health` (what `evalboard stats` says). The base's text rows are context, never
+    flagged: a frozen base often has an all-zero padding row."""
+    cols = ["step", "range", "matrix", "count", "zero_rows", "nonfinite_rows", "unchanged_rows"]
     if trend.empty:
-        return trend
-    bad = (trend["zero_rows"].fillna(0) > 0) | (trend["nonfinite_rows"].fillna(0) > 0)
-    return trend.loc[bad, ["step", "range", "matrix", "count", "zero_rows", "nonfinite_rows", "unchanged_rows"]]
+        return pd.DataFrame(columns=cols)
+    bad = ((trend["zero_rows"].fillna(0) > 0) | (trend["nonfinite_rows"].fillna(0) > 0)) \
+        & (trend["range"] != BASE_RANGE)
+    return trend.loc[bad, cols]
+
+
+def base_zero_rows(trend: pd.DataFrame) -> int:
+    """All-zero rows among the base's text rows (the most in any matrix and step): shown as context."""
+    base = trend[trend["range"] == BASE_RANGE] if not trend.empty else trend
+    return int(base["zero_rows"].fillna(0).max()) if not base.empty else 0
 
 
 def select_matching(options: Iterable[str], pattern: str) -> list[str]:

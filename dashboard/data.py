@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,9 @@ __all__ = [
     "cancel_jobs",
     "retry_jobs",
     "unevaluated_checkpoints",
+    "enqueueable_runs",
+    "live_workers",
+    "start_local_worker",
     "mlflow_links",
     "evalset_label",
     "NO_EVALSET",
@@ -54,11 +58,9 @@ DEFAULT_MLFLOW_UI = "http://127.0.0.1:5000"
 
 
 def open_registry(settings: Settings | None = None) -> Registry:
-    """The registry named by `EVALBOARD_DB` / `EVALBOARD_HOME` (see `registry.settings`)."""
-    settings = settings or Settings.from_env()
-    if settings.db_url.startswith("sqlite"):
-        settings.ensure_home()
-    return Registry(settings=settings)
+    """The registry of the workspace or `EVALBOARD_DB` (see `registry.settings`); a SQLite
+    registry's folder is created by the engine, nothing else is."""
+    return Registry(settings=settings or Settings.from_env())
 
 
 def _read(reg: Registry):
@@ -370,6 +372,60 @@ def unevaluated_checkpoints(reg: Registry, run_id: int, evalset_id: int) -> list
          .order_by(M.Checkpoint.step))
     with _read(reg) as conn:
         return [r for (r,) in conn.execute(q)]
+
+
+def enqueueable_runs(reg: Registry, runs: pd.DataFrame, evalset) -> dict[int, int]:
+    """run id -> how many of its valid checkpoints are neither evaluated nor queued on `evalset`,
+    for runs whose token space matches the eval set's (or is unknown); others count 0 since the
+    audit would refuse them. One query, for choosing a sensible default run."""
+    done = select(M.EvalResult.checkpoint_id).where(M.EvalResult.evalset_id == evalset.id,
+                                                    M.EvalResult.checkpoint_id.is_not(None))
+    pending = select(M.EvalJob.checkpoint_id).where(M.EvalJob.evalset_id == evalset.id,
+                                                    M.EvalJob.status.in_(("queued", "running", "done")))
+    q = (select(M.Checkpoint.run_id, func.count())
+         .where(M.Checkpoint.status == "valid", M.Checkpoint.id.not_in(done), M.Checkpoint.id.not_in(pending))
+         .group_by(M.Checkpoint.run_id))
+    with _read(reg) as conn:
+        counts = {int(r): int(n) for r, n in conn.execute(q)}
+    hashes = {t.id: t.abi_hash for t in reg.list_token_spaces()}
+    for run_id, space_id in zip(runs["run_id"], runs["token_space_id"]):
+        space = hashes.get(int(space_id)) if pd.notna(space_id) else None
+        if space and evalset.token_space_hash and space != evalset.token_space_hash:
+            counts[int(run_id)] = 0
+    return counts
+
+
+@dataclass(frozen=True)
+class LiveWorker:
+    worker_id: str
+    seconds_ago: float
+
+
+def live_workers(reg: Registry) -> list[LiveWorker]:
+    """Workers whose last claim attempt or heartbeat is within their lease (`registry.queue`)."""
+    from registry import queue
+
+    now = queue.db_now(reg)
+    return [LiveWorker(w.worker_id, max(0.0, (now - _utc(w.last_seen)).total_seconds()))
+            for w in queue.live_workers(reg)]
+
+
+def start_local_worker(settings: Settings) -> dict[str, Any]:
+    """Start `evalboard worker --once` in the background on this machine (own session, so it
+    finishes the queue even if the dashboard stops; it exits when nothing is left to claim).
+    Its output goes to `<home>/workers/worker-<time>.log`. Returns {pid, log}."""
+    import subprocess
+    import sys
+    import time
+
+    log = Path(os.path.abspath(settings.home)) / "workers" / f"worker-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    cwd = str(settings.workspace.root) if settings.workspace else None
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "evalboard.cli", "worker", "--once"], stdout=out,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=cwd, env=os.environ.copy(),
+                                start_new_session=True)
+    return {"pid": proc.pid, "log": str(log)}
 
 
 def load_checkpoint_meta(reg: Registry, checkpoint_ids: Iterable[int]) -> dict[int, dict[str, Any]]:

@@ -32,14 +32,53 @@ out = Console(soft_wrap=True, markup=False)  # user strings (paths, run names) a
 err = Console(stderr=True, soft_wrap=True, markup=False)
 
 
-def _registry():
+@app.callback()
+def _root(ctx: typer.Context, verbose: bool = typer.Option(False, "--verbose", "-v",
+                                       help="Say which workspace, registry and MLflow store a command uses, "
+                                            "and show library logs and progress bars.")) -> None:
+    """Catalogue, audit and evaluate trainable-rows and connector checkpoints of frozen base LLMs.
+
+    Commands run inside a workspace (a folder with `.evalboard/config.toml`, found upwards from
+    the current folder like git) use its registry, MLflow store and models; `evalboard info`
+    shows which."""
+    from evalboard import logs
+
+    ctx.obj = {"verbose": verbose}  # subcommands inherit it (`worker` re-configures its logging)
+    logs.configure(verbose)
+
+
+def verbose(flag: bool) -> None:
+    """A command's own `--verbose` (the same as `evalboard --verbose COMMAND`)."""
+    if flag:
+        from evalboard import logs
+
+        logs.configure(True)
+
+
+def settings():
+    """The settings every command uses (workspace config under environment), announced in one
+    log line, shown with --verbose (and always by services, which log at INFO)."""
+    import logging
+
     from registry.settings import Settings
+
+    s = Settings.from_env()
+    logging.getLogger("evalboard").info("%s", s.summary_line())
+    return s
+
+
+def _registry():
     from registry.store import Registry
 
-    settings = Settings.from_env()
-    if settings.db_url.startswith("sqlite"):
-        settings.ensure_home()
-    return Registry(settings=settings), settings
+    s = settings()
+    return Registry(settings=s), s
+
+
+def say_registry(s, what: str, count: int) -> None:
+    """For listing commands: which registry was read, so an empty answer is never a mystery."""
+    where = (f"workspace {s.workspace.root}" if s.workspace else
+             "no workspace found here or above (defaults; see `evalboard info`)")
+    err.print(f"{count} {what} in registry {s.db_url} ({where})", markup=False, highlight=False)
 
 
 def _print_json(obj: Any) -> None:
@@ -132,9 +171,11 @@ def audit(
 
     if severity not in SEVERITIES:
         raise typer.BadParameter(f"--severity must be one of {', '.join(SEVERITIES)}")
-    reg, settings = _registry()
-    findings = do_audit(reg, models=settings.models)
+    reg, s = _registry()
+    findings = do_audit(reg, models=s.models)
     shown = [f for f in findings if SEVERITIES.index(f.severity) <= SEVERITIES.index(severity)]
+    if not findings:
+        say_registry(s, "findings", 0)
     if json_out:
         _print_json([f.to_dict() for f in shown])
     else:
@@ -186,9 +227,12 @@ def evalset_list(json_out: bool = typer.Option(False, "--json", help="Print as J
 
 
 @app.command()
-def runs(json_out: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
-    """List registered runs with their checkpoint counts."""
-    reg, _ = _registry()
+def runs(json_out: bool = typer.Option(False, "--json", help="Print as JSON."),
+         verbose_flag: bool = typer.Option(False, "--verbose", "-v",
+                                           help="Say which workspace and stores are used.")) -> None:
+    """List registered runs with their checkpoint counts (and, on stderr, which registry was read)."""
+    verbose(verbose_flag)
+    reg, s = _registry()
     cks = reg.list_checkpoints()
     rows = []
     for r in reg.list_runs():
@@ -196,12 +240,61 @@ def runs(json_out: bool = typer.Option(False, "--json", help="Print as JSON.")) 
         rows.append({"name": r.name, "track": r.track, "base_model": r.base_model, "checkpoints": len(mine),
                      "invalid": sum(c.status != "valid" for c in mine),
                      "steps": sorted(c.step for c in mine if c.step is not None), "path": r.path})
+    say_registry(s, "runs", len(rows))
     if json_out:
         _print_json(rows)
         return
     for r in rows:
         out.print(f"{r['name']}  track {r['track']}  {r['checkpoints']} checkpoints ({r['invalid']} invalid)  "
                   f"base {r['base_model']}  {r['path']}", markup=False, highlight=False)
+
+
+@app.command()
+def info(json_out: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
+    """Which workspace, registry, MLflow store, artifact location and base models commands run
+    here use, and where each setting comes from (environment, workspace config or default)."""
+    import os
+
+    from registry.settings import ENV_VARS
+
+    s = settings()
+    d = {**s.describe(), "mlflow_ui": s.mlflow_ui_command(),
+         "environment": {v: os.environ[v] for v in ENV_VARS if os.environ.get(v)}}
+    if json_out:
+        _print_json(d)
+        return
+    origins = d["origins"]
+    rows = [
+        ("workspace", d["workspace"] or "none here or above (`evalboard init` makes one)", origins["workspace"]),
+        ("home", d["home"], origins["home"]),
+        ("registry", d["registry"], origins["registry"]),
+        ("MLflow", d["mlflow_tracking_uri"], origins["mlflow"]),
+        ("artifacts", d["artifact_location"] or "chosen by the MLflow server", origins["artifacts"]),
+        ("models", ", ".join(f"{k} -> {v}" for k, v in d["models"].items()) or "none", origins["models"]),
+        ("MLflow UI", d["mlflow_ui"], None),
+        ("env", ", ".join(d["environment"]) or "none of " + ", ".join(ENV_VARS) + " is set", None),
+    ]
+    for name, value, origin in rows:
+        out.print(f"{name:>10}: {value}" + (f"  ({origin})" if origin else ""), markup=False, highlight=False)
+
+
+@app.command()
+def init(
+    path: Path = typer.Argument(Path("."), help="The workspace folder (created if missing)."),
+    models: list[str] = typer.Option([], "--model", help="ID=DIR: a base model's local folder (repeatable)."),
+) -> None:
+    """Make PATH a workspace: write `PATH/.evalboard/config.toml` with a SQLite registry, a local
+    MLflow store and its artifact folder inside PATH, and the base models given. Every command
+    run in PATH or below then uses them."""
+    from registry.errors import InvalidInput
+    from registry.settings import Workspace, parse_models, write_workspace_config
+
+    ws = Workspace(path.resolve())
+    if ws.config_path.exists():
+        raise InvalidInput("already exists; edit it instead", path=ws.config_path)
+    mapping = parse_models(",".join(models)) if models else {}
+    written = write_workspace_config(ws.root, models=mapping)
+    err.print(f"wrote {written}", markup=False, highlight=False)
 
 
 @app.command()

@@ -4,7 +4,6 @@ Registered into the main CLI by `evalboard.cli._register_extensions`."""
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,22 +15,26 @@ APP = Path(__file__).resolve().parent.parent / "dashboard" / "streamlit_app.py"
 def dashboard(
     port: int = typer.Option(8501, help="Port to serve on."),
     host: str = typer.Option("127.0.0.1", help="Address to bind; 0.0.0.0 exposes it to the network."),
+    verbose_flag: bool = typer.Option(False, "--verbose", "-v", help="Say which workspace and stores are used."),
 ) -> None:
     """Serve the dashboard (runs, compare, checkpoint, compatibility, row statistics, queue, export)
-    on http://HOST:PORT, reading the registry named by EVALBOARD_DB / EVALBOARD_HOME."""
-    from registry.settings import Settings
+    on http://HOST:PORT, reading the workspace's registry (or EVALBOARD_DB). Ctrl-C or SIGTERM
+    stops the server with everything it started."""
+    from evalboard.cli import settings as current_settings, verbose
+    from evalboard.procs import run_child
 
-    settings = Settings.from_env()
+    verbose(verbose_flag)
+    settings = current_settings()
+    # The server resolves the same settings: name them, so it does not depend on its folder.
     env = {**os.environ, "EVALBOARD_DB": settings.db_url, "EVALBOARD_HOME": str(settings.home.resolve()),
+           "MLFLOW_TRACKING_URI": settings.mlflow_uri,
+           **({"EVALBOARD_WORKSPACE": str(settings.workspace.root)} if settings.workspace else {}),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(APP.parent.parent), os.environ.get("PYTHONPATH")]))}
     cmd = [sys.executable, "-m", "streamlit", "run", str(APP), "--server.port", str(port), "--server.address", host,
            "--server.headless", "true", "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
            "--global.developmentMode", "false", "--client.toolbarMode", "minimal"]
     sys.stderr.write(f"evalboard dashboard on http://{host}:{port} (registry {settings.db_url})\n")
-    try:
-        raise typer.Exit(subprocess.call(cmd, env=env))
-    except KeyboardInterrupt:
-        raise typer.Exit(0) from None
+    raise typer.Exit(run_child(cmd, env))
 
 
 def export(

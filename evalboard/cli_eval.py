@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 from pathlib import Path
@@ -50,8 +49,10 @@ def resolve_evalset(reg, ref: str):
 
 
 def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
-                        format="%(levelname)s %(name)s: %(message)s")
+    if verbose:  # without it, `evalboard`'s root callback already configured logging
+        from evalboard import logs
+
+        logs.configure(True)
 
 
 def eval_cmd(
@@ -143,7 +144,8 @@ def stats_lines(doc: dict) -> list[str]:
                          f"p5={_f(s['p5'])} p50={_f(s['p50'])} p95={_f(s['p95'])} zero={s['zero_rows']} "
                          f"nonfinite={s['nonfinite_rows']} unchanged={s['unchanged_rows']}")
     for m, s in (doc.get("base_text") or {}).items():
-        lines.append(f"{'base text':>10} {m:<8} n={s['count']} mean={_f(s['mean'])} p50={_f(s['p50'])}")
+        lines.append(f"{'base text':>10} {m:<8} n={s['count']} mean={_f(s['mean'])} p50={_f(s['p50'])} "
+                     f"zero={s['zero_rows']}")
     drift = (doc.get("drift") or {}).get("modules") or {}
     for m, s in (doc.get("modules") or {}).items():
         d = drift.get(m)
@@ -151,6 +153,9 @@ def stats_lines(doc: dict) -> list[str]:
                      f"max_abs={_f(s['max_abs'])} nonfinite={s['nonfinite']}"
                      + (f" update={_f(d['update_norm'])} relative={_f(d['relative_update'])} cosine={_f(d['cosine'])}"
                         if d else ""))
+    from registry.row_health import row_health
+
+    lines.append(row_health(doc).line())
     return lines
 
 
@@ -200,7 +205,7 @@ def import_eval_cmd(
     for p in paths:
         files += sorted(p.glob("eval_step*.json")) if p.is_dir() else [p]
     parsed = [(f, EvalResult.load(f)) for f in files]  # validate everything before writing anything
-    tracker = Tracker(settings.mlflow_uri)
+    tracker = Tracker(settings.mlflow_uri, artifact_location=settings.artifact_location)
     done = []
     for f, res in parsed:
         run_dir = os.path.realpath(f.parent)

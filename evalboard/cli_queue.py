@@ -22,12 +22,15 @@ def _registry():
     return reg()
 
 
-def _setup_logging(verbose: bool = True) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def _setup_logging(verbose: bool = False) -> None:
+    """Services (worker, watch) log what they do at INFO; libraries only their warnings."""
+    from evalboard import logs
+
+    logs.configure(verbose, ours=logging.INFO)
 
 
 def worker_cmd(
+    ctx: typer.Context,
     device: Optional[str] = typer.Option(None, help="cpu, cuda or cuda:N (default: cuda when available, else cpu)."),
     gpus: Optional[str] = typer.Option(None, help="'all' (or a list like 0,1): one worker process per GPU."),
     once: bool = typer.Option(False, "--once", help="Exit when there is nothing left to claim."),
@@ -43,14 +46,17 @@ def worker_cmd(
     connector_builder: Optional[str] = typer.Option(
         None, "--connector-builder", metavar="PKG.MODULE:FUNCTION",
         help="Builds connector modules for jobs whose checkpoint metadata, job and configuration name none."),
+    verbose: bool = typer.Option(False, "--verbose", "-v",
+                                 help="Say which workspace and stores are used; show library logs."),
 ) -> None:
     """Claim queued evaluations and run them until stopped, keeping the base model resident.
 
     SIGTERM: stop claiming and finish the current job (a second SIGTERM releases it at once).
     Exit status 3 after an unrecoverable CUDA error (the job is released; restart the worker)."""
     from evaluator.worker import Worker, WorkerConfig, supervise_gpus
+    from registry import queue
 
-    _setup_logging()
+    _setup_logging(verbose or bool((ctx.obj or {}).get("verbose")))
     if gpus is not None:
         if device is not None:
             raise InvalidInput("give either --device or --gpus, not both")
@@ -64,7 +70,11 @@ def worker_cmd(
     reg, settings = _registry()
     worker = Worker(reg, settings, config, hooks=_hooks_from_env())
     worker.install_signal_handlers()
-    raise typer.Exit(worker.run())
+    try:
+        code = worker.run()
+    finally:
+        queue.worker_gone(reg, worker.worker_id)
+    raise typer.Exit(code)
 
 
 def _hooks_from_env():
@@ -131,6 +141,7 @@ def enqueue_cmd(
         help="Builds connector modules for connector checkpoints whose metadata and configuration name none "
              "(kept with the job)."),
     json_out: bool = typer.Option(False, "--json", help="Print the jobs as JSON."),
+    verbose_flag: bool = typer.Option(False, "--verbose", "-v", help="Say which workspace and stores are used."),
 ) -> None:
     """Queue evaluations of checkpoints on an eval set (one job per checkpoint content and eval set:
     enqueuing twice returns the first job). A pair the audit refuses (e.g. token spaces that do not
@@ -140,6 +151,9 @@ def enqueue_cmd(
     from registry import queue
     from registry.audit import refusals
 
+    from evalboard.cli import verbose
+
+    verbose(verbose_flag)
     reg, _settings = _registry()
     es = resolve_evalset(reg, evalset)
     cks = [resolve_checkpoint(reg, c) for c in checkpoints]
@@ -164,6 +178,9 @@ def enqueue_cmd(
     for r in rows:
         state = "queued" if r["created"] else f"already {r['status']}"
         err.print(f"job {r['job_id']} {state}: {r['checkpoint']} on {r['evalset']}", markup=False, highlight=False)
+    if any(r["created"] for r in rows) and not queue.live_workers(reg):
+        err.print("no worker is running for this registry: start one with `evalboard worker` "
+                  "(or `evalboard worker --once` to drain the queue and exit)", markup=False, highlight=False)
 
 
 @jobs_app.callback()
@@ -171,17 +188,30 @@ def jobs_cmd(
     ctx: typer.Context,
     json_out: bool = typer.Option(False, "--json", help="Print the jobs as a JSON list."),
     status: Optional[str] = typer.Option(None, help="Only jobs with this status (queued, running, done, ...)."),
+    verbose_flag: bool = typer.Option(False, "--verbose", "-v", help="Say which workspace and stores are used."),
 ) -> None:
-    """The status table of evaluation jobs: who ran them, when, for how long, attempts, errors."""
+    """The status table of evaluation jobs: which run and step, who ran them, when, for how long,
+    attempts, errors (and, on stderr, which registry was read and whether a worker is alive)."""
     if ctx.invoked_subcommand is not None:
         return
-    from evalboard.cli import out
+    from evalboard.cli import err, out, say_registry, verbose
+    from registry import queue
 
-    reg, _ = _registry()
+    verbose(verbose_flag)
+    reg, s = _registry()
     jobs = reg.list_jobs(status=status)
     cks = {c.id: c for c in reg.list_checkpoints()}
+    run_names = {r.id: r.name for r in reg.list_runs()}
     evalsets = {e.id: e.name for e in reg.list_evalsets()}
-    rows = [{"job_id": j.id, "status": j.status, "checkpoint": cks[j.checkpoint_id].path if j.checkpoint_id in cks
+    say_registry(s, "jobs" if status is None else f"{status} jobs", len(jobs))
+    workers = queue.live_workers(reg)
+    if any(j.status == "queued" for j in jobs) or workers:
+        err.print(f"live workers: {', '.join(w.worker_id for w in workers)}" if workers else
+                  "no live worker: queued jobs wait until one starts (`evalboard worker`)",
+                  markup=False, highlight=False)
+    rows = [{"job_id": j.id, "status": j.status,
+             "run": run_names.get(cks[j.checkpoint_id].run_id) if j.checkpoint_id in cks else None,
+             "checkpoint": cks[j.checkpoint_id].path if j.checkpoint_id in cks
              else None, "step": cks[j.checkpoint_id].step if j.checkpoint_id in cks else None,
              "evalset": evalsets.get(j.evalset_id), "worker": j.worker_id, "attempts": j.attempts,
              "max_attempts": j.max_attempts, "enqueued_at": j.enqueued_at, "started_at": j.started_at,
@@ -192,14 +222,18 @@ def jobs_cmd(
     if json_out:
         sys.stdout.write(json.dumps(rows, indent=2, default=str) + "\n")
         return
-    out.print(f"{'id':>5} {'status':<9} {'step':>7} {'evalset':<20} {'attempts':>8} {'seconds':>8} "
+    if not rows:
+        return
+    width = min(32, max(3, *(len(str(r["run"] or "-")) for r in rows)))
+    out.print(f"{'id':>5} {'status':<9} {'run':<{width}} {'step':>7} {'evalset':<20} {'attempts':>8} {'seconds':>8} "
               f"{'worker':<24} {'loss_all':>9}  error", markup=False, highlight=False)
     for r in rows:
         loss = (r["losses"] or {}).get("all")
         step = "-" if r["step"] is None else str(r["step"])
         seconds = "-" if r["duration_s"] is None else f"{r['duration_s']:.1f}"
         loss_text = "-" if loss is None else f"{loss:.4f}"
-        out.print(f"{r['job_id']:>5} {r['status']:<9} {step:>7} {str(r['evalset'])[:20]:<20} "
+        out.print(f"{r['job_id']:>5} {r['status']:<9} {str(r['run'] or '-')[:width]:<{width}} {step:>7} "
+                  f"{str(r['evalset'])[:20]:<20} "
                   f"{r['attempts']:>4}/{r['max_attempts']:<3} {seconds:>8} {str(r['worker'] or '-')[:24]:<24} "
                   f"{loss_text:>9}  {(r['last_error'] or '')[:80]}", markup=False, highlight=False)
 

@@ -15,7 +15,6 @@ Stages (each with a progress bar):
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
@@ -81,19 +80,19 @@ def run_demo(workdir: Path, *, port: int = 8501, serve: bool = True, console: Co
     workdir = Path(workdir).resolve()
     _prepare_workdir(workdir)
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
-    env = _demo_env(workdir)
+    env = _demo_env(workdir, {BASE_ID: "models/Qwen3-tiny-Base", TOWER_ID: "models/siglip-tiny"})
+    for var in WORKSPACE_ENV_VARS:  # the demo's own workspace config decides, not the caller's env
+        os.environ.pop(var, None)
     os.environ.update(env)
-    import logging
+    from evalboard import logs
 
-    logging.getLogger("mlflow").setLevel(logging.WARNING)  # its "creating tables" lines are not news here
+    logs.configure(verbose=False)  # our bars only: no library progress bars or INFO lines
 
     with _bar(console) as bar:
         t = bar.add_task("1/5 build tiny Qwen3 + vision tower", total=1)
         base_dir = build_tiny_base(workdir / "models" / "Qwen3-tiny-Base",
                                    TinyBaseSpec(text_vocab_size=512, hidden_size=64, output_scale=8.0))
         tower_dir = build_tiny_vision_tower(workdir / "models" / "siglip-tiny")
-        (workdir / ".evalboard" / "models.json").write_text(
-            json.dumps({BASE_ID: str(base_dir), TOWER_ID: str(tower_dir)}, indent=2))
         bar.advance(t)
 
         t = bar.add_task("2/5 synthetic task + eval set", total=1)
@@ -121,26 +120,63 @@ def run_demo(workdir: Path, *, port: int = 8501, serve: bool = True, console: Co
 
         summary = _scan_and_evaluate(workdir, bar)
     _print_audit(console, summary["findings"])
-    for ref in summary["refused"]:
-        console.print(f"refused: {ref}", markup=False, highlight=False)
-    console.print(f"\nworkspace: {workdir}\nregistry:  {env['EVALBOARD_DB']}\nMLflow:    {env['MLFLOW_TRACKING_URI']}",
-                  markup=False, highlight=False)
-    console.print(f"MLflow UI on the same store: mlflow ui --backend-store-uri {env['MLFLOW_TRACKING_URI']} "
-                  "--port 5000", markup=False, highlight=False)
+    _print_refused(console, summary["refused"], summary["findings"])
+    _print_next_steps(console, workdir, port)
     if serve:
         _serve(workdir, port, env, console)
     return summary
 
 
-def _demo_env(workdir: Path) -> dict[str, str]:
-    home = workdir / ".evalboard"
-    home.mkdir(parents=True, exist_ok=True)
-    return {
-        "EVALBOARD_HOME": str(home),
-        "EVALBOARD_DB": f"sqlite:///{home / 'registry.db'}",
-        "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
-        "EVALBOARD_MODELS": str(home / "models.json"),
-    }
+WORKSPACE_ENV_VARS = ("EVALBOARD_WORKSPACE", "EVALBOARD_HOME", "EVALBOARD_DB", "MLFLOW_TRACKING_URI",
+                      "EVALBOARD_ARTIFACT_LOCATION", "EVALBOARD_MODELS")
+
+
+def _demo_env(workdir: Path, models: dict[str, str]) -> dict[str, str]:
+    """Make `workdir` a workspace (`.evalboard/config.toml`: registry, MLflow store and artifacts
+    under `.evalboard/`, the base models under `models/`), so every command run inside it later,
+    with no environment variable, finds the same stores and models. Returns the environment that
+    names it for the demo's own processes."""
+    from registry.settings import write_workspace_config
+
+    write_workspace_config(workdir, models=models)
+    return {"EVALBOARD_WORKSPACE": str(workdir)}
+
+
+def _print_refused(console: Console, refused: list[str], findings) -> None:
+    """One line per run and reason, naming its refused checkpoints: the reasons of a run's
+    checkpoints differ only in the checkpoint's name, and the audit above already printed one."""
+    shown = [f.message for f in findings if f.severity != "info"]
+    groups: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    for item in refused:
+        name, _, reason = item.partition(": ")
+        run = name.rsplit("/", 1)[0]
+        groups.setdefault((run, reason.replace(name, "<checkpoint>")), []).append((name, reason))
+    for members in groups.values():
+        names = ", ".join(n for n, _ in members)
+        said = any(all(part in message for part in members[0][1].split("; ")) for message in shown)
+        console.print(f"refused: {names}: " + ("not evaluated, see the audit error above" if said
+                                                  else members[0][1]), markup=False, highlight=False)
+
+
+def _print_next_steps(console: Console, workdir: Path, port: int) -> None:
+    from registry.settings import Settings
+
+    s = Settings.from_env()
+    evalboard = Path(sys.executable).with_name("evalboard")
+    lines = [
+        "",
+        f"workspace: {workdir}   (commands run in it or below use it: `evalboard info`)",
+        f"registry:  {s.db_url}",
+        f"MLflow:    {s.mlflow_uri}   artifacts: {s.artifact_location}",
+        "",
+        "next, from the workspace:",
+        f"  cd {workdir}",
+        f"  {evalboard} runs                      (or activate the venv: source {evalboard.parent}/activate)",
+        f"  {evalboard} dashboard --port {port}   (reopen the dashboard)",
+        f"  {evalboard} worker                    (evaluate what is queued; the Queue page can start one too)",
+        f"  {s.mlflow_ui_command(executable=str(evalboard.with_name('mlflow')))}   (MLflow's own UI)",
+    ]
+    console.print("\n".join(lines), markup=False, highlight=False)
 
 
 def _scan_and_evaluate(workdir: Path, bar: Progress) -> dict:
@@ -178,12 +214,16 @@ def _scan_and_evaluate(workdir: Path, bar: Progress) -> dict:
 def _run_jobs(reg, settings, jobs, advance) -> None:
     """Drain the queue with one in-process worker: the same code path as `evalboard worker --once`."""
     from evaluator.worker import Worker, WorkerConfig, WorkerHooks
+    from registry import queue
 
     if not jobs:
         return
     worker = Worker(reg, settings, WorkerConfig(once=True, worker_id="demo"),
                     hooks=WorkerHooks(after_job=lambda _job: advance()))
-    code = worker.run()
+    try:
+        code = worker.run()
+    finally:
+        queue.worker_gone(reg, worker.worker_id)
     if code:
         raise RuntimeError(f"the demo worker stopped with exit status {code}")
     failed = [j for j in reg.list_jobs(status="failed")]
@@ -202,11 +242,8 @@ def _print_audit(console: Console, findings) -> None:
 
 
 def _serve(workdir: Path, port: int, env: dict[str, str], console: Console) -> None:
-    import subprocess
+    from evalboard.procs import run_child
 
     cmd = [sys.executable, "-m", "evalboard.cli", "dashboard", "--port", str(port)]
     console.print(f"dashboard: http://127.0.0.1:{port}  (Ctrl-C to stop)", markup=False, highlight=False)
-    try:
-        subprocess.run(cmd, env={**os.environ, **env}, check=False)
-    except KeyboardInterrupt:
-        pass
+    run_child(cmd, {**os.environ, **env})

@@ -30,35 +30,75 @@ BOS = 1
 
 @dataclass(frozen=True)
 class SyntheticTask:
-    """Classes of modality tokens, each with a fixed text answer."""
+    """Classes of modality tokens, each with a fixed text answer.
+
+    Within a class, modality tokens follow each other in a fixed order (a seeded permutation of
+    the class's token group, like a codec's frames), so the next modality token is predictable
+    from the current one. Tasks:
+
+    - ``a2t`` / ``i2t``: modality tokens, then the class's text answer (what the eval set scores);
+    - ``t2a`` / ``t2i``: the text answer, then modality tokens of its class (generation).
+
+    Training scores the modality tokens as well as the text (``score_modality=True``), so every
+    new row of lm_head is a target and every new embedding row predicts its successor: the rows
+    of a modality drift apart as in real training instead of staying one shared vector.
+    """
 
     space: TokenSpace
     n_classes: int = 8
     answer_len: int = 3
     seed: int = 0
 
+    EVAL_TASKS = ("a2t", "i2t")
+    TRAIN_TASKS = ("a2t", "i2t", "t2a", "t2i")
+    _MODALITY = {"a2t": "audio", "i2t": "image", "t2a": "audio", "t2i": "image"}
+
     def _answers(self) -> list[list[int]]:
         rng = random.Random(self.seed)
         hi = min(self.space.text_vocab_size, 200)
         return [[rng.randrange(3, hi) for _ in range(self.answer_len)] for _ in range(self.n_classes)]
 
-    def examples(self, n_per_task: int, *, seed: int, prefix: tuple[int, int] = (10, 24)) -> list[Example]:
+    def _group(self, modality: str, c: int) -> list[int]:
+        """Class `c`'s modality tokens in their sequence order (a seeded permutation)."""
+        r = self.space.modality(modality)
+        size = max(1, r.size // self.n_classes)
+        lo = r.start + c * size
+        group = list(range(lo, min(lo + size, r.end)))
+        random.Random(f"{self.seed}:{modality}:{c}").shuffle(group)
+        return group
+
+    def _modality_tokens(self, rng: random.Random, modality: str, c: int, n: int) -> list[int]:
+        group = self._group(modality, c)
+        at = rng.randrange(len(group))
+        return [group[(at + k) % len(group)] for k in range(n)]
+
+    def examples(self, n_per_task: int, *, seed: int, prefix: tuple[int, int] = (10, 24),
+                 tasks: tuple[str, ...] = EVAL_TASKS, score_modality: bool = False) -> list[Example]:
+        """`n_per_task` examples of each task whose modality exists in the token space. Labels
+        score the text answer of a2t/i2t and the modality tokens of t2a/t2i; with
+        `score_modality`, also the modality tokens of a2t/i2t after the first."""
+        unknown = set(tasks) - set(self._MODALITY)
+        if unknown:
+            raise ValueError(f"unknown synthetic tasks {sorted(unknown)}; known: {', '.join(self._MODALITY)}")
         rng = random.Random(seed)
         answers = self._answers()
         out = []
-        for task, modality in (("a2t", "audio"), ("i2t", "image")):
-            r = self.space.modality(modality)
-            if r is None:
+        for task in tasks:
+            modality = self._MODALITY[task]
+            if self.space.modality(modality) is None:
                 continue
-            group = max(1, r.size // self.n_classes)
             for i in range(n_per_task):
                 c = rng.randrange(self.n_classes)
-                lo = r.start + c * group
-                toks = [rng.randrange(lo, min(lo + group, r.end)) for _ in range(rng.randint(*prefix))]
-                # The answer follows the modality tokens directly, as in a2t/i2t data: the last
-                # modality token's (trainable) embedding predicts the first answer token.
-                ids = [BOS, *toks, *answers[c]]
-                labels = [IGNORE_INDEX] * (len(ids) - self.answer_len) + answers[c]
+                toks = self._modality_tokens(rng, modality, c, rng.randint(*prefix))
+                if task.endswith("2t"):
+                    # The answer follows the modality tokens directly, as in a2t/i2t data: the last
+                    # modality token's (trainable) embedding predicts the first answer token.
+                    ids = [BOS, *toks, *answers[c]]
+                    scored_toks = toks[1:] if score_modality else [IGNORE_INDEX] * (len(toks) - 1)
+                    labels = [IGNORE_INDEX, IGNORE_INDEX, *scored_toks, *answers[c]]
+                else:
+                    ids = [BOS, *answers[c], *toks]
+                    labels = [IGNORE_INDEX] * (1 + self.answer_len) + toks
                 out.append(Example(f"{task}-{seed}-{i:05d}", task, ids, labels))
         return out
 
@@ -101,7 +141,9 @@ def train_rows_run(
     seed: int = 0,
     on_step: Callable[[int], None] | None = None,
 ) -> list[Path]:
-    """Train only the new rows; save ``checkpoint_<step>/`` every ``save_every`` steps."""
+    """Train only the new rows on text and modality targets (`SyntheticTask.TRAIN_TASKS`); save
+    ``checkpoint_<step>/`` every ``save_every`` steps, its ``trainable_rows.json`` recording the
+    run's settings under ``trainer`` (what Compare's "Parameters and metadata" shows)."""
     from evaluator.rows import prepare_for_token_space
 
     torch.manual_seed(seed)
@@ -117,7 +159,11 @@ def train_rows_run(
     opt = torch.optim.Adam(params, lr=lr)
     run_dir.mkdir(parents=True, exist_ok=True)
     space.save(run_dir / "token_space.json")
-    train = task.examples(256, seed=seed + 1000)
+    train = task.examples(256, seed=seed + 1000, tasks=task.TRAIN_TASKS, score_modality=True)
+    settings = {"recipe": "evalboard demo: train_rows_run", "trainable": "new embedding + lm_head rows",
+                "optimizer": "Adam", "lr": lr, "steps": steps, "batch_size": batch_size, "seed": seed,
+                "save_every": save_every, "tasks": ",".join(task.TRAIN_TASKS), "scored": "text + modality tokens",
+                "train_examples": len(train), "init": "mean text row"}
     data = _batches(train, batch_size, space.resolved_pad_id() or 0, seed)
     saved = []
     model.train()
@@ -133,7 +179,7 @@ def train_rows_run(
                 head_rows = head[text:].detach().clone()
             saved.append(write_trainable_rows(run_dir / f"checkpoint_{step}", space, base_model=base_model,
                                               hidden_size=rows.shape[1], step=step, rows=rows,
-                                              lm_head_rows=head_rows))
+                                              lm_head_rows=head_rows, extra_meta={"trainer": settings}))
         if on_step:
             on_step(step)
     return saved

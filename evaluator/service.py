@@ -161,7 +161,7 @@ class Evaluator:
         if self._tracker is None:
             from evaluator.tracking import Tracker
 
-            self._tracker = Tracker(self.settings.mlflow_uri)
+            self._tracker = Tracker(self.settings.mlflow_uri, artifact_location=self.settings.artifact_location)
         return self._tracker
 
     # --- preparation (all checks, no writes) ------------------------------------------------
@@ -187,8 +187,7 @@ class Evaluator:
             self.resident = None
             self.base = load_base(path, device)
             self.resident = ResidentModel(self.base)
-            self.loads += 1
-            log.info(self.base.describe())
+            self.loads += 1  # load_base logs what it loaded
         assert self.resident is not None
         return self.resident
 

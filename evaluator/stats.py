@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from registry.errors import InvalidInput
+from registry.row_health import row_health
 from registry.token_space import TokenSpace
 
 __all__ = ["norm_stats", "checkpoint_row_stats", "read_base_text_rows", "connector_stats", "STAT_KEYS"]
@@ -150,6 +151,9 @@ def checkpoint_row_stats(
                                    _range_rows(prev[m], row_start, r.start, r.end)) for m in matrices}
                 for r in token_space.modalities}}
     doc["histograms"] = _histograms(matrices, base, ranges, row_start, token_space, bins)
+    # The verdict on the checkpoint's own rows (the base's are context): what `evalboard stats`
+    # prints and the dashboard shows, from the same rule (`registry.row_health`).
+    doc["health"] = row_health(doc).to_dict()
     return doc
 
 

@@ -27,6 +27,10 @@ __all__ = ["Tracker", "EvalRecord", "mlflow_available", "record_from_dict"]
 
 TAG = "evalboard."
 DIGEST_LEN = 36
+# MLflow 3's UI opens an experiment without a kind in its GenAI (traces) view; this tag makes it
+# open the model-training view (runs, metrics charts), which is what evaluations are.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 
 
 @dataclass(frozen=True)
@@ -76,12 +80,23 @@ def mlflow_available(uri: str) -> bool:
 
 
 class Tracker:
-    def __init__(self, tracking_uri: str, experiment_prefix: str = "evalboard/"):
+    """Writes evaluations to the MLflow store at `tracking_uri`.
+
+    `artifact_location` is the folder (or URI) under which each new experiment keeps its
+    artifacts (`<location>/<experiment id>`); by default, next to a local SQLite store
+    (`registry.settings.default_artifact_location`) and the server's own for a tracking server."""
+
+    def __init__(self, tracking_uri: str, experiment_prefix: str = "evalboard/", *,
+                 artifact_location: str | None = None):
         import mlflow
         from mlflow.tracking import MlflowClient
 
+        from registry.settings import default_artifact_location
+
         self.uri = tracking_uri
         self.prefix = experiment_prefix
+        self.artifact_location = artifact_location or default_artifact_location(tracking_uri)
+        _ensure_sqlite_folder(tracking_uri)
         mlflow.set_tracking_uri(tracking_uri)
         self.client = MlflowClient(tracking_uri)
         self._experiments: dict[str, str] = {}
@@ -95,7 +110,9 @@ class Tracker:
         exp = self.client.get_experiment_by_name(name)
         if exp is None:
             try:
-                exp_id = self.client.create_experiment(name, tags={f"{TAG}run": run_name})
+                exp_id = self.client.create_experiment(
+                    name, artifact_location=self._experiment_artifacts(name),
+                    tags={f"{TAG}run": run_name, EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
             except MlflowException:  # another worker created it first
                 exp = self.client.get_experiment_by_name(name)
                 if exp is None:
@@ -103,8 +120,18 @@ class Tracker:
                 exp_id = exp.experiment_id
         else:
             exp_id = exp.experiment_id
+            if EXPERIMENT_KIND_TAG not in exp.tags:  # made by an older evalboard
+                self.client.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         self._experiments[name] = exp_id
         return exp_id
+
+    def _experiment_artifacts(self, name: str) -> str | None:
+        """`<artifact location>/<experiment name, made path-safe>`: one folder per experiment,
+        readable by name, instead of MLflow's `./mlruns/<id>` relative to the current folder."""
+        if not self.artifact_location:
+            return None
+        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name).strip("._") or "experiment"
+        return f"{self.artifact_location.rstrip('/')}/{safe}"
 
     def find_model_id(self, exp_id: str, checkpoint_hash: str) -> str | None:
         """The LoggedModel of this checkpoint content in this experiment, if one was created."""
@@ -262,6 +289,13 @@ class Tracker:
             mlflow.log_metrics(_metrics(losses, tokens), step=step or 0, model_id=model_id)
             mlflow.log_artifact(source_path)
             return {"run_id": run.info.run_id, "experiment_id": exp_id, "model_id": model_id or "", "reused": "false"}
+
+
+def _ensure_sqlite_folder(uri: str) -> None:
+    """MLflow creates a SQLite database but not the folder it lives in."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and uri != "sqlite:///:memory:":
+        Path(uri[len(prefix):]).parent.mkdir(parents=True, exist_ok=True)
 
 
 def _metrics(losses: Mapping[str, float], tokens: Mapping[str, int]) -> dict[str, float]:

@@ -19,6 +19,7 @@ __all__ = [
     "EvalResultEntity",
     "RowStatsEntity",
     "EvalJobEntity",
+    "WorkerEntity",
 ]
 
 
@@ -135,3 +136,11 @@ class EvalJobEntity:
     result: dict[str, Any] | None
     outbox_state: str
     options: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerEntity:
+    worker_id: str
+    first_seen: datetime
+    last_seen: datetime
+    expires_at: datetime

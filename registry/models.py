@@ -39,6 +39,7 @@ __all__ = [
     "EvalResult",
     "RowStats",
     "EvalJob",
+    "Worker",
     "RUN_TRACKS",
     "CHECKPOINT_TRACKS",
     "CHECKPOINT_STATUSES",
@@ -246,3 +247,16 @@ class EvalJob(Base):
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     outbox_state: Mapped[str] = mapped_column(String(16), default="none", server_default="none")
     options: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class Worker(Base):
+    """A worker's last sign of life: each claim attempt (also when the queue is empty) and each
+    job heartbeat moves `expires_at` to now + its lease, by the database's clock. Rows whose
+    `expires_at` passed are workers that stopped or died; nothing depends on them being removed."""
+
+    __tablename__ = "workers"
+
+    worker_id: Mapped[str] = mapped_column(String, primary_key=True)
+    first_seen: Mapped[datetime] = _created()
+    last_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -10,6 +10,7 @@
     retry        put a failed or cancelled job back, attempts reset
     reap_expired put jobs whose lease expired back in the queue (or fail them: no attempts left)
     claim_outbox / mark_logged / outbox_pending   results computed while MLflow was unreachable
+    live_workers workers whose last claim attempt or heartbeat is within their lease
 
 Why one statement: select-then-update lets two workers read the same queued row and both take
 it. PostgreSQL locks the chosen row with `FOR UPDATE SKIP LOCKED` inside the UPDATE's subquery, so
@@ -30,7 +31,7 @@ from typing import Any
 from sqlalchemy import text
 
 from registry import models as M
-from registry.entities import EvalJobEntity
+from registry.entities import EvalJobEntity, WorkerEntity
 from registry.errors import EvalboardError, InvalidInput, NotFound
 from registry.store import Registry, _entity
 
@@ -49,6 +50,8 @@ __all__ = [
     "mark_logged",
     "outbox_pending",
     "live_leases",
+    "live_workers",
+    "worker_gone",
     "db_now",
 ]
 
@@ -110,6 +113,15 @@ def _error_text(error: BaseException | str) -> str:
     return str(error)[:MAX_ERROR_CHARS]
 
 
+def _seen(s, q: dict[str, str], worker_id: str, lease: float) -> None:
+    """Record that `worker_id` is alive for the next `lease` seconds (database clock)."""
+    s.execute(text(f"""
+        INSERT INTO workers (worker_id, first_seen, last_seen, expires_at)
+        VALUES (:worker, {q['now']}, {q['now']}, {q['lease']})
+        ON CONFLICT (worker_id) DO UPDATE SET last_seen = excluded.last_seen, expires_at = excluded.expires_at"""),
+              {"worker": worker_id, "lease": lease})
+
+
 # -- verbs ------------------------------------------------------------------------------------------
 
 
@@ -145,6 +157,7 @@ def claim(reg: Registry, *, worker_id: str, lease_seconds: float = 60.0,
         RETURNING id""")
     params = {"worker": worker_id, "lease": _check_lease(lease_seconds), "pref": prefer_base_model}
     with reg._session() as s:
+        _seen(s, q, worker_id, params["lease"])
         job_id = s.execute(statement, params).scalar()
         return None if job_id is None else _job(s, job_id)
 
@@ -157,9 +170,14 @@ def heartbeat(reg: Registry, *, job_id: int, token: int, lease_seconds: float = 
         UPDATE eval_jobs SET lease_expires_at = {q['lease']}
          WHERE id = :id AND fencing_token = :token
            AND (status = 'running' OR (status = 'done' AND outbox_state = 'pending'))""")
+    lease = _check_lease(lease_seconds)
     with reg._session() as s:
-        return s.execute(statement, {"id": job_id, "token": token,
-                                     "lease": _check_lease(lease_seconds)}).rowcount == 1
+        if s.execute(statement, {"id": job_id, "token": token, "lease": lease}).rowcount != 1:
+            return False
+        s.execute(text(f"""
+            UPDATE workers SET last_seen = {q['now']}, expires_at = {q['lease']}
+             WHERE worker_id = (SELECT worker_id FROM eval_jobs WHERE id = :id)"""), {"id": job_id, "lease": lease})
+        return True
 
 
 def complete(reg: Registry, *, job_id: int, token: int, mlflow_run_id: str | None = None,
@@ -325,6 +343,24 @@ def live_leases(reg: Registry) -> dict[int, int]:
            AND (status = 'running' OR (status = 'done' AND outbox_state = 'pending'))""")
     with reg._session(write=False) as s:
         return {int(i): int(t) for i, t in s.execute(statement)}
+
+
+def live_workers(reg: Registry) -> list[WorkerEntity]:
+    """Workers seen within their lease (a claim attempt or a heartbeat), most recent first: a
+    queued job is picked up only if this is not empty."""
+    q = _sql(reg)
+    statement = text(f"SELECT worker_id FROM workers WHERE expires_at > {q['now']} ORDER BY last_seen DESC")
+    with reg._session(write=False) as s:
+        ids = list(s.scalars(statement))
+        return [_entity(s.get(M.Worker, worker_id)) for worker_id in ids]
+
+
+def worker_gone(reg: Registry, worker_id: str) -> None:
+    """A worker that stops cleanly says so, instead of looking alive until its lease runs out."""
+    q = _sql(reg)
+    with reg._session() as s:
+        s.execute(text(f"UPDATE workers SET expires_at = {q['now']} WHERE worker_id = :worker"),
+                  {"worker": worker_id})
 
 
 def db_now(reg: Registry):

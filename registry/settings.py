@@ -1,8 +1,24 @@
-"""Where evalboard keeps its state, read from the environment in one place and passed down.
+"""Where evalboard keeps its state: read from the workspace config and the environment in one
+place, then passed down.
 
-Everything has an embedded default (a folder of SQLite files under `./.evalboard`) so a single
-machine needs no configuration; `EVALBOARD_DB=postgresql://...` and an MLflow server URI are
-the two switches for running many workers.
+A **workspace** is a folder holding `.evalboard/config.toml` (`evalboard demo` and `evalboard init`
+write one). Commands find it by walking up from the current folder, as git finds `.git`, so any
+command run inside a workspace uses its registry, MLflow store, artifact location and models.
+Relative paths in the config are resolved against the workspace folder.
+
+Precedence, per setting: environment variable > workspace config > default. Without a
+workspace, the defaults are a folder of SQLite files under `./.evalboard`, so a single machine
+needs no configuration; `EVALBOARD_DB=postgresql://...` and an MLflow server URI are the two
+switches for running many workers.
+
+| setting | environment | config (`.evalboard/config.toml`) | default |
+| --- | --- | --- | --- |
+| workspace | `EVALBOARD_WORKSPACE` | — | nearest folder above with `.evalboard/config.toml` |
+| home | `EVALBOARD_HOME` | — | `<workspace>/.evalboard`, else `./.evalboard` |
+| registry | `EVALBOARD_DB` | `[registry] url` | `sqlite:///<home>/registry.db` |
+| MLflow store | `MLFLOW_TRACKING_URI` | `[mlflow] tracking_uri` | `sqlite:///<home>/mlflow.db` |
+| artifacts | `EVALBOARD_ARTIFACT_LOCATION` | `[mlflow] artifact_location` | next to a local store; the server's otherwise |
+| models | `EVALBOARD_MODELS` | `[models]` id = "dir" | none |
 """
 
 from __future__ import annotations
@@ -12,17 +28,198 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from registry.errors import InvalidInput
 
-__all__ = ["Settings", "parse_models", "parse_connector_builders", "DEFAULT_VISION_CACHE_BYTES"]
+__all__ = [
+    "Settings",
+    "Workspace",
+    "WorkspaceConfig",
+    "parse_models",
+    "parse_connector_builders",
+    "DEFAULT_VISION_CACHE_BYTES",
+    "default_artifact_location",
+    "find_workspace",
+    "write_workspace_config",
+    "CONFIG_NAME",
+    "HOME_NAME",
+]
 
+HOME_NAME = ".evalboard"
+CONFIG_NAME = "config.toml"
 DEFAULT_VISION_CACHE_BYTES = 2 << 30
+ARTIFACTS_NAME = "mlartifacts"
+
+ENV_VARS = {
+    "EVALBOARD_WORKSPACE": "workspace folder (instead of searching upwards for .evalboard/config.toml)",
+    "EVALBOARD_HOME": "folder of the default SQLite registry and MLflow store",
+    "EVALBOARD_DB": "registry: any SQLAlchemy URL",
+    "MLFLOW_TRACKING_URI": "MLflow tracking store or server",
+    "EVALBOARD_ARTIFACT_LOCATION": "where new MLflow experiments keep their artifacts",
+    "EVALBOARD_MODELS": "base-model (and vision-tower) id -> local folder: a JSON file, or id=dir,id2=dir2",
+    "EVALBOARD_CONNECTOR_BUILDER": "connector builder pkg.mod:fn for every run, run=pkg.mod:fn,..., or a JSON file",
+    "EVALBOARD_VISION_CACHE_BYTES": "bound of the on-disk vision-feature cache (bytes; 0 disables it)",
+}
+
+
+# -- the workspace ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """A folder with `.evalboard/config.toml`: the settings of everything below it."""
+
+    root: Path
+    """The workspace folder; relative paths in its config are resolved against it."""
+
+    @property
+    def home(self) -> Path:
+        return self.root / HOME_NAME
+
+    @property
+    def config_path(self) -> Path:
+        return self.home / CONFIG_NAME
+
+    def load(self) -> WorkspaceConfig:
+        """The parsed config (empty when the file does not exist)."""
+        if not self.config_path.is_file():
+            return WorkspaceConfig()
+        return WorkspaceConfig.parse(self.config_path.read_text(encoding="utf-8"), self)
+
+
+def find_workspace(start: Path | None = None) -> Workspace | None:
+    """The nearest folder at or above `start` (default: the current folder) that holds
+    `.evalboard/config.toml`, or None."""
+    here = Path(os.path.abspath(start or Path.cwd()))
+    for folder in (here, *here.parents):
+        if (folder / HOME_NAME / CONFIG_NAME).is_file():
+            return Workspace(folder)
+    return None
+
+
+@dataclass(frozen=True)
+class WorkspaceConfig:
+    """What `.evalboard/config.toml` says; fields it leaves out are None. Paths are resolved."""
+
+    registry: str | None = None
+    tracking_uri: str | None = None
+    artifact_location: str | None = None
+    models: dict[str, str] | None = None
+    connector_builders: dict[str, str] | None = None
+    """``[connector_builders]``: run name (or "*") = "package.module:function"."""
+
+    _SECTIONS = {"registry": {"url"}, "mlflow": {"tracking_uri", "artifact_location"}, "models": None,
+                 "connector_builders": None}
+
+    @classmethod
+    def parse(cls, text: str, ws: Workspace) -> WorkspaceConfig:
+        """Validate the TOML text of `ws`'s config; unknown sections or keys are errors."""
+        try:
+            import tomllib
+        except ModuleNotFoundError:  # Python 3.10
+            import tomli as tomllib
+
+        where = ws.config_path
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise InvalidInput(f"is not valid TOML: {e}", path=where) from None
+        for section, value in data.items():
+            if section not in cls._SECTIONS:
+                raise InvalidInput(f"unknown section [{section}]; known: "
+                                   f"{', '.join(f'[{s}]' for s in cls._SECTIONS)}", path=where)
+            if not isinstance(value, dict):
+                raise InvalidInput(f"{section!r} must be a [{section}] table", path=where)
+            keys = cls._SECTIONS[section]
+            for key, v in value.items():
+                if keys is not None and key not in keys:
+                    raise InvalidInput(f"unknown key {key!r} in [{section}]; known: {', '.join(sorted(keys))}",
+                                       path=where)
+                if not isinstance(v, str) or not v.strip():
+                    raise InvalidInput(f"[{section}] {key} must be a non-empty string", path=where)
+        registry = data.get("registry", {}).get("url")
+        mlflow = data.get("mlflow", {})
+        models = data.get("models")
+        return cls(
+            registry=_resolve_url(registry, ws.root) if registry else None,
+            tracking_uri=_resolve_url(mlflow["tracking_uri"], ws.root) if "tracking_uri" in mlflow else None,
+            artifact_location=(_resolve_location(mlflow["artifact_location"], ws.root)
+                               if "artifact_location" in mlflow else None),
+            models={k: str(_resolve_path(v, ws.root)) for k, v in models.items()} if models is not None else None,
+            connector_builders=({k: _check_builder(v, str(where)) for k, v in data["connector_builders"].items()}
+                                if "connector_builders" in data else None),
+        )
+
+
+def write_workspace_config(root: Path, *, registry: str | None = None, tracking_uri: str | None = None,
+                           artifact_location: str | None = None, models: Mapping[str, str] | None = None) -> Path:
+    """Write `<root>/.evalboard/config.toml` (paths may be relative to `root`); returns its path.
+    Left-out settings are written as their workspace defaults."""
+    home = HOME_NAME
+    lines = [
+        "# evalboard workspace: every `evalboard` command run in this folder or below it uses these",
+        "# settings. Relative paths are relative to this workspace folder. Environment variables",
+        "# (EVALBOARD_DB, MLFLOW_TRACKING_URI, EVALBOARD_ARTIFACT_LOCATION, EVALBOARD_MODELS) override them.",
+        "",
+        "[registry]",
+        f"url = {_toml_str(registry or f'sqlite:///{home}/registry.db')}",
+        "",
+        "[mlflow]",
+        f"tracking_uri = {_toml_str(tracking_uri or f'sqlite:///{home}/mlflow.db')}",
+        f"artifact_location = {_toml_str(artifact_location or f'{home}/{ARTIFACTS_NAME}')}",
+        "",
+        "[models]  # base-model id = local folder (workers never download)",
+        *(f"{_toml_str(k)} = {_toml_str(v)}" for k, v in (models or {}).items()),
+    ]
+    path = Path(root) / HOME_NAME / CONFIG_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = "\n".join(lines) + "\n"
+    WorkspaceConfig.parse(text, Workspace(Path(root)))  # never write a config we would refuse to read
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _toml_str(value: str) -> str:
+    return json.dumps(str(value))  # a JSON string is a valid TOML basic string
+
+
+def _resolve_path(value: str, root: Path) -> Path:
+    p = Path(os.path.expanduser(value))
+    return p if p.is_absolute() else root / p
+
+
+def _resolve_url(url: str, root: Path) -> str:
+    """`sqlite:///relative.db` is relative to the workspace, not to wherever a command runs."""
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith(prefix + "/") and url != "sqlite:///:memory:":
+        return prefix + str(root / url[len(prefix):])
+    return url
+
+
+def _resolve_location(value: str, root: Path) -> str:
+    if "://" in value or value.startswith("file:"):
+        return value
+    return _resolve_path(value, root).as_uri()
+
+
+def default_artifact_location(tracking_uri: str) -> str | None:
+    """Artifacts of a local SQLite MLflow store go next to its database (`<dir>/mlartifacts`), never
+    into `./mlruns` of whatever folder a command runs in. A file store keeps them inside itself and
+    a tracking server decides for itself: None."""
+    prefix = "sqlite:///"
+    if tracking_uri.startswith(prefix) and tracking_uri != "sqlite:///:memory:":
+        db = Path(os.path.abspath(tracking_uri[len(prefix):]))
+        return (db.parent / ARTIFACTS_NAME).as_uri()
+    return None
+
+
+# -- the effective settings ------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Settings:
-    home: Path = Path(".evalboard")
+    home: Path = Path(HOME_NAME)
     """Folder for local state (SQLite registry, local MLflow store). Env `EVALBOARD_HOME`."""
 
     db_url: str = ""
@@ -47,6 +244,15 @@ class Settings:
     def connector_builder_for(self, run_name: str | None) -> str | None:
         """The configured builder for ``run_name``'s connector checkpoints (the run's, else "*")."""
         return self.connector_builders.get(run_name or "") or self.connector_builders.get("*")
+    artifact_location: str | None = None
+    """Where new MLflow experiments keep artifacts. Env `EVALBOARD_ARTIFACT_LOCATION`; default
+    next to a local SQLite store (`default_artifact_location`), the server's choice otherwise."""
+
+    workspace: Workspace | None = None
+    """The workspace these settings came from (None: defaults and environment only)."""
+
+    origins: Mapping[str, str] = field(default_factory=dict)
+    """Setting name -> where its value came from ("env EVALBOARD_DB", "workspace config", "default")."""
 
     def __post_init__(self) -> None:
         # Defaults derive from `home`, so fill them here rather than in the field defaults.
@@ -56,25 +262,80 @@ class Settings:
             object.__setattr__(self, "db_url", f"sqlite:///{home / 'registry.db'}")
         if not self.mlflow_uri:
             object.__setattr__(self, "mlflow_uri", f"sqlite:///{home / 'mlflow.db'}")
+        if self.artifact_location is None:
+            object.__setattr__(self, "artifact_location", default_artifact_location(self.mlflow_uri))
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        """Build settings from `env` (default `os.environ`); unset variables take the defaults."""
+    def from_env(cls, env: Mapping[str, str] | None = None, *, cwd: Path | None = None) -> Settings:
+        """Settings from `env` (default `os.environ`) over the workspace config found from `cwd`
+        (default: the current folder) over the defaults."""
         env = os.environ if env is None else env
-        return cls(
-            home=Path(env.get("EVALBOARD_HOME") or ".evalboard"),
-            db_url=env.get("EVALBOARD_DB", ""),
-            mlflow_uri=env.get("MLFLOW_TRACKING_URI", ""),
-            models=parse_models(env.get("EVALBOARD_MODELS", "")),
-            connector_builders=parse_connector_builders(env.get("EVALBOARD_CONNECTOR_BUILDER", "")),
-            vision_cache_bytes=_non_negative_int(env.get("EVALBOARD_VISION_CACHE_BYTES", ""),
-                                                 "EVALBOARD_VISION_CACHE_BYTES", DEFAULT_VISION_CACHE_BYTES),
-        )
+        named = env.get("EVALBOARD_WORKSPACE", "").strip()
+        ws = Workspace(Path(os.path.abspath(os.path.expanduser(named)))) if named else find_workspace(cwd)
+        config = ws.load() if ws is not None else WorkspaceConfig()
+        origins: dict[str, str] = {}
+
+        def pick(name: str, env_var: str, from_config: Any, label: str = "workspace config") -> Any:
+            if env.get(env_var, "").strip():
+                origins[name] = f"env {env_var}"
+                return env[env_var].strip()
+            if from_config is not None:
+                origins[name] = label
+                return from_config
+            origins[name] = "default"
+            return None
+
+        origins["workspace"] = ("env EVALBOARD_WORKSPACE" if named else
+                                "found above the current folder" if ws else "none found")
+        home = pick("home", "EVALBOARD_HOME", ws.home if ws else None, "the workspace's") or HOME_NAME
+        db_url = pick("registry", "EVALBOARD_DB", config.registry) or ""
+        mlflow_uri = pick("mlflow", "MLFLOW_TRACKING_URI", config.tracking_uri) or ""
+        artifacts = pick("artifacts", "EVALBOARD_ARTIFACT_LOCATION", config.artifact_location)
+        if origins["artifacts"].startswith("env"):
+            artifacts = _resolve_location(artifacts, Path.cwd())
+        models_value = pick("models", "EVALBOARD_MODELS", config.models)
+        models = parse_models(models_value) if isinstance(models_value, str) else dict(models_value or {})
+        builders_value = pick("connector_builders", "EVALBOARD_CONNECTOR_BUILDER", config.connector_builders)
+        builders = parse_connector_builders(builders_value) if isinstance(builders_value, str) \
+            else dict(builders_value or {})
+        return cls(home=Path(home), db_url=db_url, mlflow_uri=mlflow_uri, models=models,
+                   artifact_location=artifacts, workspace=ws, origins=origins, connector_builders=builders,
+                   vision_cache_bytes=_non_negative_int(env.get("EVALBOARD_VISION_CACHE_BYTES", ""),
+                                                        "EVALBOARD_VISION_CACHE_BYTES", DEFAULT_VISION_CACHE_BYTES))
 
     def ensure_home(self) -> Path:
         """Create `home` on first use rather than at import, so reading settings has no effects."""
         self.home.mkdir(parents=True, exist_ok=True)
         return self.home
+
+    def describe(self) -> dict[str, Any]:
+        """What `evalboard info` prints: each setting with where it came from."""
+        ws = self.workspace
+        return {
+            "workspace": str(ws.root) if ws else None,
+            "config": str(ws.config_path) if ws and ws.config_path.is_file() else None,
+            "home": str(Path(os.path.abspath(self.home))),
+            "registry": self.db_url,
+            "mlflow_tracking_uri": self.mlflow_uri,
+            "artifact_location": self.artifact_location,
+            "models": dict(self.models),
+            "origins": dict(self.origins),
+        }
+
+    def mlflow_ui_command(self, port: int = 5000, executable: str = "mlflow") -> str:
+        """The `mlflow ui` command that shows this store (and puts UI-made experiments' artifacts
+        in the same place as ours)."""
+        cmd = f"{executable} ui --backend-store-uri {self.mlflow_uri}"
+        if self.artifact_location and not self.mlflow_uri.startswith(("http://", "https://")):
+            cmd += f" --default-artifact-root {self.artifact_location}"
+        return cmd + f" --port {port}"
+
+    def summary_line(self) -> str:
+        """One line: which workspace, registry, MLflow store and artifact location a command uses."""
+        ws = f"workspace {self.workspace.root}" if self.workspace else "no workspace (defaults)"
+        return (f"{ws}; registry {self.db_url}; MLflow {self.mlflow_uri}; "
+                f"artifacts {self.artifact_location or 'chosen by the MLflow server'}; "
+                f"{len(self.models)} base models mapped")
 
 
 def parse_models(value: str) -> dict[str, str]:

@@ -40,6 +40,7 @@ _ENTITY_OF = {
     M.EvalResult: E.EvalResultEntity,
     M.RowStats: E.RowStatsEntity,
     M.EvalJob: E.EvalJobEntity,
+    M.Worker: E.WorkerEntity,
 }
 _AUTOMATIC = {"id", "created_at", "updated_at", "registered_at", "enqueued_at"}
 _INACTIVE_JOB_STATUSES = ("failed", "cancelled")

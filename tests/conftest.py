@@ -6,12 +6,34 @@ from __future__ import annotations
 
 import os
 import uuid
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from tests._infra.postgres import PostgresUnavailable, create_database, drop_database, start_postgres
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_workspace(tmp_path_factory) -> Iterator[None]:
+    """Every test runs in an empty workspace of its own, so nothing reads or writes a
+    `.evalboard` in the repo (or a workspace config above it); tests that need a particular
+    registry or MLflow store set EVALBOARD_DB / MLFLOW_TRACKING_URI / EVALBOARD_HOME on top."""
+    folder = Path(os.path.realpath(tmp_path_factory.mktemp("default-workspace")))
+    absent = [p for p in (REPO_ROOT / ".evalboard", REPO_ROOT / "mlruns") if not p.exists()]
+    saved = os.environ.get("EVALBOARD_WORKSPACE")
+    os.environ["EVALBOARD_WORKSPACE"] = str(folder)
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("EVALBOARD_WORKSPACE", None)
+        else:
+            os.environ["EVALBOARD_WORKSPACE"] = saved
+    created = [str(p) for p in absent if p.exists()]
+    assert not created, f"tests created {created}: tests must keep their state in tmp folders"
 
 
 def _pg_admin_url(url: str) -> str:

@@ -22,6 +22,10 @@ def _registry(url: str) -> Registry:
     return data.open_registry(Settings.from_env())
 
 
+def settings() -> Settings:
+    return Settings.from_env()
+
+
 def registry_url() -> str:
     return Settings.from_env().db_url
 

@@ -27,15 +27,21 @@ if query_ck and query_ck.isdigit() and int(query_ck) in set(cks["checkpoint_id"]
     st.session_state["checkpoint_run"] = int(cks.loc[cks["checkpoint_id"] == int(query_ck), "run_id"].iloc[0])
     st.session_state["checkpoint_id"] = int(query_ck)
 
+results = c.results(url, version)
+evaluated = set(results["checkpoint_id"].dropna().astype(int))
+if "checkpoint_run" not in st.session_state:  # open on a run that has results
+    with_results = [r for r in run_ids if set(cks.loc[cks["run_id"] == r, "checkpoint_id"]) & evaluated]
+    st.session_state["checkpoint_run"] = (with_results or run_ids)[0]
+
 col_run, col_ck = st.columns(2)
 run_id = col_run.selectbox("Run", run_ids, format_func=lambda r: run_names.get(r, f"run {r}"), key="checkpoint_run")
 mine = cks[cks["run_id"] == run_id].sort_values("step")
 labels = {int(r.checkpoint_id): f"step {r.step}" + ("" if r.status == "valid" else " (invalid)")
-          for r in mine.itertuples()}
+          + ("" if int(r.checkpoint_id) in evaluated else " · not evaluated") for r in mine.itertuples()}
 ids = list(labels)
-if st.session_state.get("checkpoint_id") not in ids:  # a new run: its latest valid checkpoint
+if st.session_state.get("checkpoint_id") not in ids:  # a new run: its latest evaluated (else valid) checkpoint
     valid = mine.loc[mine["status"] == "valid", "checkpoint_id"].astype(int).tolist()
-    st.session_state["checkpoint_id"] = (valid or ids)[-1]
+    st.session_state["checkpoint_id"] = ([i for i in valid if i in evaluated] or valid or ids)[-1]
 ck_id = col_ck.selectbox("Checkpoint", ids, format_func=labels.get, key="checkpoint_id")
 st.query_params["checkpoint"] = str(ck_id)
 
@@ -85,7 +91,6 @@ else:
     st.info("No token space known for this checkpoint (neither its own token_space.json nor its run's).")
 
 st.subheader("Eval history")
-results = c.results(url, version)
 history = results[results["checkpoint_id"] == ck_id]
 if history.empty:
     c.empty_state("Not evaluated yet. Queue it on the Queue page, or run",
@@ -138,4 +143,11 @@ else:
     st.dataframe(trend.drop(columns=["step"]), hide_index=True, width="stretch")
     flagged = analysis.flagged_rows(trend)
     if not flagged.empty:
-        st.error("Dead (all-zero) or non-finite rows found: see the zero_rows / nonfinite_rows columns.")
+        ranges = ", ".join(f"{r.range}/{r.matrix}" for r in flagged.itertuples())
+        st.error(f"Dead (all-zero) or non-finite rows in this checkpoint ({c.md(ranges)}): see the zero_rows / "
+                 "nonfinite_rows columns.")
+    else:
+        st.success("No dead (all-zero) or non-finite rows in this checkpoint.")
+    if base_zero := analysis.base_zero_rows(trend):
+        st.caption(f"The row base\\_text is the frozen base's text rows, for scale: its {base_zero} all-zero "
+                   "rows (typically padding) are context, not a problem of this checkpoint.")

@@ -114,12 +114,17 @@ else:
     st.dataframe(flagged, hide_index=True, width="stretch")
 
 st.subheader("Deltas against a baseline")
+st.caption("Each run's best loss per task minus the baseline checkpoint's; the baseline defaults to the "
+           "best checkpoint of the baseline run (negative: better than it).")
 col_run, col_step = st.columns(2)
 base_run = col_run.selectbox("Baseline run", chosen, key="compare_baseline_run")
 points = sel[(sel["run"] == base_run) & (sel["task"] == tasks[0])].sort_values("step")
 steps = dict(zip(points["result_id"].astype(int), points["step"]))
+best_id = int(points.loc[points["loss"].idxmin(), "result_id"]) if not points.empty else None
+if st.session_state.get("compare_baseline") not in steps:  # a new baseline run: start from its best
+    st.session_state["compare_baseline"] = best_id
 baseline = col_step.selectbox("Baseline checkpoint", list(steps), key="compare_baseline",
-                              format_func=lambda i: f"step {steps.get(i, '?')}")
+                              format_func=lambda i: f"step {steps.get(i, '?')}" + (" (best)" if i == best_id else ""))
 if baseline is not None:
     st.dataframe(analysis.deltas_vs_baseline(sel, baseline), hide_index=True, width="stretch",
                  column_config={"run": st.column_config.TextColumn(pinned=True)})

@@ -106,8 +106,12 @@ else:
     severities = st.multiselect("Severity", ["error", "warning", "info"], default=["error", "warning"],
                                 key="compat_severity")
     shown = findings[findings["severity"].isin(severities)]
-    st.dataframe(shown, hide_index=True, width="stretch",
-                 column_config={"message": st.column_config.TextColumn(width="large")})
+    if len(shown) <= 100:  # a static table wraps each message: nothing of a finding is cut off
+        st.table(shown.set_index("severity"))
+    else:
+        st.dataframe(shown, hide_index=True, width="stretch",
+                     column_config={"message": st.column_config.TextColumn(width="large")})
+        st.caption("Long messages are cut in this table: hover a cell, or download the CSV, to read them whole.")
     c.csv_download(findings, "audit_findings.csv", key="compat_csv")
 
 st.subheader("Token-space diff")

@@ -14,6 +14,23 @@ st.title("Queue")
 url, version = c.registry_url(), c.version()
 reg = c.registry()
 
+# -- Workers -------------------------------------------------------------------------------------
+st.subheader("Workers")
+workers = data.live_workers(reg)
+if workers:
+    st.success(f"{len(workers)} worker{'s' if len(workers) > 1 else ''} alive: "
+               + ", ".join(f"{c.md(w.worker_id)} (seen {w.seconds_ago:.0f} s ago)" for w in workers),
+               icon=":material/bolt:")
+else:
+    st.warning("No worker is running for this registry, so queued jobs wait. Start one here (a background "
+               "`evalboard worker --once` on this machine: it evaluates everything queued, then exits), or "
+               "run `evalboard worker` where the GPUs are.", icon=":material/hourglass_empty:")
+    if st.button("Start a local worker", key="queue_start_worker", icon=":material/play_arrow:"):
+        started = data.start_local_worker(c.settings())
+        st.session_state["queue_worker_started"] = started
+if started := st.session_state.get("queue_worker_started"):
+    st.caption(f"Started worker process {started['pid']}; its log: `{started['log']}`")
+
 # -- Evaluate ------------------------------------------------------------------------------------
 st.subheader("Evaluate")
 runs = c.runs(url, version)
@@ -31,43 +48,52 @@ else:
     es_names = {i: e.name for i, e in es_by_id.items()}
     es_id = col_es.selectbox("Eval set", list(es_by_id), format_func=lambda i: es_names.get(i, str(i)),
                              key="eval_evalset")
-    run_id = col_run.selectbox("Run", run_ids, format_func=names.get, key="eval_run")
+    pending = data.enqueueable_runs(reg, runs, es_by_id[es_id])
+    if st.session_state.get("eval_run") not in run_ids and run_ids:  # open on a run with work to queue
+        st.session_state["eval_run"] = next((r for r in run_ids if pending.get(r)), run_ids[0])
+    run_id = col_run.selectbox("Run", run_ids, key="eval_run",
+                               format_func=lambda r: f"{names.get(r)} ({pending.get(r, 0)} to evaluate)")
     mine = cks[(cks["run_id"] == run_id)].sort_values("step")
     labels = {int(r.checkpoint_id): f"step {r.step}" + ("" if r.status == "valid" else " (invalid)")
               for r in mine.itertuples()}
     with st.form("evaluate_form"):
-        mode = st.radio("Checkpoints", ["all unevaluated of this run", "chosen below"], key="eval_mode",
-                        horizontal=True)
-        chosen = st.multiselect("Checkpoints", list(labels), format_func=labels.get, key="eval_checkpoints")
+        chosen = st.multiselect("Checkpoints", list(labels), format_func=labels.get, key="eval_checkpoints",
+                                placeholder="none chosen: every valid checkpoint of the run not yet evaluated")
         submitted = st.form_submit_button("Enqueue", type="primary")
     if submitted:
         from registry.audit import refusals
 
-        if mode == "chosen below":
-            targets = list(chosen)
-        else:
-            targets = data.unevaluated_checkpoints(reg, run_id, es_id)
+        targets = list(chosen) or data.unevaluated_checkpoints(reg, run_id, es_id)
         if not targets:
-            st.info("Nothing to enqueue: " + ("choose checkpoints." if mode == "chosen below" else
-                                              "every valid checkpoint of this run is evaluated or queued."))
+            st.info("Nothing to enqueue: every valid checkpoint of this run is evaluated or queued on this eval set.")
         evalset = es_by_id[es_id]
         created = existing = 0
         checkpoints = [reg.get_checkpoint(id=ck_id) for ck_id in targets]
         refused = refusals(reg, checkpoints, evalset)
+        # One message per kind of refusal (the finding codes), however many checkpoints share it;
+        # the first checkpoint's full reason stands for the others (their messages differ only in path).
+        by_kind: dict[tuple, tuple[list, str]] = {}
         for ck in checkpoints:
             if ck.id in refused:
-                st.error(f"Refused step {ck.step}: " + c.md("; ".join(f.message for f in refused[ck.id])),
-                         icon=":material/block:")
+                kind = tuple(sorted({f.code for f in refused[ck.id]}))
+                by_kind.setdefault(kind, ([], "; ".join(f.message for f in refused[ck.id])))[0].append(ck.step)
                 continue
             try:
                 _, new = reg.enqueue_job(checkpoint_id=ck.id, evalset_id=es_id)
             except EvalboardError as e:
-                st.error(f"Refused step {ck.step}: {c.md(e)}", icon=":material/block:")
+                by_kind.setdefault((type(e).__name__,), ([], str(e)))[0].append(ck.step)
                 continue
             created += new
             existing += not new
+        for kind, (steps, reason) in by_kind.items():
+            if len(steps) == 1:
+                st.error(f"Refused step {steps[0]}: {c.md(reason)}", icon=":material/block:")
+            else:
+                st.error(f"Refused {len(steps)} checkpoints (steps {', '.join(map(str, steps))}): "
+                         f"{c.md(', '.join(kind))}. For step {steps[0]}: {c.md(reason)}", icon=":material/block:")
         if created:
-            st.success(f"Enqueued {created} jobs.")
+            st.success(f"Enqueued {created} jobs." + ("" if data.live_workers(reg) else
+                                                      " No worker is running: start one above."))
         if existing:
             st.info(f"{existing} already queued (or done) for this eval set; not enqueued again.")
 

@@ -71,10 +71,13 @@ if analysis.is_module_stats(stats):
 trend, drift = analysis.row_stats_tables(stats)
 flagged = analysis.flagged_rows(trend)
 if flagged.empty:
-    st.success("No dead (all-zero) or non-finite rows at any step.")
+    st.success("No dead (all-zero) or non-finite rows in this run's checkpoints at any step.")
 else:
-    st.error(f"Dead or non-finite rows at {flagged['step'].nunique()} steps:")
+    st.error(f"Dead or non-finite rows in this run's checkpoints at {flagged['step'].nunique()} steps:")
     st.dataframe(flagged, hide_index=True, width="stretch")
+if base_zero := analysis.base_zero_rows(trend):
+    st.caption(f"The frozen base's text rows include {base_zero} all-zero rows (typically padding rows). "
+               "They are context for the norms below, not a problem of these checkpoints.")
 
 st.subheader("Norms across steps")
 left, right = st.columns(2)

@@ -88,10 +88,13 @@ def server(populated, tmp_path):
     finally:
         proc.terminate()
         try:
-            proc.wait(timeout=15)
+            proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        from tests.dashboard.test_serve import assert_port_freed
+
+        assert_port_freed(port)  # `make test` must leave no server behind
 
 
 def test_every_page_in_chromium(server, tmp_path):

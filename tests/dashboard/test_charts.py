@@ -89,9 +89,38 @@ def test_row_stats_charts():
     trend, drift = analysis.row_stats_tables(stats)
     assert set(trend["range"]) == {"audio", "image", "base_text"}
     flagged = analysis.flagged_rows(trend)
+    # the base's all-zero padding row is context: only the checkpoint's own rows are flagged
     assert flagged[["step", "range", "matrix"]].values.tolist() == [[200, "image", "embed"]]
+    assert analysis.base_zero_rows(trend) == 1
     assert len(charts.row_norm_trend(trend, "embed").data) == 6  # band + line per range
     hist = stats[100]["histograms"]
     names = [t.name for t in charts.norm_histograms(hist["edges"], hist["counts"], "lm_head").data]
     assert names == ["audio", "base text rows", "image"]
     assert len(charts.drift_trend(drift).data) == 4
+
+
+def test_row_health_is_about_the_checkpoints_rows():
+    from registry.row_health import row_health
+    from tests.dashboard._helpers import row_stats
+
+    doc = row_stats(100, 0, None)
+    health = row_health(doc)
+    assert health.ok and health.base_zero_rows == 1 and "health: ok" in health.line()
+    assert analysis.flagged_rows(analysis.row_stats_tables({100: doc})[0]).empty  # the pages agree
+    doc["ranges"]["audio"]["lm_head"]["zero_rows"] = 3
+    health = row_health(doc)
+    assert not health.ok and health.dead_rows == 3 and "audio/lm_head" in health.line()
+    flagged = analysis.flagged_rows(analysis.row_stats_tables({100: doc})[0])
+    assert flagged[["range", "matrix"]].values.tolist() == [["audio", "lm_head"]]
+
+
+def test_run_parameters_show_nested_trainer_settings_and_only_differences():
+    runs = pd.DataFrame({"run_id": [1, 2], "run": ["a", "b"], "track": ["B", "B"], "base_model": ["m", "m"],
+                         "token_space": ["t", "t"]})
+    cks = pd.DataFrame({"run_id": [1, 2], "checkpoint_id": [10, 20], "step": [5, 5], "status": ["valid", "valid"],
+                        "row_start": [8, 8], "row_end": [16, 16]})
+    meta = {10: {"dtype": "float32", "trainer": {"lr": 0.01, "steps": 5, "optimizer": "Adam"}},
+            20: {"dtype": "float32", "trainer": {"lr": 0.03, "steps": 5, "optimizer": "Adam"}}}
+    params = analysis.run_parameters(runs, cks, meta)
+    assert params.loc[0, "meta.trainer.lr"] == 0.01
+    assert list(analysis.differences_only(params).columns) == ["run", "meta.trainer.lr"]

@@ -3,6 +3,8 @@ interaction."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tests.dashboard._helpers import PAGES, TITLES, assert_ok, run_page
@@ -116,12 +118,11 @@ def test_row_stats_charts(populated):
     assert at.success and "No dead" in at.success[0].value
 
 
-def _enqueue(at, run_name: str, mode: str, checkpoints=()):
+def _enqueue(at, run_name: str, checkpoints=()):
+    """Submit the Evaluate form: the chosen checkpoints, or (none chosen) all unevaluated ones."""
     at.selectbox(key="eval_run").set_value(_run_id(at, run_name)).run()
-    at.radio(key="eval_mode").set_value(mode)
-    if checkpoints:
-        at.multiselect(key="eval_checkpoints").set_value(list(checkpoints))
-    at.button[0].click()  # the form's submit button
+    at.multiselect(key="eval_checkpoints").set_value(list(checkpoints))
+    at.button(key="FormSubmitter:evaluate_form-Enqueue").click()
     return at.run()
 
 
@@ -148,7 +149,6 @@ def test_evaluate_form_creates_jobs_and_dedups(populated):
     assert_ok(at, "Queue")
     at.selectbox(key="eval_run").set_value(_run_id(at, "stage3_token_lm_iter5")).run()
     valid = _checkpoint_ids("stage3_token_lm_iter5")[:2]  # steps 100 and 200
-    at.radio(key="eval_mode").set_value("chosen below")
     at.multiselect(key="eval_checkpoints").set_value(valid)
     at.button(key="FormSubmitter:evaluate_form-Enqueue").click().run()
     assert_ok(at, "Queue")
@@ -170,7 +170,6 @@ def test_evaluate_refuses_mismatched_token_space(populated):
 
     at = run_page("queue")
     at.selectbox(key="eval_run").set_value(_run_id(at, "stage3_token_lm_wide_image")).run()
-    at.radio(key="eval_mode").set_value("chosen below")
     at.multiselect(key="eval_checkpoints").set_value(_checkpoint_ids("stage3_token_lm_wide_image")[:1])
     at.button(key="FormSubmitter:evaluate_form-Enqueue").click().run()
     assert_ok(at, "Queue")
@@ -222,12 +221,56 @@ def test_new_results_show_up_without_restart(populated):
     from registry.store import Registry
 
     at = run_page("runs")
-    before = at.dataframe[0].value.set_index("run").loc["stage3_token_lm_iter5", "best all"]
+    # losses are shown as text (a dash when missing), 4 decimals
+    before = float(at.dataframe[0].value.set_index("run").loc["stage3_token_lm_iter5", "best all"])
     with Registry(populated) as reg:
         run = reg.get_run(name="stage3_token_lm_iter5")
         ck = next(c for c in reg.list_checkpoints(run_id=run.id) if c.step == 300)
         reg.add_eval_result(checkpoint_id=ck.id, run_id=run.id, evalset_id=reg.list_evalsets()[0].id, step=300,
                             source="evaluator", metrics={"all": {"loss": 0.5, "tokens": 1, "examples": 1}})
     at.run()
-    after = at.dataframe[0].value.set_index("run").loc["stage3_token_lm_iter5", "best all"]
+    after = float(at.dataframe[0].value.set_index("run").loc["stage3_token_lm_iter5", "best all"])
     assert before > 1 and after == pytest.approx(0.5)
+
+
+def test_queue_says_whether_a_worker_is_alive(populated):
+    from registry import queue
+    from registry.store import Registry
+
+    at = run_page("queue")
+    assert_ok(at, "Queue")
+    assert any("No worker is running" in w.value for w in at.warning)
+    assert at.button(key="queue_start_worker")
+    with Registry(populated) as reg:
+        queue.claim(reg, worker_id="gpu-7:123")  # a claim attempt is a sign of life, even with nothing to claim
+        at.run()
+        assert any("1 worker alive: gpu\\-7\\:123" in s.value for s in at.success), [s.value for s in at.success]
+        queue.worker_gone(reg, "gpu-7:123")
+    at.run()
+    assert any("No worker is running" in w.value for w in at.warning)
+
+
+def test_queue_opens_on_a_run_with_work_and_groups_refusals(populated):
+    at = run_page("queue")
+    default = at.selectbox(key="eval_run")
+    assert "(0 to evaluate)" not in default.format_func(default.value)  # a run whose checkpoints can be queued
+    at.selectbox(key="eval_run").set_value(_run_id(at, "stage3_token_lm_wide_image")).run()
+    at.multiselect(key="eval_checkpoints").set_value(_checkpoint_ids("stage3_token_lm_wide_image")[:2])
+    at.button(key="FormSubmitter:evaluate_form-Enqueue").click().run()
+    errors = [e.value for e in at.error]
+    assert len(errors) == 1 and "Refused 2 checkpoints (steps" in errors[0], errors
+
+
+def test_start_local_worker_runs_a_real_worker(populated, tmp_path):
+    import time
+
+    from dashboard import data
+    from registry.settings import Settings
+
+    started = data.start_local_worker(Settings.from_env())
+    log = Path(started["log"])
+    deadline = time.monotonic() + 120
+    while "stopping after" not in (log.read_text() if log.exists() else ""):  # nothing queued: --once exits
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.2)  # polling interval
+    assert "worker started" in log.read_text()

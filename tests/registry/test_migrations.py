@@ -19,6 +19,7 @@ from registry.models import Base
 from registry.store import Registry
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+HEAD = "0002"  # the newest revision in registry/migrations/versions
 
 
 def _versions(url: str) -> list[str]:
@@ -32,7 +33,7 @@ def _versions(url: str) -> list[str]:
 
 def test_one_linear_history() -> None:
     script = ScriptDirectory.from_config(alembic_config())
-    assert script.get_heads() == ["0001"]
+    assert script.get_heads() == [HEAD]
 
 
 def test_migrated_schema_matches_models(registry: Registry) -> None:
@@ -47,7 +48,7 @@ def test_reopening_does_not_migrate_again(db_url: str) -> None:
     Registry(db_url).close()
     with Registry(db_url) as again:
         assert again.counts() == dict.fromkeys(Base.metadata.tables, 0)
-    assert _versions(db_url) == ["0001"]
+    assert _versions(db_url) == [HEAD]
 
 
 def test_downgrade_to_base_and_back(registry: Registry) -> None:
@@ -91,4 +92,4 @@ def test_concurrent_first_startup(db_url: str) -> None:
     for returncode, stdout, stderr in outcomes:
         assert returncode == 0, stderr
         assert stdout.strip() == expected
-    assert _versions(db_url) == ["0001"]
+    assert _versions(db_url) == [HEAD]
