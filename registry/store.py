@@ -227,7 +227,7 @@ class Registry:
         if run_id is not None:
             query = query.where(M.Checkpoint.run_id == run_id)
         if track is not None:
-            query = query.where(M.Checkpoint.track == track)
+            query = query.filter_by(track=track)
         if status is not None:
             _check_choice("checkpoint status", status, M.CHECKPOINT_STATUSES)
             query = query.where(M.Checkpoint.status == status)

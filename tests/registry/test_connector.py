@@ -25,8 +25,11 @@ def test_the_documented_schema(tmp_path: Path) -> None:
                                                                        "google/siglip-so400m", True)
     assert set(ck.modules) == {"resampler", "projector"}
     assert ck.modules["projector"]["projector.0.weight"] == (64, 32)
-    assert ck.n_params == 8 * 32 + 96 * 32 + 32 * 32 + 64 * 32 + 64 + 64 * 64
-    assert ck.meta == {"n_queries": 8, "vision_dim": 32, "llm_dim": 64}
+    # the reference PerceiverConnector(32 -> 64, 8 queries): queries, attention in/out, projector 0 and 2
+    assert ck.n_params == 8 * 32 + (96 * 32 + 96) + (32 * 32 + 32) + (64 * 32 + 64) + (64 * 64 + 64)
+    assert ck.meta == {"n_queries": 8, "vision_dim": 32, "llm_dim": 64, "num_heads": 4,
+                       "connector_builder": "evaluator.connectors:perceiver_resampler"}
+    assert (ck.input_width, ck.output_width, ck.builder) == (32, 64, "evaluator.connectors:perceiver_resampler")
     summary = ck.summary()
     assert (summary["track"], summary["step"], summary["base_model"]) == ("A", 3675, "Qwen/Qwen3-8B-Base")
     assert summary["files"][0]["name"] == "checkpoint_3675.pt"
