@@ -9,6 +9,7 @@ from registry.connector import ConnectorCheckpoint
 from registry.errors import InvalidInput
 from registry.eval_result import EvalResult
 from registry.evalset import MANIFEST, EvalSet
+from registry.safeio import as_invalid
 from registry.token_space import TokenSpace
 from registry.trainable_rows import META_FILENAME, ROWS_FILENAMES, TrainableRows
 
@@ -17,7 +18,13 @@ _TENSOR_SUFFIXES = (".pt", ".bin", ".pth", ".safetensors")
 
 def inspect_path(path: str | Path) -> dict[str, Any]:
     """A JSON-able summary of whatever ``path`` is; raises InvalidInput naming the file otherwise."""
-    p = Path(path)
+    try:
+        return _inspect(Path(path))
+    except OSError as e:  # a folder or file we may not read: refused like any other bad input
+        raise as_invalid(e, path) from None
+
+
+def _inspect(p: Path) -> dict[str, Any]:
     if not p.exists() and not p.is_symlink():
         raise InvalidInput("does not exist", path=p)
     if p.is_dir():

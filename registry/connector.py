@@ -19,8 +19,8 @@ from typing import Any, Mapping
 
 from registry.errors import InvalidInput
 from registry.files import FileRecord, content_hash, file_records
-from registry.safeio import load_tensors
-from registry.trainable_rows import parse_step
+from registry.safeio import check_int, load_tensors, require_regular_file
+from registry.trainable_rows import check_step_in_name, parse_step
 
 __all__ = ["ConnectorCheckpoint"]
 
@@ -53,8 +53,8 @@ class ConnectorCheckpoint:
     @classmethod
     def load(cls, path: str | Path) -> "ConnectorCheckpoint":
         path = Path(path)
-        if not path.is_file():
-            raise InvalidInput("is not a file", path=path)
+        require_regular_file(path)
+        check_step_in_name(path)
         obj = load_tensors(path)
         state = _connector_state(obj, path)
         modules = _split_modules(state, path)
@@ -165,8 +165,7 @@ def _step(obj: Mapping[str, Any], path: Path) -> int | None:
     from_name = parse_step(path.name)
     if raw is None:
         return from_name
-    if isinstance(raw, bool) or not isinstance(raw, int) or raw < 0:
-        raise InvalidInput(f"step must be a non-negative integer, got {raw!r}", path=path)
+    check_int(raw, "step", path)
     if from_name is not None and raw != from_name:
         raise InvalidInput(f"step {raw} inside the file disagrees with its name {path.name}", path=path)
     return raw
