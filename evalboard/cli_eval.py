@@ -74,8 +74,10 @@ def eval_cmd(
     Several checkpoints share one base-model load (only their rows are swapped). Every checkpoint is
     checked (compatibility, file integrity) before any is evaluated; a refusal exits 2 and logs nothing."""
     from evalboard.cli import _progress, err
+    from evaluator.base_model import parse_device
     from evaluator.service import EvalOptions, Evaluator
 
+    parse_device(device)  # before anything is registered on the fly
     _setup_logging(verbose)
     reg, settings = _registry()
     es = resolve_evalset(reg, evalset)

@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from evaluator.base_model import ResidentBase, load_base, resolve_base_model
+from evaluator.base_model import ResidentBase, load_base, parse_device, resolve_base_model
 from evaluator.batching import Example
 from evaluator.loss import LossReport, evaluate_loss
 from evaluator.rows import ResidentModel, TokenSpaceSizes
@@ -99,6 +99,7 @@ class Publication:
 
 def resolve_device(requested: str | None) -> torch.device:
     """A device we can actually use, or a clear error (never a silent fallback for an explicit ask)."""
+    parse_device(requested)  # a malformed name is a one-line refusal, not torch's RuntimeError
     if requested is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(requested)

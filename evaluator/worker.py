@@ -67,6 +67,9 @@ class WorkerConfig:
     """Name recorded on claimed jobs; default `<host>:<pid>`."""
 
     def __post_init__(self) -> None:
+        from evaluator.base_model import parse_device
+
+        parse_device(self.device)
         if not self.lease_seconds > 0:
             raise InvalidInput(f"--lease-seconds must be positive, got {self.lease_seconds}")
         if self.heartbeat_seconds is not None and not 0 < self.heartbeat_seconds < self.lease_seconds:
