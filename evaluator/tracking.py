@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-__all__ = ["Tracker", "EvalRecord", "mlflow_available"]
+__all__ = ["Tracker", "EvalRecord", "mlflow_available", "check_tracking_store"]
 
 TAG = "evalboard."
 DIGEST_LEN = 36
@@ -61,6 +61,33 @@ def mlflow_available(uri: str) -> bool:
         return True
     except Exception:  # noqa: BLE001 - any failure means "not reachable now"
         return False
+
+
+def check_tracking_store(uri: str) -> None:
+    """Refuse, before anything is computed or written, an MLflow store that cannot take a run
+    (a path under a file, a read-only database, a URI MLflow does not understand): one line
+    naming the store instead of MLflow's traceback after the evaluation."""
+    from registry.errors import InvalidInput
+
+    try:
+        from mlflow.tracking import MlflowClient
+
+        MlflowClient(uri).search_experiments(max_results=1)
+    except Exception as e:  # noqa: BLE001 - whatever MLflow raises, the store is unusable
+        detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise InvalidInput(f"MLflow tracking store {uri} cannot be used: {type(e).__name__}: {detail}") from None
+    if uri.startswith("sqlite:///"):
+        import sqlite3
+
+        try:  # take the write lock and give it back: proves the database file is writable
+            conn = sqlite3.connect(uri.removeprefix("sqlite:///").split("?", 1)[0], timeout=30)
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.rollback()
+            finally:
+                conn.close()
+        except sqlite3.Error as e:
+            raise InvalidInput(f"MLflow tracking store {uri} is not writable: {e}") from None
 
 
 class Tracker:

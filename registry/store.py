@@ -277,10 +277,13 @@ class Registry:
         files: list[dict[str, Any]],
         replace: bool = False,
     ) -> tuple[E.EvalSetEntity, str]:
-        """Register an eval set under `name`; returns it and 'new'|'updated'|'unchanged'.
+        """Register an eval set under `name`; returns it and 'new'|'replaced'|'unchanged'.
 
         A name stands for one content: registering different content under a taken name is
-        refused unless `replace=True`, because results would silently mix two eval sets.
+        refused unless `replace=True`, because results would silently mix two eval sets. A
+        replaced eval set is not overwritten: its row (and every result and job pointing at it)
+        is kept under `<name>@<first 12 hex of its content hash>`, and `name` gets a new row, so
+        results on the old and the new contents never form one series.
         """
         values = dict(path=str(path), content_hash=content_hash, token_space_hash=token_space_hash,
                       manifest=manifest, tasks=tasks, n_examples=n_examples, files=files)
@@ -290,7 +293,9 @@ class Registry:
             same_content = s.scalars(
                 select(M.EvalSet).where(M.EvalSet.content_hash == content_hash)
             ).one_or_none()
-            if same_content is not None and same_content is not by_name:
+            restoring = (replace and same_content is not None and by_name is not None
+                         and same_content.name == _version_name(name, content_hash))
+            if same_content is not None and same_content is not by_name and not restoring:
                 raise InvalidInput(
                     f"eval set {path} has the same content (hash {content_hash[:12]}) as eval set "
                     f"{same_content.name!r} registered from {same_content.path}; use that name"
@@ -308,9 +313,16 @@ class Registry:
                     f"(hash {by_name.content_hash[:12]}); {path} has different content "
                     f"(hash {content_hash[:12]}). Pick another name, or replace it (replace=True)"
                 )
-            _assign(by_name, **values)
+            by_name.name = _version_name(name, by_name.content_hash)
             s.flush()
-            return _entity(by_name), "updated"
+            if restoring:  # back to a content registered before: that version takes the name again
+                _assign(same_content, name=name, **values)
+                s.flush()
+                return _entity(same_content), "replaced"
+            row = M.EvalSet(name=name, **values)
+            s.add(row)
+            s.flush()
+            return _entity(row), "replaced"
 
     def get_evalset(
         self, *, id: int | None = None, name: str | None = None, content_hash: str | None = None
@@ -568,6 +580,11 @@ def _check_values(model: type[M.Base], values: dict[str, Any], where: Any) -> No
             if len(value) > limit:
                 raise InvalidInput(f"{label} is {len(value)} characters long; at most {limit} are accepted",
                                    path=where)
+
+
+def _version_name(name: str, content_hash: str) -> str:
+    """The name a replaced eval set keeps: its own, with the content it had."""
+    return f"{name}@{content_hash[:12]}"
 
 
 def _check_choice(what: str, value: str, allowed: tuple[str, ...]) -> None:
