@@ -227,7 +227,7 @@ def jobs_cmd(
 
 @jobs_app.command("cancel")
 def jobs_cancel(
-    job_ids: list[int] = typer.Argument(..., help="Job ids."),
+    job_ids: list[int] = typer.Argument(..., min=1, max=2**31 - 1, help="Job ids."),
     running: bool = typer.Option(False, "--running", help="Also cancel running jobs (their worker drops them)."),
 ) -> None:
     """Cancel queued jobs (and running ones with --running)."""
@@ -242,7 +242,7 @@ def jobs_cancel(
 
 
 @jobs_app.command("retry")
-def jobs_retry(job_ids: list[int] = typer.Argument(..., help="Job ids.")) -> None:
+def jobs_retry(job_ids: list[int] = typer.Argument(..., min=1, max=2**31 - 1, help="Job ids.")) -> None:
     """Put failed or cancelled jobs back in the queue with their attempts reset."""
     from evalboard.cli import err
     from registry import queue

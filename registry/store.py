@@ -109,6 +109,10 @@ class Registry:
         except SQLAlchemyError as e:
             session.rollback()
             raise self._store_error(e) from e
+        except OverflowError:  # the driver met an integer no column holds (the callers check ranges first)
+            session.rollback()
+            raise InvalidInput(f"a number is too large for the registry (integers hold at most {DB_INT_MAX})") \
+                from None
         except BaseException:
             session.rollback()
             raise
