@@ -19,7 +19,7 @@ from typing import Any, Mapping
 
 from registry.errors import InvalidInput
 from registry.files import FileRecord, content_hash, file_records
-from registry.safeio import check_int, load_tensors, require_regular_file
+from registry.safeio import check_int, check_text, load_tensors, require_regular_file
 from registry.trainable_rows import check_step_in_name, parse_step
 
 __all__ = ["ConnectorCheckpoint"]
@@ -150,9 +150,9 @@ def _pointer(obj: Mapping[str, Any], meta: Mapping[str, Any], keys: tuple[str, .
             if k in source and source[k] is not None:
                 v = source[k]
                 if isinstance(v, str) and v.strip():
-                    return v
+                    return check_text(v, label, path)
                 if isinstance(v, dict) and isinstance(v.get("name") or v.get("id"), str):
-                    name = v.get("name") or v.get("id")
+                    name = check_text(v.get("name") or v.get("id"), f"{label}.name", path)
                     rev = v.get("revision") or v.get("version")
                     return f"{name}@{rev}" if rev else name
                 raise InvalidInput(f"{label} must be a model id string or {{name, revision}}, got {v!r}", path=path)
