@@ -69,7 +69,7 @@ def _existing_registry():
     from sqlalchemy import create_engine, inspect
     from sqlalchemy.exc import SQLAlchemyError
 
-    from registry.engine import mask_url, normalize_url
+    from registry.engine import mask_url, normalize_url, refuse_network_filesystem
     from registry.errors import NotFound, StoreError
     from registry.settings import Settings
     from registry.store import Registry
@@ -80,6 +80,8 @@ def _existing_registry():
             "`evalboard scan` / `evalboard enqueue` wrote")
     if url.get_backend_name() == "sqlite":
         path = Path(url.database or "")
+        if url.database and url.database != ":memory:":
+            refuse_network_filesystem(path.absolute())
         if not url.database or url.database == ":memory:" or not path.is_file() or path.stat().st_size == 0:
             raise NotFound(f"registry database {path} does not exist; {hint}")
     engine = create_engine(url)
