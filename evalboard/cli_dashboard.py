@@ -78,17 +78,20 @@ def _check_out(out: Path) -> None:
     """Refuse an --out that cannot become the report file before anything is computed."""
     from registry.errors import InvalidInput
 
-    if out.is_dir():
-        raise InvalidInput("--out names a folder; give the path of the report file to write", path=out)
-    if out.exists() and not out.is_file():
-        raise InvalidInput("--out is not a regular file; give the path of the report file to write", path=out)
-    parent = out.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise InvalidInput(f"--out cannot be created: {parent} is not a folder", path=out)
-    if len(out.name.encode()) > 255:
-        raise InvalidInput("--out file name is longer than 255 bytes", path=out)
+    if any(len(part.encode()) > 255 for part in out.parts):
+        raise InvalidInput("--out has a file or folder name longer than 255 bytes", path=out)
+    try:
+        if out.is_dir():
+            raise InvalidInput("--out names a folder; give the path of the report file to write", path=out)
+        if out.exists() and not out.is_file():
+            raise InvalidInput("--out is not a regular file; give the path of the report file to write", path=out)
+        parent = out.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not parent.is_dir():
+            raise InvalidInput(f"--out cannot be created: {parent} is not a folder", path=out)
+    except OSError as e:
+        raise InvalidInput(f"--out cannot be used: {e.strerror or type(e).__name__}", path=out) from None
 
 
 def _write(out: Path, text: str) -> None:

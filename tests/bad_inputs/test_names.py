@@ -3,16 +3,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from tests._infra.workspace import write_rows
 from tests.bad_inputs._helpers import cli, refusal, scan, state
 
 
-@pytest.fixture
-def runs(tmp_path: Path):
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("names")
     home = tmp_path / "home"
     write_rows(tmp_path / "outputs" / "a,b" / "checkpoint_100", step=100)
     write_rows(tmp_path / "outputs" / "plain" / "checkpoint_100", step=100)
