@@ -329,12 +329,49 @@ def _register_extensions() -> None:
 _register_extensions()
 
 
+def _click_exceptions():
+    try:  # typer >= 0.24 vendors its own click
+        from typer._click import exceptions
+    except ImportError:  # pragma: no cover - older typer uses click itself
+        from click import exceptions
+    return exceptions
+
+
 def main() -> None:
+    click = _click_exceptions()
+
     try:
-        app()
+        status = app(standalone_mode=False)
+    except click.NoArgsIsHelpError as e:  # `evalboard` or `evalboard jobs` alone: the help
+        text = e.format_message()  # typer's rich help was printed when the error was made; plain help was not
+        if text:
+            sys.stdout.write(text + "\n")
+        sys.exit(2)
+    except click.UsageError as e:
+        # `--help` stays rich; a usage error is one line that names the option, like any bad input.
+        err.print(f"error: {usage_line(e)}", markup=False, highlight=False)
+        sys.exit(2)
+    except click.ClickException as e:  # e.g. a file option that cannot be opened
+        err.print(f"error: {' '.join(e.format_message().split())}", markup=False, highlight=False)
+        sys.exit(2)
+    except typer.Abort:
+        err.print("aborted", markup=False, highlight=False)
+        sys.exit(130)
     except EvalboardError as e:
         err.print(f"error: {e}", markup=False, highlight=False)
         sys.exit(2)
+    sys.exit(status if isinstance(status, int) else 0)
+
+
+def usage_line(e) -> str:
+    """`evalboard eval: Missing option '--evalset'. (see evalboard eval --help)` on one line."""
+    message = " ".join(e.format_message().split())
+    names, ctx = [], e.ctx
+    while ctx is not None and ctx.parent is not None:
+        names.insert(0, ctx.info_name)
+        ctx = ctx.parent
+    command = " ".join(["evalboard", *names])
+    return f"{command}: {message} (see {command} --help)"
 
 
 if __name__ == "__main__":

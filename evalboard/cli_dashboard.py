@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -38,7 +39,9 @@ def dashboard(
 
 
 def export(
-    runs: list[str] = typer.Option(..., "--runs", help="Run names to include: repeat the option, or comma-separate."),
+    runs: Optional[list[str]] = typer.Option(None, "--runs", help="Run names, comma-separated (repeatable)."),
+    run: Optional[list[str]] = typer.Option(None, "--run", help="One run name, taken as written (commas "
+                                                             "included), or a registry run id; repeat the option."),
     fmt: str = typer.Option("html", "--format", help="html (self-contained, interactive charts), md or csv."),
     out: Path = typer.Option(..., "--out", help="File to write."),
     evalset: str = typer.Option(None, "--evalset", help="Only results on this eval set (default: all)."),
@@ -51,12 +54,62 @@ def export(
 
     if fmt not in report.FORMATS:
         raise InvalidInput(f"--format must be one of {', '.join(report.FORMATS)}, got {fmt!r}")
-    names = [n.strip() for item in runs for n in item.split(",") if n.strip()]
+    if not runs and not run:
+        raise InvalidInput("name the runs to export: --run NAME (repeatable) or --runs A,B")
+    _check_out(out)
     with Registry(settings=Settings.from_env()) as reg:
+        names = [n.strip() for item in runs or [] for n in item.split(",") if n.strip()]
+        names += [_run_name(reg, r) for r in run or []]
         text = report.render(report.collect(reg, names, evalset), fmt)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text, encoding="utf-8")
+    _write(out, text)
     sys.stderr.write(f"wrote {out} ({len(text.encode()) / 1024:.0f} KiB, {len(names)} runs)\n")
+
+
+def _run_name(reg, ref: str) -> str:
+    """`--run` as written when such a run is registered, else a registry run id."""
+    from registry.errors import NotFound
+
+    if any(r.name == ref for r in reg.list_runs()) or not ref.isdigit():
+        return ref
+    try:
+        return reg.get_run(id=int(ref)).name
+    except NotFound:
+        return ref  # reported with the other unknown names
+
+
+def _check_out(out: Path) -> None:
+    """Refuse an --out that cannot become the report file before anything is computed."""
+    from registry.errors import InvalidInput
+
+    if any(len(part.encode()) > 255 for part in out.parts):
+        raise InvalidInput("--out has a file or folder name longer than 255 bytes", path=out)
+    try:
+        if out.is_dir():
+            raise InvalidInput("--out names a folder; give the path of the report file to write", path=out)
+        if out.exists() and not out.is_file():
+            raise InvalidInput("--out is not a regular file; give the path of the report file to write", path=out)
+        parent = out.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not parent.is_dir():
+            raise InvalidInput(f"--out cannot be created: {parent} is not a folder", path=out)
+    except OSError as e:
+        raise InvalidInput(f"--out cannot be used: {e.strerror or type(e).__name__}", path=out) from None
+
+
+def _write(out: Path, text: str) -> None:
+    """Write the whole report or nothing (a temporary file renamed into place)."""
+    from registry.errors import InvalidInput
+
+    tmp = out.with_name(f".{out.name}.tmp")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(out)
+    except OSError as e:
+        if tmp.parent.is_dir():
+            tmp.unlink(missing_ok=True)
+        raise InvalidInput(f"--out cannot be written: {e.strerror or type(e).__name__}", path=out) from None
 
 
 def register(app: typer.Typer) -> None:

@@ -48,6 +48,13 @@ def resolve_evalset(reg, ref: str):
     return register_evalset(reg, ref)[0]
 
 
+def _check_tracking(settings) -> None:
+    """The MLflow store must be usable before anything is computed or registered."""
+    from evaluator.tracking import check_tracking_store
+
+    check_tracking_store(settings.mlflow_uri)
+
+
 def _setup_logging(verbose: bool) -> None:
     if verbose:  # without it, `evalboard`'s root callback already configured logging
         from evalboard import logs
@@ -79,10 +86,13 @@ def eval_cmd(
     Several checkpoints share one base-model load (only their rows are swapped). Every checkpoint is
     checked (compatibility, file integrity) before any is evaluated; a refusal exits 2 and logs nothing."""
     from evalboard.cli import _progress, err
+    from evaluator.base_model import parse_device
     from evaluator.service import EvalOptions, Evaluator
 
+    parse_device(device)  # before anything is registered on the fly
     _setup_logging(verbose)
     reg, settings = _registry()
+    _check_tracking(settings)
     es = resolve_evalset(reg, evalset)
     cks = [resolve_checkpoint(reg, c) for c in checkpoints]
     options = EvalOptions(device=device, max_examples=max_examples, force=force, allow_mismatch=allow_mismatch,
@@ -204,21 +214,24 @@ def import_eval_cmd(
     files: list[Path] = []
     for p in paths:
         files += sorted(p.glob("eval_step*.json")) if p.is_dir() else [p]
-    parsed = [(f, EvalResult.load(f)) for f in files]  # validate everything before writing anything
+    parsed = [(f, EvalResult.load(f), sha256_file(f)) for f in files]  # validate everything before writing
+    _check_tracking(settings)
     tracker = Tracker(settings.mlflow_uri, artifact_location=settings.artifact_location)
     done = []
-    for f, res in parsed:
+    for f, res, sha in parsed:
         run_dir = os.path.realpath(f.parent)
         try:
             run = reg.get_run(path=run_dir)
         except NotFound:
-            run = reg.upsert_run(path=run_dir, name=Path(run_dir).name)
+            run = None  # registered below, once MLflow took the result
         ck = next((c for c in reg.list_checkpoints(run_id=run.id) if c.step == res.step and c.status == "valid"),
-                  None)
-        sha = sha256_file(f)
-        ids = tracker.log_imported(run_name=run.name, step=res.step, losses=res.losses, tokens=res.tokens,
+                  None) if run is not None else None
+        ids = tracker.log_imported(run_name=run.name if run else Path(run_dir).name, step=res.step,
+                                   losses=res.losses, tokens=res.tokens,
                                    source_path=str(f), checkpoint_hash=ck.content_hash if ck else None,
                                    file_sha256=sha)
+        if run is None:
+            run = reg.upsert_run(path=run_dir, name=Path(run_dir).name)
         existing = next((r for r in reg.list_eval_results(run_ids=[run.id])
                          if r.source == "import" and (r.extra or {}).get("file_sha256") == sha), None)
         if existing is None:

@@ -67,7 +67,7 @@ def worker_cmd(
                           poll_seconds=poll_seconds, once=once, max_jobs=max_jobs,
                           reconcile_seconds=reconcile_seconds, outbox_seconds=outbox_seconds,
                           connector_builder=connector_builder)
-    reg, settings = _registry()
+    reg, settings = _existing_registry()
     worker = Worker(reg, settings, config, hooks=_hooks_from_env())
     worker.install_signal_handlers()
     try:
@@ -75,6 +75,41 @@ def worker_cmd(
     finally:
         queue.worker_gone(reg, worker.worker_id)
     raise typer.Exit(code)
+
+
+def _existing_registry():
+    """The registry a worker serves. A worker never creates one: a database that does not exist
+    (or holds no registry) is named and refused, instead of an empty registry polled for ever."""
+    from sqlalchemy import create_engine, inspect
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from registry.engine import mask_url, normalize_url, refuse_network_filesystem
+    from registry.errors import NotFound, StoreError
+    from registry.settings import Settings
+    from registry.store import Registry
+
+    settings = Settings.from_env()
+    url = normalize_url(settings.db_url)
+    hint = ("a worker never creates a registry; point EVALBOARD_DB (or EVALBOARD_HOME) at the one that "
+            "`evalboard scan` / `evalboard enqueue` wrote")
+    if url.get_backend_name() == "sqlite":
+        path = Path(url.database or "")
+        if url.database and url.database != ":memory:":
+            refuse_network_filesystem(path.absolute())
+        if not url.database or url.database == ":memory:" or not path.is_file() or path.stat().st_size == 0:
+            raise NotFound(f"registry database {path} does not exist; {hint}")
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            has_registry = inspect(conn).has_table("alembic_version")
+    except SQLAlchemyError as e:
+        first = str(getattr(e, "orig", None) or e).strip().splitlines()
+        raise StoreError(f"registry {mask_url(url)}: cannot connect: {first[0] if first else type(e).__name__}") from None
+    finally:
+        engine.dispose()
+    if not has_registry:
+        raise NotFound(f"registry {mask_url(url)} holds no evalboard registry; {hint}")
+    return Registry(settings=settings), settings
 
 
 def _hooks_from_env():
@@ -240,7 +275,7 @@ def jobs_cmd(
 
 @jobs_app.command("cancel")
 def jobs_cancel(
-    job_ids: list[int] = typer.Argument(..., help="Job ids."),
+    job_ids: list[int] = typer.Argument(..., min=1, max=2**31 - 1, help="Job ids."),
     running: bool = typer.Option(False, "--running", help="Also cancel running jobs (their worker drops them)."),
 ) -> None:
     """Cancel queued jobs (and running ones with --running)."""
@@ -255,7 +290,7 @@ def jobs_cancel(
 
 
 @jobs_app.command("retry")
-def jobs_retry(job_ids: list[int] = typer.Argument(..., help="Job ids.")) -> None:
+def jobs_retry(job_ids: list[int] = typer.Argument(..., min=1, max=2**31 - 1, help="Job ids.")) -> None:
     """Put failed or cancelled jobs back in the queue with their attempts reset."""
     from evalboard.cli import err
     from registry import queue

@@ -9,12 +9,19 @@ from registry import tracks
 from registry.errors import InvalidInput
 from registry.eval_result import EvalResult
 from registry.evalset import MANIFEST, EvalSet
+from registry.safeio import as_invalid
 from registry.token_space import TokenSpace
 
 
 def inspect_path(path: str | Path) -> dict[str, Any]:
     """A JSON-able summary of whatever ``path`` is; raises InvalidInput naming the file otherwise."""
-    p = Path(path)
+    try:
+        return _inspect(Path(path))
+    except OSError as e:  # a folder or file we may not read: refused like any other bad input
+        raise as_invalid(e, path) from None
+
+
+def _inspect(p: Path) -> dict[str, Any]:
     if not p.exists() and not p.is_symlink():
         raise InvalidInput("does not exist", path=p)
     if p.is_dir():

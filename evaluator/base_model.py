@@ -1,12 +1,16 @@
 """Finding a base model on local disk and loading it once, frozen, for evaluation.
 
 Workers never download: a base model id resolves to a local directory through the
-`EVALBOARD_MODELS` map, a path given as the id, or the Hugging Face cache (offline).
+`EVALBOARD_MODELS` map or the Hugging Face cache (offline). A checkpoint's `base_model` is
+written by whoever wrote the checkpoint, so a local folder named there is loaded only when the
+user allowed it: mapped by name (`EVALBOARD_MODELS='/data/m=/data/m'`) or inside a folder allowed
+for local models (`EVALBOARD_MODELS='*=/data/models'`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -17,7 +21,11 @@ import torch
 
 from registry.errors import InvalidInput, NotFound
 
-__all__ = ["ResidentBase", "resolve_base_model", "load_base", "default_dtype", "quiet_loading"]
+__all__ = ["ResidentBase", "resolve_base_model", "load_base", "default_dtype", "parse_device", "LOCAL_MODELS_KEY",
+           "quiet_loading"]
+
+LOCAL_MODELS_KEY = "*"
+"""`EVALBOARD_MODELS` key whose folder holds base models a checkpoint may name by local path."""
 
 log = logging.getLogger(__name__)
 
@@ -27,10 +35,11 @@ def resolve_base_model(
 ) -> Path:
     """Local directory holding `model_id`'s weights, without touching the network.
 
-    Tried in order: the `models_map` entry (from `EVALBOARD_MODELS`), `model_id` itself as an
-    existing directory, then the Hugging Face cache (`cache_dir`, default: the hub's own) offline.
+    Tried in order: the `models_map` entry (from `EVALBOARD_MODELS`), the Hugging Face cache
+    (`cache_dir`, default: the hub's own) offline, then `model_id` as a local folder, only when it
+    lies inside the folder mapped under `LOCAL_MODELS_KEY` ("*"). Any other local path is refused.
     """
-    if model_id in models_map:
+    if model_id in models_map and model_id != LOCAL_MODELS_KEY:
         path = Path(models_map[model_id]).expanduser()
         if not path.is_dir():
             raise NotFound(
@@ -38,16 +47,25 @@ def resolve_base_model(
                 "which is not a directory; fix the entry or download the model there"
             )
         return path
-    as_path = Path(model_id).expanduser()
-    if as_path.is_dir():
-        return as_path
     cached = _from_hf_cache(model_id, cache_dir)
     if cached is not None:
         return cached
-    known = ", ".join(sorted(models_map)) or "none"
+    as_path = Path(model_id).expanduser()
+    if as_path.is_dir():
+        allowed = models_map.get(LOCAL_MODELS_KEY)
+        real = Path(os.path.realpath(as_path))
+        if allowed and real.is_relative_to(os.path.realpath(Path(allowed).expanduser())):
+            return as_path
+        raise InvalidInput(
+            f"base model {model_id!r} is a local folder, and base models are loaded only from "
+            "EVALBOARD_MODELS or the Hugging Face cache; to allow it, map it "
+            f"(EVALBOARD_MODELS='{model_id}={model_id}') or allow a folder of local models "
+            f"(EVALBOARD_MODELS='{LOCAL_MODELS_KEY}=/folder/holding/it')"
+        )
+    known = ", ".join(sorted(k for k in models_map if k != LOCAL_MODELS_KEY)) or "none"
     raise NotFound(
         f"base model {model_id!r} is not available locally: not in EVALBOARD_MODELS "
-        f"(known ids: {known}), not an existing directory, not in the Hugging Face cache. "
+        f"(known ids: {known}), not in the Hugging Face cache. "
         f"Add it with EVALBOARD_MODELS='{model_id}=/path/to/model' (or a JSON file mapping "
         "id -> directory), or download it first with `huggingface-cli download`"
     )
@@ -80,6 +98,20 @@ def quiet_loading() -> Iterator[None]:
         transformers.logging.set_verbosity(verbosity)
         if bars:
             transformers.utils.logging.enable_progress_bar()
+def parse_device(requested: str | None) -> torch.device | None:
+    """`--device` as a torch device, or a one-line refusal naming the option (torch's own error
+    for "gpu0" is a RuntimeError); None stays None (pick automatically)."""
+    if requested is None:
+        return None
+    try:
+        dev = torch.device(requested)
+    except (RuntimeError, ValueError, TypeError):
+        raise InvalidInput(f"--device {requested[:80]!r} is not a device; use cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise InvalidInput(f"--device {requested[:80]!r}: evalboard evaluates on cpu, cuda or cuda:N")
+    if dev.type == "cuda" and dev.index is not None and dev.index > 1024:
+        raise InvalidInput(f"--device {requested[:80]!r}: no such CUDA device")
+    return dev
 
 
 def default_dtype(device: str | torch.device) -> torch.dtype:

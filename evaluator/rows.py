@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from evaluator.base_model import ResidentBase
-from registry.errors import Incompatible, InvalidInput
+from registry.errors import EvalboardError, Incompatible, InvalidInput
 
 __all__ = [
     "TokenSpaceSizes",
@@ -372,6 +373,14 @@ def patch_rows(
     )
 
 
+def _rows_file(source: str) -> str:
+    """The rows file inside a checkpoint folder (what a refusal should name), else `source`."""
+    from registry.trainable_rows import find_rows_file
+
+    found = find_rows_file(Path(source)) if Path(source).is_dir() else None
+    return str(found or source)
+
+
 def _same_values(a: torch.Tensor, b: torch.Tensor) -> bool:
     if a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.dtype == b.dtype:
         return True
@@ -445,7 +454,12 @@ class ResidentModel:
             prepared = prepare_for_token_space(
                 self.model, sizes.text_vocab_size, sizes.vocab_size_total, sizes.pad_token_id
             )
-        patch = patch_rows(self.model, rows.embed, rows.lm_head, rows.row_start, rows.row_end)
+        try:
+            patch = patch_rows(self.model, rows.embed, rows.lm_head, rows.row_start, rows.row_end)
+        except EvalboardError as e:  # the refusal names the checkpoint's rows file
+            if not rows.source or e.path:
+                raise
+            raise type(e)(str(e), path=_rows_file(rows.source)) from None
         self.sizes, self.rows_source = sizes, rows.source
         report = ApplyReport(prepared, reset, patch, time.perf_counter() - start)
         log.info("%s: %s", rows.source or "rows", report.describe())

@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from evaluator import tracks
-from evaluator.base_model import ResidentBase, load_base, resolve_base_model
+from evaluator.base_model import ResidentBase, load_base, parse_device, resolve_base_model
 from evaluator.loss import LossReport, evaluate_loss
 from evaluator.rows import ResidentModel
 from registry.audit import overridable, pair_findings
@@ -100,6 +100,7 @@ class Publication:
 
 def resolve_device(requested: str | None) -> torch.device:
     """A device we can actually use, or a clear error (never a silent fallback for an explicit ask)."""
+    parse_device(requested)  # a malformed name is a one-line refusal, not torch's RuntimeError
     if requested is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(requested)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-__all__ = ["Tracker", "EvalRecord", "mlflow_available", "record_from_dict"]
+__all__ = ["Tracker", "EvalRecord", "mlflow_available", "record_from_dict", "check_tracking_store"]
 
 TAG = "evalboard."
 DIGEST_LEN = 36
@@ -77,6 +77,53 @@ def mlflow_available(uri: str) -> bool:
         return True
     except Exception:  # noqa: BLE001 - any failure means "not reachable now"
         return False
+
+
+def check_tracking_store(uri: str) -> None:
+    """Refuse, before anything is computed or written, a local MLflow store that cannot take a run
+    (a path under a file, a read-only or corrupt database): one line naming the store instead of
+    MLflow's traceback after the evaluation. Creates nothing. A tracking server is not probed:
+    when it is away, results wait in the outbox."""
+    import os
+    import sqlite3
+    from urllib.parse import urlparse
+
+    from registry.errors import InvalidInput
+
+    scheme = urlparse(uri).scheme
+    if scheme == "sqlite":
+        target, is_db = uri.removeprefix("sqlite://").removeprefix("/").split("?", 1)[0], True
+    elif scheme in ("", "file"):
+        target, is_db = (urlparse(uri).path if scheme == "file" else uri), False
+    else:
+        return
+    path = Path(target)
+    if path.exists():
+        if is_db and not path.is_file():
+            raise InvalidInput(f"MLflow tracking store {uri} cannot be used: {path} is not a database file")
+        if not is_db and not path.is_dir():
+            raise InvalidInput(f"MLflow tracking store {uri} cannot be used: {path} is not a folder")
+        if is_db:
+            try:  # take the write lock and give it back: the file is a writable SQLite database
+                conn = sqlite3.connect(str(path), timeout=30)
+                try:
+                    conn.execute("PRAGMA schema_version").fetchone()  # reads the header: a database?
+                    conn.execute("BEGIN IMMEDIATE")
+                    conn.rollback()
+                finally:
+                    conn.close()
+            except sqlite3.Error as e:
+                raise InvalidInput(f"MLflow tracking store {uri} cannot be used: {e}") from None
+        elif not os.access(path, os.W_OK | os.X_OK):
+            raise InvalidInput(f"MLflow tracking store {uri} cannot be used: {path} is not writable")
+        return
+    ancestor = path.parent if str(path.parent) else Path(".")
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise InvalidInput(f"MLflow tracking store {uri} cannot be used: {ancestor} is not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise InvalidInput(f"MLflow tracking store {uri} cannot be used: {ancestor} is not writable")
 
 
 class Tracker:

@@ -69,6 +69,9 @@ class WorkerConfig:
     """Connector builder for jobs whose checkpoint metadata, job options and configuration name none."""
 
     def __post_init__(self) -> None:
+        from evaluator.base_model import parse_device
+
+        parse_device(self.device)
         if not self.lease_seconds > 0:
             raise InvalidInput(f"--lease-seconds must be positive, got {self.lease_seconds}")
         if self.heartbeat_seconds is not None and not 0 < self.heartbeat_seconds < self.lease_seconds:

@@ -28,8 +28,8 @@ from typing import Any, Mapping
 
 from registry.errors import InvalidInput
 from registry.files import FileRecord, content_hash, file_records
-from registry.safeio import load_tensors
-from registry.trainable_rows import parse_step
+from registry.safeio import check_int, check_text, load_tensors, require_regular_file
+from registry.trainable_rows import check_step_in_name, parse_step
 
 __all__ = ["ConnectorCheckpoint", "LLAVA_FILES", "is_llava_folder"]
 
@@ -79,8 +79,8 @@ class ConnectorCheckpoint:
         path = Path(path)
         if path.is_dir():
             return _load_llava(path)
-        if not path.is_file():
-            raise InvalidInput("is not a file", path=path)
+        require_regular_file(path)
+        check_step_in_name(path)
         obj = load_tensors(path)
         state = _connector_state(obj, path)
         modules = _split_modules(state, path)
@@ -188,9 +188,9 @@ def _pointer(obj: Mapping[str, Any], meta: Mapping[str, Any], keys: tuple[str, .
             if k in source and source[k] is not None:
                 v = source[k]
                 if isinstance(v, str) and v.strip():
-                    return v
+                    return check_text(v, label, path)
                 if isinstance(v, dict) and isinstance(v.get("name") or v.get("id"), str):
-                    name = v.get("name") or v.get("id")
+                    name = check_text(v.get("name") or v.get("id"), f"{label}.name", path)
                     rev = v.get("revision") or v.get("version")
                     return f"{name}@{rev}" if rev else name
                 raise InvalidInput(f"{label} must be a model id string or {{name, revision}}, got {v!r}", path=path)
@@ -203,8 +203,7 @@ def _step(obj: Mapping[str, Any], path: Path) -> int | None:
     from_name = parse_step(path.name)
     if raw is None:
         return from_name
-    if isinstance(raw, bool) or not isinstance(raw, int) or raw < 0:
-        raise InvalidInput(f"step must be a non-negative integer, got {raw!r}", path=path)
+    check_int(raw, "step", path)
     if from_name is not None and raw != from_name:
         raise InvalidInput(f"step {raw} inside the file disagrees with its name {path.name}", path=path)
     return raw

@@ -88,13 +88,7 @@ def make_engine(url: URL) -> Engine:
 
 
 def _check_sqlite_path(path: Path) -> None:
-    fs_type = network_filesystem(path, _read_mounts())
-    if fs_type:
-        raise InvalidInput(
-            f"SQLite registry {path} is on a {fs_type} network filesystem, where SQLite locking "
-            "is unreliable and the registry would corrupt; put it on a local disk or use "
-            "PostgreSQL: EVALBOARD_DB=postgresql://user@host/evalboard"
-        )
+    refuse_network_filesystem(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -102,6 +96,17 @@ def _check_sqlite_path(path: Path) -> None:
             f"cannot create the folder of SQLite registry {path}: {e.strerror}; "
             "set EVALBOARD_HOME or EVALBOARD_DB to a writable place"
         ) from e
+
+
+def refuse_network_filesystem(path: Path) -> None:
+    """A SQLite registry on NFS/CIFS/Lustre/... is refused (its locking is unreliable there)."""
+    fs_type = network_filesystem(path, _read_mounts())
+    if fs_type:
+        raise InvalidInput(
+            f"SQLite registry {path} is on a {fs_type} network filesystem, where SQLite locking "
+            "is unreliable and the registry would corrupt; put it on a local disk or use "
+            "PostgreSQL: EVALBOARD_DB=postgresql://user@host/evalboard"
+        )
 
 
 def _read_mounts() -> str:

@@ -26,6 +26,10 @@ __all__ = [
 ]
 
 
+MAX_MESSAGE_CHARS = 2000
+"""Messages quote offending values; a 10 MB string in a file must not become a 10 MB error line."""
+
+
 class EvalboardError(Exception):
     """Base class: the message is a single line that says what is wrong and, if known, where."""
 
@@ -36,6 +40,8 @@ class EvalboardError(Exception):
         message = " ".join(str(message).split())  # always one line
         if self.path and self.path not in message:
             message = f"{self.path}: {message}"
+        if len(message) > MAX_MESSAGE_CHARS:  # a hostile value quoted in a message stays readable
+            message = message[: MAX_MESSAGE_CHARS - 1] + "…"
         super().__init__(message)
 
 

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from registry.errors import InvalidInput
-from registry.safeio import read_json
-from registry.trainable_rows import parse_step
+from registry.safeio import check_int, check_text, read_json, short_repr
+from registry.trainable_rows import check_step_in_name, parse_step
 
 __all__ = ["EvalResult", "eval_filename"]
 
@@ -93,6 +93,7 @@ class EvalResult:
     @classmethod
     def load(cls, path: str | Path) -> "EvalResult":
         path = Path(path)
+        check_step_in_name(Path(path.stem.replace("eval_step", "step")))
         data = read_json(path)
         where = str(path)
         losses = _collect_losses(data, where)
@@ -108,11 +109,23 @@ class EvalResult:
         name_step = parse_step(path.stem.replace("eval_step", "step"))
         if step is None:
             step = name_step
-        elif isinstance(step, bool) or not isinstance(step, int):
-            raise InvalidInput(f"step must be an integer, got {step!r}", path=where)
-        elif name_step is not None and name_step != step:
-            raise InvalidInput(f"step {step} inside the file disagrees with its name {path.name}", path=where)
+        else:
+            check_int(step, "step", where)
+            if name_step is not None and name_step != step:
+                raise InvalidInput(f"step {step} inside the file disagrees with its name {path.name}", path=where)
         counts = {k: _int_map(data.get(k), k, where) for k in ("tokens", "examples")}
+        for task, n in counts["examples"].items():
+            if n == 0 and task in losses:
+                raise InvalidInput(f"examples.{task} is 0, but a loss is given for {task!r}: a loss over "
+                                   "no examples is not a result", path=where)
+        for task, n in counts["tokens"].items():
+            if n == 0 and task in losses:
+                raise InvalidInput(f"tokens.{task} is 0, but a loss is given for {task!r}", path=where)
+        checkpoint = _ref(data.get("checkpoint"), "checkpoint", ("path", "content_hash"), where)
+        evalset = _ref(data.get("evalset"), "evalset", ("name", "content_hash"), where)
+        ts_hash = data.get("token_space_hash")
+        if ts_hash is not None:
+            check_text(ts_hash, "token_space_hash", where, max_chars=128)
         extra = dict(data["run_info"]) if isinstance(data.get("run_info"), dict) else {}
         extra.update({k: v for k, v in data.items() if k in _INFO_KEYS - {
             "loss", "losses", "metrics", "tokens", "examples", "checkpoint", "evalset", "step", "global_step",
@@ -122,9 +135,9 @@ class EvalResult:
             losses=losses,
             tokens=counts["tokens"],
             examples=counts["examples"],
-            checkpoint=data.get("checkpoint") if isinstance(data.get("checkpoint"), dict) else {},
-            evalset=data.get("evalset") if isinstance(data.get("evalset"), dict) else {},
-            token_space_hash=data.get("token_space_hash"),
+            checkpoint=checkpoint,
+            evalset=evalset,
+            token_space_hash=ts_hash,
             extra=extra,
             path=str(path),
         )
@@ -134,10 +147,17 @@ def _collect_losses(data: Mapping[str, Any], where: str) -> dict[str, float]:
     losses: dict[str, float] = {}
 
     def put(task: str, value: Any, key: str) -> None:
+        check_text(task, f"task name of {key[:80]!r}", where, max_chars=64)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise InvalidInput(f"{key} must be a number, got {value!r}", path=where)
+            raise InvalidInput(f"{key} must be a number, got {short_repr(value)}", path=where)
+        try:
+            value = float(value)
+        except OverflowError:
+            raise InvalidInput(f"{key} is not finite ({short_repr(value)})", path=where) from None
         if not math.isfinite(value):
             raise InvalidInput(f"{key} is not finite ({value})", path=where)
+        if value < 0:
+            raise InvalidInput(f"{key} is {value}, but a cross-entropy loss is never negative", path=where)
         if task in losses and losses[task] != float(value):
             raise InvalidInput(f"loss for {task!r} is given twice with different values", path=where)
         losses[task] = float(value)
@@ -176,10 +196,24 @@ def _task_of(key: str) -> str | None:
 
 
 def _int_map(raw: Any, key: str, where: str) -> dict[str, int]:
+    """Token / example counts per task: non-negative integers a registry column can hold."""
     if raw is None:
         return {}
     if isinstance(raw, int) and not isinstance(raw, bool):
-        return {"all": raw}
+        return {"all": check_int(raw, key, where, maximum=2**62)}
     if not isinstance(raw, dict) or not all(isinstance(v, int) and not isinstance(v, bool) for v in raw.values()):
         raise InvalidInput(f"{key} must map task names to integers", path=where)
+    return {check_text(t, f"{key} task name", where, max_chars=64): check_int(v, f"{key}.{t}", where, maximum=2**62)
+            for t, v in raw.items()}
+
+
+def _ref(raw: Any, key: str, fields: tuple[str, ...], where: str) -> dict[str, Any]:
+    """The `checkpoint` / `evalset` reference: an object whose known fields are short strings."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise InvalidInput(f"{key} must be an object with {' and '.join(fields)}, got {short_repr(raw)}", path=where)
+    for f in fields:
+        if raw.get(f) is not None:
+            check_text(raw[f], f"{key}.{f}", where, max_chars=4096 if f == "path" else 256)
     return dict(raw)

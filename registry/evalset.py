@@ -38,7 +38,7 @@ from typing import Any, Mapping, Sequence
 
 from registry.errors import InvalidInput
 from registry.files import FileRecord, file_records
-from registry.safeio import read_json
+from registry.safeio import MAX_NAME_CHARS, check_text, read_json, require_regular_file
 from registry.token_space import TokenSpace
 from registry.vision import VisionSpec
 
@@ -127,6 +127,7 @@ class EvalSet:
         """Read and validate. Token ids are checked against ``token_space`` when given, else
         against the inline token space of the manifest (whose hash must match)."""
         root, manifest_path = _locate(Path(os.path.realpath(path)))
+        _inside(root, manifest_path, manifest_path)
         manifest = read_json(manifest_path)
         where = str(manifest_path)
         unexpected = sorted(set(manifest) - _MANIFEST_FIELDS - set(_HASH_ALIASES))
@@ -136,7 +137,14 @@ class EvalSet:
         name = manifest.get("name")
         if not isinstance(name, str) or not name.strip():
             raise InvalidInput("missing field 'name' (a non-empty string)", path=where)
+        check_text(name, "name", where, max_chars=MAX_NAME_CHARS)
+        for key in ("tokenizer_version", "description", "created_at", "source"):
+            if manifest.get(key) is not None:
+                check_text(manifest[key], key, where, max_chars=4096 if key == "description" else MAX_NAME_CHARS,
+                           allow_empty=True)
         ts_hash = next((manifest[k] for k in _HASH_ALIASES if k in manifest), None)
+        if ts_hash is not None:
+            check_text(ts_hash, "token_space_hash", where, max_chars=128)
         inline = manifest.get("token_space")
         inline_ts = TokenSpace.from_dict(inline, source=f"{where} (token_space)") if isinstance(inline, dict) else None
         vision = VisionSpec.parse(manifest["vision"], where) if "vision" in manifest else None
@@ -156,6 +164,15 @@ class EvalSet:
         _validate(examples, space, parquet_files, vision)
         files = tuple(file_records(root, [manifest_path, *parquet_files, *image_files]))
         return cls(str(root), name, ts_hash, manifest, files, tuple(examples), space, vision)
+
+
+def _inside(root: Path, f: Path, where: str | Path) -> Path:
+    """`f` itself, when it (after following symlinks) lies in the eval-set folder; the same rule
+    for files the manifest lists and files found by globbing."""
+    if not Path(os.path.realpath(f)).is_relative_to(root):
+        raise InvalidInput(f"file {f.name!r} lies outside the eval-set folder (it points to "
+                           f"{os.path.realpath(f)}); refused", path=where)
+    return f
 
 
 def _locate(path: Path) -> tuple[Path, Path]:
@@ -180,12 +197,11 @@ def _parquet_files(root: Path, manifest: Mapping[str, Any], where: str) -> list[
             raise InvalidInput("files must be a list of Parquet file names", path=where)
         files = [root / x for x in listed]
         for f in files:
-            if not f.resolve().is_relative_to(root.resolve()):
-                raise InvalidInput(f"file {f.name!r} lies outside the eval-set folder", path=where)
+            _inside(root, f, where)
             if not f.exists():
                 raise InvalidInput(f"lists {f.name!r}, which does not exist", path=where)
     else:
-        files = sorted(root.glob("*.parquet"))
+        files = [_inside(root, f, f) for f in sorted(root.glob("*.parquet"))]
     if not files:
         raise InvalidInput("has no *.parquet files: the eval set is empty", path=root)
     return files
@@ -198,6 +214,7 @@ def _read_examples(files: Sequence[Path], root: Path, vision: VisionSpec | None)
     examples: list[Example] = []
     image_files: dict[Path, None] = {}
     for f in files:
+        require_regular_file(f)
         try:
             table = pq.read_table(f)
         except (pa.ArrowException, OSError) as e:
@@ -220,9 +237,11 @@ def _read_examples(files: Sequence[Path], root: Path, vision: VisionSpec | None)
             task = cols["task"][i]
             if not isinstance(task, str) or not task:
                 raise InvalidInput(f"row {i}: task must be a non-empty string", path=f)
+            check_text(task, f"row {i}: task", f, max_chars=64)
             ex_id = cols["example_id"][i]
             if ex_id is None:
                 raise InvalidInput(f"row {i}: example_id is null", path=f)
+            check_text(str(ex_id), f"row {i}: example_id", f, max_chars=MAX_NAME_CHARS)
             if images is None:
                 examples.append(Example(str(ex_id), task, ids, labels))
                 continue

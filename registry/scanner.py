@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from registry import tracks
-from registry.errors import EvalboardError, InvalidInput
+from registry.errors import EvalboardError, Incompatible, InvalidInput
 from registry.eval_result import EvalResult
 from registry.evalset import MANIFEST, EvalSet
 from registry.files import FileRecord, content_hash
-from registry.safeio import sha256_file
+from registry.safeio import as_invalid, sha256_file
 from registry.store import Registry
 from registry.token_space import TokenSpace
 from registry.tracks import FileEntry, Track
@@ -195,7 +195,12 @@ class _Scanner:
         work = sorted(run.checkpoints, key=lambda pt: (tracks.ALL.index(pt[1]), _step_key(pt[0])))
         changed = False
         for ckpt, track in work:
-            changed |= self.checkpoint(entity.id, ckpt, track, run_ts if track.uses_token_space else None) is not None
+            try:
+                changed |= self.checkpoint(entity.id, ckpt, track, run_ts if track.uses_token_space else None) \
+                    is not None
+            except (InvalidInput, Incompatible, OSError) as e:  # one unreadable item never aborts the scan
+                reason = str(as_invalid(e, ckpt) if isinstance(e, OSError) else e)
+                changed |= self.record_invalid(entity.id, ckpt, track, reason, []) is not None
         for link, track, reason in run.escaped:
             self.summary.found += 1
             self.record_invalid(entity.id, link, track, reason, [])
@@ -215,7 +220,10 @@ class _Scanner:
                                        priority.get(c.track, -1) > priority.get(steps[c.step].track, -1)):
                 steps[c.step] = c
         for ej in sorted(run.eval_jsons):
-            self.import_result(entity.id, ej, steps)
+            try:
+                self.import_result(entity.id, ej, steps)
+            except (InvalidInput, Incompatible, OSError) as e:
+                self.invalid(str(ej), str(as_invalid(e, ej) if isinstance(e, OSError) else e))
 
     def checkpoint(self, run_id: int, path: Path, track: Track, run_ts: TokenSpace | None):
         self.summary.found += 1
@@ -342,7 +350,7 @@ def _records(path: Path, names: Iterable[str]) -> list[FileRecord]:
         try:
             st = p.stat()
             out.append(FileRecord(n, st.st_size, st.st_mtime_ns, sha256_file(p)))
-        except OSError:
+        except (OSError, EvalboardError):  # unreadable or not a regular file: not fingerprinted
             continue
     return out
 

@@ -23,7 +23,6 @@ switches for running many workers.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -358,15 +357,17 @@ def parse_models(value: str) -> dict[str, str]:
 
 
 def _models_from_json(path: Path) -> dict[str, str]:
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
+    from registry.safeio import read_json
+
+    if not path.exists():
         raise InvalidInput(
             "EVALBOARD_MODELS file does not exist (expected a JSON file or id=dir,id2=dir2)",
             path=path,
-        ) from None
-    except json.JSONDecodeError as e:
-        raise InvalidInput(f"EVALBOARD_MODELS is not valid JSON: {e}", path=path) from None
+        )
+    try:  # the strict reader: a folder, a FIFO, non-UTF-8 bytes or bad JSON are one-line refusals
+        data = read_json(path, expect=object)
+    except InvalidInput as e:
+        raise InvalidInput(f"EVALBOARD_MODELS: {e}") from None
     if not isinstance(data, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in data.items()
     ):

@@ -16,7 +16,7 @@ from dataclasses import fields
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, Select, func, or_, select, text
+from sqlalchemy import Engine, Integer, Select, String, Text, func, or_, select, text
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -26,6 +26,7 @@ from registry import models as M
 from registry.engine import SQLITE_WRITE_OPTION, make_engine, mask_url, normalize_url
 from registry.errors import InvalidInput, NotFound, StoreError
 from registry.migrations import upgrade_to_head
+from registry.safeio import DB_INT_MAX, MAX_NAME_CHARS
 from registry.settings import Settings
 
 __all__ = ["Registry"]
@@ -43,6 +44,11 @@ _ENTITY_OF = {
     M.Worker: E.WorkerEntity,
 }
 _AUTOMATIC = {"id", "created_at", "updated_at", "registered_at", "enqueued_at"}
+# Length caps of unbounded text columns (the format readers refuse longer values where they enter;
+# this is the store's own guard, so no caller can grow the registry by megabytes per row).
+_MAX_CHARS = {"name": MAX_NAME_CHARS, "base_model": MAX_NAME_CHARS, "tokenizer_version": MAX_NAME_CHARS,
+              "mlflow_run_id": MAX_NAME_CHARS}
+_MAX_PATH_CHARS = 4096
 _INACTIVE_JOB_STATUSES = ("failed", "cancelled")
 
 
@@ -104,6 +110,10 @@ class Registry:
         except SQLAlchemyError as e:
             session.rollback()
             raise self._store_error(e) from e
+        except OverflowError:  # the driver met an integer no column holds (the callers check ranges first)
+            session.rollback()
+            raise InvalidInput(f"a number is too large for the registry (integers hold at most {DB_INT_MAX})") \
+                from None
         except BaseException:
             session.rollback()
             raise
@@ -129,6 +139,9 @@ class Registry:
         path: str,
     ) -> E.TokenSpaceEntity:
         """Register a token-space ABI once; later files with the same hash return the first row."""
+        _check_values(M.TokenSpace, dict(abi_hash=abi_hash, text_vocab_size=text_vocab_size,
+                                         vocab_size_total=vocab_size_total, tokenizer_version=tokenizer_version,
+                                         first_path=str(path)), path)
         lookup = select(M.TokenSpace).where(M.TokenSpace.abi_hash == abi_hash)
         with self._session() as s:
             row = _insert_or_get(s, lookup, lambda: M.TokenSpace(
@@ -168,6 +181,7 @@ class Registry:
         given = {"track": track, "base_model": base_model, "token_space_id": token_space_id,
                  "token_space_path": token_space_path}
         given = {k: v for k, v in given.items() if v is not None}
+        _check_values(M.Run, dict(path=str(path), name=name, **given), path)
         lookup = select(M.Run).where(M.Run.path == str(path))
         with self._session() as s:
             row = _insert_or_get(s, lookup, lambda: M.Run(path=str(path), name=name, **given))
@@ -193,6 +207,7 @@ class Registry:
         size+mtime check keeps working.
         """
         _check_fields(M.Checkpoint, fields, exclude={"path", "run_id"})
+        _check_values(M.Checkpoint, dict(path=str(path), **fields), path)
         if "status" in fields:
             _check_choice("checkpoint status", fields["status"], M.CHECKPOINT_STATUSES)
         if "track" in fields:
@@ -270,19 +285,25 @@ class Registry:
         files: list[dict[str, Any]],
         replace: bool = False,
     ) -> tuple[E.EvalSetEntity, str]:
-        """Register an eval set under `name`; returns it and 'new'|'updated'|'unchanged'.
+        """Register an eval set under `name`; returns it and 'new'|'replaced'|'unchanged'.
 
         A name stands for one content: registering different content under a taken name is
-        refused unless `replace=True`, because results would silently mix two eval sets.
+        refused unless `replace=True`, because results would silently mix two eval sets. A
+        replaced eval set is not overwritten: its row (and every result and job pointing at it)
+        is kept under `<name>@<first 12 hex of its content hash>`, and `name` gets a new row, so
+        results on the old and the new contents never form one series.
         """
         values = dict(path=str(path), content_hash=content_hash, token_space_hash=token_space_hash,
                       manifest=manifest, tasks=tasks, n_examples=n_examples, files=files)
+        _check_values(M.EvalSet, dict(name=name, **values), path)
         with self._session() as s:
             by_name = s.scalars(select(M.EvalSet).where(M.EvalSet.name == name)).one_or_none()
             same_content = s.scalars(
                 select(M.EvalSet).where(M.EvalSet.content_hash == content_hash)
             ).one_or_none()
-            if same_content is not None and same_content is not by_name:
+            restoring = (replace and same_content is not None and by_name is not None
+                         and same_content.name == _version_name(name, content_hash))
+            if same_content is not None and same_content is not by_name and not restoring:
                 raise InvalidInput(
                     f"eval set {path} has the same content (hash {content_hash[:12]}) as eval set "
                     f"{same_content.name!r} registered from {same_content.path}; use that name"
@@ -300,9 +321,16 @@ class Registry:
                     f"(hash {by_name.content_hash[:12]}); {path} has different content "
                     f"(hash {content_hash[:12]}). Pick another name, or replace it (replace=True)"
                 )
-            _assign(by_name, **values)
+            by_name.name = _version_name(name, by_name.content_hash)
             s.flush()
-            return _entity(by_name), "updated"
+            if restoring:  # back to a content registered before: that version takes the name again
+                _assign(same_content, name=name, **values)
+                s.flush()
+                return _entity(same_content), "replaced"
+            row = M.EvalSet(name=name, **values)
+            s.add(row)
+            s.flush()
+            return _entity(row), "replaced"
 
     def get_evalset(
         self, *, id: int | None = None, name: str | None = None, content_hash: str | None = None
@@ -319,6 +347,7 @@ class Registry:
     def add_eval_result(self, **fields: Any) -> E.EvalResultEntity:
         """Record one evaluation; `loss_all` defaults to `metrics["all"]["loss"]`."""
         _check_fields(M.EvalResult, fields)
+        _check_values(M.EvalResult, fields, fields.get("path"))
         _require(fields, ("source", "metrics"), "an eval result", fields.get("path"))
         _check_choice("eval result source", fields["source"], M.RESULT_SOURCES)
         fields.setdefault("loss_all", (fields["metrics"].get("all") or {}).get("loss"))
@@ -500,6 +529,9 @@ def _get_one(s: Session, model: type[T], what: str, **selectors: Any) -> T:
     if len(given) != 1:
         raise InvalidInput(f"look up a {what} by exactly one of {', '.join(selectors)}; got {given or 'none'}")
     (key, value), = given.items()
+    if isinstance(value, int) and not isinstance(value, bool) and not 0 <= value <= DB_INT_MAX:
+        raise NotFound(f"no {what} with {key} {value if value.bit_length() <= 64 else 'of that size'} "
+                       f"is registered (ids are between 1 and {DB_INT_MAX})")
     rows = s.scalars(select(model).where(getattr(model, key) == value).limit(2)).all()
     if not rows:
         raise NotFound(f"no {what} with {key} {value!r} is registered")
@@ -537,6 +569,30 @@ def _check_fields(model: type[M.Base], given: dict[str, Any], exclude: Iterable[
         raise InvalidInput(
             f"unknown {model.__tablename__} field(s) {', '.join(unknown)}; known: {', '.join(sorted(allowed))}"
         )
+
+
+def _check_values(model: type[M.Base], values: dict[str, Any], where: Any) -> None:
+    """Integers a column can hold on every backend, strings within their column's length."""
+    columns = model.__table__.columns
+    for key, value in values.items():
+        if value is None or key not in columns:
+            continue
+        kind = columns[key].type
+        label = f"{model.__tablename__}.{key}"
+        if isinstance(kind, Integer) and isinstance(value, int) and not isinstance(value, bool):
+            if not -DB_INT_MAX - 1 <= value <= DB_INT_MAX:
+                shown = value if value.bit_length() <= 64 else f"of {value.bit_length()} bits"
+                raise InvalidInput(f"{label} {shown} does not fit the registry (at most {DB_INT_MAX})", path=where)
+        elif isinstance(kind, String) and not isinstance(kind, Text) and isinstance(value, str):
+            limit = kind.length or _MAX_CHARS.get(key, _MAX_PATH_CHARS)
+            if len(value) > limit:
+                raise InvalidInput(f"{label} is {len(value)} characters long; at most {limit} are accepted",
+                                   path=where)
+
+
+def _version_name(name: str, content_hash: str) -> str:
+    """The name a replaced eval set keeps: its own, with the content it had."""
+    return f"{name}@{content_hash[:12]}"
 
 
 def _check_choice(what: str, value: str, allowed: tuple[str, ...]) -> None:

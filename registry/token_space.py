@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from registry.errors import InvalidInput
-from registry.safeio import canonical_json, read_json, sha256_file
+from registry.safeio import MAX_NAME_CHARS, canonical_json, check_int, check_text, read_json, sha256_file
 
 __all__ = ["ModalityRange", "TokenSpace", "TokenSpaceChange", "ABI_VERSION"]
 
@@ -296,11 +296,9 @@ def _resolve_aliases(data: Mapping[str, Any], where: str) -> dict[str, Any]:
 
 
 def _int(value: Any, name: str, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise InvalidInput(f"{name} must be an integer, got {value!r}", path=where)
-    return value
+    """A token id or size: an integer (a float such as 256.0 is refused, never truncated) that a
+    registry column can hold."""
+    return check_int(value, name, where)
 
 
 def _parse_modalities(raw: Any, codecs: dict[str, tuple[str | None, str | None]], where: str) -> tuple[ModalityRange, ...]:
@@ -309,13 +307,14 @@ def _parse_modalities(raw: Any, codecs: dict[str, tuple[str | None, str | None]]
         for i, entry in enumerate(raw):
             if not isinstance(entry, dict) or "name" not in entry:
                 raise InvalidInput(f"modalities[{i}] must be an object with a 'name'", path=where)
-            items.append((str(entry["name"]), entry))
+            items.append((check_text(entry["name"], f"modalities[{i}].name", where), entry))
     elif isinstance(raw, dict):
         items = list(raw.items())
     else:
         raise InvalidInput("modalities must be an object of name -> {start, end}", path=where)
     out = []
     for name, spec in items:
+        check_text(name, "modality name", where)
         start, end, codec, version = _parse_range(name, spec, where)
         c_name, c_version = codecs.get(name, (None, None))
         out.append(ModalityRange(name, start, end, codec or c_name, version or c_version))
@@ -346,8 +345,9 @@ def _parse_range(name: str, spec: Any, where: str) -> tuple[int, int, str | None
         end = start + size
     if end is None:
         raise InvalidInput(f"{label} is missing field 'end' (or 'size')", path=where)
-    codec, version = spec.get("codec"), spec.get("codec_version")
-    return start, end, (str(codec) if codec else None), (str(version) if version else None)
+    codec = _opt_str(spec.get("codec"), f"{label} codec", where)
+    version = _opt_str(spec.get("codec_version"), f"{label} codec_version", where)
+    return start, end, (codec or None), (version or None)
 
 
 def _parse_codecs(raw: Any, where: str) -> dict[str, tuple[str | None, str | None]]:
@@ -358,9 +358,10 @@ def _parse_codecs(raw: Any, where: str) -> dict[str, tuple[str | None, str | Non
     out = {}
     for name, spec in raw.items():
         if isinstance(spec, str):
-            out[name] = (None, spec)
+            out[name] = (None, check_text(spec, f"codecs[{name!r}]", where))
         elif isinstance(spec, dict):
-            out[name] = (_opt_str(spec.get("name")), _opt_str(spec.get("version")))
+            out[name] = (_opt_str(spec.get("name"), f"codecs[{name!r}].name", where),
+                         _opt_str(spec.get("version"), f"codecs[{name!r}].version", where))
         else:
             raise InvalidInput(f"codecs[{name!r}] must be a string or {{name, version}}", path=where)
     return out
@@ -371,21 +372,29 @@ def _parse_specials(raw: Any, where: str) -> dict[str, int]:
         return {}
     if not isinstance(raw, dict):
         raise InvalidInput("special_tokens must be an object of name -> id", path=where)
-    return {str(k): _int(v, f"special token {k!r}", where) for k, v in raw.items()}
+    return {check_text(k, "special token name", where): _int(v, f"special token {k!r}", where)
+            for k, v in raw.items()}
 
 
 def _parse_tokenizer(raw: Any, where: str) -> tuple[str | None, str | None]:
     if raw is None:
         return None, None
     if isinstance(raw, str):
-        return None, raw
+        return None, check_text(raw, "tokenizer version", where)
     if isinstance(raw, dict):
-        return _opt_str(raw.get("name")), _opt_str(raw.get("version"))
+        return (_opt_str(raw.get("name"), "tokenizer.name", where),
+                _opt_str(raw.get("version"), "tokenizer.version", where))
     raise InvalidInput("tokenizer must be a version string or {name, version}", path=where)
 
 
-def _opt_str(v: Any) -> str | None:
-    return None if v is None else str(v)
+def _opt_str(v: Any, name: str = "value", where: str | None = None) -> str | None:
+    """A name or version: a string (or a number such as 2.1, kept as written), at most
+    MAX_NAME_CHARS long; a list or an object is refused rather than stringified."""
+    if v is None:
+        return None
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return str(v)
+    return check_text(v, name, where, max_chars=MAX_NAME_CHARS, allow_empty=True)
 
 
 def _join_version(name: str | None, version: str | None) -> str | None:

@@ -21,7 +21,7 @@ from typing import Any, Mapping
 
 from registry.errors import Incompatible, InvalidInput
 from registry.files import FileRecord, content_hash, file_records
-from registry.safeio import load_tensors, read_json
+from registry.safeio import DB_INT_MAX, MAX_NAME_CHARS, check_int, check_text, load_tensors, read_json
 from registry.token_space import TokenSpace
 
 __all__ = ["TrainableRows", "RowsMeta", "ROWS_FILENAMES", "find_rows_file", "parse_step"]
@@ -59,15 +59,25 @@ _STEP_RE = re.compile(r"(?:checkpoint|ckpt|step)[-_]?(\d+)$")
 
 
 def parse_step(name: str) -> int | None:
-    """``checkpoint_7000`` / ``checkpoint-7000`` / ``checkpoint_7000.pt`` -> 7000."""
+    """``checkpoint_7000`` / ``checkpoint-7000`` / ``checkpoint_7000.pt`` -> 7000; None when the
+    name has no step or one too large to be a step (see `step_in_name_too_large`)."""
     m = _STEP_RE.search(Path(name).stem if name.endswith((".pt", ".bin")) else name)
-    return int(m.group(1)) if m else None
+    if not m or len(m.group(1)) > 10 or int(m.group(1)) > DB_INT_MAX:
+        return None
+    return int(m.group(1))
+
+
+def check_step_in_name(path: Path) -> None:
+    """Refuse a file or folder whose name carries a step no registry can hold (``checkpoint_2**70``)."""
+    m = _STEP_RE.search(path.stem if path.name.endswith((".pt", ".bin")) else path.name)
+    if m and parse_step(path.name) is None:
+        raise InvalidInput(f"the step in the name {path.name[:80]!r} is larger than {DB_INT_MAX}", path=path)
 
 
 def find_rows_file(ckpt_dir: Path) -> Path | None:
     for name in ROWS_FILENAMES:
         p = ckpt_dir / name
-        if p.exists():
+        if p.exists() or p.is_symlink():
             return p
     return None
 
@@ -115,35 +125,41 @@ class RowsMeta:
                 raise InvalidInput(
                     f"missing field {required!r} (accepted names: {' / '.join(_META_ALIASES[required])})", path=where
                 )
-        if not isinstance(fields["base_model"], str) or not fields["base_model"].strip():
-            raise InvalidInput("base_model must be a non-empty string", path=where)
+        check_text(fields["base_model"], "base_model", where, max_chars=MAX_NAME_CHARS)
         for key in ("row_start", "row_end", "step", "hidden_size"):
             if key in fields and fields[key] is not None:
-                v = fields[key]
-                if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                    raise InvalidInput(f"{key} must be a non-negative integer, got {v!r}", path=where)
+                check_int(fields[key], key, where, minimum=1 if key == "hidden_size" else 0)
+        for key in ("dtype",):
+            if fields.get(key) is not None:
+                check_text(fields[key], key, where)
+        tie = fields.get("tie_word_embeddings")
+        if tie is not None and not isinstance(tie, bool):
+            raise InvalidInput(f"tie_word_embeddings must be true or false, got {tie!r:.80}", path=where)
         if fields["row_start"] >= fields["row_end"]:
             raise InvalidInput(
                 f"row range [{fields['row_start']}, {fields['row_end']}) is empty or reversed", path=where
             )
         keys = fields.pop("keys", None) or {}
-        if not isinstance(keys, dict):
+        if not isinstance(keys, dict) or not all(k in ("embed", "lm_head") for k in keys):
             raise InvalidInput("keys must map 'embed'/'lm_head' to tensor names", path=where)
+        for role, name in keys.items():
+            check_text(name, f"keys.{role}", where)
         info = {k: v for k, v in data.items() if k in _META_INFORMATIONAL}
         return cls(keys=keys, info=info, **fields)
 
 
 def _parse_row_ranges(raw: Any, where: str) -> tuple[int, int]:
     if isinstance(raw, list) and len(raw) == 2:
-        return int(raw[0]), int(raw[1])
+        return check_int(raw[0], "row_ranges start", where), check_int(raw[1], "row_ranges end", where)
     if isinstance(raw, dict):
         spans = set()
         for name, span in raw.items():
             if isinstance(span, dict):
                 span = [span.get("start"), span.get("end")]
-            if not (isinstance(span, list) and len(span) == 2 and all(isinstance(x, int) for x in span)):
-                raise InvalidInput(f"row_ranges[{name!r}] must be [start, end]", path=where)
-            spans.add(tuple(span))
+            if not (isinstance(span, list) and len(span) == 2):
+                raise InvalidInput(f"row_ranges[{name!r:.80}] must be [start, end]", path=where)
+            spans.add((check_int(span[0], f"row_ranges[{name!r:.80}] start", where),
+                       check_int(span[1], f"row_ranges[{name!r:.80}] end", where)))
         if len(spans) != 1:
             raise InvalidInput(f"row_ranges differ between matrices ({sorted(spans)}); expected one range", path=where)
         return spans.pop()
@@ -200,15 +216,16 @@ class TrainableRows:
         ckpt_dir = Path(ckpt_dir)
         if not ckpt_dir.is_dir():
             raise InvalidInput("is not a checkpoint folder", path=ckpt_dir)
+        check_step_in_name(ckpt_dir)
         rows_file = find_rows_file(ckpt_dir)
         if rows_file is None:
             raise InvalidInput(f"has no {' / '.join(ROWS_FILENAMES)}", path=ckpt_dir)
         meta_file = ckpt_dir / META_FILENAME
-        if not meta_file.exists():
+        if not (meta_file.exists() or meta_file.is_symlink()):
             raise InvalidInput(f"has no {META_FILENAME} (row ranges and base model id)", path=ckpt_dir)
         meta = RowsMeta.load(meta_file)
         ts_file = ckpt_dir / TOKEN_SPACE_FILENAME
-        token_space = TokenSpace.load(ts_file) if ts_file.exists() else None
+        token_space = TokenSpace.load(ts_file) if ts_file.exists() or ts_file.is_symlink() else None
         warnings = []
         if token_space is None:
             warnings.append(f"{ckpt_dir}: shipped without {TOKEN_SPACE_FILENAME}")
@@ -311,6 +328,14 @@ def _pick_tensors(tensors: Mapping[str, Any], meta: RowsMeta, where: Path):
         raise InvalidInput(f"has unexpected tensor {extra[0]!r} besides the embedding and lm_head rows", path=where)
     if lm_key is None and meta.tie_word_embeddings is False:
         raise InvalidInput("has no lm_head rows and trainable_rows.json says the embeddings are not tied", path=where)
+    if lm_key is None and meta.tie_word_embeddings is None:
+        # Whether lm_head may be left out depends on the base; a checkpoint must say it, so that
+        # inspect, scan, audit and eval agree without loading the base.
+        raise InvalidInput(
+            "has no lm_head rows and trainable_rows.json does not declare tied embeddings; add "
+            '"tie_word_embeddings": true if the base ties lm_head to the input embedding, else save the lm_head rows',
+            path=where,
+        )
     return embed_key, flat[embed_key], lm_key, (flat[lm_key] if lm_key else None)
 
 
@@ -325,6 +350,8 @@ def _check_rows(where: Path, meta: RowsMeta, embed, lm_head, token_space: TokenS
             raise InvalidInput(f"{label} have dtype {t.dtype}, expected a floating-point tensor", path=where)
         if t.dim() != 2:
             raise InvalidInput(f"{label}: expected a 2-D [rows, hidden] tensor, file has shape {tuple(t.shape)}", path=where)
+        if t.shape[1] == 0:
+            raise InvalidInput(f"{label}: rows of width 0, file has shape {tuple(t.shape)}", path=where)
         if t.shape[0] != n:
             raise Incompatible(
                 f"{label}: expected ({n}, hidden) for rows [{meta.row_start}, {meta.row_end}), file has {tuple(t.shape)}",

@@ -220,7 +220,10 @@ def test_resolve_base_model(tmp_path):
     model_dir = tmp_path / "tiny"
     model_dir.mkdir()
     assert resolve_base_model("org/tiny", {"org/tiny": str(model_dir)}) == model_dir
-    assert resolve_base_model(str(model_dir), {}) == model_dir
+    with pytest.raises(InvalidInput, match="is a local folder"):  # a checkpoint may not name any folder
+        resolve_base_model(str(model_dir), {})
+    assert resolve_base_model(str(model_dir), {str(model_dir): str(model_dir)}) == model_dir
+    assert resolve_base_model(str(model_dir), {"*": str(tmp_path)}) == model_dir
     with pytest.raises(NotFound, match="which is not a directory"):
         resolve_base_model("org/tiny", {"org/tiny": str(tmp_path / "missing")})
     with pytest.raises(NotFound) as info:

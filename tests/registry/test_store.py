@@ -194,10 +194,15 @@ def test_evalset_registration_statuses(registry: Registry) -> None:
     assert status == "new"
     assert _evalset(registry) == (created, "unchanged")
     replaced, status = _evalset(registry, path="/evalsets/dev-v2", content_hash=HASH_B, replace=True)
-    assert status == "updated"
-    assert (replaced.id, replaced.path, replaced.content_hash) == (created.id, "/evalsets/dev-v2", HASH_B)
+    assert status == "replaced"
+    assert (replaced.path, replaced.content_hash) == ("/evalsets/dev-v2", HASH_B)
+    assert replaced.id != created.id  # a new version: results on the old content stay apart
     assert registry.get_evalset(name="dev") == replaced
-    assert registry.list_evalsets() == [replaced]
+    old = registry.get_evalset(id=created.id)
+    assert (old.name, old.content_hash) == (f"dev@{created.content_hash[:12]}", created.content_hash)
+    assert sorted(e.name for e in registry.list_evalsets()) == ["dev", old.name]
+    back, status = _evalset(registry, content_hash=created.content_hash, replace=True)
+    assert (status, back.id, back.name) == ("replaced", created.id, "dev")
 
 
 def test_evalset_name_collision_names_both_paths(registry: Registry) -> None:

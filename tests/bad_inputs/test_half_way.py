@@ -1,0 +1,70 @@
+"""Class 3: a command that fails must fail before it writes. `eval` and `import-eval` check the
+MLflow store before computing or registering anything, validate every file before the first
+write, and register a run only once MLflow took its result: after a refusal there is no
+`eval_step*.json`, no statistics row, no registry row and no MLflow run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.bad_inputs._helpers import cli, models_env, refusal, scan, state
+
+EVALSET = "synthetic-a2t-i2t"
+
+
+@pytest.fixture
+def scanned(workspace, tmp_path):
+    home = tmp_path / "home"
+    env = models_env(workspace)
+    scan(home, workspace.root / "outputs", env=env)
+    proc = cli(["evalset", "add", workspace.evalsets[EVALSET]], home=home, env=env)
+    assert proc.returncode == 0, proc.stderr
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the MLflow store's folder should be\n")
+    broken = {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{blocker}/mlflow.db"}
+    return workspace, home, env, broken
+
+
+def _files(root: Path) -> set[Path]:
+    return {p for p in root.rglob("*") if p.is_file()}
+
+
+def test_eval_against_an_unusable_mlflow_store_writes_nothing(scanned) -> None:
+    ws, home, _, broken = scanned
+    ck = ws.checkpoints["stage3_token_lm_iter5"][0]
+    before, files = state(home), _files(ws.root) | _files(home)
+    proc = cli(["eval", ck, "--evalset", EVALSET], home=home, env=broken)
+    refusal(proc, broken["MLFLOW_TRACKING_URI"], "cannot be used")
+    assert state(home) == before  # no statistics row, no result, no MLflow run
+    assert _files(ws.root) | _files(home) == files  # no eval_step100.json, no result folder
+    assert not (ck.parent / "eval_step100.json").exists()
+
+
+def test_import_eval_against_an_unusable_mlflow_store_registers_no_run(scanned, tmp_path) -> None:
+    _, home, _, broken = scanned
+    fresh = tmp_path / "unregistered_run"
+    fresh.mkdir()
+    (fresh / "eval_step50.json").write_text(json.dumps({"step": 50, "loss": {"all": 2.5}}))
+    before = state(home)
+    refusal(cli(["import-eval", fresh / "eval_step50.json"], home=home, env=broken),
+            broken["MLFLOW_TRACKING_URI"], "cannot be used")
+    assert state(home) == before
+
+
+def test_import_eval_validates_every_file_before_writing_any(scanned, tmp_path) -> None:
+    ws, home, env, _ = scanned
+    run = tmp_path / "another_run"
+    run.mkdir()
+    good = run / "eval_step10.json"
+    good.write_text(json.dumps({"step": 10, "loss": {"all": 2.5}}))
+    bad = run / "eval_step20.json"
+    bad.write_text(json.dumps({"step": 20, "loss": {"all": -1.0}}))
+    before = state(home)
+    refusal(cli(["import-eval", good, bad], home=home, env=env), bad, "never negative")
+    assert state(home) == before
+    ok = cli(["import-eval", good], home=home, env=env)  # the same good file alone goes in
+    assert ok.returncode == 0, ok.stderr
+    assert state(home) != before
