@@ -23,6 +23,7 @@ switches for running many workers.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
