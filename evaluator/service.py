@@ -26,7 +26,7 @@ from evaluator.loss import LossReport, evaluate_loss
 from evaluator.rows import ResidentModel
 from registry.audit import overridable, pair_findings
 from registry.entities import CheckpointEntity, EvalSetEntity
-from registry.errors import Incompatible, InvalidInput
+from registry.errors import EvalboardError, Incompatible, InvalidInput, TrackingError
 from registry.eval_result import EvalResult, eval_filename
 from registry.settings import Settings
 from registry.store import Registry
@@ -83,19 +83,24 @@ class Publication:
     job_id: int | None = None
     job_token: int | None = None
     force: bool = False
+    stats: dict[str, Any] | None = None
+    """The checkpoint's statistics document, stored in the registry once MLflow has the result."""
+    eval_json: bool = False
+    """Also write ``eval_step<step>.json`` next to the checkpoint once the result is recorded."""
 
     def to_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
 
         return {"record": asdict(self.record), "result_fields": self.result_fields, "job_id": self.job_id,
-                "job_token": self.job_token, "force": self.force}
+                "job_token": self.job_token, "force": self.force, "stats": self.stats, "eval_json": self.eval_json}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Publication":
         from evaluator.tracking import record_from_dict
 
         return cls(record=record_from_dict(data["record"]), result_fields=dict(data["result_fields"]),
-                   job_id=data.get("job_id"), job_token=data.get("job_token"), force=bool(data.get("force")))
+                   job_id=data.get("job_id"), job_token=data.get("job_token"), force=bool(data.get("force")),
+                   stats=data.get("stats"), eval_json=bool(data.get("eval_json")))
 
 
 def resolve_device(requested: str | None) -> torch.device:
@@ -296,8 +301,9 @@ class Evaluator:
 
     def prepare(self, ck, es, result: EvalResult, report: LossReport | None, options: EvalOptions, ctx: dict,
                 *, job_id: int | None = None, job_token: int | None = None) -> Publication:
-        """Write the local artifacts (result json, per-example losses, row stats, eval_step json)
-        and assemble what `publish` sends; touches neither MLflow nor the results table."""
+        """Write the local artifacts under the evalboard home (result json, per-example losses,
+        statistics) and assemble what `publish` sends; touches neither MLflow nor the registry nor
+        the checkpoint's folder (those are written by `publish`, after MLflow took the result)."""
         out_dir = self.settings.home / "results" / f"{ck.content_hash[:16]}-{es.content_hash[:16]}"
         if options.max_examples:
             out_dir = out_dir.with_name(out_dir.name + f"-n{options.max_examples}")
@@ -309,15 +315,13 @@ class Evaluator:
             per_example = out_dir / "per_example_losses.parquet"
             _write_per_example(report, per_example)
             artifacts[per_example.name] = str(per_example)
-        stats = self._row_stats(ck, ctx)
+        stats = self._statistics(ck, ctx)
         if stats is not None:
             import json
 
             stats_path = out_dir / ctx["track"].stats_artifact
             stats_path.write_text(json.dumps(stats, indent=2) + "\n")
             artifacts[stats_path.name] = str(stats_path)
-        if options.write_eval_json and ck.step is not None:
-            _write_next_to_checkpoint(result, Path(ck.path), es.name)
         record = self._record(ck, es, result, options, artifacts)
         if job_token is not None:
             record = _with_tags(record, {"evalboard.fencing_token": str(job_token)})
@@ -330,34 +334,52 @@ class Evaluator:
                       checkpoint_hash=ck.content_hash, step=ck.step, source="evaluator", loss_all=result.loss_all,
                       metrics=result.metrics(), path=str(result_path), extra=extra)
         return Publication(record=record, result_fields=fields, job_id=job_id, job_token=job_token,
-                           force=options.force)
+                           force=options.force, stats=stats,
+                           eval_json=options.write_eval_json and ck.step is not None)
 
     def publish(self, pub: Publication, *, log_to_mlflow: bool = True,
                 still_owner: Callable[[], bool] | None = None):
-        """Log `pub` to MLflow (reusing the job's FINISHED run if one exists), then add the registry
-        result, or reuse the one this job already added (a retry after a crash adds no second row).
-        Returns (mlflow ids, registry result). `still_owner` is asked before the run is FINISHED."""
+        """Log `pub` to MLflow (reusing the job's FINISHED run if one exists), then record it: the
+        statistics, the registry result (or the one this job already added: a retry after a crash
+        adds no second row), and the ``eval_step`` json next to the checkpoint, in that order, so a
+        failure before MLflow has the result leaves nothing behind. Returns (mlflow ids, registry
+        result). `still_owner` is asked before the run is FINISHED."""
         mlflow_ids: dict[str, str] = {}
         if log_to_mlflow:
-            mlflow_ids = self.tracker.log(pub.record, job_id=pub.job_id, force=pub.force, still_owner=still_owner)
+            try:
+                mlflow_ids = self.tracker.log(pub.record, job_id=pub.job_id, force=pub.force,
+                                              still_owner=still_owner)
+            except EvalboardError:
+                raise
+            except Exception as e:  # noqa: BLE001 - MLflow's and its HTTP client's many failures: one line
+                first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+                raise TrackingError(f"MLflow at {self.settings.mlflow_uri} could not log the result of "
+                                    f"{pub.record.checkpoint_path} ({type(e).__name__}: {first}); nothing was "
+                                    "recorded") from e
         fields = dict(pub.result_fields)
         fields["extra"] = {**fields.get("extra", {}), "mlflow_experiment_id": mlflow_ids.get("experiment_id"),
                            "mlflow_model_id": mlflow_ids.get("model_id")}
+        if pub.stats is not None and fields.get("checkpoint_id") is not None:
+            self.reg.put_row_stats(checkpoint_id=fields["checkpoint_id"], stats=pub.stats)
+        ent = None
         if pub.job_id is not None:
             for r in self.reg.list_eval_results(checkpoint_id=fields.get("checkpoint_id")):
                 if (r.extra or {}).get("job_id") == pub.job_id and r.source == "evaluator":
-                    return mlflow_ids, self.reg.update_eval_result(
-                        id=r.id, mlflow_run_id=mlflow_ids.get("run_id"), extra=fields["extra"])
-        ent = self.reg.add_eval_result(mlflow_run_id=mlflow_ids.get("run_id"), **fields)
+                    ent = self.reg.update_eval_result(id=r.id, mlflow_run_id=mlflow_ids.get("run_id"),
+                                                      extra=fields["extra"])
+                    break
+        if ent is None:
+            ent = self.reg.add_eval_result(mlflow_run_id=mlflow_ids.get("run_id"), **fields)
+        if pub.eval_json:
+            _copy_next_to_checkpoint(Path(fields["path"]), Path(pub.record.checkpoint_path), pub.record.evalset_name)
         return mlflow_ids, ent
 
-    def _row_stats(self, ck: CheckpointEntity, ctx: dict) -> dict | None:
+    def _statistics(self, ck: CheckpointEntity, ctx: dict) -> dict | None:
+        """The statistics document of the checkpoint just evaluated (not stored yet)."""
         track, loaded = ctx.get("track"), ctx.get("loaded")
         if track is None or loaded is None:
             return None
-        stats = track.statistics(self, ck, loaded, base_dir=self.base.path if self.base else None)
-        self.reg.put_row_stats(checkpoint_id=ck.id, stats=stats)
-        return stats
+        return track.statistics(self, ck, loaded, base_dir=self.base.path if self.base else None)
 
     def statistics(self, ck: CheckpointEntity, *, with_base: bool = True) -> dict:
         """The checkpoint's statistics document (row norms, or connector parameter norms), with drift
@@ -435,6 +457,17 @@ def _write_per_example(report: LossReport, path: Path) -> None:
         "tokens": [e.tokens for e in report.examples],
     })
     pq.write_table(table, path)
+
+
+def _copy_next_to_checkpoint(source: Path, ckpt: Path, evalset_name: str) -> None:
+    """The result file kept under the evalboard home, also written next to the checkpoint (when
+    it is still there: an outbox entry may be logged on another machine)."""
+    try:
+        result = EvalResult.load(source)
+    except (InvalidInput, OSError) as e:
+        log.warning("not writing an eval_step json next to %s: %s", ckpt, e)
+        return
+    _write_next_to_checkpoint(result, ckpt, evalset_name)
 
 
 def _write_next_to_checkpoint(result: EvalResult, ckpt: Path, evalset_name: str) -> None:

@@ -6,7 +6,8 @@
     ├── NotFound                   a name, id or path that is not registered / does not exist
     ├── Incompatible               token spaces, base models or shapes that do not fit together
     ├── IntegrityError             a registered file changed on disk since registration
-    └── StoreError                 the SQL store failed (wraps SQLAlchemyError)
+    ├── StoreError                 the SQL store failed (wraps SQLAlchemyError)
+    └── TrackingError              MLflow could not take a result (unreachable server, broken store)
 
 A traceback from the CLI means a bug, never bad input.
 """
@@ -23,6 +24,7 @@ __all__ = [
     "Incompatible",
     "IntegrityError",
     "StoreError",
+    "TrackingError",
 ]
 
 
@@ -67,5 +69,11 @@ class IntegrityError(EvalboardError):
 
 class StoreError(EvalboardError):
     """The SQL store failed; usually transient (locked database, lost connection)."""
+
+    retryable = True
+
+
+class TrackingError(EvalboardError):
+    """MLflow could not take a result; nothing of it was recorded. Usually transient."""
 
     retryable = True

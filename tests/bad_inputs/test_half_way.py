@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.bad_inputs._helpers import cli, models_env, refusal, scan, state
+from tests.bad_inputs._helpers import cli, models_env, refusal, registry_snapshot, scan, state
 
 EVALSET = "synthetic-a2t-i2t"
 
@@ -68,3 +68,22 @@ def test_import_eval_validates_every_file_before_writing_any(scanned, tmp_path) 
     ok = cli(["import-eval", good], home=home, env=env)  # the same good file alone goes in
     assert ok.returncode == 0, ok.stderr
     assert state(home) != before
+
+
+def test_eval_whose_mlflow_server_fails_after_computing_records_nothing(scanned) -> None:
+    """The up-front check cannot tell that a tracking server will be down: the numbers are computed,
+    MLflow refuses them, and still no statistics row, no result row and no eval_step json exist."""
+    import socket
+
+    ws, home, env, _ = scanned
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    down = {**env, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+            "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+    ck = ws.checkpoints["stage3_token_lm_iter5"][0]
+    before = registry_snapshot(home)
+    proc = cli(["eval", ck, "--evalset", EVALSET], home=home, env=down)
+    refusal(proc, f"http://127.0.0.1:{port}", "could not log the result", "nothing was recorded")
+    assert registry_snapshot(home) == before  # no statistics row, no result
+    assert not (ck.parent / "eval_step100.json").exists() and not list(ck.parent.glob("eval_step100.*.json"))
