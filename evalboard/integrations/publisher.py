@@ -174,6 +174,9 @@ class Publisher:
     max_examples: int | None = None
     priority: int = 0
     max_attempts: int = 3
+    training_run: tuple[str, str] | None = None
+    """The training's MLflow (run id, experiment id) when known without an active fluent run
+    (Lightning's MLFlowLogger); else the run active at each save is used."""
     events: list[SaveEvent] = field(default_factory=list)
     _reg: Registry | None = None
     _es: Any = None
@@ -222,9 +225,10 @@ class Publisher:
         self.events = [e for e in self.events if e.step not in steps] + retried
         return retried
 
-    def link_training_run(self) -> None:
-        """Record the active MLflow run (the training's) on the evalboard run, once per run id."""
-        current = active_mlflow_run()
+    def link_training_run(self, current: tuple[str, str] | None = None) -> None:
+        """Record the training's MLflow run ``(run id, experiment id)`` (default: the run active
+        in this process) on the evalboard run, once per run id."""
+        current = current or active_mlflow_run() or self._linked
         if current is None or current == self._linked:
             return
         try:
@@ -238,7 +242,7 @@ class Publisher:
         start = time.perf_counter()
         options = {"max_examples": self.max_examples} if self.max_examples else {}
         try:
-            self.link_training_run()
+            self.link_training_run(self.training_run)
             q = register_and_enqueue(self._reg, path, self._es, models=self.settings.models,
                                      max_attempts=self.max_attempts, options=options, priority=self.priority)
         except EvalboardError as e:

@@ -64,6 +64,11 @@ def stack(assets, tmp_path, monkeypatch) -> Stack:
     for k, v in env.items():  # the training side (the Trainer's MLflowCallback) reads the environment
         monkeypatch.setenv(k, v)
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "training")
+    import mlflow
+
+    # MLflow keeps the tracking URI per process (the Trainer's MLflowCallback keeps one already
+    # set, e.g. by an earlier test's worker): this test's store, as a training script would set it.
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
     settings = Settings.from_env(env)
     reg = Registry(settings.db_url)
     register_evalset(reg, assets.evalset_dir)
