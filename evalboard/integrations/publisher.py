@@ -178,9 +178,9 @@ class Publisher:
     """The training's MLflow (run id, experiment id) when known without an active fluent run
     (Lightning's MLFlowLogger); else the run active at each save is used."""
     events: list[SaveEvent] = field(default_factory=list)
-    _reg: Registry | None = None
-    _es: Any = None
-    _linked: tuple[str, str] | None = None
+    _reg: Registry | None = field(default=None, init=False, repr=False)
+    _es: Any = field(default=None, init=False, repr=False)
+    _linked: tuple[str, str] | None = field(default=None, init=False, repr=False)
 
     def open(self) -> None:
         """Connect, find the eval set and prepare the run folder: raises before training starts."""
