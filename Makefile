@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/dashboard.py
 	$(BIN)/python benchmarks/queue.py
 	$(BIN)/python benchmarks/track_a_sweep.py
+	$(BIN)/python benchmarks/callback_save.py
 
 clean:
 	rm -rf $(VENV) .evalboard .pytest_cache test-output

@@ -112,12 +112,22 @@ def jobs_version(reg: Registry) -> tuple:
 def load_runs(reg: Registry) -> pd.DataFrame:
     """One row per run, with its token space's short hash."""
     cols = ["run_id", "run", "track", "base_model", "token_space", "token_space_id", "path", "created_at",
-            "updated_at"]
+            "updated_at", "training_run"]
     spaces = {t.id: t.abi_hash[:12] for t in reg.list_token_spaces()}
     rows = [{"run_id": r.id, "run": r.name, "track": r.track, "base_model": r.base_model,
              "token_space": spaces.get(r.token_space_id), "token_space_id": r.token_space_id, "path": r.path,
-             "created_at": r.created_at, "updated_at": r.updated_at} for r in reg.list_runs()]
+             "created_at": r.created_at, "updated_at": r.updated_at,
+             "training_run": training_run_link(r.training_mlflow_run_id, r.training_mlflow_experiment_id)}
+            for r in reg.list_runs()]
     return pd.DataFrame(rows, columns=cols)
+
+
+def training_run_link(run_id: str | None, experiment_id: str | None, base: str | None = None) -> str | None:
+    """The MLflow UI link of the training run that wrote a run's checkpoints (recorded by the
+    training callbacks), or None when none was recorded."""
+    if not run_id or experiment_id is None:
+        return None
+    return mlflow_links(run_id, {"mlflow_experiment_id": experiment_id}, base)["run"]
 
 
 def load_checkpoints(reg: Registry, run_ids: Iterable[int] | None = None) -> pd.DataFrame:

@@ -403,6 +403,10 @@ class Evaluator:
         tags = {"evalboard.allow_mismatch": str(options.allow_mismatch).lower(), "evalboard.track": ck.track}
         if options.max_examples:
             tags["evalboard.subset"] = f"max_examples={options.max_examples}"
+        if run.training_mlflow_run_id:  # the training that wrote the checkpoint (integrations' callbacks)
+            tags["evalboard.training_run_id"] = run.training_mlflow_run_id
+            if run.training_mlflow_experiment_id:
+                tags["evalboard.training_experiment_id"] = run.training_mlflow_experiment_id
         return EvalRecord(
             run_name=run.name, checkpoint_path=ck.path, checkpoint_hash=ck.content_hash, step=ck.step or 0,
             base_model=ck.base_model or "", model_type=track.model_type,

@@ -47,6 +47,8 @@ class RunEntity:
     token_space_path: str | None
     created_at: datetime
     updated_at: datetime
+    training_mlflow_run_id: str | None = None
+    training_mlflow_experiment_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

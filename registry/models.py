@@ -119,6 +119,9 @@ class Run(Base):
         ForeignKey("token_spaces.id", ondelete="SET NULL")
     )
     token_space_path: Mapped[str | None] = mapped_column(String)
+    training_mlflow_run_id: Mapped[str | None] = mapped_column(String)
+    """The MLflow run of the training that wrote the checkpoints (set by the training callbacks)."""
+    training_mlflow_experiment_id: Mapped[str | None] = mapped_column(String)
     created_at: Mapped[datetime] = _created()
     updated_at: Mapped[datetime] = _updated()
 

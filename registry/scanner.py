@@ -38,6 +38,7 @@ __all__ = ["ScanSummary", "scan", "discover", "register_evalset", "register_toke
 
 _CKPT_DIR_RE = re.compile(r"^(?:checkpoint|ckpt)[-_]\d+$")
 _EVAL_JSON_RE = re.compile(r"^eval_step\d+\.json$")
+_TRAINER_STATE = "trainer_state.json"  # in every transformers.Trainer checkpoint folder
 
 Progress = Callable[[str], None]
 
@@ -149,9 +150,11 @@ def _classify_file(found: Discovery, here: Path, name: str, root: Path) -> None:
 
 
 def _checkpoint_dir_track(p: Path, name: str) -> Track | None:
-    """The track of folder ``p`` when it is a checkpoint: by its files, else by its name."""
+    """The track of folder ``p`` when it is a checkpoint: by its files, else by its name (but a
+    Hugging Face Trainer's own full checkpoint, next to ours when the training callback saves
+    rows beside it, is not one of ours)."""
     track = tracks.for_dir(p)
-    if track is None and _CKPT_DIR_RE.match(name):
+    if track is None and _CKPT_DIR_RE.match(name) and not (p / _TRAINER_STATE).is_file():
         return tracks.DEFAULT_DIR  # registered (invalid) with what is missing
     return track
 

@@ -193,6 +193,16 @@ class Registry:
         with self._session(write=False) as s:
             return _entity(_get_one(s, M.Run, "run", id=id, name=name, path=path))
 
+    def link_training_run(self, run_id: int, *, mlflow_run_id: str, mlflow_experiment_id: str | None = None
+                          ) -> E.RunEntity:
+        """Record the MLflow run of the training that writes this run's checkpoints."""
+        with self._session() as s:
+            row = _get_one(s, M.Run, "run", id=run_id)
+            _assign(row, training_mlflow_run_id=str(mlflow_run_id),
+                    training_mlflow_experiment_id=None if mlflow_experiment_id is None else str(mlflow_experiment_id))
+            s.flush()
+            return _entity(row)
+
     def list_runs(self) -> list[E.RunEntity]:
         with self._session(write=False) as s:
             return _entities(s.scalars(select(M.Run).order_by(M.Run.name, M.Run.id)))

@@ -19,6 +19,8 @@ CASES = {
     "dashboard": (["--runs", "4", "--checkpoints", "3", "--selected", "2", "--repeats", "1"],
                   {"compare_render_s", "runs_render_s", "compare_cold_render_s"}),
     "queue": (["--jobs", "40", "--claimers", "2"], {"sqlite_claims_per_s", "postgres_claims_per_s", "duplicates"}),
+    "callback_save": (["--hidden", "32", "--new-rows", "64", "--saves", "2", "--seq", "16"],
+                      {"save_s_median", "write_s_median", "registry_s_median", "train_step_s_median", "all_enqueued"}),
     "track_a_sweep": (["--checkpoints", "3", "--images", "8", "--image-size", "32", "--tower-hidden", "32",
                        "--tower-layers", "1"],
                       {"tower_forwards_per_image", "trackA_sweep_speedup", "max_abs_loss_diff"}),
@@ -40,5 +42,7 @@ def test_benchmark_script_prints_its_figures(name):
         assert figures["duplicates"] == 0
     if name == "eval_throughput":
         assert figures["max_abs_loss_diff"] <= 1e-4
+    if name == "callback_save":
+        assert figures["all_enqueued"] and figures["saves"] == 2
     if name == "track_a_sweep":
         assert figures["tower_forwards_per_image"] == 1.0 and figures["max_abs_loss_diff"] == 0.0

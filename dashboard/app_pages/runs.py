@@ -42,6 +42,8 @@ loss_cols = [col for col in shown.columns if col.startswith(("latest ", "best ")
 loss_cols = [col for col in loss_cols if col.startswith("best ")] + [col for col in loss_cols if col.startswith("latest ")]
 columns = ["run", "track", "checkpoints", "evaluated", *loss_cols, "latest_step", "token_space", "base_model",
            "invalid", "last_evaluated", "path"]  # `updated_at` (the filter above) stays in the CSV
+if shown["training_run"].notna().any():  # recorded by the training callbacks (evalboard.integrations)
+    columns.insert(columns.index("last_evaluated") + 1, "training_run")
 # A column with one value for every run shown says nothing per row: it goes into the caption, so
 # the table fits (the CSV keeps every column).
 same = {col: shown[col].iloc[0] for col in ("base_model", "token_space", "track", "invalid")
@@ -73,6 +75,8 @@ st.dataframe(
         "evaluated": st.column_config.NumberColumn("evaluated", help="checkpoints with an eval result",
                                                    width="small"),
         "last_evaluated": st.column_config.TextColumn("last evaluated"),
+        "training_run": st.column_config.LinkColumn("training", display_text="MLflow run",
+                                                    help="the training's MLflow run (loss curves)"),
         **{col: st.column_config.TextColumn(col, width="small") for col in loss_cols},
     },
 )

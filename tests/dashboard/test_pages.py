@@ -274,3 +274,18 @@ def test_start_local_worker_runs_a_real_worker(populated, tmp_path):
         assert time.monotonic() < deadline, log.read_text()
         time.sleep(0.2)  # polling interval
     assert "worker started" in log.read_text()
+
+
+def test_runs_table_links_the_training_run_when_one_was_recorded(populated, monkeypatch):
+    from registry.store import Registry
+
+    at = run_page("runs")
+    assert "training_run" not in at.dataframe[0].value.columns  # none recorded: no empty column
+    monkeypatch.setenv("EVALBOARD_MLFLOW_UI", "http://mlflow.example:5000")
+    with Registry(populated) as reg:
+        run = reg.get_run(name="stage3_token_lm_iter5")
+        reg.link_training_run(run.id, mlflow_run_id="abc123", mlflow_experiment_id="7")
+    at = run_page("runs")
+    links = at.dataframe[0].value.set_index("run")["training_run"]
+    assert links["stage3_token_lm_iter5"] == "http://mlflow.example:5000/#/experiments/7/runs/abc123"
+    assert links.drop("stage3_token_lm_iter5").isna().all()

@@ -19,7 +19,7 @@ from registry.models import Base
 from registry.store import Registry
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-HEAD = "0002"  # the newest revision in registry/migrations/versions
+HEAD = "0003"  # the newest revision in registry/migrations/versions
 
 
 def _versions(url: str) -> list[str]:

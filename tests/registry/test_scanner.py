@@ -239,3 +239,20 @@ def test_an_eval_result_written_after_the_first_scan_links_to_its_unchanged_chec
     (r,) = [r for r in sqlite_registry.list_eval_results() if r.step == 100]
     ck = sqlite_registry.get_checkpoint(path=str(run_dir / "checkpoint_100"))
     assert (r.checkpoint_id, r.checkpoint_hash) == (ck.id, ck.content_hash)
+
+
+def test_a_trainers_own_checkpoint_next_to_ours_is_not_registered(registry, tmp_path):
+    """The training callback writes `checkpoint_<step>/` next to the Trainer's `checkpoint-<step>/`
+    (full model + trainer_state.json): only ours is a checkpoint; a folder named like one that
+    holds neither ours nor a Trainer's state is still registered invalid, with what is missing."""
+    run = Path(os.path.realpath(tmp_path)) / "run"
+    write_rows(run / "checkpoint_2", step=2)
+    theirs = run / "checkpoint-2"
+    theirs.mkdir()
+    (theirs / "trainer_state.json").write_text("{}")
+    (theirs / "model.safetensors").write_bytes(b"weights")
+    (run / "checkpoint-4").mkdir()
+    summary = scan(registry, [run])
+    assert {c.path: c.status for c in registry.list_checkpoints()} == {
+        str(run / "checkpoint_2"): "valid", str(run / "checkpoint-4"): "invalid"}
+    assert summary.invalid == 1

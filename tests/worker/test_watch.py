@@ -100,3 +100,37 @@ def test_watcher_waits_for_the_settle_time_and_required_files(sqlite_stack, work
     now[0] = 50.0
     assert w.poll() == []  # handled: unchanged files are not looked at again
     assert len(sqlite_stack.reg.list_jobs()) == 1
+
+
+def test_a_slowly_written_checkpoint_leaves_no_entry_and_no_job_until_settled(sqlite_stack, workspace, tmp_path):
+    """A writer that does not rename atomically (files appear and grow in place, pauses shorter
+    than the settle time): nothing at all is registered, valid or invalid, and nothing is queued
+    until the files have stopped changing for `settle_seconds`. Fake clock: no sleeping."""
+    now = [0.0]
+    src = write_trainable_rows(tmp_path / "staging" / "checkpoint_30", workspace.token_space,
+                               base_model=workspace.base_model, hidden_size=64, step=30, seed=31)
+    run = Path(os.path.realpath(tmp_path)) / "slow_run"
+    run.mkdir()
+    workspace.token_space.save(run / "token_space.json")
+    w = Watcher(sqlite_stack.reg, [run], sqlite_stack.evalset(), settle_seconds=5, clock=lambda: now[0])
+    ck = run / "checkpoint_30"
+    ck.mkdir()
+    data = (src / "trainable_rows.pt").read_bytes()
+    with open(ck / "trainable_rows.pt", "wb") as f:
+        (ck / "trainable_rows.json").write_bytes((src / "trainable_rows.json").read_bytes())
+        for i in range(0, len(data), len(data) // 8 + 1):
+            f.write(data[i:i + len(data) // 8 + 1])
+            f.flush()
+            assert w.poll() == []
+            assert sqlite_stack.reg.list_checkpoints() == [] and sqlite_stack.reg.list_jobs() == []
+            now[0] += 4.0  # each piece comes before the settle time is up
+    (ck / "token_space.json").write_bytes((src / "token_space.json").read_bytes())
+    assert w.poll() == [] and sqlite_stack.reg.list_checkpoints() == []
+    now[0] += 4.9
+    assert w.poll() == [] and sqlite_stack.reg.list_checkpoints() == []
+    now[0] += 0.1
+    (event,) = w.poll()
+    assert event.action == "enqueued"
+    (registered,) = sqlite_stack.reg.list_checkpoints()
+    assert registered.is_valid and registered.path == str(ck)
+    assert [j.checkpoint_id for j in sqlite_stack.reg.list_jobs()] == [registered.id]
