@@ -93,10 +93,14 @@ def useful_flops(dims: DecoderDims, vocab: int, lengths: Sequence[int], scored: 
 
 
 def counted_flops(fn: Callable[[], object]) -> float:
-    """FLOPs of the matmuls, convolutions and attention ``fn()`` runs (torch's own flop counter)."""
+    """FLOPs of the matmuls, convolutions and attention ``fn()`` runs (torch's own flop counter).
+
+    Attention runs on SDPA's math backend while counting: the counter does not know every fused
+    CPU kernel, and the math backend's matmuls it counts (full ``n x n`` scores, masked or not)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False) as counter:
+    with sdpa_kernel([SDPBackend.MATH]), FlopCounterMode(display=False) as counter:
         fn()
     return float(counter.get_total_flops())
 

@@ -28,7 +28,8 @@ fraction_of_peak >= 0.8 x plain_forward_fraction_of_peak, swap_over_bandwidth_bo
 
 from __future__ import annotations
 
-import _bench_path  # noqa: F401  (first: see benchmarks/_bench_path.py)
+if not __package__:  # run as a script (first: see benchmarks/_bench_path.py), not imported as benchmarks.*
+    import _bench_path  # noqa: F401
 
 import argparse
 import ctypes
@@ -51,7 +52,7 @@ from benchmarks._utilisation import (QWEN3_8B, QWEN3_8B_DIMS, DecoderDims, count
                                      plain_forward_ceiling, read_bandwidth, sync, useful_flops)
 from evaluator.base_model import load_base
 from evaluator.batching import IGNORE_INDEX, Example, needed_length, scored_targets
-from evaluator.loss import evaluate_loss
+from evaluator.loss import evaluate_loss, scored_nll
 from evaluator.rows import ResidentModel, TokenSpaceSizes, TrainableRows
 
 DENSE_BF16_PEAK = {"H100": 989e12, "H200": 989e12, "H100 PCIe": 756e12, "A100": 312e12}
@@ -499,6 +500,38 @@ def compare_losses(examples, fast: dict, naive: dict) -> float:
     return max([*diffs, abs(overall(fast) - overall(naive))])
 
 
+@torch.no_grad()
+def batch_nll_with_padding_mask(model, batch, *, positions_per_chunk=1024, vocab_block=None, inputs=None):
+    """`evaluator.loss.batch_nll` as it was before it left out the padding mask of right-padded
+    batches: the "before" of `padding_mask_change` (the same numbers, measured in the same run)."""
+    fed = inputs(model, batch) if inputs is not None else {"input_ids": batch.input_ids}
+    hidden = model.get_decoder()(**fed, attention_mask=batch.attention_mask, use_cache=False).last_hidden_state
+    targets = batch.labels[:, 1:]
+    scored = targets != IGNORE_INDEX
+    rows = torch.arange(len(batch.indices), device=scored.device)[:, None].expand_as(scored)
+    head = model.get_output_embeddings()
+    nll = scored_nll(hidden[:, :-1][scored], targets[scored], head.weight, getattr(head, "bias", None),
+                     positions_per_chunk=positions_per_chunk, vocab_block=vocab_block)
+    return nll, rows[scored]
+
+
+def padding_mask_change(model, examples, device, after_s: float, after: dict, flops: float, limits: dict) -> dict:
+    """Before/after of the one change this benchmark's figures asked for (see `batch_nll`)."""
+    start = time.perf_counter()
+    report = evaluate_loss(model, examples, batch_fn=batch_nll_with_padding_mask)
+    _sync(device)
+    before_s = time.perf_counter() - start
+    before = {e.example_id: (e.loss, e.tokens) for e in report.examples}
+    peak = limits["matmul_peak_flops_per_s"]
+    return {"what": "right-padded batches go to the decoder without their padding mask (causal attention "
+                    "cannot see the padding): no [rows, 1, L, L] mask, attention skips the blocks above the diagonal",
+            "evaluator_s_before": round(before_s, 3), "evaluator_s_after": round(after_s, 3),
+            "speedup": round(before_s / after_s, 3),
+            "fraction_of_peak_before": round(flops / before_s / peak, 4),
+            "fraction_of_peak_after": round(flops / after_s / peak, 4),
+            "max_abs_loss_diff": float(f"{compare_losses(examples, after, before):.3g}")}
+
+
 def longest_batch(model, examples, device) -> dict:
     """A batch budget's worth of copies of the eval set's longest example: no out-of-memory retry."""
     from evaluator.loss import auto_token_budget
@@ -674,6 +707,10 @@ def main(argv: list[str] | None = None) -> dict:
         with PeakMemory(device) as fast_mem:
             fast, fast_s, report = run_evaluator(model, examples, device)
         log(f"  {fast_s:.1f}s, {report.batches} batches, loss(all)={report.loss():.4f}")
+        flops = evaluation_flops(model, examples)
+        log("evaluator as it was before dropping the padding mask, all examples ...")
+        change = padding_mask_change(model, examples, device, fast_s, fast, flops["total"], limits)
+        log(f"  {change['evaluator_s_before']:.1f}s (after: {fast_s:.1f}s)")
         log(f"evaluator, the naive loop's {len(subset)} examples ...")
         _, fast_sub_s, _ = run_evaluator(model, subset, device)
         log(f"  {fast_sub_s:.1f}s")
@@ -687,7 +724,6 @@ def main(argv: list[str] | None = None) -> dict:
             exact = fp32_logit_reference(model, subset)
         log("plain forward on packed batches (the ceiling) ...")
         plain = ceiling(model, examples, device)
-        flops = evaluation_flops(model, examples)
         track_b = utilisation(flops["total"], fast_s, limits, plain)
         naive_flops = useful_flops(shape.dims, vocab.total, [needed_length(e) for e in subset],
                                    [scored_targets(e) for e in subset])["total"]
@@ -713,6 +749,7 @@ def main(argv: list[str] | None = None) -> dict:
                                    "fraction_of_peak", "plain_forward_fraction_of_peak")},
         "swap_over_bandwidth_bound": swap.pop("swap_over_bandwidth_bound"),
         "evaluator_over_plain_forward": track_b["evaluator_over_plain_forward"],
+        "padding_mask_change": change,
         "naive_fraction_of_peak": round(naive_flops / naive_s / limits["matmul_peak_flops_per_s"], 4),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda"
         else f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)",

@@ -19,7 +19,8 @@ Figures (last stdout line, one JSON object): ``tower_forwards_per_image`` over t
 
 from __future__ import annotations
 
-import _bench_path  # noqa: F401  (first: see benchmarks/_bench_path.py)
+if not __package__:  # run as a script (first: see benchmarks/_bench_path.py), not imported as benchmarks.*
+    import _bench_path  # noqa: F401
 
 import argparse
 import json

@@ -183,9 +183,14 @@ def batch_nll(
     Runs the decoder stack only (hidden states, no logits) on `inputs(model, batch)` (default:
     the batch's token ids), keeps the hidden state at position t when `labels[t + 1]` is scored,
     and scores those against lm_head with `scored_nll`.
+
+    A right-padded batch goes in without its padding mask: under causal attention no real token
+    sees a later position, so the mask changes nothing that is scored, while passing it makes the
+    model build a [rows, 1, L, L] mask and attention compute every block above the diagonal too.
     """
     fed = inputs(model, batch) if inputs is not None else {"input_ids": batch.input_ids}
-    out = _decoder(model)(**fed, attention_mask=batch.attention_mask, use_cache=False)
+    mask = None if _right_padded(batch.attention_mask) else batch.attention_mask
+    out = _decoder(model)(**fed, attention_mask=mask, use_cache=False)
     del fed
     hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
     targets = batch.labels[:, 1:]
@@ -203,6 +208,11 @@ def batch_nll(
         vocab_block=vocab_block,
     )
     return nll, rows[scored]
+
+
+def _right_padded(mask: torch.Tensor) -> bool:
+    """Every row is ones then zeros (what `collate` makes): padding only after the real tokens."""
+    return bool((mask[:, 1:] <= mask[:, :-1]).all()) and bool(mask[:, 0].all())
 
 
 def is_out_of_memory(error: BaseException) -> bool:

@@ -235,3 +235,23 @@ def test_tokens_after_the_last_scored_label_are_not_run(model):
     report = evaluate_loss(model, [example])
     assert report.n_tokens == 25 and report.examples[0].tokens == 5
     assert_matches_reference(report, model, [example])
+
+
+def test_right_padding_goes_without_the_mask_and_left_padding_keeps_it(model):
+    """batch_nll drops the padding mask only where it cannot matter (padding after the real tokens);
+    a left-padded batch keeps it, so its NLLs are still each example's own."""
+    from evaluator.batching import Batch, collate
+
+    rng = random.Random(11)
+    examples = [make_example("a", "a2t", 40, 8, rng), make_example("b", "i2t", 17, 5, rng)]
+    per_example, _ = reference_losses(model, examples)
+    right = collate(examples, [0, 1], PAD_ID, torch.device("cpu"))
+    longest = right.input_ids.shape[1]
+    left = Batch([0, 1], right.input_ids.clone(), right.attention_mask.clone(), right.labels.clone(), right.n_tokens)
+    n = len(examples[1].input_ids)
+    for t in (left.input_ids, left.attention_mask, left.labels):
+        t[1] = torch.roll(t[1], longest - n)  # example b's tokens moved to the end of its row
+    for batch in (right, left):
+        nll, rows = batch_nll(model, batch)
+        for row, ex in enumerate(examples):
+            assert abs(nll[rows == row].mean().item() - per_example[ex.example_id]) < TOL, (row, batch is left)
