@@ -131,7 +131,7 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, n: int | None = None, 
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
     out = torch.empty(n, n, device=device, dtype=dtype)
-    seconds = best_seconds(lambda: torch.mm(a, b, out=out), device, repeats, min_s=1.0)
+    seconds = best_seconds(lambda: torch.mm(a, b, out=out), device, repeats, min_s=2.0)
     return {"matmul_peak_flops_per_s": 2.0 * n**3 / seconds,
             "matmul_peak_method": f"best of >= {repeats} torch.mm of two {n}x{n} {str(dtype).removeprefix('torch.')} "
                                   f"matrices on {device.type}, 2n^3 FLOPs"}
