@@ -836,6 +836,7 @@ def main(argv: list[str] | None = None) -> dict:
         "qwen3_8b_decoder_flop_share_per_token": round(QWEN3_8B_DIMS.decoder_share(QWEN_VOCAB.total), 4),
         "qwen3_8b_text_only_decoder_flop_share_per_token": round(QWEN3_8B_DIMS.decoder_share(QWEN_VOCAB.text_rows), 4),
         "plain_forward_best": plain["plain_forward_best"],
+        "plain_forward_tried": [{k: v for k, v in t.items() if k != "seconds"} for t in plain["plain_forward_tried"]],
         "limits": {k: v for k, v in limits.items() if k != "matmul_peak_flops_per_s"},
         "flops_method": "useful FLOPs: decoder matmuls (2 x weights) for every real token up to its last "
         "scored label + causal attention (QK^T, AV) + output projection at scored positions only; "
