@@ -32,6 +32,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/scan.py
 	$(BIN)/python benchmarks/eval_throughput.py
+	$(BIN)/python benchmarks/eval_throughput.py --preset 8b-split
 	$(BIN)/python benchmarks/dashboard.py
 	$(BIN)/python benchmarks/queue.py
 	$(BIN)/python benchmarks/track_a_sweep.py

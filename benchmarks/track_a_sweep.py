@@ -19,20 +19,71 @@ Figures (last stdout line, one JSON object): ``tower_forwards_per_image`` over t
 
 from __future__ import annotations
 
-import _bench_path  # noqa: F401  (first: see benchmarks/_bench_path.py)
+if not __package__:  # run as a script (first: see benchmarks/_bench_path.py), not imported as benchmarks.*
+    import _bench_path  # noqa: F401
 
 import argparse
 import json
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+@dataclass
+class SweepWorkspace:
+    """A registered Track A sweep: connector checkpoints of one run and an image eval set."""
+
+    root: Path
+    reg: Any
+    cks: list
+    es: Any
+    models: dict[str, str]
+
+    def settings(self, home: str, cache_bytes: int):
+        from registry.settings import Settings
+
+        return Settings(home=self.root / home, db_url=f"sqlite:///{self.root / 'registry.db'}",
+                        mlflow_uri=f"sqlite:///{self.root / 'mlflow.db'}", models=self.models,
+                        vision_cache_bytes=cache_bytes)
+
+
+def build_workspace(root: Path, *, checkpoints: int, images: int, image_size: int, tower_hidden: int,
+                    tower_layers: int, llm_dir: Path | None = None, llm_hidden: int = 64, n_queries: int = 16,
+                    answer_len: int = 4) -> SweepWorkspace:
+    """Tower, connector checkpoints, image eval set under ``root``, scanned into a registry there.
+    ``llm_dir``: an existing base LLM of width ``llm_hidden`` (default: a tiny one is built)."""
+    from evalboard.fixtures import (TinyBaseSpec, TinyTowerSpec, build_tiny_base, build_tiny_vision_tower,
+                                    make_image_evalset, write_connector_checkpoint)
+    from registry.scanner import scan
+    from registry.store import Registry
+
+    if llm_dir is None:
+        llm_dir = build_tiny_base(root / "models" / "llm", TinyBaseSpec())
+        llm_hidden = TinyBaseSpec().hidden_size
+    tower_spec = TinyTowerSpec(hidden_size=tower_hidden, num_layers=tower_layers, num_heads=4,
+                               intermediate_size=4 * tower_hidden, image_size=image_size, patch_size=8)
+    tower = build_tiny_vision_tower(root / "models" / "tower", tower_spec)
+    for i in range(checkpoints):
+        write_connector_checkpoint(root / "outputs" / "sweep" / f"checkpoint_{(i + 1) * 100}.pt",
+                                   step=(i + 1) * 100, vision_dim=tower_hidden, llm_dim=llm_hidden,
+                                   n_queries=n_queries, base_llm="bench/llm", vision_tower="bench/tower", seed=i)
+    make_image_evalset(root / "evalsets" / "images", "images", tower="bench/tower", tower_dir=tower,
+                       n=images, image_size=image_size, answer_len=answer_len)
+    ws = SweepWorkspace(root, None, [], None, {"bench/llm": str(llm_dir), "bench/tower": str(tower)})
+    ws.reg = Registry(settings=ws.settings("home", 0))
+    scan(ws.reg, [root / "outputs", root / "evalsets"])
+    ws.es = ws.reg.get_evalset(name="images")
+    ws.cks = sorted(ws.reg.list_checkpoints(status="valid"), key=lambda c: c.step)
+    return ws
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -44,41 +95,18 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--tower-hidden", type=int, default=192, help="vision tower hidden size")
     p.add_argument("--tower-layers", type=int, default=6, help="vision tower layers")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    from evalboard.fixtures import (TinyBaseSpec, TinyTowerSpec, build_tiny_base, build_tiny_vision_tower,
-                                    make_image_evalset, write_connector_checkpoint)
     from evaluator.service import EvalOptions, Evaluator
-    from registry.scanner import scan
-    from registry.settings import Settings
-    from registry.store import Registry
 
     with tempfile.TemporaryDirectory(prefix="evalboard-trackA-") as tmp:
-        root = Path(tmp)
-        base = build_tiny_base(root / "models" / "llm", TinyBaseSpec())
-        tower_spec = TinyTowerSpec(hidden_size=args.tower_hidden, num_layers=args.tower_layers, num_heads=4,
-                                   intermediate_size=4 * args.tower_hidden, image_size=args.image_size,
-                                   patch_size=8)
-        tower = build_tiny_vision_tower(root / "models" / "tower", tower_spec)
-        for i in range(args.checkpoints):
-            write_connector_checkpoint(root / "outputs" / "sweep" / f"checkpoint_{(i + 1) * 100}.pt",
-                                       step=(i + 1) * 100, vision_dim=args.tower_hidden, llm_dim=64, n_queries=16,
-                                       base_llm="bench/llm", vision_tower="bench/tower", seed=i)
-        make_image_evalset(root / "evalsets" / "images", "images", tower="bench/tower", tower_dir=tower,
-                           n=args.images, image_size=args.image_size)
-        models = {"bench/llm": str(base), "bench/tower": str(tower)}
-
-        def settings(home: str, cache_bytes: int) -> Settings:
-            return Settings(home=root / home, db_url=f"sqlite:///{root / 'registry.db'}",
-                            mlflow_uri=f"sqlite:///{root / 'mlflow.db'}", models=models,
-                            vision_cache_bytes=cache_bytes)
-
-        reg = Registry(settings=settings("home", 0))
-        scan(reg, [root / "outputs", root / "evalsets"])
-        es = reg.get_evalset(name="images")
-        cks = sorted(reg.list_checkpoints(status="valid"), key=lambda c: c.step)
-        options = EvalOptions(device="cpu", force=True, write_eval_json=False, log_to_mlflow=False)
+        ws = build_workspace(Path(tmp), checkpoints=args.checkpoints, images=args.images,
+                             image_size=args.image_size, tower_hidden=args.tower_hidden,
+                             tower_layers=args.tower_layers)
+        cks, es, settings, reg = ws.cks, ws.es, ws.settings, ws.reg
+        options = EvalOptions(device=args.device, force=True, write_eval_json=False, log_to_mlflow=False)
 
         def sweep(ev: Evaluator, *, drop_features: bool) -> tuple[float, list[list[float]], int]:
             losses, start = [], time.perf_counter()
@@ -114,7 +142,7 @@ def main(argv: list[str] | None = None) -> dict:
             "trackA_sweep_speedup": round(t_plain / t_cached, 2),
             "max_abs_loss_diff": diff,
             "threads": args.threads,
-            "device": "cpu",
+            "device": args.device,
         }
         reg.close()
     print(json.dumps(figures))

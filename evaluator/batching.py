@@ -21,6 +21,7 @@ __all__ = [
     "needed_length",
     "check_examples",
     "plan_batches",
+    "MAX_PADDING",
     "padded_cost",
     "collate",
 ]
@@ -100,22 +101,35 @@ def padded_cost(lengths: Sequence[int], indices: Sequence[int]) -> int:
     return len(indices) * max(lengths[i] for i in indices)
 
 
-def plan_batches(lengths: Sequence[int], max_tokens_per_batch: int) -> list[list[int]]:
+MAX_PADDING = 0.1
+"""Default share of a batch's padded tokens that may be padding (compute spent on nothing)."""
+
+
+def plan_batches(lengths: Sequence[int], max_tokens_per_batch: int,
+                 max_padding: float = MAX_PADDING) -> list[list[int]]:
     """Group example indices into batches whose padded size stays within the budget.
 
     Longest first, so an out-of-memory error (if any) shows up on the first batch. An example
-    longer than the budget gets a batch of its own.
+    longer than the budget gets a batch of its own. A batch also closes before padding would
+    exceed `max_padding` of its padded tokens (1.0: fill every batch up to the budget): an
+    example much shorter than the batch's longest starts a new batch rather than being padded.
     """
     if max_tokens_per_batch <= 0:
         raise InvalidInput(f"max_tokens_per_batch must be positive, got {max_tokens_per_batch}")
+    if not 0 <= max_padding <= 1:
+        raise InvalidInput(f"max_padding must be between 0 and 1, got {max_padding}")
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     batches: list[list[int]] = []
+    real = 0
     for i in order:
         # Descending order: the first row of a batch is its longest.
-        if batches and (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= max_tokens_per_batch:
+        cost = (len(batches[-1]) + 1) * lengths[batches[-1][0]] if batches else 0
+        if batches and cost <= max_tokens_per_batch and real + lengths[i] >= (1 - max_padding) * cost:
             batches[-1].append(i)
+            real += lengths[i]
         else:
             batches.append([i])
+            real = lengths[i]
     return batches
 
 

@@ -30,6 +30,7 @@ from torch import nn
 
 from evaluator.batching import (
     IGNORE_INDEX,
+    MAX_PADDING,
     Batch,
     Example,
     check_examples,
@@ -139,14 +140,23 @@ def scored_nll(
             logits = h @ weight[v : v + vocab_block].float().T
             if bias is not None:
                 logits += bias[v : v + vocab_block].float()
-            lse = torch.logaddexp(lse, torch.logsumexp(logits, dim=-1))
             local = t - v
             inside = (local >= 0) & (local < logits.shape[1])
             picked = logits.gather(1, local.clamp(0, logits.shape[1] - 1)[:, None])[:, 0]
             target_logit = torch.where(inside, picked, target_logit)
+            lse = torch.logaddexp(lse, _logsumexp_(logits))
             del logits
         out[start : start + len(t)] = lse - target_logit
     return out
+
+
+def _logsumexp_(x: torch.Tensor) -> torch.Tensor:
+    """`torch.logsumexp(x, dim=-1)` computed in place in `x` (which it overwrites): the same
+    formula, max + log(sum(exp(x - max))), without the block-sized temporaries that made the
+    logits' log-sum-exp cost as much as their matmul on a CPU."""
+    top = x.amax(dim=-1, keepdim=True)
+    top.masked_fill_(top.abs() == math.inf, 0)  # as torch.logsumexp does: no inf - inf
+    return x.sub_(top).exp_().sum(dim=-1).log_().add_(top[:, 0])
 
 
 def default_vocab_block(hidden_size: int) -> int:
@@ -183,9 +193,14 @@ def batch_nll(
     Runs the decoder stack only (hidden states, no logits) on `inputs(model, batch)` (default:
     the batch's token ids), keeps the hidden state at position t when `labels[t + 1]` is scored,
     and scores those against lm_head with `scored_nll`.
+
+    A right-padded batch goes in without its padding mask: under causal attention no real token
+    sees a later position, so the mask changes nothing that is scored, while passing it makes the
+    model build a [rows, 1, L, L] mask and attention compute every block above the diagonal too.
     """
     fed = inputs(model, batch) if inputs is not None else {"input_ids": batch.input_ids}
-    out = _decoder(model)(**fed, attention_mask=batch.attention_mask, use_cache=False)
+    mask = None if _right_padded(batch.attention_mask) else batch.attention_mask
+    out = _decoder(model)(**fed, attention_mask=mask, use_cache=False)
     del fed
     hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
     targets = batch.labels[:, 1:]
@@ -203,6 +218,11 @@ def batch_nll(
         vocab_block=vocab_block,
     )
     return nll, rows[scored]
+
+
+def _right_padded(mask: torch.Tensor) -> bool:
+    """Every row is ones then zeros (what `collate` makes): padding only after the real tokens."""
+    return bool((mask[:, 1:] <= mask[:, :-1]).all()) and bool(mask[:, 0].all())
 
 
 def is_out_of_memory(error: BaseException) -> bool:
@@ -248,6 +268,7 @@ def evaluate_loss(
     batch_fn: BatchNll = batch_nll,
     inputs: InputsFn | None = None,
     placeholder_id: int | None = None,
+    max_padding: float = MAX_PADDING,
 ) -> LossReport:
     """Eval loss of `model` on `examples`: per example, per task and over all scored tokens.
 
@@ -258,7 +279,8 @@ def evaluate_loss(
     each example's tokens are scored separately. Tokens after an example's last scored label
     are not run (they cannot affect its predictions).
 
-    `max_tokens_per_batch` bounds padded tokens per forward pass (default: `auto_token_budget`).
+    `max_tokens_per_batch` bounds padded tokens per forward pass (default: `auto_token_budget`);
+    `max_padding` bounds the share of them that is padding (see `plan_batches`).
     On an out-of-memory error the failing batch is halved and retried, and the budget halved.
     `progress(tokens_done, tokens_total)` is called after each batch. `batch_fn` computes the
     NLLs of one batch (default `batch_nll`); tests use it to inject failures. `inputs` builds the
@@ -278,7 +300,8 @@ def evaluate_loss(
     counts = [scored_targets(ex) for ex in examples]
     todo = [i for i, c in enumerate(counts) if c]
     budget = max_tokens_per_batch or auto_token_budget(model, device, max(lengths, default=1))
-    queue = deque([todo[j] for j in batch] for batch in plan_batches([lengths[i] for i in todo], budget))
+    plan = plan_batches([lengths[i] for i in todo], budget, max_padding)
+    queue = deque([todo[j] for j in batch] for batch in plan)
     sums = torch.zeros(len(examples), dtype=torch.float64)
     total_tokens = sum(lengths[i] for i in todo)
     done_tokens = n_batches = oom_retries = 0

@@ -118,7 +118,7 @@ def test_very_different_lengths_in_one_batch(model):
         make_example("long", "i2t", 700, 40, rng),
         make_example("mid", "a2t", 60, 59, rng),  # everything after the first token scored
     ]
-    report = evaluate_loss(model, examples, max_tokens_per_batch=100_000)
+    report = evaluate_loss(model, examples, max_tokens_per_batch=100_000, max_padding=1.0)
     assert report.batches == 1
     assert_matches_reference(report, model, examples)
 
@@ -154,8 +154,8 @@ def test_out_of_memory_halves_the_batch_and_keeps_the_losses(model, examples, oo
             raise oom()
         return batch_nll(model, batch, **kw)
 
-    expected = evaluate_loss(model, examples, max_tokens_per_batch=100_000)
-    report = evaluate_loss(model, examples, max_tokens_per_batch=100_000, batch_fn=flaky)
+    expected = evaluate_loss(model, examples, max_tokens_per_batch=100_000, max_padding=1.0)
+    report = evaluate_loss(model, examples, max_tokens_per_batch=100_000, max_padding=1.0, batch_fn=flaky)
 
     assert report.oom_retries == 1 and calls[:3] == [12, 6, 6]
     assert report.max_tokens_per_batch < 100_000
@@ -235,3 +235,38 @@ def test_tokens_after_the_last_scored_label_are_not_run(model):
     report = evaluate_loss(model, [example])
     assert report.n_tokens == 25 and report.examples[0].tokens == 5
     assert_matches_reference(report, model, [example])
+
+
+def test_right_padding_goes_without_the_mask_and_left_padding_keeps_it(model):
+    """batch_nll drops the padding mask only where it cannot matter (padding after the real tokens);
+    a left-padded batch keeps it, so its NLLs are still each example's own."""
+    from evaluator.batching import Batch, collate
+
+    rng = random.Random(11)
+    examples = [make_example("a", "a2t", 40, 8, rng), make_example("b", "i2t", 17, 5, rng)]
+    per_example, _ = reference_losses(model, examples)
+    right = collate(examples, [0, 1], PAD_ID, torch.device("cpu"))
+    longest = right.input_ids.shape[1]
+    left = Batch([0, 1], right.input_ids.clone(), right.attention_mask.clone(), right.labels.clone(), right.n_tokens)
+    n = len(examples[1].input_ids)
+    for t in (left.input_ids, left.attention_mask, left.labels):
+        t[1] = torch.roll(t[1], longest - n)  # example b's tokens moved to the end of its row
+    for batch in (right, left):
+        nll, rows = batch_nll(model, batch)
+        for row, ex in enumerate(examples):
+            assert abs(nll[rows == row].mean().item() - per_example[ex.example_id]) < TOL, (row, batch is left)
+
+
+def test_plan_batches_keeps_padding_under_its_share():
+    rng = random.Random(3)
+    lengths = [int(32 * 32 ** rng.random()) for _ in range(300)]  # 32 .. 1024, log-uniform
+    for max_padding in (0.0, 0.1, 0.3):
+        batches = plan_batches(lengths, 16384, max_padding)
+        assert sorted(i for b in batches for i in b) == list(range(300))
+        for b in batches:
+            assert padded_cost(lengths, b) <= 16384 or len(b) == 1
+            assert sum(lengths[i] for i in b) >= (1 - max_padding) * padded_cost(lengths, b)
+    assert len(plan_batches([100, 10], 1000, 1.0)) == 1  # 1.0: filled up to the budget
+    assert len(plan_batches([100, 10], 1000)) == 2  # 10 tokens are not padded to 100 by default
+    with pytest.raises(InvalidInput, match="max_padding"):
+        plan_batches(lengths, 1000, 1.5)
