@@ -167,3 +167,35 @@ def test_reconciler_kills_runs_left_running_by_dead_attempts(sqlite_stack, works
     assert sorted(mlflow_runs_by_job(stack.settings.mlflow_uri)[job_id]) == ["FAILED", "FINISHED", "KILLED"]
     assert w.reconcile() == {"killed": [], "superseded": []}
     del mlflow
+
+
+def test_a_job_cancelled_from_the_dashboard_cannot_be_published_by_the_worker_that_held_it(sqlite_stack,
+                                                                                          workspace):
+    """A worker's lease runs out (it looks dead), the job goes back to the queue and is cancelled
+    on the dashboard; the worker, still alive, runs it anyway: the cancel bumped the fencing token,
+    so it publishes nothing (no MLflow run, no result) and the job stays cancelled."""
+    import time
+
+    from dashboard import data
+
+    stack = sqlite_stack
+    (job_id, other) = enqueue_run(stack, workspace)
+    queue.cancel(stack.reg, job_id=other)
+    held = queue.claim(stack.reg, worker_id="slow", lease_seconds=0.2)
+    assert held is not None and held.id == job_id
+    deadline = time.monotonic() + 30
+    while queue.reap_expired(stack.reg)["queued"] != [job_id]:
+        assert time.monotonic() < deadline, "the lease never expired"
+        time.sleep(0.05)
+    assert data.cancel_jobs(stack.reg, [job_id]) == 1
+    cancelled = stack.reg.get_job(id=job_id)
+    assert cancelled.status == "cancelled" and cancelled.fencing_token == held.fencing_token + 1
+
+    slow = worker(stack, worker_id="slow")
+    slow.device = torch.device("cpu")
+    assert slow.run_job(held) == 0 and slow.stats.lost == 1 and slow.stats.done == 0
+    with pytest.raises(queue.LeaseLost):
+        queue.complete(stack.reg, job_id=job_id, token=held.fencing_token)
+    assert stack.reg.get_job(id=job_id).status == "cancelled"
+    assert mlflow_runs_by_job(stack.settings.mlflow_uri).get(job_id, []) in ([], ["FAILED"])
+    assert [r for r in stack.reg.list_eval_results() if r.source == "evaluator"] == []
