@@ -184,7 +184,7 @@ def enqueue_cmd(
     from evalboard.cli import err
     from evalboard.cli_eval import resolve_checkpoint, resolve_evalset
     from registry import queue
-    from registry.audit import refusals
+    from registry.policy import enqueue_checkpoints
 
     from evalboard.cli import verbose
 
@@ -192,21 +192,19 @@ def enqueue_cmd(
     reg, _settings = _registry()
     es = resolve_evalset(reg, evalset)
     cks = [resolve_checkpoint(reg, c) for c in checkpoints]
-    refused = refusals(reg, cks, es, models=_settings.models)
-    if refused:  # refuse all before queuing any
-        raise Incompatible(f"not queued on eval set {es.name!r}: " + " | ".join(
-            f"{ck.path}: " + "; ".join(f.message for f in refused[ck.id]) for ck in cks if ck.id in refused))
     options: dict = {"max_examples": max_examples} if max_examples else {}
     if connector_builder:
         from registry.settings import parse_connector_builders
 
         options["connector_builder"] = parse_connector_builders(connector_builder)["*"]
-    rows = []
-    for ck in cks:
-        job, created = queue.enqueue(reg, checkpoint_id=ck.id, evalset_id=es.id, force=force,
-                                     max_attempts=max_attempts, options=options, priority=priority)
-        rows.append({"job_id": job.id, "checkpoint": ck.path, "step": ck.step, "evalset": es.name,
-                     "status": job.status, "created": created})
+    decisions = enqueue_checkpoints(reg, cks, es, models=_settings.models, force=force, max_attempts=max_attempts,
+                                    options=options, priority=priority, all_or_nothing=True)
+    refused = [d for d in decisions if d.action == "refused"]
+    if refused:  # the audit refuses all before any is queued; a store refusal names its checkpoint
+        raise Incompatible(f"not queued on eval set {es.name!r}: " + " | ".join(
+            f"{d.checkpoint.path}: {d.detail}" for d in refused))
+    rows = [{"job_id": d.job.id, "checkpoint": d.checkpoint.path, "step": d.checkpoint.step, "evalset": es.name,
+             "status": d.job.status, "created": d.action == "enqueued"} for d in decisions if d.job is not None]
     if json_out:
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
         return
@@ -349,10 +347,10 @@ def run_watch(paths: list[Path], evalset: str, *, interval: float, settle_second
     if interval <= 0 or settle_seconds < 0:
         raise InvalidInput("--interval must be positive and --settle-seconds not negative")
     _setup_logging()
-    reg, _ = _registry()
+    reg, settings = _registry()
     es = resolve_evalset(reg, evalset)
     watcher = Watcher(reg, [Path(os.path.realpath(p)) for p in paths], es, settle_seconds=settle_seconds,
-                      max_attempts=max_attempts)
+                      max_attempts=max_attempts, models=settings.models)
     stopping = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stopping.append(True))

@@ -181,7 +181,8 @@ def _print_next_steps(console: Console, workdir: Path, port: int) -> None:
 
 def _scan_and_evaluate(workdir: Path, bar: Progress) -> dict:
     from registry import tracks
-    from registry.audit import audit, refusals
+    from registry.audit import audit
+    from registry.policy import enqueue_checkpoints
     from registry.scanner import scan
     from registry.settings import Settings
     from registry.store import Registry
@@ -195,15 +196,12 @@ def _scan_and_evaluate(workdir: Path, bar: Progress) -> dict:
     valid = reg.list_checkpoints(status="valid")
     for es in reg.list_evalsets():  # each checkpoint on the eval sets of the kind its track evaluates
         mine = [ck for ck in valid if tracks.get(ck.track).accepts_evalset(es)]
-        errors_by_id = refusals(reg, mine, es, models=settings.models)
-        for ck in mine:
-            errors = errors_by_id.get(ck.id)
-            if errors:
-                refused.append(f"{Path(ck.path).parent.name}/{Path(ck.path).name}: "
-                               + "; ".join(f.message for f in errors))
-                continue
-            job, _ = reg.enqueue_job(checkpoint_id=ck.id, evalset_id=es.id)
-            jobs.append(job)
+        for d in enqueue_checkpoints(reg, mine, es, models=settings.models):
+            ck = d.checkpoint
+            if d.action == "refused":
+                refused.append(f"{Path(ck.path).parent.name}/{Path(ck.path).name}: {d.detail}")
+            elif d.job is not None:
+                jobs.append(d.job)
     t = bar.add_task("5/5 evaluate (worker)", total=len(jobs))
     _run_jobs(reg, settings, jobs, lambda: bar.advance(t))
     findings = audit(reg, models=settings.models)

@@ -61,30 +61,23 @@ else:
                                 placeholder="none chosen: every valid checkpoint of the run not yet evaluated")
         submitted = st.form_submit_button("Enqueue", type="primary")
     if submitted:
-        from registry.audit import refusals
+        from registry.policy import enqueue_checkpoints
 
         targets = list(chosen) or data.unevaluated_checkpoints(reg, run_id, es_id)
         if not targets:
             st.info("Nothing to enqueue: every valid checkpoint of this run is evaluated or queued on this eval set.")
-        evalset = es_by_id[es_id]
-        created = existing = 0
         checkpoints = [reg.get_checkpoint(id=ck_id) for ck_id in targets]
-        refused = refusals(reg, checkpoints, evalset)
+        decisions = enqueue_checkpoints(reg, checkpoints, es_by_id[es_id], models=c.settings().models,
+                                        skip_evaluated=not chosen)
         # One message per kind of refusal (the finding codes), however many checkpoints share it;
         # the first checkpoint's full reason stands for the others (their messages differ only in path).
         by_kind: dict[tuple, tuple[list, str]] = {}
-        for ck in checkpoints:
-            if ck.id in refused:
-                kind = tuple(sorted({f.code for f in refused[ck.id]}))
-                by_kind.setdefault(kind, ([], "; ".join(f.message for f in refused[ck.id])))[0].append(ck.step)
-                continue
-            try:
-                _, new = reg.enqueue_job(checkpoint_id=ck.id, evalset_id=es_id)
-            except EvalboardError as e:
-                by_kind.setdefault((type(e).__name__,), ([], str(e)))[0].append(ck.step)
-                continue
-            created += new
-            existing += not new
+        for d in decisions:
+            if d.action == "refused":
+                by_kind.setdefault(d.kinds, ([], d.detail))[0].append(d.checkpoint.step)
+        created = sum(d.action == "enqueued" for d in decisions)
+        existing = sum(d.action == "already-queued" for d in decisions)
+        evaluated = sum(d.action == "already-evaluated" for d in decisions)
         for kind, (steps, reason) in by_kind.items():
             if len(steps) == 1:
                 st.error(f"Refused step {steps[0]}: {c.md(reason)}", icon=":material/block:")
@@ -96,6 +89,8 @@ else:
                                                       " No worker is running: start one above."))
         if existing:
             st.info(f"{existing} already queued (or done) for this eval set; not enqueued again.")
+        if evaluated:
+            st.info(f"{evaluated} already evaluated on this eval set; not enqueued again.")
 
 # -- Jobs ----------------------------------------------------------------------------------------
 st.subheader("Jobs")

@@ -40,7 +40,8 @@ class SaveEvent:
     step: int
     path: str
     action: str
-    """'enqueued', 'already-queued' (this content was queued before), 'invalid' (registered as
+    """'enqueued', 'already-queued' (this content was queued before), 'already-evaluated' (a
+    result for this content reached MLflow; not queued again), 'invalid' (registered as
     invalid, with its reason), 'refused' (the audit refuses it on the eval set) or 'error' (the
     registry failed; retried at train end)."""
     detail: str = ""
@@ -66,23 +67,20 @@ class Queued:
 def register_and_enqueue(reg: Registry, path: str | Path, evalset, *, models: Mapping[str, str] | None = None,
                          max_attempts: int = 3, options: Mapping[str, Any] | None = None,
                          priority: int = 0) -> Queued:
-    """The enqueue policy for a checkpoint a training process just wrote: register it, skip it
-    when invalid or when the audit refuses it on ``evalset``, else queue it (once per content: a
-    second call for the same bytes returns the first job)."""
-    from registry import queue
-    from registry.audit import refusals
+    """Register a checkpoint a training process just wrote, then apply the enqueue policy
+    (`registry.policy`): skip it when invalid, refused by the audit on ``evalset`` or already
+    evaluated, else queue it (once per content: a second call for the same bytes returns the
+    first job)."""
+    from registry.policy import enqueue_checkpoints
     from registry.scanner import scan
 
     scan(reg, [path])
     ck = reg.get_checkpoint(path=os.path.realpath(path))
     if not ck.is_valid:
         return Queued("invalid", ck.reason or "invalid", ck.id)
-    refused = refusals(reg, [ck], evalset, models=models).get(ck.id)
-    if refused:
-        return Queued("refused", "; ".join(f.message for f in refused), ck.id)
-    job, created = queue.enqueue(reg, checkpoint_id=ck.id, evalset_id=evalset.id, max_attempts=max_attempts,
-                                 options=dict(options or {}), priority=priority)
-    return Queued("enqueued" if created else "already-queued", "", ck.id, job.id)
+    (d,) = enqueue_checkpoints(reg, [ck], evalset, models=models, max_attempts=max_attempts,
+                               options=dict(options or {}), priority=priority)
+    return Queued(d.action, d.detail, ck.id, d.job.id if d.job is not None else None)
 
 
 def active_mlflow_run() -> tuple[str, str] | None:
@@ -249,7 +247,7 @@ class Publisher:
             q = Queued("error", str(e))
         event = SaveEvent(step, str(path), q.action, q.detail, q.checkpoint_id, q.job_id, write_seconds,
                           time.perf_counter() - start)
-        level = logging.INFO if q.action in ("enqueued", "already-queued") else logging.WARNING
+        level = logging.INFO if q.action in ("enqueued", "already-queued", "already-evaluated") else logging.WARNING
         log.log(level, "step %d: %s %s%s", step, event.action, path,
                 f": {event.detail}" if event.detail else f" (job {event.job_id})")
         return event
