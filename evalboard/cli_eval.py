@@ -207,44 +207,36 @@ def import_eval_cmd(
     """Backfill existing eval_step*.json files into MLflow (and the registry), linked to their
     checkpoints when those are registered. Importing the same file twice does nothing."""
     from evaluator.tracking import Tracker
-    from registry.eval_result import EvalResult
-    from registry.safeio import sha256_file
+    from registry.imports import EvalJson, checkpoints_by_step, matching_evalset, record_import
 
     reg, settings = _registry()
     files: list[Path] = []
     for p in paths:
         files += sorted(p.glob("eval_step*.json")) if p.is_dir() else [p]
-    parsed = [(f, EvalResult.load(f), sha256_file(f)) for f in files]  # validate everything before writing
+    parsed = [EvalJson.read(f) for f in files]  # validate everything before writing
     _check_tracking(settings)
     tracker = Tracker(settings.mlflow_uri, artifact_location=settings.artifact_location)
     done = []
-    for f, res, sha in parsed:
+    for ej in parsed:
+        f, res = ej.path, ej.result
         run_dir = os.path.realpath(f.parent)
         try:
             run = reg.get_run(path=run_dir)
         except NotFound:
             run = None  # registered below, once MLflow took the result
-        ck = next((c for c in reg.list_checkpoints(run_id=run.id) if c.step == res.step and c.status == "valid"),
-                  None) if run is not None else None
+        valid = [c for c in reg.list_checkpoints(run_id=run.id) if c.status == "valid"] if run is not None else []
+        ck = checkpoints_by_step(valid).get(res.step) if res.step is not None else None
+        evalset = matching_evalset(reg, res)
+        model_type, model_params = _logged_model_of(reg, ck) if ck is not None else (None, None)
         ids = tracker.log_imported(run_name=run.name if run else Path(run_dir).name, step=res.step,
-                                   losses=res.losses, tokens=res.tokens,
-                                   source_path=str(f), checkpoint_hash=ck.content_hash if ck else None,
-                                   file_sha256=sha)
+                                   losses=res.losses, tokens=res.tokens, source_path=str(f),
+                                   checkpoint=ck, model_type=model_type, model_params=model_params,
+                                   evalset=evalset, file_sha256=ej.sha256)
         if run is None:
             run = reg.upsert_run(path=run_dir, name=Path(run_dir).name)
-        existing = next((r for r in reg.list_eval_results(run_ids=[run.id])
-                         if r.source == "import" and (r.extra or {}).get("file_sha256") == sha), None)
-        if existing is None:
-            reg.add_eval_result(checkpoint_id=ck.id if ck else None, run_id=run.id, step=res.step, source="import",
-                                loss_all=res.loss_all, metrics=res.metrics(), path=str(f),
-                                checkpoint_hash=ck.content_hash if ck else None,
-                                evalset_hash=(res.evalset or {}).get("content_hash"),
-                                mlflow_run_id=ids["run_id"],
-                                extra={"file_sha256": sha, "mlflow_experiment_id": ids["experiment_id"],
-                                       "run_name": run.name})
-        elif existing.mlflow_run_id != ids["run_id"]:
-            reg.update_eval_result(id=existing.id, mlflow_run_id=ids["run_id"],
-                                   extra={"mlflow_experiment_id": ids["experiment_id"]})
+        record_import(reg, ej, run_id=run.id, checkpoint=ck, mlflow_run_id=ids["run_id"],
+                      extra={"mlflow_experiment_id": ids["experiment_id"], "run_name": run.name,
+                             **({"mlflow_model_id": ids["model_id"]} if ids.get("model_id") else {})})
         done.append({"path": str(f), "run": run.name, "step": res.step, "linked": ck is not None,
                      "mlflow_run_id": ids["run_id"], "already_imported": ids.get("reused") == "true"})
     if json_out:
@@ -256,6 +248,15 @@ def import_eval_cmd(
             err.print(f"{'already imported' if d['already_imported'] else 'imported'} {d['path']} "
                       f"(run {d['run']}, step {d['step']}, {'linked' if d['linked'] else 'unlinked'})",
                       markup=False, highlight=False)
+
+
+def _logged_model_of(reg, ck) -> tuple[str, dict[str, str]]:
+    """The MLflow LoggedModel type and parameters of a checkpoint, as an evaluation records them."""
+    from evaluator import tracks as eval_tracks
+
+    track = eval_tracks.get(ck.track)
+    space = reg.get_token_space(id=ck.token_space_id).abi_hash if ck.token_space_id else None
+    return track.model_type, track.model_params(ck, space)
 
 
 def register(app: typer.Typer) -> None:

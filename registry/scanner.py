@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterable
 
 from registry import tracks
 from registry.errors import EvalboardError, Incompatible, InvalidInput
-from registry.eval_result import EvalResult
+from registry.imports import EvalJson, checkpoints_by_step, record_import, written_by_evaluator
 from registry.evalset import MANIFEST, EvalSet
 from registry.files import FileRecord, content_hash
 from registry.safeio import as_invalid, sha256_file
@@ -216,12 +216,7 @@ class _Scanner:
             bases = Counter(c.base_model for c in registered if c.status == "valid" and c.base_model)
             if bases:
                 self.reg.upsert_run(path=str(run.path), name=run.path.name, base_model=bases.most_common(1)[0][0])
-        steps: dict[int, Any] = {}
-        priority = {t.letter: t.step_priority for t in tracks.ALL}
-        for c in registered:  # of two tracks sharing a step, the one with the higher step_priority wins
-            if c.step is not None and (c.step not in steps or
-                                       priority.get(c.track, -1) > priority.get(steps[c.step].track, -1)):
-                steps[c.step] = c
+        steps = checkpoints_by_step(registered)
         for ej in sorted(run.eval_jsons):
             try:
                 self.import_result(entity.id, ej, steps)
@@ -288,30 +283,15 @@ class _Scanner:
         if any((r.extra or {}).get("file_sha256") == sha for r in imported):
             return
         try:
-            res = EvalResult.load(path)
+            ej = EvalJson.read(path, sha256=sha)
         except EvalboardError as e:
             self.invalid(str(path), str(e))
             return
-        ck = steps.get(res.step) if res.step is not None else None
-        evalset_hash = res.evalset.get("content_hash") if res.evalset else None
-        ck_hash = (res.checkpoint or {}).get("content_hash")
-        if ck_hash and evalset_hash and self.reg.find_eval_result(checkpoint_hash=ck_hash, evalset_hash=evalset_hash,
-                                                                  source="evaluator"):
+        if written_by_evaluator(self.reg, ej.result):
             return  # evalboard wrote this file itself: the result is already registered
-        evalset_id = None
-        if evalset_hash:
-            try:
-                evalset_id = self.reg.get_evalset(content_hash=evalset_hash).id
-            except EvalboardError:
-                evalset_id = None
-        self.reg.add_eval_result(
-            checkpoint_id=ck.id if ck is not None else None, run_id=run_id, evalset_id=evalset_id,
-            evalset_hash=evalset_hash, checkpoint_hash=ck.content_hash if ck is not None else None,
-            step=res.step, source="import", loss_all=res.loss_all, metrics=res.metrics(), path=str(path),
-            extra={"file_sha256": sha, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
-                   "evalset_name": (res.evalset or {}).get("name")},
-        )
-        self.summary.results_imported += 1
+        ck = steps.get(ej.result.step) if ej.result.step is not None else None
+        _, created = record_import(self.reg, ej, run_id=run_id, checkpoint=ck)
+        self.summary.results_imported += created
 
     def evalset(self, path: Path) -> None:
         self.progress(str(path))

@@ -299,6 +299,17 @@ def test_import_eval_backfills_mlflow_once(eval_env):
     assert len(runs) == 1
     hist = client.get_metric_history(runs[0].info.run_id, "loss_a2t")
     assert [(m.step, m.value) for m in hist] == [(300, 2.3606)]
+    # linked like an evaluated result: the never-evaluated checkpoint got its external LoggedModel
+    from registry.store import Registry
+
+    with Registry(eval_env.settings.db_url) as reg:
+        (result,) = [r for r in reg.list_eval_results() if r.path == str(path)]
+        ck = reg.get_checkpoint(id=result.checkpoint_id)
+    assert result.mlflow_run_id == runs[0].info.run_id
+    (model,) = client.search_logged_models([exp.experiment_id])
+    assert model.tags["evalboard.checkpoint_hash"] == ck.content_hash and model.tags["mlflow.model.isExternal"] == "true"
+    assert [m.model_id for m in client.get_run(runs[0].info.run_id).inputs.model_inputs] == [model.model_id]
+    assert {m.key for m in client.get_logged_model(model.model_id).metrics or []} >= {"loss_a2t", "loss_all"}
 
 
 def test_a_queued_job_for_an_evaluated_pair_reuses_the_result_unless_forced(eval_env):
