@@ -9,13 +9,16 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
+from evalboard.cli_common import err, out, print_json, progress, say_registry, settings, verbose
+from evalboard.cli_common import open_registry as _registry
 from registry.errors import EvalboardError
+
+_print_json, _progress = print_json, progress
 
 app = typer.Typer(
     name="evalboard",
@@ -27,10 +30,6 @@ app = typer.Typer(
 )
 evalset_app = typer.Typer(help="Register and list eval sets.", no_args_is_help=True)
 app.add_typer(evalset_app, name="evalset")
-
-out = Console(soft_wrap=True, markup=False)  # user strings (paths, run names) are never markup
-err = Console(stderr=True, soft_wrap=True, markup=False)
-
 
 @app.callback()
 def _root(ctx: typer.Context, verbose: bool = typer.Option(False, "--verbose", "-v",
@@ -45,57 +44,6 @@ def _root(ctx: typer.Context, verbose: bool = typer.Option(False, "--verbose", "
 
     ctx.obj = {"verbose": verbose}  # subcommands inherit it (`worker` re-configures its logging)
     logs.configure(verbose)
-
-
-def verbose(flag: bool) -> None:
-    """A command's own `--verbose` (the same as `evalboard --verbose COMMAND`)."""
-    if flag:
-        from evalboard import logs
-
-        logs.configure(True)
-
-
-def settings():
-    """The settings every command uses (workspace config under environment), announced in one
-    log line, shown with --verbose (and always by services, which log at INFO)."""
-    import logging
-
-    from registry.settings import Settings
-
-    s = Settings.from_env()
-    logging.getLogger("evalboard").info("%s", s.summary_line())
-    return s
-
-
-def _registry():
-    from registry.store import Registry
-
-    s = settings()
-    return Registry(settings=s), s
-
-
-def say_registry(s, what: str, count: int) -> None:
-    """For listing commands: which registry was read, so an empty answer is never a mystery."""
-    where = (f"workspace {s.workspace.root}" if s.workspace else
-             "no workspace found here or above (defaults; see `evalboard info`)")
-    err.print(f"{count} {what} in registry {s.db_url} ({where})", markup=False, highlight=False)
-
-
-def _print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
-
-
-def _progress(description: str):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=err, transient=False, disable=not err.is_terminal and not _force_progress())
-
-
-def _force_progress() -> bool:
-    import os
-
-    return os.environ.get("EVALBOARD_PROGRESS", "") == "1"
 
 
 @app.command()
@@ -312,21 +260,16 @@ def demo(
     run_demo(workdir, port=port, serve=not no_serve, console=err, plan=DemoPlan.quick() if quick else None)
 
 
-def _register_extensions() -> None:
-    """Commands that live next to the package they drive (evaluator, queue, dashboard)."""
-    import importlib
+def _register_commands() -> None:
+    """Commands that live next to the package they drive (evaluator, queue, dashboard). A module
+    that fails to import is an error, never a silently missing command."""
+    from evalboard import cli_dashboard, cli_eval, cli_queue
 
-    for module in ("evalboard.cli_eval", "evalboard.cli_queue", "evalboard.cli_dashboard"):
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name != module:
-                raise
-            continue
-        mod.register(app)
+    for module in (cli_eval, cli_queue, cli_dashboard):
+        module.register(app)
 
 
-_register_extensions()
+_register_commands()
 
 
 def _click_exceptions():

@@ -1,5 +1,5 @@
 """`evalboard dashboard` and `evalboard export`: the Streamlit app and its reports from the shell.
-Registered into the main CLI by `evalboard.cli._register_extensions`."""
+Registered into the main CLI by `evalboard.cli._register_commands`."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def dashboard(
     """Serve the dashboard (runs, compare, checkpoint, compatibility, row statistics, queue, export)
     on http://HOST:PORT, reading the workspace's registry (or EVALBOARD_DB). Ctrl-C or SIGTERM
     stops the server with everything it started."""
-    from evalboard.cli import settings as current_settings, verbose
+    from evalboard.cli_common import settings as current_settings, verbose
     from evalboard.procs import run_child
 
     verbose(verbose_flag)

@@ -10,42 +10,12 @@ from typing import Optional
 
 import typer
 
+from evalboard.cli_common import open_registry, resolve_checkpoint, resolve_evalset
 from registry.errors import EvalboardError, InvalidInput, NotFound
 
 
 def _registry():
-    from evalboard.cli import _registry as reg
-
-    return reg()
-
-
-def resolve_checkpoint(reg, ref: str):
-    """A checkpoint by path (registered on the fly if needed) or by numeric id."""
-    from registry.scanner import scan
-
-    if ref.isdigit() and not Path(ref).exists():
-        return reg.get_checkpoint(id=int(ref))
-    path = Path(os.path.realpath(ref))
-    if not path.exists():
-        raise InvalidInput("does not exist", path=ref)
-    try:
-        return reg.get_checkpoint(path=str(path))
-    except NotFound:
-        scan(reg, [path])
-        return reg.get_checkpoint(path=str(path))
-
-
-def resolve_evalset(reg, ref: str):
-    """An eval set by registered name, or by path (registered on the fly)."""
-    from registry.scanner import register_evalset
-
-    try:
-        return reg.get_evalset(name=ref)
-    except NotFound:
-        if not Path(ref).exists():
-            names = ", ".join(e.name for e in reg.list_evalsets()) or "none registered"
-            raise NotFound(f"eval set {ref!r} is neither a registered name ({names}) nor a path") from None
-    return register_evalset(reg, ref)[0]
+    return open_registry()
 
 
 def _check_tracking(settings) -> None:
@@ -85,7 +55,7 @@ def eval_cmd(
     """Evaluate checkpoints on an eval set: loss(all) and per task, logged to MLflow and the registry.
     Several checkpoints share one base-model load (only their rows are swapped). Every checkpoint is
     checked (compatibility, file integrity) before any is evaluated; a refusal exits 2 and logs nothing."""
-    from evalboard.cli import _progress, err
+    from evalboard.cli_common import err, progress as _progress
     from evaluator.base_model import parse_device
     from evaluator.service import EvalOptions, Evaluator
 
@@ -139,7 +109,7 @@ def stats_cmd(
     if json_out:
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
         return
-    from evalboard.cli import out
+    from evalboard.cli_common import out
 
     for line in stats_lines(doc):
         out.print(line, highlight=False, markup=False)
@@ -195,7 +165,7 @@ def materialize_cmd(
     if dtype is not None and dtype not in want:
         raise typer.BadParameter(f"--dtype must be one of {', '.join(want)}")
     line = tracks.get(ck.track).materialize(Evaluator(reg, settings), ck, out_dir, want.get(dtype) if dtype else None)
-    from evalboard.cli import err
+    from evalboard.cli_common import err
 
     err.print(line, markup=False, highlight=False)
 
@@ -242,7 +212,7 @@ def import_eval_cmd(
     if json_out:
         sys.stdout.write(json.dumps(done, indent=2) + "\n")
     else:
-        from evalboard.cli import err
+        from evalboard.cli_common import err
 
         for d in done:
             err.print(f"{'already imported' if d['already_imported'] else 'imported'} {d['path']} "

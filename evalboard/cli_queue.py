@@ -17,9 +17,9 @@ jobs_app = typer.Typer(help="List queued evaluation jobs; cancel, retry them.", 
 
 
 def _registry():
-    from evalboard.cli import _registry as reg
+    from evalboard.cli_common import open_registry
 
-    return reg()
+    return open_registry()
 
 
 def _setup_logging(verbose: bool = False) -> None:
@@ -68,7 +68,7 @@ def worker_cmd(
                           reconcile_seconds=reconcile_seconds, outbox_seconds=outbox_seconds,
                           connector_builder=connector_builder)
     reg, settings = _existing_registry()
-    worker = Worker(reg, settings, config, hooks=_hooks_from_env())
+    worker = Worker(reg, settings, config)
     worker.install_signal_handlers()
     try:
         code = worker.run()
@@ -110,26 +110,6 @@ def _existing_registry():
     if not has_registry:
         raise NotFound(f"registry {mask_url(url)} holds no evalboard registry; {hint}")
     return Registry(settings=settings), settings
-
-
-def _hooks_from_env():
-    """Debugging/test seam: with EVALBOARD_WORKER_HOLD=<file>, a worker that finished computing a
-    job writes `<file>.reached` (the job id) and waits while `<file>` exists, before logging it."""
-    import os
-    import time
-
-    from evaluator.worker import WorkerHooks
-
-    hold = os.environ.get("EVALBOARD_WORKER_HOLD")
-    if not hold:
-        return None
-
-    def after_compute(job) -> None:
-        Path(hold + ".reached").write_text(str(job.id))
-        while Path(hold).exists():
-            time.sleep(0.05)
-
-    return WorkerHooks(after_compute=after_compute)
 
 
 def _gpu_list(gpus: str) -> list[int]:
@@ -181,12 +161,12 @@ def enqueue_cmd(
     """Queue evaluations of checkpoints on an eval set (one job per checkpoint content and eval set:
     enqueuing twice returns the first job). A pair the audit refuses (e.g. token spaces that do not
     match) is not queued: the reason is printed and the exit status is 2."""
-    from evalboard.cli import err
-    from evalboard.cli_eval import resolve_checkpoint, resolve_evalset
+    from evalboard.cli_common import err
+    from evalboard.cli_common import resolve_checkpoint, resolve_evalset
     from registry import queue
     from registry.policy import enqueue_checkpoints
 
-    from evalboard.cli import verbose
+    from evalboard.cli_common import verbose
 
     verbose(verbose_flag)
     reg, _settings = _registry()
@@ -227,7 +207,7 @@ def jobs_cmd(
     attempts, errors (and, on stderr, which registry was read and whether a worker is alive)."""
     if ctx.invoked_subcommand is not None:
         return
-    from evalboard.cli import err, out, say_registry, verbose
+    from evalboard.cli_common import err, out, say_registry, verbose
     from registry import queue
 
     verbose(verbose_flag)
@@ -277,7 +257,7 @@ def jobs_cancel(
     running: bool = typer.Option(False, "--running", help="Also cancel running jobs (their worker drops them)."),
 ) -> None:
     """Cancel queued jobs (and running ones with --running)."""
-    from evalboard.cli import err
+    from evalboard.cli_common import err
     from registry import queue
 
     reg, _ = _registry()
@@ -290,7 +270,7 @@ def jobs_cancel(
 @jobs_app.command("retry")
 def jobs_retry(job_ids: list[int] = typer.Argument(..., min=1, max=2**31 - 1, help="Job ids.")) -> None:
     """Put failed or cancelled jobs back in the queue with their attempts reset."""
-    from evalboard.cli import err
+    from evalboard.cli_common import err
     from registry import queue
 
     reg, _ = _registry()
@@ -313,7 +293,7 @@ def jobs_reconcile(json_out: bool = typer.Option(False, "--json", help="Print wh
     if json_out:
         sys.stdout.write(json.dumps(out, indent=2) + "\n")
     else:
-        from evalboard.cli import err
+        from evalboard.cli_common import err
 
         err.print(f"requeued {out['queued']}, failed {out['failed']}, killed runs {out['killed']}, "
                   f"superseded runs {out['superseded']}", markup=False, highlight=False)
@@ -340,8 +320,8 @@ def run_watch(paths: list[Path], evalset: str, *, interval: float, settle_second
     """The watch loop behind `evalboard watch` and `evalboard scan --watch`."""
     import os
 
-    from evalboard.cli import err
-    from evalboard.cli_eval import resolve_evalset
+    from evalboard.cli_common import err
+    from evalboard.cli_common import resolve_evalset
     from registry.watch import Watcher
 
     if interval <= 0 or settle_seconds < 0:

@@ -159,8 +159,6 @@ class Evaluator:
         """Vision-tower features by cache key (see evaluator/vision.py)."""
         self._feature_cache: Any = None
         self.loads = 0
-        self.batch_fn = None
-        """Override `evaluate_loss`'s per-batch function (fault-injection tests); None = default."""
 
     @property
     def tracker(self):
@@ -241,10 +239,9 @@ class Evaluator:
         device = resolve_device(options.device)
         applied = track.apply(self, ck, loaded, device, options)
         fed = track.inputs(self, applied, es, options.max_examples)
-        extra_kw = {} if self.batch_fn is None else {"batch_fn": self.batch_fn}
         report = evaluate_loss(applied.model, fed.examples, max_tokens_per_batch=options.max_tokens_per_batch,
                                pad_token_id=applied.pad_token_id, progress=self.progress, inputs=fed.inputs,
-                               placeholder_id=fed.placeholder_id, **extra_kw)
+                               placeholder_id=fed.placeholder_id)
         bad = {t: v.loss for t, v in report.tasks.items() if not math.isfinite(v.loss)}
         if bad:
             raise InvalidInput(f"non-finite loss {bad} on eval set {es.name!r}; not logged as a score", path=ck.path)

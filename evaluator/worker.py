@@ -92,8 +92,6 @@ class WorkerHooks:
     """Test seams: called in the worker's main thread."""
 
     after_compute: Callable[[EvalJobEntity], None] | None = None
-    batch_fn: Any = None
-    """Replaces `evaluate_loss`'s per-batch function (fault injection)."""
     after_job: Callable[[EvalJobEntity], None] | None = None
     """Called after each claimed job reached its state (progress bars)."""
 
@@ -191,8 +189,6 @@ class Worker:
             from evaluator.service import Evaluator
 
             self._evaluator = Evaluator(self.reg, self.settings)
-        if self.hooks.batch_fn is not None:
-            self._evaluator.batch_fn = self.hooks.batch_fn
         return self._evaluator
 
     # -- lifecycle ---------------------------------------------------------------------------

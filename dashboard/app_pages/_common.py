@@ -19,7 +19,8 @@ TTL = 300  # seconds; the data version invalidates sooner when anything changes
 
 @st.cache_resource(show_spinner=False)
 def _registry(url: str) -> Registry:
-    return data.open_registry(Settings.from_env())
+    """One registry connection per URL (`registry_url()`), shared by the pages."""
+    return Registry(url)
 
 
 def settings() -> Settings:

@@ -182,7 +182,7 @@ class Publisher:
 
     def open(self) -> None:
         """Connect, find the eval set and prepare the run folder: raises before training starts."""
-        from evalboard.cli_eval import resolve_evalset
+        from evalboard.cli_common import resolve_evalset
 
         if self._reg is not None:
             return

@@ -25,6 +25,16 @@ def enqueue_run(stack, ws, run: str = RUN, **kw) -> list[int]:
             for c in stack.reg.list_checkpoints(run_id=run_id)]
 
 
+def inject(monkeypatch, batch_fn) -> None:
+    """Fault injection: the evaluator's loss loop runs `batch_fn` per batch (it shrinks batches on
+    out-of-memory, refuses non-finite losses and lets device errors through, as in production)."""
+    from functools import partial
+
+    from evaluator import loss, service
+
+    monkeypatch.setattr(service, "evaluate_loss", partial(loss.evaluate_loss, batch_fn=batch_fn))
+
+
 def worker(stack, hooks=None, **config) -> Worker:
     config = {"once": True, "lease_seconds": 30, "poll_seconds": 0.1, **config}
     return Worker(stack.reg, stack.settings, WorkerConfig(**config), hooks=hooks)
@@ -58,7 +68,7 @@ def _fake_oom(kind: str):
 
 
 @pytest.mark.parametrize("kind", ["torch", "runtime"])
-def test_out_of_memory_shrinks_the_batch_and_the_result_is_unchanged(sqlite_stack, workspace, kind):
+def test_out_of_memory_shrinks_the_batch_and_the_result_is_unchanged(sqlite_stack, workspace, kind, monkeypatch):
     stack = sqlite_stack
     first, second = enqueue_run(stack, workspace)
     assert worker(stack, max_jobs=1).run() == 0  # the reference, un-injected
@@ -74,7 +84,8 @@ def test_out_of_memory_shrinks_the_batch_and_the_result_is_unchanged(sqlite_stac
     ref = stack.reg.get_job(id=first)
     again, _ = queue.enqueue(stack.reg, checkpoint_id=ref.checkpoint_id, evalset_id=ref.evalset_id, force=True)
     queue.cancel(stack.reg, job_id=second)
-    assert worker(stack, hooks=WorkerHooks(batch_fn=oom_on_big_batches)).run() == 0
+    inject(monkeypatch, oom_on_big_batches)
+    assert worker(stack).run() == 0
     injected = stack.reg.get_job(id=again.id)
     assert injected.status == "done" and calls["n"] > 1
     by_job = {r.extra["job_id"]: r for r in stack.reg.list_eval_results() if r.source == "evaluator"}
@@ -87,7 +98,7 @@ def test_out_of_memory_shrinks_the_batch_and_the_result_is_unchanged(sqlite_stac
     assert int(params["oom_retries"]) > 0
 
 
-def test_non_finite_loss_fails_the_job_as_invalid_and_logs_nothing(sqlite_stack, workspace):
+def test_non_finite_loss_fails_the_job_as_invalid_and_logs_nothing(sqlite_stack, workspace, monkeypatch):
     stack = sqlite_stack
     (job_id, *_) = enqueue_run(stack, workspace, max_attempts=3)
 
@@ -95,7 +106,8 @@ def test_non_finite_loss_fails_the_job_as_invalid_and_logs_nothing(sqlite_stack,
         nll, rows = batch_nll(model, batch, **kw)
         return torch.full_like(nll, math.nan), rows
 
-    assert worker(stack, hooks=WorkerHooks(batch_fn=nan_nll), max_jobs=1).run() == 0
+    inject(monkeypatch, nan_nll)
+    assert worker(stack, max_jobs=1).run() == 0
     job = stack.reg.get_job(id=job_id)
     assert job.status == "failed" and job.attempts == 1  # invalid input: not retried
     assert job.last_error.startswith("InvalidInput:") and "non-finite loss" in job.last_error
@@ -105,14 +117,15 @@ def test_non_finite_loss_fails_the_job_as_invalid_and_logs_nothing(sqlite_stack,
 
 @pytest.mark.parametrize("message", ["CUDA error: device-side assert triggered",
                                      "CUDA error: an illegal memory access was encountered"])
-def test_unrecoverable_cuda_error_releases_the_job_and_exits_non_zero(sqlite_stack, workspace, message):
+def test_unrecoverable_cuda_error_releases_the_job_and_exits_non_zero(sqlite_stack, workspace, message, monkeypatch):
     stack = sqlite_stack
     ids = enqueue_run(stack, workspace)
 
     def broken_device(model, batch, **kw):
         raise RuntimeError(message)
 
-    assert worker(stack, hooks=WorkerHooks(batch_fn=broken_device)).run() == EXIT_DEVICE_FAULT
+    inject(monkeypatch, broken_device)
+    assert worker(stack).run() == EXIT_DEVICE_FAULT
     jobs = [stack.reg.get_job(id=i) for i in ids]
     assert [j.status for j in jobs] == ["queued", "queued"]  # released, the other never claimed
     assert jobs[0].attempts == 1 and "unrecoverable device error" in jobs[0].last_error and jobs[1].attempts == 0
