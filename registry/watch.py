@@ -107,6 +107,9 @@ class Watcher:
             seen = self._pending.get(path)
             if seen is None or seen.state != state:
                 self._pending[path] = _Seen(state, now)  # new or still being written
+                if seen is not None or self.polls > 1:  # not for what was there when watching began
+                    log.info("settling %s: its files changed; complete once unchanged for %g s", path,
+                             self.settle_seconds)
                 continue
             if now - seen.since < self.settle_seconds:
                 continue

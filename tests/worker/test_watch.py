@@ -45,31 +45,41 @@ def test_watch_enqueues_each_checkpoint_once_and_only_when_complete(sqlite_stack
         os.rename(run / ".tmp_checkpoint_10", run / "checkpoint_10")
         wait_until(lambda: _jobs_by_path(stack.reg).get(str(run / "checkpoint_10")), timeout=60,
                    what="checkpoint_10 enqueued")
-        # 2. one written slowly, in pieces, with pauses shorter than the settle time
+        # 2. one written slowly, in pieces: after each, the watcher has seen it change and not queued it
         slow = run / "checkpoint_20"
         slow.mkdir()
         src = staging / "checkpoint_20"
+
+        def seen_changes() -> int:
+            return log.read_text().count(f"settling {slow}:")
+
         (slow / "trainable_rows.json").write_bytes((src / "trainable_rows.json").read_bytes())
         data = (src / "trainable_rows.pt").read_bytes()
         piece = len(data) // 6 + 1
         with open(slow / "trainable_rows.pt", "wb") as f:
             for i in range(0, len(data), piece):
+                before = seen_changes()
                 f.write(data[i:i + piece])
                 f.flush()
-                time.sleep(0.5)
+                wait_until(lambda: seen_changes() > before, timeout=30, what="the watcher to see a piece",
+                           interval=0.02)
                 assert str(slow) not in _jobs_by_path(stack.reg), "enqueued while still being written"
-        time.sleep(0.5)
-        assert str(slow) not in _jobs_by_path(stack.reg)
+        before = seen_changes()
         (slow / "token_space.json").write_bytes((src / "token_space.json").read_bytes())
         written = time.time()
+        wait_until(lambda: seen_changes() > before, timeout=30, what="the watcher to see token_space.json")
         wait_until(lambda: _jobs_by_path(stack.reg).get(str(slow)), timeout=60, what="checkpoint_20 enqueued")
         job = next(j for j in stack.reg.list_jobs()
                    if stack.reg.get_checkpoint(id=j.checkpoint_id).path == str(slow))
         assert job.enqueued_at.timestamp() >= written + 1.0  # after the files settled, not before
         ck = stack.reg.get_checkpoint(path=str(slow))
         assert ck.is_valid and {f["name"] for f in ck.files} >= {"trainable_rows.pt", "token_space.json"}
-        # a few more polls change nothing: each checkpoint enqueued exactly once
-        time.sleep(2.5)
+        # 3. another watcher over the same folder handles both again: each is still enqueued once
+        again = subprocess.run([sys.executable, "-m", "evalboard.cli", "watch", str(run.parent), "--evalset", EVALSET,
+                                "--interval", "0.1", "--settle-seconds", "0.2", "--once"], cwd=str(tmp_path),
+                               env=child_env(stack.env), capture_output=True, text=True, timeout=120)
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert again.stderr.count("already-queued") == 2, again.stderr[-3000:]
         assert _jobs_by_path(stack.reg) == {str(run / "checkpoint_10"): 1, str(slow): 1}
     finally:
         proc.send_signal(signal.SIGTERM)
