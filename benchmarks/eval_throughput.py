@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from evaluator.base_model import load_base
 from evaluator.batching import IGNORE_INDEX, Example
 from evaluator.loss import evaluate_loss
-from evaluator.rows import ResidentModel, TokenSpaceSizes, TrainableRows
+from evaluator.rows import ResidentModel, TokenSpaceSizes, RowTensors
 
 TEXT_VOCAB = 151_936  # Qwen3's embedding rows
 TEXT_TOKENS = 151_643  # ids the Qwen3 tokenizer actually emits
@@ -115,11 +115,11 @@ def write_rows(folder: Path, hidden: int, seed: int) -> Path:
     return path
 
 
-def read_rows(path: Path) -> TrainableRows:
+def read_rows(path: Path) -> RowTensors:
     from safetensors.torch import load_file
 
     data = load_file(path)
-    return TrainableRows(
+    return RowTensors(
         data["embed_tokens"], data["lm_head"], TEXT_VOCAB, TEXT_VOCAB + MODALITY_ROWS, str(path)
     )
 

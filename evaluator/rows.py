@@ -30,7 +30,7 @@ from registry.errors import EvalboardError, Incompatible, InvalidInput
 
 __all__ = [
     "TokenSpaceSizes",
-    "TrainableRows",
+    "RowTensors",
     "PrepareReport",
     "PatchReport",
     "ApplyReport",
@@ -75,8 +75,9 @@ class TokenSpaceSizes:
 
 
 @dataclass(frozen=True)
-class TrainableRows:
-    """Trained rows for `[row_start, row_end)` of the input embedding and (optionally) lm_head."""
+class RowTensors:
+    """Trained rows for `[row_start, row_end)` of the input embedding and (optionally) lm_head, as
+    tensors to copy into a model (the checkpoint they come from is `registry.trainable_rows.TrainableRows`)."""
 
     embed: torch.Tensor
     lm_head: torch.Tensor | None
@@ -388,16 +389,16 @@ def _same_values(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 @torch.no_grad()
-def snapshot_rows(model: nn.Module, row_start: int, row_end: int) -> TrainableRows:
+def snapshot_rows(model: nn.Module, row_start: int, row_end: int) -> RowTensors:
     """A copy of rows `[row_start, row_end)` of the embedding and lm_head (None when tied)."""
     emb, head = _matrices(model)
     lm_head = None if _is_tied(emb, head) else head.weight[row_start:row_end].clone()
-    return TrainableRows(
+    return RowTensors(
         emb.weight[row_start:row_end].clone(), lm_head, row_start, row_end, source="snapshot"
     )
 
 
-def restore_rows(model: nn.Module, snapshot: TrainableRows) -> PatchReport:
+def restore_rows(model: nn.Module, snapshot: RowTensors) -> PatchReport:
     """Put back rows taken with `snapshot_rows`."""
     return patch_rows(model, snapshot.embed, snapshot.lm_head, snapshot.row_start, snapshot.row_end)
 
@@ -433,7 +434,7 @@ class ResidentModel:
         self.sizes: TokenSpaceSizes | None = None
         self.rows_source: str | None = None
 
-    def apply(self, sizes: TokenSpaceSizes, rows: TrainableRows) -> ApplyReport:
+    def apply(self, sizes: TokenSpaceSizes, rows: RowTensors) -> ApplyReport:
         start = time.perf_counter()
         if rows.row_start < sizes.text_vocab_size:
             raise Incompatible(
@@ -466,7 +467,7 @@ class ResidentModel:
         return report
 
     @torch.no_grad()
-    def _reset_uncovered(self, sizes: TokenSpaceSizes, rows: TrainableRows) -> int:
+    def _reset_uncovered(self, sizes: TokenSpaceSizes, rows: RowTensors) -> int:
         emb, head = _matrices(self.model)
         emb_init, head_init = getattr(self.model, _INIT_ATTR)
         spans = [(sizes.text_vocab_size, rows.row_start), (rows.row_end, sizes.vocab_size_total)]

@@ -73,6 +73,22 @@ class EvalOutcome:
 
 
 @dataclass(frozen=True)
+class Computation:
+    """What `Evaluator.compute` produced, nothing written yet: the numbers, the per-example
+    report, and what they were computed from (the track and its loaded checkpoint, for statistics)."""
+
+    checkpoint: CheckpointEntity
+    evalset: EvalSetEntity
+    options: EvalOptions
+    result: EvalResult
+    report: LossReport
+    track: Any
+    """The checkpoint's `evaluator.tracks.EvalTrack`."""
+    loaded: Any
+    """What the track loaded from the checkpoint (rows, connector state)."""
+
+
+@dataclass(frozen=True)
 class Publication:
     """What `Evaluator.record` publishes once the numbers exist: the MLflow record and the registry
     result row. Plain JSON (`to_dict`/`from_dict`), so a queued job can keep it in the registry's
@@ -231,7 +247,7 @@ class Evaluator:
 
     # --- the evaluation ---------------------------------------------------------------------
 
-    def compute(self, ck: CheckpointEntity, es: EvalSetEntity, options: EvalOptions) -> tuple[EvalResult, LossReport, dict]:
+    def compute(self, ck: CheckpointEntity, es: EvalSetEntity, options: EvalOptions) -> Computation:
         """Check, load, apply and compute; writes nothing."""
         findings = self.check(ck, es, options)
         track = tracks.get(ck.track)
@@ -255,7 +271,7 @@ class Evaluator:
             token_space_hash=applied.token_space_hash,
             extra={**_reproducibility(self.base, report, options, applied.prepare, findings), **applied.params},
         )
-        return result, report, {"track": track, "loaded": loaded, "applied": applied}
+        return Computation(ck, es, options, result, report, track, loaded)
 
     def evaluate(self, ck: CheckpointEntity, es: EvalSetEntity, options: EvalOptions = EvalOptions(),
                  *, job_id: int | None = None) -> EvalOutcome:
@@ -263,8 +279,7 @@ class Evaluator:
             existing = self._existing(ck, es, options)
             if existing is not None:
                 return existing
-        result, report, ctx = self.compute(ck, es, options)
-        return self.record(ck, es, result, report, options, ctx, job_id=job_id)
+        return self.publish_computation(self.compute(ck, es, options), job_id=job_id)
 
     def prior_result(self, ck: CheckpointEntity, es: EvalSetEntity, max_examples: int | None, *,
                      logged_only: bool = False):
@@ -289,18 +304,21 @@ class Evaluator:
         return EvalOutcome(ck, es, res, None, {"run_id": r.mlflow_run_id or ""}, skipped=True,
                            registry_result_id=r.id)
 
-    def record(self, ck, es, result: EvalResult, report: LossReport | None, options: EvalOptions, ctx: dict,
-               *, job_id: int | None = None, job_token: int | None = None) -> EvalOutcome:
-        """Write the artifacts, log to MLflow, then record the result in the registry."""
-        pub = self.prepare(ck, es, result, report, options, ctx, job_id=job_id, job_token=job_token)
-        mlflow_ids, ent = self.publish(pub, log_to_mlflow=options.log_to_mlflow)
-        return EvalOutcome(ck, es, result, report, mlflow_ids, registry_result_id=ent.id)
+    def publish_computation(self, computed: Computation, *, job_id: int | None = None,
+                            job_token: int | None = None) -> EvalOutcome:
+        """`prepare_publication`, then `publish`: artifacts, MLflow, then the registry."""
+        pub = self.prepare_publication(computed, job_id=job_id, job_token=job_token)
+        mlflow_ids, ent = self.publish(pub, log_to_mlflow=computed.options.log_to_mlflow)
+        return EvalOutcome(computed.checkpoint, computed.evalset, computed.result, computed.report, mlflow_ids,
+                           registry_result_id=ent.id)
 
-    def prepare(self, ck, es, result: EvalResult, report: LossReport | None, options: EvalOptions, ctx: dict,
-                *, job_id: int | None = None, job_token: int | None = None) -> Publication:
+    def prepare_publication(self, computed: Computation, *, job_id: int | None = None,
+                            job_token: int | None = None) -> Publication:
         """Write the local artifacts under the evalboard home (result json, per-example losses,
         statistics) and assemble what `publish` sends; touches neither MLflow nor the registry nor
         the checkpoint's folder (those are written by `publish`, after MLflow took the result)."""
+        ck, es, options = computed.checkpoint, computed.evalset, computed.options
+        result, report = computed.result, computed.report
         out_dir = self.settings.home / "results" / f"{ck.content_hash[:16]}-{es.content_hash[:16]}"
         if options.max_examples:
             out_dir = out_dir.with_name(out_dir.name + f"-n{options.max_examples}")
@@ -312,14 +330,14 @@ class Evaluator:
             per_example = out_dir / "per_example_losses.parquet"
             _write_per_example(report, per_example)
             artifacts[per_example.name] = str(per_example)
-        stats = self._statistics(ck, ctx)
+        stats = computed.track.statistics(self, ck, computed.loaded, base_dir=self.base.path if self.base else None)
         if stats is not None:
             import json
 
-            stats_path = out_dir / ctx["track"].stats_artifact
+            stats_path = out_dir / computed.track.stats_artifact
             stats_path.write_text(json.dumps(stats, indent=2) + "\n")
             artifacts[stats_path.name] = str(stats_path)
-        record = self._record(ck, es, result, options, artifacts)
+        record = self._tracking_record(ck, es, result, options, artifacts)
         if job_token is not None:
             record = _with_tags(record, {"evalboard.fencing_token": str(job_token)})
         run = self.reg.get_run(id=ck.run_id)
@@ -371,13 +389,6 @@ class Evaluator:
             _copy_next_to_checkpoint(Path(fields["path"]), Path(pub.record.checkpoint_path), pub.record.evalset_name)
         return mlflow_ids, ent
 
-    def _statistics(self, ck: CheckpointEntity, ctx: dict) -> dict | None:
-        """The statistics document of the checkpoint just evaluated (not stored yet)."""
-        track, loaded = ctx.get("track"), ctx.get("loaded")
-        if track is None or loaded is None:
-            return None
-        return track.statistics(self, ck, loaded, base_dir=self.base.path if self.base else None)
-
     def statistics(self, ck: CheckpointEntity, *, with_base: bool = True) -> dict:
         """The checkpoint's statistics document (row norms, or connector parameter norms), with drift
         against the run's previous checkpoint; stored in the registry and returned. ``with_base``:
@@ -391,7 +402,7 @@ class Evaluator:
         self.reg.put_row_stats(checkpoint_id=ck.id, stats=stats)
         return stats
 
-    def _record(self, ck, es, result: EvalResult, options: EvalOptions, artifacts: dict):
+    def _tracking_record(self, ck, es, result: EvalResult, options: EvalOptions, artifacts: dict):
         from evaluator.tracking import EvalRecord
 
         run = self.reg.get_run(id=ck.run_id)

@@ -274,13 +274,13 @@ class Worker:
                              job.id, ck.path, es.name, prior.mlflow_run_id)
                     return 0
                 ev = self.evaluator
-                result, report, ctx = ev.compute(ck, es, options)
+                computed = ev.compute(ck, es, options)
                 self._base_model = ck.base_model
                 if self.hooks.after_compute is not None:
                     self.hooks.after_compute(job)
                 if beat.lost.is_set():
                     raise queue.LeaseLost(f"job {job.id}: lease lost during the evaluation")
-                pub = ev.prepare(ck, es, result, report, options, ctx, job_id=job.id, job_token=token)
+                pub = ev.prepare_publication(computed, job_id=job.id, job_token=token)
                 run_id = self._publish_or_keep(job, pub, beat)
             except queue.LeaseLost as e:
                 self.stats.lost += 1
@@ -293,6 +293,7 @@ class Worker:
                 return self._failed(job, e, time.monotonic() - t0)
         self.stats.done += 1
         where = f"mlflow run {run_id}" if run_id else "kept in the outbox (MLflow unreachable)"
+        result = computed.result
         losses = " ".join(f"{k}={v:.4f}" for k, v in result.losses.items())
         log.info("job %d done: %s step %s on %s: %s tokens=%d (%.2f s, %s, attempt %d/%d, %s)",
                  job.id, pub.result_fields["extra"]["run_name"], ck.step, es.name, losses,

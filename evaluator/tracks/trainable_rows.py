@@ -10,7 +10,7 @@ import torch
 
 from evaluator.batching import Example
 from evaluator.rows import TokenSpaceSizes
-from evaluator.rows import TrainableRows as RowsTensors
+from evaluator.rows import RowTensors
 from evaluator.tracks.base import Applied, EvalTrack, TrackInputs
 from registry.errors import InvalidInput
 from registry.evalset import EvalSet
@@ -52,7 +52,7 @@ class TrainableRowsEval(EvalTrack):
         rows, space = loaded
         resident = ev.ensure_base(rows.base_model, device)
         sizes = TokenSpaceSizes(space.text_vocab_size, space.vocab_size_total, space.resolved_pad_id())
-        report = resident.apply(sizes, RowsTensors(rows.embed, rows.lm_head, rows.row_start, rows.row_end,
+        report = resident.apply(sizes, RowTensors(rows.embed, rows.lm_head, rows.row_start, rows.row_end,
                                                    source=ck.path))
         return Applied(resident.model, loaded, sizes.pad_token_id, space.abi_hash, report.describe(), context=space)
 
@@ -109,7 +109,7 @@ class TrainableRowsEval(EvalTrack):
         base = load_base(base_path, "cpu", dtype=dtype or _saved_dtype(base_path))
         resident = ResidentModel(base)
         sizes = TokenSpaceSizes(space.text_vocab_size, space.vocab_size_total, space.resolved_pad_id())
-        resident.apply(sizes, RowsTensors(rows.embed, rows.lm_head, rows.row_start, rows.row_end, source=ck.path))
+        resident.apply(sizes, RowTensors(rows.embed, rows.lm_head, rows.row_start, rows.row_end, source=ck.path))
         out_dir.mkdir(parents=True, exist_ok=True)
         resident.model.save_pretrained(out_dir, safe_serialization=True)
         for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",

@@ -12,7 +12,7 @@ import torch
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from evaluator.batching import IGNORE_INDEX, Example
-from evaluator.rows import TokenSpaceSizes, TrainableRows
+from evaluator.rows import TokenSpaceSizes, RowTensors
 
 TEXT_VOCAB = 512
 AUDIO = (512, 576)
@@ -53,13 +53,13 @@ def save_tiny_qwen3(path: Path, rows: int = TEXT_VOCAB, *, tie: bool = False, se
 
 def random_rows(
     seed: int, row_start: int = TEXT_VOCAB, row_end: int = VOCAB_TOTAL, *, tied: bool = False
-) -> TrainableRows:
+) -> RowTensors:
     """Trained-looking rows (larger than the init, so they change the losses)."""
     g = torch.Generator().manual_seed(seed)
     shape = (row_end - row_start, HIDDEN)
     embed = torch.randn(shape, generator=g) * 0.5
     lm_head = None if tied else torch.randn(shape, generator=g) * 0.5
-    return TrainableRows(embed, lm_head, row_start, row_end, source=f"rows-{seed}")
+    return RowTensors(embed, lm_head, row_start, row_end, source=f"rows-{seed}")
 
 
 def make_example(

@@ -80,7 +80,7 @@ def test_swapping_rows_on_a_resident_base_equals_fresh_loads(eval_env):
                for c in cks]
     assert resident.loads == 1
     for c, losses in zip(cks, swapped):
-        fresh = Evaluator(eval_env.reg, eval_env.settings).compute(c, eval_env.evalset, EvalOptions(device="cpu"))[0]
+        fresh = Evaluator(eval_env.reg, eval_env.settings).compute(c, eval_env.evalset, EvalOptions(device="cpu")).result
         for task, value in fresh.losses.items():
             assert abs(losses[task] - value) < 1e-6
     assert len({round(s["all"], 6) for s in swapped}) == 3  # the checkpoints really differ
