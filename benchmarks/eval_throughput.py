@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from evaluator.base_model import load_base
 from evaluator.batching import IGNORE_INDEX, Example
 from evaluator.loss import evaluate_loss
-from evaluator.rows import ResidentModel, TokenSpaceSizes, RowTensors
+from evaluator.rows import ResidentModel, RowTensors, TokenSpaceSizes
 
 TEXT_VOCAB = 151_936  # Qwen3's embedding rows
 TEXT_TOKENS = 151_643  # ids the Qwen3 tokenizer actually emits
@@ -119,9 +119,7 @@ def read_rows(path: Path) -> RowTensors:
     from safetensors.torch import load_file
 
     data = load_file(path)
-    return RowTensors(
-        data["embed_tokens"], data["lm_head"], TEXT_VOCAB, TEXT_VOCAB + MODALITY_ROWS, str(path)
-    )
+    return RowTensors(data["embed_tokens"], data["lm_head"], TEXT_VOCAB, TEXT_VOCAB + MODALITY_ROWS, str(path))
 
 
 def make_eval_set(n: int, min_len: int, max_len: int, seed: int) -> list[Example]:
@@ -137,9 +135,7 @@ def make_eval_set(n: int, min_len: int, max_len: int, seed: int) -> list[Example
         lo = TEXT_VOCAB + (0 if task == "a2t" else half)
         prompt = [rng.randrange(lo, lo + half) for _ in range(length - scored)]
         answer = [rng.randrange(0, TEXT_TOKENS) for _ in range(scored)]
-        examples.append(
-            Example(f"ex{i:04d}", task, prompt + answer, [IGNORE_INDEX] * len(prompt) + answer)
-        )
+        examples.append(Example(f"ex{i:04d}", task, prompt + answer, [IGNORE_INDEX] * len(prompt) + answer))
     return examples
 
 
@@ -257,9 +253,9 @@ def run_naive(model, examples, device, batch_size: int = 4):
         out.loss.item()
         # Per-example losses from the same logits, shifted the way HF's loss does it.
         targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
-        nll = F.cross_entropy(
-            out.logits.flatten(0, 1).float(), targets.flatten(), reduction="none"
-        ).view(targets.shape)  # 0 where ignored
+        nll = F.cross_entropy(out.logits.flatten(0, 1).float(), targets.flatten(), reduction="none").view(
+            targets.shape
+        )  # 0 where ignored
         counts = (targets != IGNORE_INDEX).sum(1)
         for row, e in enumerate(batch):
             c = int(counts[row])
@@ -387,6 +383,7 @@ def compare_losses(examples, fast: dict, naive: dict) -> float:
     def overall(losses):
         pairs = [losses[e.example_id] for e in examples if losses[e.example_id][1]]
         return sum(loss * c for loss, c in pairs) / sum(c for _, c in pairs)
+
     return max([*diffs, abs(overall(fast) - overall(naive))])
 
 
@@ -403,7 +400,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--hidden", type=int, default=256, help="hidden size of the random Qwen3")
     parser.add_argument("--min-len", type=int, default=32, help="shortest example, tokens")
     parser.add_argument("--max-len", type=int, default=1024, help="longest example, tokens")
-    parser.add_argument("--preset", choices=["qwen3-8b"], default=None, help="qwen3-8b: the 8B shape in bf16 (GPU), reports MFU")
+    parser.add_argument(
+        "--preset", choices=["qwen3-8b"], default=None, help="qwen3-8b: the 8B shape in bf16 (GPU), reports MFU"
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed for weights and data")
     parser.add_argument("--json-out", type=Path, default=None, help="also write the JSON object to this file")
     args = parser.parse_args(argv)

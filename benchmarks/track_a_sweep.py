@@ -36,8 +36,9 @@ def log(message: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--checkpoints", type=int, default=8, help="connector checkpoints in the sweep")
     p.add_argument("--images", type=int, default=64, help="examples (one image each) in the eval set")
     p.add_argument("--image-size", type=int, default=96, help="image side in pixels")
@@ -47,8 +48,14 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    from evalboard.fixtures import (TinyBaseSpec, TinyTowerSpec, build_tiny_base, build_tiny_vision_tower,
-                                    make_image_evalset, write_connector_checkpoint)
+    from evalboard.fixtures import (
+        TinyBaseSpec,
+        TinyTowerSpec,
+        build_tiny_base,
+        build_tiny_vision_tower,
+        make_image_evalset,
+        write_connector_checkpoint,
+    )
     from evaluator.service import EvalOptions, Evaluator
     from registry.scanner import scan
     from registry.settings import Settings
@@ -57,22 +64,44 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="evalboard-trackA-") as tmp:
         root = Path(tmp)
         base = build_tiny_base(root / "models" / "llm", TinyBaseSpec())
-        tower_spec = TinyTowerSpec(hidden_size=args.tower_hidden, num_layers=args.tower_layers, num_heads=4,
-                                   intermediate_size=4 * args.tower_hidden, image_size=args.image_size,
-                                   patch_size=8)
+        tower_spec = TinyTowerSpec(
+            hidden_size=args.tower_hidden,
+            num_layers=args.tower_layers,
+            num_heads=4,
+            intermediate_size=4 * args.tower_hidden,
+            image_size=args.image_size,
+            patch_size=8,
+        )
         tower = build_tiny_vision_tower(root / "models" / "tower", tower_spec)
         for i in range(args.checkpoints):
-            write_connector_checkpoint(root / "outputs" / "sweep" / f"checkpoint_{(i + 1) * 100}.pt",
-                                       step=(i + 1) * 100, vision_dim=args.tower_hidden, llm_dim=64, n_queries=16,
-                                       base_llm="bench/llm", vision_tower="bench/tower", seed=i)
-        make_image_evalset(root / "evalsets" / "images", "images", tower="bench/tower", tower_dir=tower,
-                           n=args.images, image_size=args.image_size)
+            write_connector_checkpoint(
+                root / "outputs" / "sweep" / f"checkpoint_{(i + 1) * 100}.pt",
+                step=(i + 1) * 100,
+                vision_dim=args.tower_hidden,
+                llm_dim=64,
+                n_queries=16,
+                base_llm="bench/llm",
+                vision_tower="bench/tower",
+                seed=i,
+            )
+        make_image_evalset(
+            root / "evalsets" / "images",
+            "images",
+            tower="bench/tower",
+            tower_dir=tower,
+            n=args.images,
+            image_size=args.image_size,
+        )
         models = {"bench/llm": str(base), "bench/tower": str(tower)}
 
         def settings(home: str, cache_bytes: int) -> Settings:
-            return Settings(home=root / home, db_url=f"sqlite:///{root / 'registry.db'}",
-                            mlflow_uri=f"sqlite:///{root / 'mlflow.db'}", models=models,
-                            vision_cache_bytes=cache_bytes)
+            return Settings(
+                home=root / home,
+                db_url=f"sqlite:///{root / 'registry.db'}",
+                mlflow_uri=f"sqlite:///{root / 'mlflow.db'}",
+                models=models,
+                vision_cache_bytes=cache_bytes,
+            )
 
         reg = Registry(settings=settings("home", 0))
         scan(reg, [root / "outputs", root / "evalsets"])

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
 from registry.settings import Settings
 from registry.store import Registry
 
@@ -85,14 +86,34 @@ def jobs_version(reg: Registry) -> tuple:
 
 def load_runs(reg: Registry) -> pd.DataFrame:
     """One row per run, with its token space's short hash."""
-    cols = ["run_id", "run", "track", "base_model", "token_space", "token_space_id", "path", "created_at",
-            "updated_at", "training_run"]
+    cols = [
+        "run_id",
+        "run",
+        "track",
+        "base_model",
+        "token_space",
+        "token_space_id",
+        "path",
+        "created_at",
+        "updated_at",
+        "training_run",
+    ]
     spaces = {t.id: t.abi_hash[:12] for t in reg.list_token_spaces()}
-    rows = [{"run_id": r.id, "run": r.name, "track": r.track, "base_model": r.base_model,
-             "token_space": spaces.get(r.token_space_id), "token_space_id": r.token_space_id, "path": r.path,
-             "created_at": r.created_at, "updated_at": r.updated_at,
-             "training_run": training_run_link(r.training_mlflow_run_id, r.training_mlflow_experiment_id)}
-            for r in reg.list_runs()]
+    rows = [
+        {
+            "run_id": r.id,
+            "run": r.name,
+            "track": r.track,
+            "base_model": r.base_model,
+            "token_space": spaces.get(r.token_space_id),
+            "token_space_id": r.token_space_id,
+            "path": r.path,
+            "created_at": r.created_at,
+            "updated_at": r.updated_at,
+            "training_run": training_run_link(r.training_mlflow_run_id, r.training_mlflow_experiment_id),
+        }
+        for r in reg.list_runs()
+    ]
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -105,8 +126,22 @@ def training_run_link(run_id: str | None, experiment_id: str | None, base: str |
 
 
 def load_checkpoints(reg: Registry, run_ids: Iterable[int] | None = None) -> pd.DataFrame:
-    cols = ["checkpoint_id", "run_id", "step", "track", "status", "reason", "path", "content_hash",
-            "base_model", "token_space_id", "row_start", "row_end", "registered_at", "size_bytes"]
+    cols = [
+        "checkpoint_id",
+        "run_id",
+        "step",
+        "track",
+        "status",
+        "reason",
+        "path",
+        "content_hash",
+        "base_model",
+        "token_space_id",
+        "row_start",
+        "row_end",
+        "registered_at",
+        "size_bytes",
+    ]
     rows = reg.checkpoint_table(run_ids=run_ids)
     df = pd.DataFrame(rows, columns=cols)
     df["step"] = df["step"].astype("Int64")
@@ -115,10 +150,21 @@ def load_checkpoints(reg: Registry, run_ids: Iterable[int] | None = None) -> pd.
 
 def load_evalsets(reg: Registry) -> pd.DataFrame:
     cols = ["evalset_id", "evalset", "n_examples", "tasks", "content_hash", "token_space_hash", "path"]
-    return pd.DataFrame([{"evalset_id": e.id, "evalset": e.name, "n_examples": e.n_examples,
-                          "tasks": ", ".join(sorted(e.tasks)), "content_hash": e.content_hash,
-                          "token_space_hash": e.token_space_hash, "path": e.path}
-                         for e in reg.list_evalsets()], columns=cols)
+    return pd.DataFrame(
+        [
+            {
+                "evalset_id": e.id,
+                "evalset": e.name,
+                "n_examples": e.n_examples,
+                "tasks": ", ".join(sorted(e.tasks)),
+                "content_hash": e.content_hash,
+                "token_space_hash": e.token_space_hash,
+                "path": e.path,
+            }
+            for e in reg.list_evalsets()
+        ],
+        columns=cols,
+    )
 
 
 def evalset_label(evalset_id: Any, names: dict[int, str], extra_name: Any = None) -> str:
@@ -129,9 +175,25 @@ def evalset_label(evalset_id: Any, names: dict[int, str], extra_name: Any = None
 
 # -- results -----------------------------------------------------------------------------------
 
-RESULT_COLUMNS = ["result_id", "run_id", "run", "checkpoint_id", "step", "tokens_seen", "evalset_id", "evalset",
-                  "task", "loss", "tokens", "examples", "source", "subset", "mlflow_run_id", "created_at",
-                  "per_example_path"]
+RESULT_COLUMNS = [
+    "result_id",
+    "run_id",
+    "run",
+    "checkpoint_id",
+    "step",
+    "tokens_seen",
+    "evalset_id",
+    "evalset",
+    "task",
+    "loss",
+    "tokens",
+    "examples",
+    "source",
+    "subset",
+    "mlflow_run_id",
+    "created_at",
+    "per_example_path",
+]
 
 
 def load_results(reg: Registry, run_ids: Iterable[int] | None = None) -> pd.DataFrame:
@@ -207,8 +269,9 @@ def runs_overview(runs: pd.DataFrame, checkpoints: pd.DataFrame, results: pd.Dat
         best = res.groupby(["run_id", "task"])["loss"].min().unstack()
         last.columns = [f"latest {t}" for t in last.columns]
         best.columns = [f"best {t}" for t in best.columns]
-        evaluated = res.groupby("run_id").agg(last_evaluated=("created_at", "max"),
-                                              evaluated=("checkpoint_id", "nunique"))
+        evaluated = res.groupby("run_id").agg(
+            last_evaluated=("created_at", "max"), evaluated=("checkpoint_id", "nunique")
+        )
         for part in (evaluated, _task_ordered(last), _task_ordered(best)):
             table = table.merge(part, left_on="run_id", right_index=True, how="left")
     else:
@@ -247,8 +310,7 @@ def load_per_example(path: str | None) -> pd.DataFrame | None:
     return df
 
 
-def mlflow_links(mlflow_run_id: str | None, extra: dict[str, Any] | None,
-                 base: str | None = None) -> dict[str, str]:
+def mlflow_links(mlflow_run_id: str | None, extra: dict[str, Any] | None, base: str | None = None) -> dict[str, str]:
     """Links into the MLflow UI (base from `EVALBOARD_MLFLOW_UI`); only ids go into the URL."""
     base = (base or os.environ.get("EVALBOARD_MLFLOW_UI") or DEFAULT_MLFLOW_UI).rstrip("/")
     extra = extra or {}
@@ -267,9 +329,24 @@ def result_extra(reg: Registry, result_id: int) -> dict[str, Any]:
 
 # -- jobs --------------------------------------------------------------------------------------
 
-JOB_COLUMNS = ["job_id", "status", "run", "step", "evalset", "worker", "attempts", "max_attempts", "enqueued_at",
-               "started_at", "finished_at", "duration_s", "last_error", "mlflow_run_id", "checkpoint_id",
-               "evalset_id"]
+JOB_COLUMNS = [
+    "job_id",
+    "status",
+    "run",
+    "step",
+    "evalset",
+    "worker",
+    "attempts",
+    "max_attempts",
+    "enqueued_at",
+    "started_at",
+    "finished_at",
+    "duration_s",
+    "last_error",
+    "mlflow_run_id",
+    "checkpoint_id",
+    "evalset_id",
+]
 
 
 def load_jobs(reg: Registry) -> pd.DataFrame:
@@ -323,8 +400,9 @@ def live_workers(reg: Registry) -> list[LiveWorker]:
     from registry import queue
 
     now = queue.db_now(reg)
-    return [LiveWorker(w.worker_id, max(0.0, (now - _utc(w.last_seen)).total_seconds()))
-            for w in queue.live_workers(reg)]
+    return [
+        LiveWorker(w.worker_id, max(0.0, (now - _utc(w.last_seen)).total_seconds())) for w in queue.live_workers(reg)
+    ]
 
 
 def start_local_worker(settings: Settings) -> dict[str, Any]:
@@ -339,9 +417,15 @@ def start_local_worker(settings: Settings) -> dict[str, Any]:
     log.parent.mkdir(parents=True, exist_ok=True)
     cwd = str(settings.workspace.root) if settings.workspace else None
     with open(log, "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "evalboard.cli", "worker", "--once"], stdout=out,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=cwd, env=os.environ.copy(),
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "evalboard.cli", "worker", "--once"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=cwd,
+            env=os.environ.copy(),
+            start_new_session=True,
+        )
     return {"pid": proc.pid, "log": str(log)}
 
 

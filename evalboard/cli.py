@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.markup import escape
@@ -31,10 +30,17 @@ app = typer.Typer(
 evalset_app = typer.Typer(help="Register and list eval sets.", no_args_is_help=True)
 app.add_typer(evalset_app, name="evalset")
 
+
 @app.callback()
-def _root(ctx: typer.Context, verbose: bool = typer.Option(False, "--verbose", "-v",
-                                       help="Say which workspace, registry and MLflow store a command uses, "
-                                            "and show library logs and progress bars.")) -> None:
+def _root(
+    ctx: typer.Context,
+    verbose: bool = typer.Option(
+        False,
+        "--verbose",
+        "-v",
+        help="Say which workspace, registry and MLflow store a command uses, and show library logs and progress bars.",
+    ),
+) -> None:
     """Catalogue, audit and evaluate trainable-rows and connector checkpoints of frozen base LLMs.
 
     Commands run inside a workspace (a folder with `.evalboard/config.toml`, found upwards from
@@ -50,12 +56,19 @@ def _root(ctx: typer.Context, verbose: bool = typer.Option(False, "--verbose", "
 def scan(
     paths: list[Path] = typer.Argument(..., help="Folders (or single checkpoints) to scan; runs are found inside."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary {found, new, unchanged, invalid, ...}."),
-    watch: bool = typer.Option(False, "--watch", help="After scanning, keep watching PATHS: register each new "
-                                                      "checkpoint once complete and queue it on --evalset."),
-    evalset: Optional[str] = typer.Option(None, "--evalset", help="With --watch: the eval set to queue new checkpoints on."),
+    watch: bool = typer.Option(
+        False,
+        "--watch",
+        help="After scanning, keep watching PATHS: register each new "
+        "checkpoint once complete and queue it on --evalset.",
+    ),
+    evalset: str | None = typer.Option(
+        None, "--evalset", help="With --watch: the eval set to queue new checkpoints on."
+    ),
     interval: float = typer.Option(10.0, "--interval", help="With --watch: seconds between polls."),
-    settle_seconds: float = typer.Option(30.0, "--settle-seconds",
-                                         help="With --watch: files unchanged this long count as complete."),
+    settle_seconds: float = typer.Option(
+        30.0, "--settle-seconds", help="With --watch: files unchanged this long count as complete."
+    ),
 ) -> None:
     """Find runs, checkpoints, token spaces, eval_step*.json files and eval sets under PATHS and
     register them. Unchanged checkpoints (same size and mtime) are skipped without reading them;
@@ -69,14 +82,17 @@ def scan(
     reg, _ = _registry()
     with _progress("scan") as bar:
         task = bar.add_task("scanning", total=None)
-        summary = do_scan(reg, paths, on_total=lambda n: bar.update(task, total=n),
-                          progress=lambda _p: bar.advance(task))
+        summary = do_scan(
+            reg, paths, on_total=lambda n: bar.update(task, total=n), progress=lambda _p: bar.advance(task)
+        )
     if json_out:
         _print_json(summary.to_dict())
     else:
-        err.print(f"found {summary.found} checkpoints in {summary.runs} runs: {summary.new} new, "
-                  f"{summary.updated} updated, {summary.unchanged} unchanged, {summary.invalid} invalid; "
-                  f"{summary.evalsets} new eval sets, {summary.results_imported} eval results imported")
+        err.print(
+            f"found {summary.found} checkpoints in {summary.runs} runs: {summary.new} new, "
+            f"{summary.updated} updated, {summary.unchanged} unchanged, {summary.invalid} invalid; "
+            f"{summary.evalsets} new eval sets, {summary.results_imported} eval results imported"
+        )
         for item in summary.invalid_items:
             err.print(f"[red]invalid[/red] {escape(item['reason'])}", markup=True, highlight=False)
     if watch:
@@ -87,8 +103,10 @@ def scan(
 
 @app.command()
 def inspect(
-    path: Path = typer.Argument(..., help="A checkpoint folder or .pt file, a token_space.json, an eval set "
-                                          "folder/manifest, or an eval_step*.json."),
+    path: Path = typer.Argument(
+        ...,
+        help="A checkpoint folder or .pt file, a token_space.json, an eval set folder/manifest, or an eval_step*.json.",
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Validate one file or folder and say what it is (track, step, base model, ranges, hashes,
@@ -108,14 +126,16 @@ def inspect(
 @app.command()
 def audit(
     json_out: bool = typer.Option(False, "--json", help="Print findings as a JSON list."),
-    fail_on_mismatch: bool = typer.Option(False, "--fail-on-mismatch",
-                                          help="Exit 1 when any error-level finding exists (for CI gates)."),
+    fail_on_mismatch: bool = typer.Option(
+        False, "--fail-on-mismatch", help="Exit 1 when any error-level finding exists (for CI gates)."
+    ),
     severity: str = typer.Option("info", help="Lowest severity to show: error, warning or info."),
 ) -> None:
     """Report token-space compatibility across everything registered: checkpoint vs run-level vs
     eval-set token spaces, row ranges vs modality ranges, base-model padding rows, base models
     mixed within a run, codec/tokenizer versions, checkpoints shipped without token_space.json."""
-    from registry.audit import SEVERITIES, audit as do_audit, summarize
+    from registry.audit import SEVERITIES, summarize
+    from registry.audit import audit as do_audit
 
     if severity not in SEVERITIES:
         raise typer.BadParameter(f"--severity must be one of {', '.join(SEVERITIES)}")
@@ -143,7 +163,7 @@ def _print_findings(findings, counts) -> None:
 @evalset_app.command("add")
 def evalset_add(
     path: Path = typer.Argument(..., help="Eval-set folder with manifest.json and *.parquet."),
-    name: Optional[str] = typer.Option(None, help="Register under this name instead of the manifest's."),
+    name: str | None = typer.Option(None, help="Register under this name instead of the manifest's."),
     replace: bool = typer.Option(False, help="Replace an eval set already registered under the same name."),
     json_out: bool = typer.Option(False, "--json", help="Print the registered eval set as JSON."),
 ) -> None:
@@ -153,31 +173,56 @@ def evalset_add(
     reg, _ = _registry()
     es, state = register_evalset(reg, path, name=name, replace=replace)
     if json_out:
-        _print_json({"name": es.name, "content_hash": es.content_hash, "token_space_hash": es.token_space_hash,
-                     "n_examples": es.n_examples, "tasks": es.tasks, "state": state})
+        _print_json(
+            {
+                "name": es.name,
+                "content_hash": es.content_hash,
+                "token_space_hash": es.token_space_hash,
+                "n_examples": es.n_examples,
+                "tasks": es.tasks,
+                "state": state,
+            }
+        )
     else:
-        err.print(f"{state}: eval set {es.name!r} ({es.n_examples} examples, hash {es.content_hash[:12]})",
-                  markup=False, highlight=False)
+        err.print(
+            f"{state}: eval set {es.name!r} ({es.n_examples} examples, hash {es.content_hash[:12]})",
+            markup=False,
+            highlight=False,
+        )
 
 
 @evalset_app.command("list")
 def evalset_list(json_out: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
     """List registered eval sets."""
     reg, _ = _registry()
-    rows = [{"name": e.name, "n_examples": e.n_examples, "tasks": sorted(e.tasks), "content_hash": e.content_hash,
-             "token_space_hash": e.token_space_hash, "path": e.path} for e in reg.list_evalsets()]
+    rows = [
+        {
+            "name": e.name,
+            "n_examples": e.n_examples,
+            "tasks": sorted(e.tasks),
+            "content_hash": e.content_hash,
+            "token_space_hash": e.token_space_hash,
+            "path": e.path,
+        }
+        for e in reg.list_evalsets()
+    ]
     if json_out:
         _print_json(rows)
         return
     for r in rows:
-        out.print(f"{r['name']}  {r['n_examples']} examples  tasks={','.join(r['tasks'])}  "
-                  f"ts={(r['token_space_hash'] or '?')[:12]}  {r['path']}", markup=False, highlight=False)
+        out.print(
+            f"{r['name']}  {r['n_examples']} examples  tasks={','.join(r['tasks'])}  "
+            f"ts={(r['token_space_hash'] or '?')[:12]}  {r['path']}",
+            markup=False,
+            highlight=False,
+        )
 
 
 @app.command()
-def runs(json_out: bool = typer.Option(False, "--json", help="Print as JSON."),
-         verbose_flag: bool = typer.Option(False, "--verbose", "-v",
-                                           help="Say which workspace and stores are used.")) -> None:
+def runs(
+    json_out: bool = typer.Option(False, "--json", help="Print as JSON."),
+    verbose_flag: bool = typer.Option(False, "--verbose", "-v", help="Say which workspace and stores are used."),
+) -> None:
     """List registered runs with their checkpoint counts (and, on stderr, which registry was read)."""
     verbose(verbose_flag)
     reg, s = _registry()
@@ -185,16 +230,28 @@ def runs(json_out: bool = typer.Option(False, "--json", help="Print as JSON."),
     rows = []
     for r in reg.list_runs():
         mine = [c for c in cks if c.run_id == r.id]
-        rows.append({"name": r.name, "track": r.track, "base_model": r.base_model, "checkpoints": len(mine),
-                     "invalid": sum(c.status != "valid" for c in mine),
-                     "steps": sorted(c.step for c in mine if c.step is not None), "path": r.path})
+        rows.append(
+            {
+                "name": r.name,
+                "track": r.track,
+                "base_model": r.base_model,
+                "checkpoints": len(mine),
+                "invalid": sum(c.status != "valid" for c in mine),
+                "steps": sorted(c.step for c in mine if c.step is not None),
+                "path": r.path,
+            }
+        )
     say_registry(s, "runs", len(rows))
     if json_out:
         _print_json(rows)
         return
     for r in rows:
-        out.print(f"{r['name']}  track {r['track']}  {r['checkpoints']} checkpoints ({r['invalid']} invalid)  "
-                  f"base {r['base_model']}  {r['path']}", markup=False, highlight=False)
+        out.print(
+            f"{r['name']}  track {r['track']}  {r['checkpoints']} checkpoints ({r['invalid']} invalid)  "
+            f"base {r['base_model']}  {r['path']}",
+            markup=False,
+            highlight=False,
+        )
 
 
 @app.command()
@@ -206,8 +263,11 @@ def info(json_out: bool = typer.Option(False, "--json", help="Print as JSON.")) 
     from registry.settings import ENV_VARS
 
     s = settings()
-    d = {**s.describe(), "mlflow_ui": s.mlflow_ui_command(),
-         "environment": {v: os.environ[v] for v in ENV_VARS if os.environ.get(v)}}
+    d = {
+        **s.describe(),
+        "mlflow_ui": s.mlflow_ui_command(),
+        "environment": {v: os.environ[v] for v in ENV_VARS if os.environ.get(v)},
+    }
     if json_out:
         _print_json(d)
         return

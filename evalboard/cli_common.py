@@ -15,12 +15,21 @@ from rich.console import Console
 
 from registry.errors import InvalidInput, NotFound
 
-__all__ = ["out", "err", "verbose", "settings", "open_registry", "say_registry", "print_json", "progress",
-           "resolve_checkpoint", "resolve_evalset"]
+__all__ = [
+    "out",
+    "err",
+    "verbose",
+    "settings",
+    "open_registry",
+    "say_registry",
+    "print_json",
+    "progress",
+    "resolve_checkpoint",
+    "resolve_evalset",
+]
 
 out = Console(soft_wrap=True, markup=False)  # user strings (paths, run names) are never markup
 err = Console(stderr=True, soft_wrap=True, markup=False)
-
 
 
 def verbose(flag: bool) -> None:
@@ -52,8 +61,11 @@ def open_registry():
 
 def say_registry(s, what: str, count: int) -> None:
     """For listing commands: which registry was read, so an empty answer is never a mystery."""
-    where = (f"workspace {s.workspace.root}" if s.workspace else
-             "no workspace found here or above (defaults; see `evalboard info`)")
+    where = (
+        f"workspace {s.workspace.root}"
+        if s.workspace
+        else "no workspace found here or above (defaults; see `evalboard info`)"
+    )
     err.print(f"{count} {what} in registry {s.db_url} ({where})", markup=False, highlight=False)
 
 
@@ -64,8 +76,15 @@ def print_json(obj: Any) -> None:
 def progress(description: str):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=err, transient=False, disable=not err.is_terminal and not _force_progress())
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=False,
+        disable=not err.is_terminal and not _force_progress(),
+    )
 
 
 def _force_progress() -> bool:

@@ -6,7 +6,6 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -35,27 +34,35 @@ def _setup_logging(verbose: bool) -> None:
 def eval_cmd(
     checkpoints: list[str] = typer.Argument(..., help="Checkpoint folders (registered on the fly) or registry ids."),
     evalset: str = typer.Option(..., "--evalset", help="Registered eval-set name, or a path to one."),
-    device: Optional[str] = typer.Option(None, help="cpu, cuda or cuda:N (default: cuda when available, else cpu)."),
+    device: str | None = typer.Option(None, help="cpu, cuda or cuda:N (default: cuda when available, else cpu)."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object per checkpoint (a list)."),
     force: bool = typer.Option(False, "--force", help="Evaluate again even if this content was evaluated on this set."),
-    max_examples: Optional[int] = typer.Option(None, "--max-examples", min=1,
-                                               help="Deterministic subset: at most N examples per task."),
-    allow_mismatch: bool = typer.Option(False, "--allow-mismatch",
-                                        help="Evaluate despite a token-space mismatch (run tagged as such)."),
-    no_eval_json: bool = typer.Option(False, "--no-eval-json",
-                                      help="Do not write eval_step<step>.json next to the checkpoint."),
-    batch_tokens: Optional[int] = typer.Option(None, "--batch-tokens", min=1,
-                                               help="Padded tokens per forward pass (default: automatic)."),
-    connector_builder: Optional[str] = typer.Option(
-        None, "--connector-builder", metavar="PKG.MODULE:FUNCTION",
+    max_examples: int | None = typer.Option(
+        None, "--max-examples", min=1, help="Deterministic subset: at most N examples per task."
+    ),
+    allow_mismatch: bool = typer.Option(
+        False, "--allow-mismatch", help="Evaluate despite a token-space mismatch (run tagged as such)."
+    ),
+    no_eval_json: bool = typer.Option(
+        False, "--no-eval-json", help="Do not write eval_step<step>.json next to the checkpoint."
+    ),
+    batch_tokens: int | None = typer.Option(
+        None, "--batch-tokens", min=1, help="Padded tokens per forward pass (default: automatic)."
+    ),
+    connector_builder: str | None = typer.Option(
+        None,
+        "--connector-builder",
+        metavar="PKG.MODULE:FUNCTION",
         help="Builds connector modules for connector checkpoints whose metadata and configuration "
-             "(EVALBOARD_CONNECTOR_BUILDER) name none; e.g. evaluator.connectors:perceiver_resampler."),
+        "(EVALBOARD_CONNECTOR_BUILDER) name none; e.g. evaluator.connectors:perceiver_resampler.",
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what loading and patching did."),
 ) -> None:
     """Evaluate checkpoints on an eval set: loss(all) and per task, logged to MLflow and the registry.
     Several checkpoints share one base-model load (only their rows are swapped). Every checkpoint is
     checked (compatibility, file integrity) before any is evaluated; a refusal exits 2 and logs nothing."""
-    from evalboard.cli_common import err, progress as _progress
+    from evalboard.cli_common import err
+    from evalboard.cli_common import progress as _progress
     from evaluator.base_model import parse_device
     from evaluator.service import EvalOptions, Evaluator
 
@@ -65,9 +72,15 @@ def eval_cmd(
     _check_tracking(settings)
     es = resolve_evalset(reg, evalset)
     cks = [resolve_checkpoint(reg, c) for c in checkpoints]
-    options = EvalOptions(device=device, max_examples=max_examples, force=force, allow_mismatch=allow_mismatch,
-                          write_eval_json=not no_eval_json, max_tokens_per_batch=batch_tokens,
-                          connector_builder=connector_builder)
+    options = EvalOptions(
+        device=device,
+        max_examples=max_examples,
+        force=force,
+        allow_mismatch=allow_mismatch,
+        write_eval_json=not no_eval_json,
+        max_tokens_per_batch=batch_tokens,
+        connector_builder=connector_builder,
+    )
     with _progress("eval") as bar:
         ck_task = bar.add_task("checkpoints", total=len(cks))
         tok_task = bar.add_task("tokens", total=None)
@@ -85,11 +98,25 @@ def eval_cmd(
             if not json_out:
                 err.print(outcomes[-1].line(), markup=False, highlight=False)
     if json_out:
-        sys.stdout.write(json.dumps([{
-            "checkpoint": o.checkpoint.path, "step": o.checkpoint.step, "evalset": o.evalset.name,
-            "losses": dict(o.result.losses), "tokens": dict(o.result.tokens), "examples": dict(o.result.examples),
-            "skipped": o.skipped, "mlflow_run_id": o.mlflow.get("run_id"),
-        } for o in outcomes], indent=2) + "\n")
+        sys.stdout.write(
+            json.dumps(
+                [
+                    {
+                        "checkpoint": o.checkpoint.path,
+                        "step": o.checkpoint.step,
+                        "evalset": o.evalset.name,
+                        "losses": dict(o.result.losses),
+                        "tokens": dict(o.result.tokens),
+                        "examples": dict(o.result.examples),
+                        "skipped": o.skipped,
+                        "mlflow_run_id": o.mlflow.get("run_id"),
+                    }
+                    for o in outcomes
+                ],
+                indent=2,
+            )
+            + "\n"
+        )
 
 
 def stats_cmd(
@@ -120,19 +147,27 @@ def stats_lines(doc: dict) -> list[str]:
     lines = []
     for name, mats in (doc.get("ranges") or {}).items():
         for m, s in mats.items():
-            lines.append(f"{name:>10} {m:<8} n={s['count']} mean={_f(s['mean'])} std={_f(s['std'])} "
-                         f"p5={_f(s['p5'])} p50={_f(s['p50'])} p95={_f(s['p95'])} zero={s['zero_rows']} "
-                         f"nonfinite={s['nonfinite_rows']} unchanged={s['unchanged_rows']}")
+            lines.append(
+                f"{name:>10} {m:<8} n={s['count']} mean={_f(s['mean'])} std={_f(s['std'])} "
+                f"p5={_f(s['p5'])} p50={_f(s['p50'])} p95={_f(s['p95'])} zero={s['zero_rows']} "
+                f"nonfinite={s['nonfinite_rows']} unchanged={s['unchanged_rows']}"
+            )
     for m, s in (doc.get("base_text") or {}).items():
-        lines.append(f"{'base text':>10} {m:<8} n={s['count']} mean={_f(s['mean'])} p50={_f(s['p50'])} "
-                     f"zero={s['zero_rows']}")
+        lines.append(
+            f"{'base text':>10} {m:<8} n={s['count']} mean={_f(s['mean'])} p50={_f(s['p50'])} zero={s['zero_rows']}"
+        )
     drift = (doc.get("drift") or {}).get("modules") or {}
     for m, s in (doc.get("modules") or {}).items():
         d = drift.get(m)
-        lines.append(f"{m:>12} params={s['params']} norm={_f(s['norm'])} rms={_f(s['rms'])} "
-                     f"max_abs={_f(s['max_abs'])} nonfinite={s['nonfinite']}"
-                     + (f" update={_f(d['update_norm'])} relative={_f(d['relative_update'])} cosine={_f(d['cosine'])}"
-                        if d else ""))
+        lines.append(
+            f"{m:>12} params={s['params']} norm={_f(s['norm'])} rms={_f(s['rms'])} "
+            f"max_abs={_f(s['max_abs'])} nonfinite={s['nonfinite']}"
+            + (
+                f" update={_f(d['update_norm'])} relative={_f(d['relative_update'])} cosine={_f(d['cosine'])}"
+                if d
+                else ""
+            )
+        )
     from registry.row_health import row_health
 
     lines.append(row_health(doc).line())
@@ -146,7 +181,7 @@ def _f(x) -> str:
 def materialize_cmd(
     checkpoint: str = typer.Argument(..., help="Track B checkpoint folder or registry id."),
     out_dir: Path = typer.Option(..., "--out", help="Folder to write the full model into (must be empty or new)."),
-    dtype: Optional[str] = typer.Option(None, help="Save as float32/bfloat16/float16 (default: the base's dtype)."),
+    dtype: str | None = typer.Option(None, help="Save as float32/bfloat16/float16 (default: the base's dtype)."),
 ) -> None:
     """Write base + patched rows as a full `save_pretrained` snapshot, loadable with plain
     `AutoModelForCausalLM.from_pretrained(OUT)` (the seed's "full model snapshot")."""
@@ -198,26 +233,54 @@ def import_eval_cmd(
         ck = checkpoints_by_step(valid).get(res.step) if res.step is not None else None
         evalset = matching_evalset(reg, res)
         model_type, model_params = _logged_model_of(reg, ck) if ck is not None else (None, None)
-        ids = tracker.log_imported(run_name=run.name if run else Path(run_dir).name, step=res.step,
-                                   losses=res.losses, tokens=res.tokens, source_path=str(f),
-                                   checkpoint=ck, model_type=model_type, model_params=model_params,
-                                   evalset=evalset, file_sha256=ej.sha256)
+        ids = tracker.log_imported(
+            run_name=run.name if run else Path(run_dir).name,
+            step=res.step,
+            losses=res.losses,
+            tokens=res.tokens,
+            source_path=str(f),
+            checkpoint=ck,
+            model_type=model_type,
+            model_params=model_params,
+            evalset=evalset,
+            file_sha256=ej.sha256,
+        )
         if run is None:
             run = reg.upsert_run(path=run_dir, name=Path(run_dir).name)
-        record_import(reg, ej, run_id=run.id, checkpoint=ck, mlflow_run_id=ids["run_id"],
-                      extra={"mlflow_experiment_id": ids["experiment_id"], "run_name": run.name,
-                             **({"mlflow_model_id": ids["model_id"]} if ids.get("model_id") else {})})
-        done.append({"path": str(f), "run": run.name, "step": res.step, "linked": ck is not None,
-                     "mlflow_run_id": ids["run_id"], "already_imported": ids.get("reused") == "true"})
+        record_import(
+            reg,
+            ej,
+            run_id=run.id,
+            checkpoint=ck,
+            mlflow_run_id=ids["run_id"],
+            extra={
+                "mlflow_experiment_id": ids["experiment_id"],
+                "run_name": run.name,
+                **({"mlflow_model_id": ids["model_id"]} if ids.get("model_id") else {}),
+            },
+        )
+        done.append(
+            {
+                "path": str(f),
+                "run": run.name,
+                "step": res.step,
+                "linked": ck is not None,
+                "mlflow_run_id": ids["run_id"],
+                "already_imported": ids.get("reused") == "true",
+            }
+        )
     if json_out:
         sys.stdout.write(json.dumps(done, indent=2) + "\n")
     else:
         from evalboard.cli_common import err
 
         for d in done:
-            err.print(f"{'already imported' if d['already_imported'] else 'imported'} {d['path']} "
-                      f"(run {d['run']}, step {d['step']}, {'linked' if d['linked'] else 'unlinked'})",
-                      markup=False, highlight=False)
+            err.print(
+                f"{'already imported' if d['already_imported'] else 'imported'} {d['path']} "
+                f"(run {d['run']}, step {d['step']}, {'linked' if d['linked'] else 'unlinked'})",
+                markup=False,
+                highlight=False,
+            )
 
 
 def _logged_model_of(reg, ck) -> tuple[str, dict[str, str]]:

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -64,13 +64,11 @@ class TokenSpaceSizes:
             raise InvalidInput(f"text_vocab_size must be positive, got {self.text_vocab_size}")
         if self.vocab_size_total < self.text_vocab_size:
             raise InvalidInput(
-                f"vocab_size_total ({self.vocab_size_total}) is smaller than "
-                f"text_vocab_size ({self.text_vocab_size})"
+                f"vocab_size_total ({self.vocab_size_total}) is smaller than text_vocab_size ({self.text_vocab_size})"
             )
         if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.vocab_size_total:
             raise InvalidInput(
-                f"pad_token_id {self.pad_token_id} is outside the token space "
-                f"[0, {self.vocab_size_total})"
+                f"pad_token_id {self.pad_token_id} is outside the token space [0, {self.vocab_size_total})"
             )
 
 
@@ -128,10 +126,7 @@ class PrepareReport:
                 f"{self.text_vocab_size + self.reinitialised_rows}) are past text_vocab_size "
                 "(padding of the base matrix) and were re-initialised"
             )
-        parts.append(
-            f"rows [{self.text_vocab_size}, {self.vocab_size_total}) set to the mean of the "
-            "text rows"
-        )
+        parts.append(f"rows [{self.text_vocab_size}, {self.vocab_size_total}) set to the mean of the text rows")
         if self.config_says_tied is not None and self.config_says_tied != self.tied:
             parts.append(
                 f"note: config.tie_word_embeddings={self.config_says_tied} but the weights are "
@@ -154,11 +149,7 @@ class PatchReport:
     """'copied', 'tied' (lm_head is the embedding), or 'absent'."""
 
     def describe(self) -> str:
-        cast = (
-            f", cast {self.source_dtype} -> {self.model_dtype}"
-            if self.source_dtype != self.model_dtype
-            else ""
-        )
+        cast = f", cast {self.source_dtype} -> {self.model_dtype}" if self.source_dtype != self.model_dtype else ""
         head = {
             "copied": "embedding and lm_head",
             "tied": "embedding (lm_head tied to it)",
@@ -173,8 +164,7 @@ def _matrices(model: nn.Module) -> tuple[nn.Embedding, nn.Module]:
         raise Incompatible(f"input embedding is a {type(emb).__name__}, expected nn.Embedding")
     if head is None:
         raise Incompatible(
-            f"{type(model).__name__} has no lm_head (output embeddings); "
-            "pass the causal LM, not its decoder stack"
+            f"{type(model).__name__} has no lm_head (output embeddings); pass the causal LM, not its decoder stack"
         )
     if not isinstance(getattr(head, "weight", None), torch.Tensor):
         raise Incompatible(f"lm_head is a {type(head).__name__} without a weight matrix")
@@ -192,9 +182,7 @@ def _text_config(model: nn.Module):
     return config.get_text_config() if hasattr(config, "get_text_config") else config
 
 
-def _resized(
-    weight: torch.Tensor, text_rows: int, total_rows: int, init_row: torch.Tensor
-) -> torch.Tensor:
+def _resized(weight: torch.Tensor, text_rows: int, total_rows: int, init_row: torch.Tensor) -> torch.Tensor:
     """`weight` with `total_rows` rows: text rows kept, the rest set to `init_row`.
 
     Works in place when the row count is already right (no reallocation).
@@ -393,9 +381,7 @@ def snapshot_rows(model: nn.Module, row_start: int, row_end: int) -> RowTensors:
     """A copy of rows `[row_start, row_end)` of the embedding and lm_head (None when tied)."""
     emb, head = _matrices(model)
     lm_head = None if _is_tied(emb, head) else head.weight[row_start:row_end].clone()
-    return RowTensors(
-        emb.weight[row_start:row_end].clone(), lm_head, row_start, row_end, source="snapshot"
-    )
+    return RowTensors(emb.weight[row_start:row_end].clone(), lm_head, row_start, row_end, source="snapshot")
 
 
 def restore_rows(model: nn.Module, snapshot: RowTensors) -> PatchReport:
@@ -445,8 +431,7 @@ class ResidentModel:
         prepared = None
         reset = 0
         same_shape = self.sizes is not None and (
-            (self.sizes.text_vocab_size, self.sizes.vocab_size_total)
-            == (sizes.text_vocab_size, sizes.vocab_size_total)
+            (self.sizes.text_vocab_size, self.sizes.vocab_size_total) == (sizes.text_vocab_size, sizes.vocab_size_total)
         )
         if same_shape:
             _set_pad_token_id(self.model, sizes.pad_token_id)

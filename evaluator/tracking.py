@@ -21,11 +21,11 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from registry.errors import LeaseLost
 
@@ -69,9 +69,13 @@ def record_from_dict(data: Mapping[str, Any]) -> EvalRecord:
     data = dict(data)
     if "model_type" not in data:
         data["model_type"] = "trainable-rows"
-        data["model_params"] = {"step": str(data.get("step")), "base_model": data.get("base_model", ""),
-                                "row_start": str(data.pop("row_start", 0)), "row_end": str(data.pop("row_end", 0)),
-                                "token_space_hash": data.get("token_space_hash", "")}
+        data["model_params"] = {
+            "step": str(data.get("step")),
+            "base_model": data.get("base_model", ""),
+            "row_start": str(data.pop("row_start", 0)),
+            "row_end": str(data.pop("row_end", 0)),
+            "token_space_hash": data.get("token_space_hash", ""),
+        }
     return EvalRecord(**data)
 
 
@@ -139,8 +143,9 @@ class Tracker:
     artifacts (`<location>/<experiment id>`); by default, next to a local SQLite store
     (`registry.settings.default_artifact_location`) and the server's own for a tracking server."""
 
-    def __init__(self, tracking_uri: str, experiment_prefix: str = "evalboard/", *,
-                 artifact_location: str | None = None):
+    def __init__(
+        self, tracking_uri: str, experiment_prefix: str = "evalboard/", *, artifact_location: str | None = None
+    ):
         from mlflow.tracking import MlflowClient
 
         from registry.settings import default_artifact_location
@@ -164,8 +169,10 @@ class Tracker:
         if exp is None:
             try:
                 exp_id = self.client.create_experiment(
-                    name, artifact_location=self._experiment_artifacts(name),
-                    tags={f"{TAG}run": run_name, EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+                    name,
+                    artifact_location=self._experiment_artifacts(name),
+                    tags={f"{TAG}run": run_name, EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
+                )
             except MlflowException:  # another worker created it first
                 exp = self.client.get_experiment_by_name(name)
                 if exp is None:
@@ -189,16 +196,30 @@ class Tracker:
     def find_model_id(self, exp_id: str, checkpoint_hash: str) -> str | None:
         """The LoggedModel of this checkpoint content in this experiment, if one was created."""
         found = self.client.search_logged_models(
-            experiment_ids=[exp_id], filter_string=f"tags.`{TAG}checkpoint_hash` = '{checkpoint_hash}'",
-            max_results=1)
+            experiment_ids=[exp_id], filter_string=f"tags.`{TAG}checkpoint_hash` = '{checkpoint_hash}'", max_results=1
+        )
         return found[0].model_id if len(found) else None
 
     def logged_model_id(self, exp_id: str, rec: EvalRecord) -> str:
-        return self.ensure_model(exp_id, checkpoint_hash=rec.checkpoint_hash, checkpoint_path=rec.checkpoint_path,
-                                 step=rec.step, model_type=rec.model_type, model_params=rec.model_params)
+        return self.ensure_model(
+            exp_id,
+            checkpoint_hash=rec.checkpoint_hash,
+            checkpoint_path=rec.checkpoint_path,
+            step=rec.step,
+            model_type=rec.model_type,
+            model_params=rec.model_params,
+        )
 
-    def ensure_model(self, exp_id: str, *, checkpoint_hash: str, checkpoint_path: str, step: int | None,
-                     model_type: str, model_params: Mapping[str, Any]) -> str:
+    def ensure_model(
+        self,
+        exp_id: str,
+        *,
+        checkpoint_hash: str,
+        checkpoint_path: str,
+        step: int | None,
+        model_type: str,
+        model_params: Mapping[str, Any],
+    ) -> str:
         """The checkpoint's external LoggedModel in this experiment, created when it has none
         (what `mlflow.create_external_model` does, through this tracker's own client)."""
         from mlflow.entities import LoggedModelStatus
@@ -213,8 +234,12 @@ class Tracker:
             experiment_id=exp_id,
             name=f"step-{step}",
             params={k: str(v) for k, v in model_params.items()},
-            tags={f"{TAG}checkpoint_hash": checkpoint_hash, f"{TAG}checkpoint_path": checkpoint_path,
-                  f"{TAG}step": str(step), MLFLOW_MODEL_IS_EXTERNAL: "true"},
+            tags={
+                f"{TAG}checkpoint_hash": checkpoint_hash,
+                f"{TAG}checkpoint_path": checkpoint_path,
+                f"{TAG}step": str(step),
+                MLFLOW_MODEL_IS_EXTERNAL: "true",
+            },
             model_type=model_type,
         )
         # An external model's weights are not in MLflow; an MLmodel file lets it be registered.
@@ -238,8 +263,14 @@ class Tracker:
         runs = self.client.search_runs([exp_id], " and ".join(clauses), max_results=1)
         return runs[0].info.run_id if runs else None
 
-    def log(self, rec: EvalRecord, *, job_id: int | None = None, force: bool = False,
-            still_owner: Callable[[], bool] | None = None) -> dict[str, str]:
+    def log(
+        self,
+        rec: EvalRecord,
+        *,
+        job_id: int | None = None,
+        force: bool = False,
+        still_owner: Callable[[], bool] | None = None,
+    ) -> dict[str, str]:
         """Log one evaluation; returns {run_id, experiment_id, model_id}. Reuses a FINISHED run
         with the same job id (or the same eval key unless ``force``) instead of duplicating it.
 
@@ -256,14 +287,21 @@ class Tracker:
             existing = self.find_finished(exp_id, eval_key=rec.eval_key)
         if existing is not None:
             return {"run_id": existing, "experiment_id": exp_id, "model_id": model_id, "reused": "true"}
-        tags = {f"{TAG}checkpoint_hash": rec.checkpoint_hash, f"{TAG}evalset_hash": rec.evalset_hash,
-                f"{TAG}evalset": rec.evalset_name, f"{TAG}token_space_hash": rec.token_space_hash,
-                f"{TAG}eval_key": rec.eval_key, f"{TAG}step": str(rec.step),
-                f"{TAG}checkpoint_path": rec.checkpoint_path, **dict(rec.tags)}
+        tags = {
+            f"{TAG}checkpoint_hash": rec.checkpoint_hash,
+            f"{TAG}evalset_hash": rec.evalset_hash,
+            f"{TAG}evalset": rec.evalset_name,
+            f"{TAG}token_space_hash": rec.token_space_hash,
+            f"{TAG}eval_key": rec.eval_key,
+            f"{TAG}step": str(rec.step),
+            f"{TAG}checkpoint_path": rec.checkpoint_path,
+            **dict(rec.tags),
+        }
         if job_id is not None:
             tags[f"{TAG}job_id"] = str(job_id)
-        dataset = MetaDataset(source=_local_source(rec.evalset_path), name=rec.evalset_name,
-                              digest=rec.evalset_hash[:DIGEST_LEN])
+        dataset = MetaDataset(
+            source=_local_source(rec.evalset_path), name=rec.evalset_name, digest=rec.evalset_hash[:DIGEST_LEN]
+        )
         run_id = self._start_run(exp_id, f"step{rec.step}:{rec.evalset_name}", tags)
         with self._run_status(run_id):
             self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in rec.params.items()])
@@ -273,14 +311,18 @@ class Tracker:
                 if not Path(path).exists():  # an outbox entry flushed on another machine
                     self.client.set_tag(run_id, f"{TAG}missing_artifact.{name}", path)
                     continue
-                self.client.log_artifact(run_id, path, artifact_path=None if "/" not in name else name.rsplit("/", 1)[0])
+                self.client.log_artifact(
+                    run_id, path, artifact_path=None if "/" not in name else name.rsplit("/", 1)[0]
+                )
             if still_owner is not None and not still_owner():
-                raise LeaseLost(f"job {job_id}: lease lost before MLflow run {run_id} finished; "
-                                "the run is marked FAILED")
+                raise LeaseLost(
+                    f"job {job_id}: lease lost before MLflow run {run_id} finished; the run is marked FAILED"
+                )
         return {"run_id": run_id, "experiment_id": exp_id, "model_id": model_id, "reused": "false"}
 
-    def reconcile(self, live_leases: Callable[[], Mapping[int, int]],
-                  done_runs: Callable[[], Mapping[int, str | None]]) -> dict[str, list[str]]:
+    def reconcile(
+        self, live_leases: Callable[[], Mapping[int, int]], done_runs: Callable[[], Mapping[int, str | None]]
+    ) -> dict[str, list[str]]:
         """Close what dead workers left in MLflow; returns {"killed": run ids, "superseded": run ids}.
 
         - A RUNNING run of a queued job whose (job id, fencing token) is not a live lease belongs to
@@ -292,8 +334,10 @@ class Tracker:
         is never judged against leases older than it, and a run that finished after the listing is
         found among the done jobs' runs (a lease is only cleared by the `complete` that records it).
         """
-        exp_ids = [e.experiment_id for e in self.client.search_experiments(
-            filter_string=f"name LIKE '{self.prefix}%'", max_results=1000)]
+        exp_ids = [
+            e.experiment_id
+            for e in self.client.search_experiments(filter_string=f"name LIKE '{self.prefix}%'", max_results=1000)
+        ]
         if not exp_ids:
             return {"killed": [], "superseded": []}
         job_tag = f"tags.`{TAG}job_id` LIKE '%'"
@@ -312,7 +356,9 @@ class Tracker:
             if self.client.get_run(run.info.run_id).info.status != "RUNNING":
                 continue
             self.client.set_terminated(run.info.run_id, status="KILLED")
-            self.client.set_tag(run.info.run_id, f"{TAG}reconciled", "dead worker: lease lost or job finished elsewhere")
+            self.client.set_tag(
+                run.info.run_id, f"{TAG}reconciled", "dead worker: lease lost or job finished elsewhere"
+            )
             killed.append(run.info.run_id)
         by_job: dict[int, list[Any]] = {}
         for run in finished:
@@ -321,8 +367,11 @@ class Tracker:
         for job_id, runs in by_job.items():
             if len(runs) < 2 or job_id not in done:
                 continue
-            keep = done[job_id] if done[job_id] in {r.info.run_id for r in runs} else \
-                min(runs, key=lambda r: r.info.start_time).info.run_id
+            keep = (
+                done[job_id]
+                if done[job_id] in {r.info.run_id for r in runs}
+                else min(runs, key=lambda r: r.info.start_time).info.run_id
+            )
             for run in runs:
                 if run.info.run_id != keep:
                     self.client.set_terminated(run.info.run_id, status="FAILED")
@@ -339,10 +388,20 @@ class Tracker:
             if not token:
                 return runs
 
-    def log_imported(self, *, run_name: str, step: int | None, losses: Mapping[str, float],
-                     tokens: Mapping[str, int], source_path: str, file_sha256: str,
-                     checkpoint: Any = None, model_type: str | None = None,
-                     model_params: Mapping[str, Any] | None = None, evalset: Any = None) -> dict[str, str]:
+    def log_imported(
+        self,
+        *,
+        run_name: str,
+        step: int | None,
+        losses: Mapping[str, float],
+        tokens: Mapping[str, int],
+        source_path: str,
+        file_sha256: str,
+        checkpoint: Any = None,
+        model_type: str | None = None,
+        model_params: Mapping[str, Any] | None = None,
+        evalset: Any = None,
+    ) -> dict[str, str]:
         """Backfill an existing eval_step*.json (once per file content). Linked like an evaluated
         result: to the checkpoint's external LoggedModel (created when it has none; `checkpoint`
         is its registry entity, `model_type`/`model_params` describe it) and, when the file's eval
@@ -357,9 +416,14 @@ class Tracker:
         checkpoint_hash = getattr(checkpoint, "content_hash", None)
         model_id = None
         if checkpoint_hash:
-            model_id = self.ensure_model(exp_id, checkpoint_hash=checkpoint_hash, checkpoint_path=checkpoint.path,
-                                         step=checkpoint.step if checkpoint.step is not None else step,
-                                         model_type=model_type or "checkpoint", model_params=model_params or {})
+            model_id = self.ensure_model(
+                exp_id,
+                checkpoint_hash=checkpoint_hash,
+                checkpoint_path=checkpoint.path,
+                step=checkpoint.step if checkpoint.step is not None else step,
+                model_type=model_type or "checkpoint",
+                model_params=model_params or {},
+            )
         tags = {f"{TAG}eval_key": key, f"{TAG}source": "import", f"{TAG}source_path": source_path}
         if checkpoint_hash:
             tags[f"{TAG}checkpoint_hash"] = checkpoint_hash
@@ -367,8 +431,9 @@ class Tracker:
         if evalset is not None:
             tags[f"{TAG}evalset"] = evalset.name
             tags[f"{TAG}evalset_hash"] = evalset.content_hash
-            dataset = MetaDataset(source=_local_source(evalset.path), name=evalset.name,
-                                  digest=evalset.content_hash[:DIGEST_LEN])
+            dataset = MetaDataset(
+                source=_local_source(evalset.path), name=evalset.name, digest=evalset.content_hash[:DIGEST_LEN]
+            )
         run_id = self._start_run(exp_id, f"import:{Path(source_path).name}", tags)
         with self._run_status(run_id):
             if dataset is not None or model_id is not None:
@@ -391,34 +456,61 @@ class Tracker:
         from mlflow.entities import DatasetInput, InputTag, LoggedModelInput
         from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
-        datasets = [] if dataset is None else [
-            DatasetInput(dataset=dataset._to_mlflow_entity(), tags=[InputTag(key=MLFLOW_DATASET_CONTEXT, value="eval")])]
-        self.client.log_inputs(run_id, datasets=datasets,
-                               models=[LoggedModelInput(model_id)] if model_id is not None else None)
+        datasets = (
+            []
+            if dataset is None
+            else [
+                DatasetInput(
+                    dataset=dataset._to_mlflow_entity(), tags=[InputTag(key=MLFLOW_DATASET_CONTEXT, value="eval")]
+                )
+            ]
+        )
+        self.client.log_inputs(
+            run_id, datasets=datasets, models=[LoggedModelInput(model_id)] if model_id is not None else None
+        )
 
-    def _log_metrics(self, run_id: str, losses: Mapping[str, float], tokens: Mapping[str, int], step: int,
-                     model_id: str | None, dataset: Any) -> None:
+    def _log_metrics(
+        self,
+        run_id: str,
+        losses: Mapping[str, float],
+        tokens: Mapping[str, int],
+        step: int,
+        model_id: str | None,
+        dataset: Any,
+    ) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        self.client.log_batch(run_id, metrics=[
-            Metric(key, value, now, step, model_id=model_id,
-                   dataset_name=dataset.name if dataset is not None else None,
-                   dataset_digest=dataset.digest if dataset is not None else None)
-            for key, value in _metrics(losses, tokens).items()])
+        self.client.log_batch(
+            run_id,
+            metrics=[
+                Metric(
+                    key,
+                    value,
+                    now,
+                    step,
+                    model_id=model_id,
+                    dataset_name=dataset.name if dataset is not None else None,
+                    dataset_digest=dataset.digest if dataset is not None else None,
+                )
+                for key, value in _metrics(losses, tokens).items()
+            ],
+        )
 
 
 def _ensure_sqlite_folder(uri: str) -> None:
     """MLflow creates a SQLite database but not the folder it lives in."""
     prefix = "sqlite:///"
     if uri.startswith(prefix) and uri != "sqlite:///:memory:":
-        Path(uri[len(prefix):]).parent.mkdir(parents=True, exist_ok=True)
+        Path(uri[len(prefix) :]).parent.mkdir(parents=True, exist_ok=True)
 
 
 def _metrics(losses: Mapping[str, float], tokens: Mapping[str, int]) -> dict[str, float]:
     """`loss_<task>` and `tokens_<task>`, "all" included: the names the dashboard and users query."""
-    return {**{f"loss_{t}": float(v) for t, v in losses.items()},
-            **{f"tokens_{t}": float(v) for t, v in tokens.items()}}
+    return {
+        **{f"loss_{t}": float(v) for t, v in losses.items()},
+        **{f"tokens_{t}": float(v) for t, v in tokens.items()},
+    }
 
 
 def _local_source(path: str):

@@ -20,8 +20,14 @@ from registry.eval_result import EvalResult
 from registry.safeio import sha256_file
 from registry.store import Registry
 
-__all__ = ["EvalJson", "checkpoints_by_step", "matching_evalset", "written_by_evaluator", "previous_import",
-           "record_import"]
+__all__ = [
+    "EvalJson",
+    "checkpoints_by_step",
+    "matching_evalset",
+    "written_by_evaluator",
+    "previous_import",
+    "record_import",
+]
 
 
 @dataclass(frozen=True)
@@ -48,8 +54,9 @@ def checkpoints_by_step(checkpoints: Iterable[CheckpointEntity]) -> dict[int, Ch
     priority = {t.letter: t.step_priority for t in tracks.ALL}
     steps: dict[int, CheckpointEntity] = {}
     for c in checkpoints:
-        if c.step is not None and (c.step not in steps or
-                                   priority.get(c.track, -1) > priority.get(steps[c.step].track, -1)):
+        if c.step is not None and (
+            c.step not in steps or priority.get(c.track, -1) > priority.get(steps[c.step].track, -1)
+        ):
             steps[c.step] = c
     return steps
 
@@ -69,19 +76,32 @@ def written_by_evaluator(reg: Registry, result: EvalResult) -> bool:
     """The file is one evalboard's evaluator wrote: its result is registered already."""
     ck_hash = (result.checkpoint or {}).get("content_hash")
     es_hash = (result.evalset or {}).get("content_hash")
-    return bool(ck_hash and es_hash and reg.find_eval_result(checkpoint_hash=ck_hash, evalset_hash=es_hash,
-                                                             source="evaluator"))
+    return bool(
+        ck_hash and es_hash and reg.find_eval_result(checkpoint_hash=ck_hash, evalset_hash=es_hash, source="evaluator")
+    )
 
 
 def previous_import(reg: Registry, run_id: int, sha256: str) -> EvalResultEntity | None:
     """The result an earlier import of this file content into the run recorded, if any."""
-    return next((r for r in reg.list_eval_results(run_ids=[run_id])
-                 if r.source == "import" and (r.extra or {}).get("file_sha256") == sha256), None)
+    return next(
+        (
+            r
+            for r in reg.list_eval_results(run_ids=[run_id])
+            if r.source == "import" and (r.extra or {}).get("file_sha256") == sha256
+        ),
+        None,
+    )
 
 
-def record_import(reg: Registry, ej: EvalJson, *, run_id: int, checkpoint: CheckpointEntity | None,
-                  mlflow_run_id: str | None = None, extra: Mapping[str, Any] | None = None
-                  ) -> tuple[EvalResultEntity, bool]:
+def record_import(
+    reg: Registry,
+    ej: EvalJson,
+    *,
+    run_id: int,
+    checkpoint: CheckpointEntity | None,
+    mlflow_run_id: str | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> tuple[EvalResultEntity, bool]:
     """Register the imported result (or update the earlier import of the same content with the
     MLflow run); returns (result, created)."""
     res = ej.result
@@ -92,13 +112,23 @@ def record_import(reg: Registry, ej: EvalJson, *, run_id: int, checkpoint: Check
         return existing, False
     evalset = matching_evalset(reg, res)
     row = reg.add_eval_result(
-        checkpoint_id=checkpoint.id if checkpoint is not None else None, run_id=run_id,
+        checkpoint_id=checkpoint.id if checkpoint is not None else None,
+        run_id=run_id,
         evalset_id=evalset.id if evalset is not None else None,
         evalset_hash=(res.evalset or {}).get("content_hash"),
         checkpoint_hash=checkpoint.content_hash if checkpoint is not None else None,
-        step=res.step, source="import", loss_all=res.loss_all, metrics=res.metrics(), path=str(ej.path),
+        step=res.step,
+        source="import",
+        loss_all=res.loss_all,
+        metrics=res.metrics(),
+        path=str(ej.path),
         mlflow_run_id=mlflow_run_id,
-        extra={"file_sha256": ej.sha256, "size": ej.size, "mtime_ns": ej.mtime_ns,
-               "evalset_name": (res.evalset or {}).get("name"), **dict(extra or {})},
+        extra={
+            "file_sha256": ej.sha256,
+            "size": ej.size,
+            "mtime_ns": ej.mtime_ns,
+            "evalset_name": (res.evalset or {}).get("name"),
+            **dict(extra or {}),
+        },
     )
     return row, True

@@ -63,15 +63,20 @@ class Decision:
         return self.action in ("enqueued", "already-queued")
 
 
-def prior_evaluation(reg: Registry, checkpoint: CheckpointEntity, evalset: EvalSetEntity,
-                     max_examples: int | None = None) -> EvalResultEntity | None:
+def prior_evaluation(
+    reg: Registry, checkpoint: CheckpointEntity, evalset: EvalSetEntity, max_examples: int | None = None
+) -> EvalResultEntity | None:
     """The newest evaluator result for this checkpoint content on this eval-set content and subset
     that reached MLflow, or None."""
     found = None
     for r in reg.list_eval_results(checkpoint_id=checkpoint.id):
-        if (r.source == "evaluator" and r.checkpoint_hash == checkpoint.content_hash
-                and r.evalset_hash == evalset.content_hash and r.mlflow_run_id
-                and (r.extra or {}).get("max_examples") == max_examples):
+        if (
+            r.source == "evaluator"
+            and r.checkpoint_hash == checkpoint.content_hash
+            and r.evalset_hash == evalset.content_hash
+            and r.mlflow_run_id
+            and (r.extra or {}).get("max_examples") == max_examples
+        ):
             found = r
     return found
 
@@ -97,27 +102,59 @@ def enqueue_checkpoints(
     opts = dict(options or {})
     refused = refusals(reg, checkpoints, evalset, models=models)
     if all_or_nothing and refused:
-        return [Decision(ck, "refused", _message(refused[ck.id]), findings=tuple(refused[ck.id]))
-                for ck in checkpoints if ck.id in refused]
+        return [
+            Decision(ck, "refused", _message(refused[ck.id]), findings=tuple(refused[ck.id]))
+            for ck in checkpoints
+            if ck.id in refused
+        ]
     out = []
     for ck in checkpoints:
         if ck.id in refused:
             out.append(Decision(ck, "refused", _message(refused[ck.id]), findings=tuple(refused[ck.id])))
             continue
-        out.append(_enqueue_one(reg, ck, evalset, force=force, max_attempts=max_attempts, options=opts,
-                                priority=priority, skip_evaluated=skip_evaluated))
+        out.append(
+            _enqueue_one(
+                reg,
+                ck,
+                evalset,
+                force=force,
+                max_attempts=max_attempts,
+                options=opts,
+                priority=priority,
+                skip_evaluated=skip_evaluated,
+            )
+        )
     return out
 
 
-def _enqueue_one(reg: Registry, ck: CheckpointEntity, evalset: EvalSetEntity, *, force: bool,
-                 max_attempts: int, options: dict[str, Any], priority: int, skip_evaluated: bool) -> Decision:
+def _enqueue_one(
+    reg: Registry,
+    ck: CheckpointEntity,
+    evalset: EvalSetEntity,
+    *,
+    force: bool,
+    max_attempts: int,
+    options: dict[str, Any],
+    priority: int,
+    skip_evaluated: bool,
+) -> Decision:
     try:
-        if skip_evaluated and not force and reg.find_active_job(checkpoint_id=ck.id, evalset_id=evalset.id, options=options) is None:
+        if (
+            skip_evaluated
+            and not force
+            and reg.find_active_job(checkpoint_id=ck.id, evalset_id=evalset.id, options=options) is None
+        ):
             prior = prior_evaluation(reg, ck, evalset, options.get("max_examples") or None)
             if prior is not None:
                 return Decision(ck, "already-evaluated", result=prior)
-        job, created = reg.enqueue_job(checkpoint_id=ck.id, evalset_id=evalset.id, force=force,
-                                       max_attempts=max_attempts, options=options, priority=priority)
+        job, created = reg.enqueue_job(
+            checkpoint_id=ck.id,
+            evalset_id=evalset.id,
+            force=force,
+            max_attempts=max_attempts,
+            options=options,
+            priority=priority,
+        )
     except EvalboardError as e:
         return Decision(ck, "refused", str(e), error=type(e).__name__)
     return Decision(ck, "enqueued" if created else "already-queued", job=job)

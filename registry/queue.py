@@ -73,24 +73,39 @@ def _error_text(error: BaseException | str) -> str:
 # -- verbs ------------------------------------------------------------------------------------------
 
 
-def enqueue(reg: Registry, *, checkpoint_id: int, evalset_id: int, force: bool = False,
-            max_attempts: int = 3, options: dict[str, Any] | None = None,
-            priority: int = 0) -> tuple[EvalJobEntity, bool]:
+def enqueue(
+    reg: Registry,
+    *,
+    checkpoint_id: int,
+    evalset_id: int,
+    force: bool = False,
+    max_attempts: int = 3,
+    options: dict[str, Any] | None = None,
+    priority: int = 0,
+) -> tuple[EvalJobEntity, bool]:
     """Queue an evaluation; returns (job, created). See `Registry.enqueue_job` for the dedupe."""
-    return reg.enqueue_job(checkpoint_id=checkpoint_id, evalset_id=evalset_id, force=force,
-                           max_attempts=max_attempts, options=options, priority=priority)
+    return reg.enqueue_job(
+        checkpoint_id=checkpoint_id,
+        evalset_id=evalset_id,
+        force=force,
+        max_attempts=max_attempts,
+        options=options,
+        priority=priority,
+    )
 
 
-def claim(reg: Registry, *, worker_id: str, lease_seconds: float = 60.0,
-          prefer_base_model: str | None = None) -> EvalJobEntity | None:
+def claim(
+    reg: Registry, *, worker_id: str, lease_seconds: float = 60.0, prefer_base_model: str | None = None
+) -> EvalJobEntity | None:
     """Take one job, or None when there is none. The claim is committed before this returns.
 
     Candidates: queued jobs, and running jobs whose lease expired with attempts left (their
     worker died). Order: jobs whose checkpoint's base model is `prefer_base_model` first (no base
     reload), then higher priority, then oldest. Each claim counts one attempt and a new token.
     """
-    return reg.claim_job(worker_id=worker_id, lease_seconds=_check_lease(lease_seconds),
-                         prefer_base_model=prefer_base_model)
+    return reg.claim_job(
+        worker_id=worker_id, lease_seconds=_check_lease(lease_seconds), prefer_base_model=prefer_base_model
+    )
 
 
 def heartbeat(reg: Registry, *, job_id: int, token: int, lease_seconds: float = 60.0) -> bool:
@@ -99,35 +114,45 @@ def heartbeat(reg: Registry, *, job_id: int, token: int, lease_seconds: float = 
     return reg.heartbeat_job(job_id=job_id, token=token, lease_seconds=_check_lease(lease_seconds))
 
 
-def complete(reg: Registry, *, job_id: int, token: int, mlflow_run_id: str | None = None,
-             result: dict[str, Any] | None = None, outbox: bool = False) -> EvalJobEntity:
+def complete(
+    reg: Registry,
+    *,
+    job_id: int,
+    token: int,
+    mlflow_run_id: str | None = None,
+    result: dict[str, Any] | None = None,
+    outbox: bool = False,
+) -> EvalJobEntity:
     """Mark the job done. With `outbox=True` the result (everything needed to log it) is kept in
     the job with outbox_state 'pending' because MLflow could not be reached; `claim_outbox` and
     `mark_logged` finish it later. Raises `LeaseLost` when the token is stale."""
     if outbox and result is None:
         raise InvalidInput("complete(outbox=True) needs the result to keep")
     state = "pending" if outbox else ("logged" if mlflow_run_id else "none")
-    return reg.complete_job(job_id=job_id, token=token, mlflow_run_id=mlflow_run_id, outbox_state=state,
-                            result=result)
+    return reg.complete_job(job_id=job_id, token=token, mlflow_run_id=mlflow_run_id, outbox_state=state, result=result)
 
 
-def fail(reg: Registry, *, job_id: int, token: int, error: BaseException | str,
-         retryable: bool | None = None) -> EvalJobEntity:
+def fail(
+    reg: Registry, *, job_id: int, token: int, error: BaseException | str, retryable: bool | None = None
+) -> EvalJobEntity:
     """Record `error`. A retryable error puts the job back while attempts remain; a non-retryable
     one (an `EvalboardError` whose `retryable` is False: bad input, unsafe pickle, non-finite loss)
     fails it at once. Raises `LeaseLost` when the token is stale."""
     if retryable is None:
         retryable = getattr(error, "retryable", True) if isinstance(error, BaseException) else True
-    return reg.finish_job_attempt(job_id=job_id, token=token, error=_error_text(error), give_up=not retryable,
-                                  verb="fail")
+    return reg.finish_job_attempt(
+        job_id=job_id, token=token, error=_error_text(error), give_up=not retryable, verb="fail"
+    )
 
 
-def release(reg: Registry, *, job_id: int, token: int, reason: str = "released by its worker",
-            count_attempt: bool = False) -> EvalJobEntity:
+def release(
+    reg: Registry, *, job_id: int, token: int, reason: str = "released by its worker", count_attempt: bool = False
+) -> EvalJobEntity:
     """Give the job back to the queue. A release that is not the job's fault (SIGTERM) does not
     count as an attempt; one that might be (a CUDA error) does, so a poison job still ends."""
-    return reg.finish_job_attempt(job_id=job_id, token=token, error=_error_text(reason), give_up=False,
-                                  verb="release", uncount=not count_attempt)
+    return reg.finish_job_attempt(
+        job_id=job_id, token=token, error=_error_text(reason), give_up=False, verb="release", uncount=not count_attempt
+    )
 
 
 def cancel(reg: Registry, *, job_id: int, running: bool = False) -> bool:

@@ -47,8 +47,12 @@ _ENTITY_OF = {
 _AUTOMATIC = {"id", "created_at", "updated_at", "registered_at", "enqueued_at"}
 # Length caps of unbounded text columns (the format readers refuse longer values where they enter;
 # this is the store's own guard, so no caller can grow the registry by megabytes per row).
-_MAX_CHARS = {"name": MAX_NAME_CHARS, "base_model": MAX_NAME_CHARS, "tokenizer_version": MAX_NAME_CHARS,
-              "mlflow_run_id": MAX_NAME_CHARS}
+_MAX_CHARS = {
+    "name": MAX_NAME_CHARS,
+    "base_model": MAX_NAME_CHARS,
+    "tokenizer_version": MAX_NAME_CHARS,
+    "mlflow_run_id": MAX_NAME_CHARS,
+}
 _MAX_PATH_CHARS = 4096
 _INACTIVE_JOB_STATUSES = ("failed", "cancelled")
 
@@ -113,8 +117,7 @@ class Registry:
             raise self._store_error(e) from e
         except OverflowError:  # the driver met an integer no column holds (the callers check ranges first)
             session.rollback()
-            raise InvalidInput(f"a number is too large for the registry (integers hold at most {DB_INT_MAX})") \
-                from None
+            raise InvalidInput(f"a number is too large for the registry (integers hold at most {DB_INT_MAX})") from None
         except BaseException:
             session.rollback()
             raise
@@ -140,20 +143,32 @@ class Registry:
         path: str,
     ) -> E.TokenSpaceEntity:
         """Register a token-space ABI once; later files with the same hash return the first row."""
-        _check_values(M.TokenSpace, dict(abi_hash=abi_hash, text_vocab_size=text_vocab_size,
-                                         vocab_size_total=vocab_size_total, tokenizer_version=tokenizer_version,
-                                         first_path=str(path)), path)
-        lookup = select(M.TokenSpace).where(M.TokenSpace.abi_hash == abi_hash)
-        with self._session() as s:
-            row = _insert_or_get(s, lookup, lambda: M.TokenSpace(
+        _check_values(
+            M.TokenSpace,
+            dict(
                 abi_hash=abi_hash,
                 text_vocab_size=text_vocab_size,
                 vocab_size_total=vocab_size_total,
-                spec=spec,
-                codec_versions=codec_versions or {},
                 tokenizer_version=tokenizer_version,
                 first_path=str(path),
-            ))
+            ),
+            path,
+        )
+        lookup = select(M.TokenSpace).where(M.TokenSpace.abi_hash == abi_hash)
+        with self._session() as s:
+            row = _insert_or_get(
+                s,
+                lookup,
+                lambda: M.TokenSpace(
+                    abi_hash=abi_hash,
+                    text_vocab_size=text_vocab_size,
+                    vocab_size_total=vocab_size_total,
+                    spec=spec,
+                    codec_versions=codec_versions or {},
+                    tokenizer_version=tokenizer_version,
+                    first_path=str(path),
+                ),
+            )
             return _entity(row)
 
     def get_token_space(self, *, id: int | None = None, abi_hash: str | None = None) -> E.TokenSpaceEntity:
@@ -179,8 +194,12 @@ class Registry:
         """Register the run at `path`, or update its name and whichever other fields are given."""
         if track is not None:
             _check_choice("run track", track, M.RUN_TRACKS)
-        given = {"track": track, "base_model": base_model, "token_space_id": token_space_id,
-                 "token_space_path": token_space_path}
+        given = {
+            "track": track,
+            "base_model": base_model,
+            "token_space_id": token_space_id,
+            "token_space_path": token_space_path,
+        }
         given = {k: v for k, v in given.items() if v is not None}
         _check_values(M.Run, dict(path=str(path), name=name, **given), path)
         lookup = select(M.Run).where(M.Run.path == str(path))
@@ -194,13 +213,17 @@ class Registry:
         with self._session(write=False) as s:
             return _entity(_get_one(s, M.Run, "run", id=id, name=name, path=path))
 
-    def link_training_run(self, run_id: int, *, mlflow_run_id: str, mlflow_experiment_id: str | None = None
-                          ) -> E.RunEntity:
+    def link_training_run(
+        self, run_id: int, *, mlflow_run_id: str, mlflow_experiment_id: str | None = None
+    ) -> E.RunEntity:
         """Record the MLflow run of the training that writes this run's checkpoints."""
         with self._session() as s:
             row = _get_one(s, M.Run, "run", id=run_id)
-            _assign(row, training_mlflow_run_id=str(mlflow_run_id),
-                    training_mlflow_experiment_id=None if mlflow_experiment_id is None else str(mlflow_experiment_id))
+            _assign(
+                row,
+                training_mlflow_run_id=str(mlflow_run_id),
+                training_mlflow_experiment_id=None if mlflow_experiment_id is None else str(mlflow_experiment_id),
+            )
             s.flush()
             return _entity(row)
 
@@ -232,8 +255,7 @@ class Registry:
                 s.flush()
                 return _entity(row), "new"
             changed = any(
-                key in fields and fields[key] != getattr(row, key)
-                for key in ("content_hash", "status", "reason")
+                key in fields and fields[key] != getattr(row, key) for key in ("content_hash", "status", "reason")
             )
             _assign(row, run_id=run_id, **fields)
             s.flush()
@@ -243,12 +265,11 @@ class Registry:
         self, *, id: int | None = None, path: str | None = None, content_hash: str | None = None
     ) -> E.CheckpointEntity:
         with self._session(write=False) as s:
-            return _entity(
-                _get_one(s, M.Checkpoint, "checkpoint", id=id, path=path, content_hash=content_hash)
-            )
+            return _entity(_get_one(s, M.Checkpoint, "checkpoint", id=id, path=path, content_hash=content_hash))
 
-    def list_checkpoints(self, *, run_id: int | None = None, status: str | None = None,
-                         track: str | None = None) -> list[E.CheckpointEntity]:
+    def list_checkpoints(
+        self, *, run_id: int | None = None, status: str | None = None, track: str | None = None
+    ) -> list[E.CheckpointEntity]:
         query = select(M.Checkpoint).order_by(M.Checkpoint.run_id, M.Checkpoint.step, M.Checkpoint.id)
         if run_id is not None:
             query = query.where(M.Checkpoint.run_id == run_id)
@@ -265,16 +286,13 @@ class Registry:
     ) -> dict[str, tuple[list[dict[str, Any]], str | None, str]]:
         """path -> (files, content_hash, status) in one query, so the scanner can skip folders
         whose file sizes and mtimes did not change without reading any tensor."""
-        query = select(M.Checkpoint.path, M.Checkpoint.files, M.Checkpoint.content_hash,
-                       M.Checkpoint.status)
+        query = select(M.Checkpoint.path, M.Checkpoint.files, M.Checkpoint.content_hash, M.Checkpoint.status)
         if paths_under is not None:
             root = str(paths_under).rstrip("/") or "/"
             prefix = root if root == "/" else root + "/"
-            query = query.where(or_(M.Checkpoint.path == root,
-                                    M.Checkpoint.path.startswith(prefix, autoescape=True)))
+            query = query.where(or_(M.Checkpoint.path == root, M.Checkpoint.path.startswith(prefix, autoescape=True)))
         with self._session(write=False) as s:
-            return {path: (files, content_hash, status)
-                    for path, files, content_hash, status in s.execute(query)}
+            return {path: (files, content_hash, status) for path, files, content_hash, status in s.execute(query)}
 
     def delete_checkpoint(self, *, id: int) -> None:
         """Delete a checkpoint with its row stats and jobs; its results stay, unlinked."""
@@ -304,16 +322,25 @@ class Registry:
         is kept under `<name>@<first 12 hex of its content hash>`, and `name` gets a new row, so
         results on the old and the new contents never form one series.
         """
-        values = dict(path=str(path), content_hash=content_hash, token_space_hash=token_space_hash,
-                      manifest=manifest, tasks=tasks, n_examples=n_examples, files=files)
+        values = dict(
+            path=str(path),
+            content_hash=content_hash,
+            token_space_hash=token_space_hash,
+            manifest=manifest,
+            tasks=tasks,
+            n_examples=n_examples,
+            files=files,
+        )
         _check_values(M.EvalSet, dict(name=name, **values), path)
         with self._session() as s:
             by_name = s.scalars(select(M.EvalSet).where(M.EvalSet.name == name)).one_or_none()
-            same_content = s.scalars(
-                select(M.EvalSet).where(M.EvalSet.content_hash == content_hash)
-            ).one_or_none()
-            restoring = (replace and same_content is not None and by_name is not None
-                         and same_content.name == _version_name(name, content_hash))
+            same_content = s.scalars(select(M.EvalSet).where(M.EvalSet.content_hash == content_hash)).one_or_none()
+            restoring = (
+                replace
+                and same_content is not None
+                and by_name is not None
+                and same_content.name == _version_name(name, content_hash)
+            )
             if same_content is not None and same_content is not by_name and not restoring:
                 raise InvalidInput(
                     f"eval set {path} has the same content (hash {content_hash[:12]}) as eval set "
@@ -369,8 +396,9 @@ class Registry:
             s.flush()
             return _entity(row)
 
-    def update_eval_result(self, *, id: int, mlflow_run_id: str | None = None,
-                           extra: dict[str, Any] | None = None) -> E.EvalResultEntity:
+    def update_eval_result(
+        self, *, id: int, mlflow_run_id: str | None = None, extra: dict[str, Any] | None = None
+    ) -> E.EvalResultEntity:
         """Attach the MLflow run (and merge extra keys) once a result has been logged."""
         with self._session() as s:
             row = _get_one(s, M.EvalResult, "eval result", id=id)
@@ -464,20 +492,27 @@ class Registry:
             if not force:
                 existing = s.scalars(
                     select(M.EvalJob)
-                    .where(M.EvalJob.dedupe_key == key,
-                           M.EvalJob.status.not_in(_INACTIVE_JOB_STATUSES))
-                    .order_by(M.EvalJob.id).limit(1)
+                    .where(M.EvalJob.dedupe_key == key, M.EvalJob.status.not_in(_INACTIVE_JOB_STATUSES))
+                    .order_by(M.EvalJob.id)
+                    .limit(1)
                 ).first()
                 if existing is not None:
                     return _entity(existing), False
-            job = M.EvalJob(checkpoint_id=checkpoint_id, evalset_id=evalset_id, dedupe_key=key,
-                            max_attempts=max_attempts, priority=priority, options=options)
+            job = M.EvalJob(
+                checkpoint_id=checkpoint_id,
+                evalset_id=evalset_id,
+                dedupe_key=key,
+                max_attempts=max_attempts,
+                priority=priority,
+                options=options,
+            )
             s.add(job)
             s.flush()
             return _entity(job), True
 
-    def find_active_job(self, *, checkpoint_id: int, evalset_id: int,
-                        options: dict[str, Any] | None = None) -> E.EvalJobEntity | None:
+    def find_active_job(
+        self, *, checkpoint_id: int, evalset_id: int, options: dict[str, Any] | None = None
+    ) -> E.EvalJobEntity | None:
         """The job `enqueue_job` would return instead of creating one (same checkpoint content,
         eval-set content and subset; not failed or cancelled), if any."""
         with self._session(write=False) as s:
@@ -487,9 +522,12 @@ class Registry:
                 return None
             row = s.scalars(
                 select(M.EvalJob)
-                .where(M.EvalJob.dedupe_key == _dedupe_key(checkpoint, evalset, options or {}),
-                       M.EvalJob.status.not_in(_INACTIVE_JOB_STATUSES))
-                .order_by(M.EvalJob.id).limit(1)
+                .where(
+                    M.EvalJob.dedupe_key == _dedupe_key(checkpoint, evalset, options or {}),
+                    M.EvalJob.status.not_in(_INACTIVE_JOB_STATUSES),
+                )
+                .order_by(M.EvalJob.id)
+                .limit(1)
             ).first()
             return None if row is None else _entity(row)
 
@@ -518,23 +556,24 @@ class Registry:
     def _clock(self) -> dict[str, str]:
         return _PG_CLOCK if self.dialect == "postgresql" else _SQLITE_CLOCK
 
-    def claim_job(self, *, worker_id: str, lease_seconds: float,
-                  prefer_base_model: str | None = None) -> E.EvalJobEntity | None:
+    def claim_job(
+        self, *, worker_id: str, lease_seconds: float, prefer_base_model: str | None = None
+    ) -> E.EvalJobEntity | None:
         """Take the best queued job (or a running one whose lease expired with attempts left)
         in one statement, recording the worker as seen; None when there is none."""
         q = self._clock()
         statement = text(f"""
             UPDATE eval_jobs
                SET status = 'running', attempts = attempts + 1, fencing_token = fencing_token + 1,
-                   worker_id = :worker, lease_expires_at = {q['lease']}, started_at = {q['now']},
+                   worker_id = :worker, lease_expires_at = {q["lease"]}, started_at = {q["now"]},
                    finished_at = NULL, duration_s = NULL
              WHERE id = (
                  SELECT j.id FROM eval_jobs j JOIN checkpoints c ON c.id = j.checkpoint_id
                   WHERE j.status = 'queued'
-                     OR (j.status = 'running' AND j.lease_expires_at < {q['now']}
+                     OR (j.status = 'running' AND j.lease_expires_at < {q["now"]}
                          AND j.attempts < j.max_attempts)
-                  ORDER BY CASE WHEN c.base_model = {q['pref']} THEN 0 ELSE 1 END, j.priority DESC, j.id
-                  LIMIT 1 {q['lock']})
+                  ORDER BY CASE WHEN c.base_model = {q["pref"]} THEN 0 ELSE 1 END, j.priority DESC, j.id
+                  LIMIT 1 {q["lock"]})
             RETURNING id""")
         params = {"worker": worker_id, "lease": float(lease_seconds), "pref": prefer_base_model}
         with self._session() as s:
@@ -546,26 +585,29 @@ class Registry:
         """Extend the lease of a running job (or a claimed outbox entry) held with `token`."""
         q = self._clock()
         statement = text(f"""
-            UPDATE eval_jobs SET lease_expires_at = {q['lease']}
+            UPDATE eval_jobs SET lease_expires_at = {q["lease"]}
              WHERE id = :id AND fencing_token = :token
                AND (status = 'running' OR (status = 'done' AND outbox_state = 'pending'))""")
         with self._session() as s:
             if s.execute(statement, {"id": job_id, "token": token, "lease": lease_seconds}).rowcount != 1:
                 return False
-            s.execute(text(f"""
-                UPDATE workers SET last_seen = {q['now']}, expires_at = {q['lease']}
+            s.execute(
+                text(f"""
+                UPDATE workers SET last_seen = {q["now"]}, expires_at = {q["lease"]}
                  WHERE worker_id = (SELECT worker_id FROM eval_jobs WHERE id = :id)"""),
-                      {"id": job_id, "lease": lease_seconds})
+                {"id": job_id, "lease": lease_seconds},
+            )
             return True
 
-    def complete_job(self, *, job_id: int, token: int, mlflow_run_id: str | None, outbox_state: str,
-                     result: dict[str, Any] | None) -> E.EvalJobEntity:
+    def complete_job(
+        self, *, job_id: int, token: int, mlflow_run_id: str | None, outbox_state: str, result: dict[str, Any] | None
+    ) -> E.EvalJobEntity:
         """Mark a running job held with `token` done; `LeaseLost` when the token is stale."""
         _check_choice("outbox state", outbox_state, ("none", "pending", "logged"))
         q = self._clock()
         statement = text(f"""
             UPDATE eval_jobs
-               SET status = 'done', finished_at = {q['now']}, duration_s = {q['elapsed']},
+               SET status = 'done', finished_at = {q["now"]}, duration_s = {q["elapsed"]},
                    lease_expires_at = NULL, mlflow_run_id = :run, outbox_state = :state,
                    last_error = NULL
              WHERE id = :id AND fencing_token = :token AND status = 'running'""")
@@ -578,8 +620,9 @@ class Registry:
             s.flush()
             return _job(s, job_id)
 
-    def finish_job_attempt(self, *, job_id: int, token: int, error: str, give_up: bool, verb: str,
-                           uncount: bool = False) -> E.EvalJobEntity:
+    def finish_job_attempt(
+        self, *, job_id: int, token: int, error: str, give_up: bool, verb: str, uncount: bool = False
+    ) -> E.EvalJobEntity:
         """End the attempt of a running job held with `token`: back to the queue while attempts
         remain (and `give_up` is false), else failed; `uncount` gives the attempt back."""
         q = self._clock()
@@ -588,8 +631,8 @@ class Registry:
             UPDATE eval_jobs
                SET attempts = {attempts},
                    status = CASE WHEN :give_up OR {attempts} >= max_attempts THEN 'failed' ELSE 'queued' END,
-                   finished_at = CASE WHEN :give_up OR {attempts} >= max_attempts THEN {q['now']} ELSE NULL END,
-                   duration_s = {q['elapsed']}, lease_expires_at = NULL, last_error = :error
+                   finished_at = CASE WHEN :give_up OR {attempts} >= max_attempts THEN {q["now"]} ELSE NULL END,
+                   duration_s = {q["elapsed"]}, lease_expires_at = NULL, last_error = :error
              WHERE id = :id AND fencing_token = :token AND status = 'running'""")
         with self._session() as s:
             params = {"id": job_id, "token": token, "error": error, "give_up": give_up}
@@ -604,7 +647,7 @@ class Registry:
         q = self._clock()
         statement = text(f"""
             UPDATE eval_jobs
-               SET status = 'cancelled', finished_at = {q['now']}, lease_expires_at = NULL,
+               SET status = 'cancelled', finished_at = {q["now"]}, lease_expires_at = NULL,
                    fencing_token = fencing_token + 1
              WHERE id = :id AND status IN {statuses}""")
         with self._session() as s:
@@ -619,7 +662,7 @@ class Registry:
         statement = text(f"""
             UPDATE eval_jobs
                SET status = 'queued', attempts = 0, worker_id = NULL, lease_expires_at = NULL,
-                   started_at = NULL, finished_at = NULL, duration_s = NULL, enqueued_at = {q['now']}
+                   started_at = NULL, finished_at = NULL, duration_s = NULL, enqueued_at = {q["now"]}
              WHERE id = :id AND status IN ('failed', 'cancelled')""")
         with self._session() as s:
             changed = s.execute(statement, {"id": job_id}).rowcount == 1
@@ -636,7 +679,7 @@ class Registry:
                    last_error = 'lease expired: worker ' || COALESCE(worker_id, '?') || ' stopped heartbeating'
              WHERE {expired} AND attempts < max_attempts RETURNING id""")
         give_up = text(f"""
-            UPDATE eval_jobs SET status = 'failed', lease_expires_at = NULL, finished_at = {q['now']},
+            UPDATE eval_jobs SET status = 'failed', lease_expires_at = NULL, finished_at = {q["now"]},
                    last_error = 'lease expired on attempt ' || attempts || ' of ' || max_attempts
                                 || ' (worker ' || COALESCE(worker_id, '?') || ' stopped heartbeating)'
              WHERE {expired} AND attempts >= max_attempts RETURNING id""")
@@ -647,8 +690,11 @@ class Registry:
 
     def outbox_jobs(self) -> list[E.EvalJobEntity]:
         """Done jobs whose result waits in the outbox for MLflow."""
-        query = (select(M.EvalJob).where(M.EvalJob.status == "done", M.EvalJob.outbox_state == "pending")
-                 .order_by(M.EvalJob.id))
+        query = (
+            select(M.EvalJob)
+            .where(M.EvalJob.status == "done", M.EvalJob.outbox_state == "pending")
+            .order_by(M.EvalJob.id)
+        )
         with self._session(write=False) as s:
             return _entities(s.scalars(query))
 
@@ -657,12 +703,12 @@ class Registry:
         q = self._clock()
         statement = text(f"""
             UPDATE eval_jobs
-               SET fencing_token = fencing_token + 1, worker_id = :worker, lease_expires_at = {q['lease']}
+               SET fencing_token = fencing_token + 1, worker_id = :worker, lease_expires_at = {q["lease"]}
              WHERE id = (
                  SELECT j.id FROM eval_jobs j
                   WHERE j.status = 'done' AND j.outbox_state = 'pending'
-                    AND (j.lease_expires_at IS NULL OR j.lease_expires_at < {q['now']})
-                  ORDER BY j.id LIMIT 1 {q['lock']})
+                    AND (j.lease_expires_at IS NULL OR j.lease_expires_at < {q["now"]})
+                  ORDER BY j.id LIMIT 1 {q["lock"]})
             RETURNING id""")
         with self._session() as s:
             job_id = s.execute(statement, {"worker": worker_id, "lease": float(lease_seconds)}).scalar()
@@ -683,7 +729,7 @@ class Registry:
         q = self._clock()
         statement = text(f"""
             SELECT id, fencing_token FROM eval_jobs
-             WHERE lease_expires_at IS NOT NULL AND lease_expires_at > {q['now']}
+             WHERE lease_expires_at IS NOT NULL AND lease_expires_at > {q["now"]}
                AND (status = 'running' OR (status = 'done' AND outbox_state = 'pending'))""")
         with self._session(write=False) as s:
             return {int(i): int(t) for i, t in s.execute(statement)}
@@ -700,8 +746,9 @@ class Registry:
         """Mark a worker that stopped cleanly as no longer alive."""
         q = self._clock()
         with self._session() as s:
-            s.execute(text(f"UPDATE workers SET expires_at = {q['now']} WHERE worker_id = :worker"),
-                      {"worker": worker_id})
+            s.execute(
+                text(f"UPDATE workers SET expires_at = {q['now']} WHERE worker_id = :worker"), {"worker": worker_id}
+            )
 
     def db_now(self) -> datetime:
         """The database's current time (UTC), the clock every lease is measured against."""
@@ -731,31 +778,59 @@ class Registry:
 
     def jobs_fingerprint(self) -> tuple:
         """Jobs change status in place, so this includes the latest transition."""
-        q = select(func.count(), func.max(M.EvalJob.id), func.max(M.EvalJob.enqueued_at),
-                   func.max(M.EvalJob.started_at), func.max(M.EvalJob.finished_at), func.sum(M.EvalJob.attempts))
+        q = select(
+            func.count(),
+            func.max(M.EvalJob.id),
+            func.max(M.EvalJob.enqueued_at),
+            func.max(M.EvalJob.started_at),
+            func.max(M.EvalJob.finished_at),
+            func.sum(M.EvalJob.attempts),
+        )
         with self._session(write=False) as s:
             return tuple(str(v) for v in s.execute(q.select_from(M.EvalJob)).one())
 
     def checkpoint_table(self, *, run_ids: Iterable[int] | None = None) -> list[tuple]:
         """(id, run_id, step, track, status, reason, path, content_hash, base_model, token_space_id,
         row_start, row_end, registered_at, size_bytes) per checkpoint, by run and step."""
-        q = select(M.Checkpoint.id, M.Checkpoint.run_id, M.Checkpoint.step, M.Checkpoint.track,
-                   M.Checkpoint.status, M.Checkpoint.reason, M.Checkpoint.path, M.Checkpoint.content_hash,
-                   M.Checkpoint.base_model, M.Checkpoint.token_space_id, M.Checkpoint.row_start,
-                   M.Checkpoint.row_end, M.Checkpoint.registered_at, M.Checkpoint.files
-                   ).order_by(M.Checkpoint.run_id, M.Checkpoint.step)
+        q = select(
+            M.Checkpoint.id,
+            M.Checkpoint.run_id,
+            M.Checkpoint.step,
+            M.Checkpoint.track,
+            M.Checkpoint.status,
+            M.Checkpoint.reason,
+            M.Checkpoint.path,
+            M.Checkpoint.content_hash,
+            M.Checkpoint.base_model,
+            M.Checkpoint.token_space_id,
+            M.Checkpoint.row_start,
+            M.Checkpoint.row_end,
+            M.Checkpoint.registered_at,
+            M.Checkpoint.files,
+        ).order_by(M.Checkpoint.run_id, M.Checkpoint.step)
         if run_ids is not None:
             q = q.where(M.Checkpoint.run_id.in_(list(run_ids)))
         with self._session(write=False) as s:
-            return [(*r[:-2], _plain(r[-2]), sum(int(f.get("size") or 0) for f in _decoded(r[-1]) or []))
-                    for r in s.execute(q)]
+            return [
+                (*r[:-2], _plain(r[-2]), sum(int(f.get("size") or 0) for f in _decoded(r[-1]) or []))
+                for r in s.execute(q)
+            ]
 
     def result_table(self, *, run_ids: Iterable[int] | None = None) -> list[tuple]:
         """(id, run_id, checkpoint_id, step, evalset_id, source, metrics, extra, mlflow_run_id,
         created_at) per eval result, oldest first."""
-        q = select(M.EvalResult.id, M.EvalResult.run_id, M.EvalResult.checkpoint_id, M.EvalResult.step,
-                   M.EvalResult.evalset_id, M.EvalResult.source, M.EvalResult.metrics, M.EvalResult.extra,
-                   M.EvalResult.mlflow_run_id, M.EvalResult.created_at).order_by(M.EvalResult.id)
+        q = select(
+            M.EvalResult.id,
+            M.EvalResult.run_id,
+            M.EvalResult.checkpoint_id,
+            M.EvalResult.step,
+            M.EvalResult.evalset_id,
+            M.EvalResult.source,
+            M.EvalResult.metrics,
+            M.EvalResult.extra,
+            M.EvalResult.mlflow_run_id,
+            M.EvalResult.created_at,
+        ).order_by(M.EvalResult.id)
         if run_ids is not None:
             q = q.where(M.EvalResult.run_id.in_(list(run_ids)))
         with self._session(write=False) as s:
@@ -765,14 +840,30 @@ class Registry:
         """(id, status, run name, step, eval set name, worker_id, attempts, max_attempts, enqueued_at,
         started_at, finished_at, duration_s, last_error, mlflow_run_id, checkpoint_id, evalset_id)
         per job, newest first."""
-        q = (select(M.EvalJob.id, M.EvalJob.status, M.Run.name, M.Checkpoint.step, M.EvalSet.name,
-                    M.EvalJob.worker_id, M.EvalJob.attempts, M.EvalJob.max_attempts, M.EvalJob.enqueued_at,
-                    M.EvalJob.started_at, M.EvalJob.finished_at, M.EvalJob.duration_s, M.EvalJob.last_error,
-                    M.EvalJob.mlflow_run_id, M.EvalJob.checkpoint_id, M.EvalJob.evalset_id)
-             .join(M.Checkpoint, M.Checkpoint.id == M.EvalJob.checkpoint_id, isouter=True)
-             .join(M.Run, M.Run.id == M.Checkpoint.run_id, isouter=True)
-             .join(M.EvalSet, M.EvalSet.id == M.EvalJob.evalset_id, isouter=True)
-             .order_by(M.EvalJob.id.desc()))
+        q = (
+            select(
+                M.EvalJob.id,
+                M.EvalJob.status,
+                M.Run.name,
+                M.Checkpoint.step,
+                M.EvalSet.name,
+                M.EvalJob.worker_id,
+                M.EvalJob.attempts,
+                M.EvalJob.max_attempts,
+                M.EvalJob.enqueued_at,
+                M.EvalJob.started_at,
+                M.EvalJob.finished_at,
+                M.EvalJob.duration_s,
+                M.EvalJob.last_error,
+                M.EvalJob.mlflow_run_id,
+                M.EvalJob.checkpoint_id,
+                M.EvalJob.evalset_id,
+            )
+            .join(M.Checkpoint, M.Checkpoint.id == M.EvalJob.checkpoint_id, isouter=True)
+            .join(M.Run, M.Run.id == M.Checkpoint.run_id, isouter=True)
+            .join(M.EvalSet, M.EvalSet.id == M.EvalJob.evalset_id, isouter=True)
+            .order_by(M.EvalJob.id.desc())
+        )
         with self._session(write=False) as s:
             return [tuple(_plain(v) for v in r) for r in s.execute(q)]
 
@@ -800,23 +891,31 @@ class Registry:
             return _decoded(s.execute(select(M.EvalResult.extra).where(M.EvalResult.id == id)).scalar())
 
     def _not_yet_evaluated(self, evalset_id: int) -> Any:
-        done = select(M.EvalResult.checkpoint_id).where(M.EvalResult.evalset_id == evalset_id,
-                                                        M.EvalResult.checkpoint_id.is_not(None))
-        pending = select(M.EvalJob.checkpoint_id).where(M.EvalJob.evalset_id == evalset_id,
-                                                        M.EvalJob.status.in_(("queued", "running", "done")))
+        done = select(M.EvalResult.checkpoint_id).where(
+            M.EvalResult.evalset_id == evalset_id, M.EvalResult.checkpoint_id.is_not(None)
+        )
+        pending = select(M.EvalJob.checkpoint_id).where(
+            M.EvalJob.evalset_id == evalset_id, M.EvalJob.status.in_(("queued", "running", "done"))
+        )
         return (M.Checkpoint.status == "valid", M.Checkpoint.id.not_in(done), M.Checkpoint.id.not_in(pending))
 
     def unevaluated_checkpoint_ids(self, *, run_id: int, evalset_id: int) -> list[int]:
         """Valid checkpoints of the run with no result and no live job on this eval set, by step."""
-        q = (select(M.Checkpoint.id).where(M.Checkpoint.run_id == run_id, *self._not_yet_evaluated(evalset_id))
-             .order_by(M.Checkpoint.step))
+        q = (
+            select(M.Checkpoint.id)
+            .where(M.Checkpoint.run_id == run_id, *self._not_yet_evaluated(evalset_id))
+            .order_by(M.Checkpoint.step)
+        )
         with self._session(write=False) as s:
             return [r for (r,) in s.execute(q)]
 
     def unevaluated_counts(self, *, evalset_id: int) -> dict[int, int]:
         """run id -> how many of its valid checkpoints have no result and no live job on this eval set."""
-        q = (select(M.Checkpoint.run_id, func.count()).where(*self._not_yet_evaluated(evalset_id))
-             .group_by(M.Checkpoint.run_id))
+        q = (
+            select(M.Checkpoint.run_id, func.count())
+            .where(*self._not_yet_evaluated(evalset_id))
+            .group_by(M.Checkpoint.run_id)
+        )
         with self._session(write=False) as s:
             return {int(r): int(n) for r, n in s.execute(q)}
 
@@ -825,8 +924,7 @@ class Registry:
     def counts(self) -> dict[str, int]:
         """Rows per table, e.g. to check that a refused input added nothing."""
         with self._session(write=False) as s:
-            return {t.name: s.scalar(select(func.count()).select_from(t))
-                    for t in M.Base.metadata.sorted_tables}
+            return {t.name: s.scalar(select(func.count()).select_from(t)) for t in M.Base.metadata.sorted_tables}
 
     def snapshot(self) -> dict[str, list[tuple]]:
         """Every row of every table as tuples ordered by id: equal snapshots mean equal data."""
@@ -868,10 +966,12 @@ def _get_one(s: Session, model: type[T], what: str, **selectors: Any) -> T:
     given = {k: v for k, v in selectors.items() if v is not None}
     if len(given) != 1:
         raise InvalidInput(f"look up a {what} by exactly one of {', '.join(selectors)}; got {given or 'none'}")
-    (key, value), = given.items()
+    ((key, value),) = given.items()
     if isinstance(value, int) and not isinstance(value, bool) and not 0 <= value <= DB_INT_MAX:
-        raise NotFound(f"no {what} with {key} {value if value.bit_length() <= 64 else 'of that size'} "
-                       f"is registered (ids are between 1 and {DB_INT_MAX})")
+        raise NotFound(
+            f"no {what} with {key} {value if value.bit_length() <= 64 else 'of that size'} "
+            f"is registered (ids are between 1 and {DB_INT_MAX})"
+        )
     rows = s.scalars(select(model).where(getattr(model, key) == value).limit(2)).all()
     if not rows:
         raise NotFound(f"no {what} with {key} {value!r} is registered")
@@ -926,8 +1026,7 @@ def _check_values(model: type[M.Base], values: dict[str, Any], where: Any) -> No
         elif isinstance(kind, String) and not isinstance(kind, Text) and isinstance(value, str):
             limit = kind.length or _MAX_CHARS.get(key, _MAX_PATH_CHARS)
             if len(value) > limit:
-                raise InvalidInput(f"{label} is {len(value)} characters long; at most {limit} are accepted",
-                                   path=where)
+                raise InvalidInput(f"{label} is {len(value)} characters long; at most {limit} are accepted", path=where)
 
 
 def _dedupe_key(checkpoint: M.Checkpoint, evalset: M.EvalSet, options: dict[str, Any]) -> str:
@@ -992,13 +1091,16 @@ def _lost(s: Session, job_id: int, token: int, verb: str) -> LeaseLost:
     s.refresh(row)
     return LeaseLost(
         f"cannot {verb} job {job_id} with fencing token {token}: the job is {row.status} with token "
-        f"{row.fencing_token} (worker {row.worker_id}); its lease was lost, nothing was written")
+        f"{row.fencing_token} (worker {row.worker_id}); its lease was lost, nothing was written"
+    )
 
 
 def _seen(s: Session, q: dict[str, str], worker_id: str, lease: float) -> None:
     """Record that `worker_id` is alive for the next `lease` seconds (database clock)."""
-    s.execute(text(f"""
+    s.execute(
+        text(f"""
         INSERT INTO workers (worker_id, first_seen, last_seen, expires_at)
-        VALUES (:worker, {q['now']}, {q['now']}, {q['lease']})
+        VALUES (:worker, {q["now"]}, {q["now"]}, {q["lease"]})
         ON CONFLICT (worker_id) DO UPDATE SET last_seen = excluded.last_seen, expires_at = excluded.expires_at"""),
-              {"worker": worker_id, "lease": lease})
+        {"worker": worker_id, "lease": lease},
+    )

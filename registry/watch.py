@@ -16,9 +16,9 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Mapping
 
 from registry.entities import EvalSetEntity
 from registry.errors import EvalboardError
@@ -108,8 +108,9 @@ class Watcher:
             if seen is None or seen.state != state:
                 self._pending[path] = _Seen(state, now)  # new or still being written
                 if seen is not None or self.polls > 1:  # not for what was there when watching began
-                    log.info("settling %s: its files changed; complete once unchanged for %g s", path,
-                             self.settle_seconds)
+                    log.info(
+                        "settling %s: its files changed; complete once unchanged for %g s", path, self.settle_seconds
+                    )
                 continue
             if now - seen.since < self.settle_seconds:
                 continue
@@ -127,19 +128,26 @@ class Watcher:
         if not ck.is_valid:
             # A truncated file that stopped growing for a while: look again when it changes.
             return self._log(WatchEvent(str(path), "invalid", ck.reason or "invalid"))
-        (decision,) = enqueue_checkpoints(self.registry, [ck], self.evalset, models=self.models,
-                                          max_attempts=self.max_attempts, options=self.options)
+        (decision,) = enqueue_checkpoints(
+            self.registry, [ck], self.evalset, models=self.models, max_attempts=self.max_attempts, options=self.options
+        )
         job_id = decision.job.id if decision.job is not None else None
         return self._log(WatchEvent(str(path), decision.action, decision.detail, job_id=job_id))
 
     def _log(self, event: WatchEvent) -> WatchEvent:
         level = logging.INFO if event.action in ("enqueued", "already-queued", "already-evaluated") else logging.WARNING
-        log.log(level, "%s %s%s", event.action, event.path, f": {event.detail}" if event.detail else
-                f" (job {event.job_id})" if event.job_id is not None else "")
+        log.log(
+            level,
+            "%s %s%s",
+            event.action,
+            event.path,
+            f": {event.detail}" if event.detail else f" (job {event.job_id})" if event.job_id is not None else "",
+        )
         return event
 
-    def run(self, *, interval: float, should_stop: Callable[[], bool],
-            on_event: Callable[[WatchEvent], None] | None = None) -> None:
+    def run(
+        self, *, interval: float, should_stop: Callable[[], bool], on_event: Callable[[WatchEvent], None] | None = None
+    ) -> None:
         while not should_stop():
             for event in self.poll():
                 if on_event is not None:

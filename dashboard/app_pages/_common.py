@@ -90,5 +90,4 @@ def empty_state(message: str, command: str | None = None) -> None:
 def csv_download(df: pd.DataFrame, filename: str, label: str = "Download CSV", key: str | None = None) -> None:
     from dashboard.report import safe_csv
 
-    st.download_button(label, safe_csv(df), file_name=filename, mime="text/csv", key=key,
-                       icon=":material/download:")
+    st.download_button(label, safe_csv(df), file_name=filename, mime="text/csv", key=key, icon=":material/download:")

@@ -126,8 +126,12 @@ def test_second_sigterm_releases_the_job(sqlite_stack, workspace, tmp_path):
         proc.send_signal(signal.SIGTERM)
         os.kill(proc.pid, signal.SIGCONT)
         # signals sent back to back may be delivered as one: wait until the first was handled
-        wait_until(lambda: "got SIGTERM" in (tmp_path / "worker.log").read_text(), timeout=30,
-                   what="the first SIGTERM handled", interval=0.005)
+        wait_until(
+            lambda: "got SIGTERM" in (tmp_path / "worker.log").read_text(),
+            timeout=30,
+            what="the first SIGTERM handled",
+            interval=0.005,
+        )
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 130, (tmp_path / "worker.log").read_text()[-3000:]
     finally:

@@ -21,8 +21,10 @@ def enqueue_run(stack, ws, run: str = RUN, **kw) -> list[int]:
     stack.scan(ws.runs[run])
     es = stack.evalset()
     run_id = stack.reg.get_run(path=str(ws.runs[run])).id
-    return [queue.enqueue(stack.reg, checkpoint_id=c.id, evalset_id=es.id, **kw)[0].id
-            for c in stack.reg.list_checkpoints(run_id=run_id)]
+    return [
+        queue.enqueue(stack.reg, checkpoint_id=c.id, evalset_id=es.id, **kw)[0].id
+        for c in stack.reg.list_checkpoints(run_id=run_id)
+    ]
 
 
 def inject(monkeypatch, batch_fn) -> None:
@@ -55,10 +57,10 @@ def test_worker_runs_every_job_once_with_one_base_load(stack, workspace, caplog)
     results = [r for r in stack.reg.list_eval_results() if r.source == "evaluator"]
     assert sorted(r.extra["job_id"] for r in results) == sorted(ids)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("job ")]
-    assert len(lines) == len(ids) and all("all=" in line and "a2t=" in line and "mlflow run" in line
-                                          for line in lines)
-    assert any("no GPU visible; running on the CPU" in r.getMessage() for r in caplog.records) \
-        or torch.cuda.is_available()
+    assert len(lines) == len(ids) and all("all=" in line and "a2t=" in line and "mlflow run" in line for line in lines)
+    assert (
+        any("no GPU visible; running on the CPU" in r.getMessage() for r in caplog.records) or torch.cuda.is_available()
+    )
 
 
 def _fake_oom(kind: str):
@@ -115,8 +117,9 @@ def test_non_finite_loss_fails_the_job_as_invalid_and_logs_nothing(sqlite_stack,
     assert [r for r in stack.reg.list_eval_results() if r.source == "evaluator"] == []
 
 
-@pytest.mark.parametrize("message", ["CUDA error: device-side assert triggered",
-                                     "CUDA error: an illegal memory access was encountered"])
+@pytest.mark.parametrize(
+    "message", ["CUDA error: device-side assert triggered", "CUDA error: an illegal memory access was encountered"]
+)
 def test_unrecoverable_cuda_error_releases_the_job_and_exits_non_zero(sqlite_stack, workspace, message, monkeypatch):
     stack = sqlite_stack
     ids = enqueue_run(stack, workspace)
@@ -182,8 +185,7 @@ def test_reconciler_kills_runs_left_running_by_dead_attempts(sqlite_stack, works
     del mlflow
 
 
-def test_a_job_cancelled_from_the_dashboard_cannot_be_published_by_the_worker_that_held_it(sqlite_stack,
-                                                                                          workspace):
+def test_a_job_cancelled_from_the_dashboard_cannot_be_published_by_the_worker_that_held_it(sqlite_stack, workspace):
     """A worker's lease runs out (it looks dead), the job goes back to the queue and is cancelled
     on the dashboard; the worker, still alive, runs it anyway: the cancel bumped the fencing token,
     so it publishes nothing (no MLflow run, no result) and the job stays cancelled."""
