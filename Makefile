@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 PIP_QUIET := 2>&1 | { grep -v -e "^WARNING: Location 'file:" || true; }
 PIP := PYTHONWARNINGS=ignore $(BIN)/python -m pip
 
-.PHONY: demo test venv clean bench
+.PHONY: demo test lint venv clean bench
 
 $(STAMP): pyproject.toml
 	@echo "==> creating $(VENV) and installing evalboard (torch pinned to $(TORCH_PIN))"
@@ -26,8 +26,12 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/evalboard demo $(DEMO_ARGS)
 
-test: $(STAMP)
+test: $(STAMP) lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/scan.py

@@ -20,7 +20,6 @@ matmul peak), a large tensor copy (memory bandwidth) and a file read (what a loa
 from __future__ import annotations
 
 import os
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -52,12 +51,17 @@ class DecoderDims:
     intermediate: int
 
     @classmethod
-    def from_config(cls, config) -> "DecoderDims":
+    def from_config(cls, config) -> DecoderDims:
         config = config.get_text_config() if hasattr(config, "get_text_config") else config
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-        return cls(config.hidden_size, config.num_hidden_layers, config.num_attention_heads * head_dim,
-                   kv_heads * head_dim, config.intermediate_size)
+        return cls(
+            config.hidden_size,
+            config.num_hidden_layers,
+            config.num_attention_heads * head_dim,
+            kv_heads * head_dim,
+            config.intermediate_size,
+        )
 
     def linear_flops_per_token(self) -> float:
         """Matmul FLOPs of the decoder's linear layers for one token (no attention scores)."""
@@ -79,8 +83,9 @@ class DecoderDims:
         return d / (d + self.output_flops_per_position(vocab))
 
 
-QWEN3_8B_DIMS = DecoderDims(QWEN3_8B["hidden"], QWEN3_8B["layers"], QWEN3_8B["q_dim"], QWEN3_8B["kv_dim"],
-                            QWEN3_8B["intermediate"])
+QWEN3_8B_DIMS = DecoderDims(
+    QWEN3_8B["hidden"], QWEN3_8B["layers"], QWEN3_8B["q_dim"], QWEN3_8B["kv_dim"], QWEN3_8B["intermediate"]
+)
 
 
 def useful_flops(dims: DecoderDims, vocab: int, lengths: Sequence[int], scored: Sequence[int]) -> dict[str, float]:
@@ -88,8 +93,12 @@ def useful_flops(dims: DecoderDims, vocab: int, lengths: Sequence[int], scored: 
     decoder = sum(dims.linear_flops_per_token() * n for n in lengths)
     attention = sum(dims.attention_flops(n) for n in lengths)
     output = dims.output_flops_per_position(vocab) * sum(scored)
-    return {"decoder_linear": decoder, "attention": attention, "output_projection": output,
-            "total": decoder + attention + output}
+    return {
+        "decoder_linear": decoder,
+        "attention": attention,
+        "output_projection": output,
+        "total": decoder + attention + output,
+    }
 
 
 def counted_flops(fn: Callable[[], object]) -> float:
@@ -132,9 +141,11 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, n: int | None = None, 
     b = torch.randn(n, n, device=device).to(dtype)
     out = torch.empty(n, n, device=device, dtype=dtype)
     seconds = best_seconds(lambda: torch.mm(a, b, out=out), device, repeats, min_s=2.0)
-    return {"matmul_peak_flops_per_s": 2.0 * n**3 / seconds,
-            "matmul_peak_method": f"best of >= {repeats} torch.mm of two {n}x{n} {str(dtype).removeprefix('torch.')} "
-                                  f"matrices on {device.type}, 2n^3 FLOPs"}
+    return {
+        "matmul_peak_flops_per_s": 2.0 * n**3 / seconds,
+        "matmul_peak_method": f"best of >= {repeats} torch.mm of two {n}x{n} {str(dtype).removeprefix('torch.')} "
+        f"matrices on {device.type}, 2n^3 FLOPs",
+    }
 
 
 @torch.no_grad()
@@ -144,9 +155,11 @@ def copy_bandwidth(device: torch.device, nbytes: int | None = None, repeats: int
     src = torch.ones(nbytes // 4, device=device)
     dst = torch.empty_like(src)
     seconds = best_seconds(lambda: dst.copy_(src), device, repeats, min_s=0.5)
-    return {"copy_bandwidth_bytes_per_s": nbytes / seconds,
-            "copy_bandwidth_method": f"best of >= {repeats} copies of a {nbytes >> 20} MiB tensor on {device.type} "
-                                     "(bytes copied / s)"}
+    return {
+        "copy_bandwidth_bytes_per_s": nbytes / seconds,
+        "copy_bandwidth_method": f"best of >= {repeats} copies of a {nbytes >> 20} MiB tensor on {device.type} "
+        "(bytes copied / s)",
+    }
 
 
 def read_bandwidth(path: Path, repeats: int = 3) -> dict:
@@ -166,14 +179,20 @@ def read_bandwidth(path: Path, repeats: int = 3) -> dict:
                 got += n
 
     seconds = best_seconds(read, torch.device("cpu"), repeats)
-    return {"read_bandwidth_bytes_per_s": size / seconds,
-            "read_bandwidth_method": f"best of {repeats} reads of {path.name} ({size >> 20} MiB, page cache) "
-                                     "into a preallocated buffer"}
+    return {
+        "read_bandwidth_bytes_per_s": size / seconds,
+        "read_bandwidth_method": f"best of {repeats} reads of {path.name} ({size >> 20} MiB, page cache) "
+        "into a preallocated buffer",
+    }
 
 
 def machine_limits(device: torch.device, dtype: torch.dtype) -> dict:
-    return {**matmul_peak(device, dtype), **copy_bandwidth(device),
-            "cpu_threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
+    return {
+        **matmul_peak(device, dtype),
+        **copy_bandwidth(device),
+        "cpu_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -181,8 +200,15 @@ def machine_limits(device: torch.device, dtype: torch.dtype) -> dict:
 
 
 @torch.no_grad()
-def plain_forward_ceiling(model: torch.nn.Module, *, tokens: int, lengths: Sequence[int], scored_fraction: float,
-                          vocab_rows: int | None = None, repeats: int = 2) -> dict:
+def plain_forward_ceiling(
+    model: torch.nn.Module,
+    *,
+    tokens: int,
+    lengths: Sequence[int],
+    scored_fraction: float,
+    vocab_rows: int | None = None,
+    repeats: int = 2,
+) -> dict:
     """The best useful FLOP/s of a plain PyTorch forward of ``model`` on one packed batch.
 
     A packed batch has no padding: ``tokens // L`` rows of ``L`` random ids, no attention mask.
@@ -211,17 +237,23 @@ def plain_forward_ceiling(model: torch.nn.Module, *, tokens: int, lengths: Seque
                 ids = torch.randint(0, min(vocab, head.shape[0]), (rows, length), device=device)
                 keep = max(1, round(length * scored_fraction))
 
-                def forward() -> None:
+                def forward(ids: torch.Tensor = ids, keep: int = keep) -> None:
                     hidden = decoder(input_ids=ids, use_cache=False).last_hidden_state
                     (hidden[:, -keep:].reshape(-1, hidden.shape[-1]) @ head.T).max()
 
                 seconds = best_seconds(forward, device, repeats)
                 flops = useful_flops(dims, vocab, [length] * rows, [keep] * rows)["total"]
-                tried.append({"attn": impl, "rows": rows, "length": length, "seconds": round(seconds, 4),
-                              "flops_per_s": flops / seconds})
+                tried.append(
+                    {
+                        "attn": impl,
+                        "rows": rows,
+                        "length": length,
+                        "seconds": round(seconds, 4),
+                        "flops_per_s": flops / seconds,
+                    }
+                )
     finally:
         if getattr(model.config, "_attn_implementation", None) != original:
             model.set_attn_implementation(original)
     best = max(tried, key=lambda t: t["flops_per_s"])
-    return {"plain_forward_flops_per_s": best["flops_per_s"], "plain_forward_best": best,
-            "plain_forward_tried": tried}
+    return {"plain_forward_flops_per_s": best["flops_per_s"], "plain_forward_best": best, "plain_forward_tried": tried}

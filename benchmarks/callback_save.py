@@ -40,9 +40,17 @@ def build_model(text_vocab: int, total: int, hidden: int, dtype: torch.dtype):
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     heads = max(1, hidden // 128)
-    config = Qwen3Config(vocab_size=total, hidden_size=hidden, intermediate_size=min(4 * hidden, 1024),
-                         num_hidden_layers=1, num_attention_heads=heads, num_key_value_heads=heads,
-                         head_dim=hidden // heads, tie_word_embeddings=False, pad_token_id=0)
+    config = Qwen3Config(
+        vocab_size=total,
+        hidden_size=hidden,
+        intermediate_size=min(4 * hidden, 1024),
+        num_hidden_layers=1,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        head_dim=hidden // heads,
+        tie_word_embeddings=False,
+        pad_token_id=0,
+    )
     model = Qwen3ForCausalLM(config).to(dtype)
     model.requires_grad_(False)
     for p in (model.get_input_embeddings().weight, model.get_output_embeddings().weight):
@@ -74,9 +82,12 @@ def main() -> None:
         es = make_evalset(tmp / "evalsets" / "bench", "bench", space, n_per_task=2)
         with Registry(settings.db_url) as reg:
             register_evalset(reg, es.path)
-        publisher = Publisher(tmp / "outputs" / "bench_run", "bench", RowsFormat(space, base_model="bench/base",
-                                                                                   fmt=args.fmt),
-                              settings=settings)
+        publisher = Publisher(
+            tmp / "outputs" / "bench_run",
+            "bench",
+            RowsFormat(space, base_model="bench/base", fmt=args.fmt),
+            settings=settings,
+        )
         publisher.open()
         steps, events = [], []
         try:
@@ -103,7 +114,10 @@ def main() -> None:
         "rows_mb": round(rows_bytes / 2**20, 2),
         "saves": len(events),
         "all_enqueued": all(e.action == "enqueued" for e in events),
-        "hidden": args.hidden, "new_rows": args.new_rows, "dtype": args.dtype, "fmt": args.fmt,
+        "hidden": args.hidden,
+        "new_rows": args.new_rows,
+        "dtype": args.dtype,
+        "fmt": args.fmt,
         "device": "cpu",
     }
     print(json.dumps(figures))

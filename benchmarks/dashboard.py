@@ -39,42 +39,108 @@ def build_registry(url: str, n_runs: int, n_checkpoints: int) -> None:
     from registry.store import Registry
 
     rng = random.Random(0)
-    spec = {"text_vocab_size": 256, "vocab_size_total": 384,
-            "modalities": {"audio": {"start": 256, "end": 320}, "image": {"start": 320, "end": 384}}}
+    spec = {
+        "text_vocab_size": 256,
+        "vocab_size_total": 384,
+        "modalities": {"audio": {"start": 256, "end": 320}, "image": {"start": 320, "end": 384}},
+    }
     now = datetime.now(timezone.utc)
     with Registry(url) as reg, reg.engine.begin() as conn:
-        conn.execute(insert(M.TokenSpace), [dict(id=1, abi_hash="a" * 64, text_vocab_size=256, vocab_size_total=384,
-                                                 spec=spec, codec_versions={}, tokenizer_version=None,
-                                                 first_path="/bench/token_space.json")])
-        conn.execute(insert(M.EvalSet), [dict(id=1, name="bench-a2t-i2t", path="/bench/evalset", content_hash="e" * 64,
-                                              token_space_hash="a" * 64, manifest={}, n_examples=512, files=[],
-                                              tasks={"a2t": {"examples": 256}, "i2t": {"examples": 256}})])
+        conn.execute(
+            insert(M.TokenSpace),
+            [
+                dict(
+                    id=1,
+                    abi_hash="a" * 64,
+                    text_vocab_size=256,
+                    vocab_size_total=384,
+                    spec=spec,
+                    codec_versions={},
+                    tokenizer_version=None,
+                    first_path="/bench/token_space.json",
+                )
+            ],
+        )
+        conn.execute(
+            insert(M.EvalSet),
+            [
+                dict(
+                    id=1,
+                    name="bench-a2t-i2t",
+                    path="/bench/evalset",
+                    content_hash="e" * 64,
+                    token_space_hash="a" * 64,
+                    manifest={},
+                    n_examples=512,
+                    files=[],
+                    tasks={"a2t": {"examples": 256}, "i2t": {"examples": 256}},
+                )
+            ],
+        )
         runs, cks, results = [], [], []
         for r in range(1, n_runs + 1):
-            runs.append(dict(id=r, name=f"stage3_run_{r:03d}_lr{rng.choice(['1e-4', '3e-4'])}", path=f"/bench/run{r}",
-                             track="B", base_model="Qwen/Qwen3-8B-Base", token_space_id=1,
-                             token_space_path=f"/bench/run{r}/token_space.json",
-                             created_at=now - timedelta(days=r % 30), updated_at=now - timedelta(days=r % 30)))
+            runs.append(
+                dict(
+                    id=r,
+                    name=f"stage3_run_{r:03d}_lr{rng.choice(['1e-4', '3e-4'])}",
+                    path=f"/bench/run{r}",
+                    track="B",
+                    base_model="Qwen/Qwen3-8B-Base",
+                    token_space_id=1,
+                    token_space_path=f"/bench/run{r}/token_space.json",
+                    created_at=now - timedelta(days=r % 30),
+                    updated_at=now - timedelta(days=r % 30),
+                )
+            )
             floor = rng.uniform(1.8, 2.4)
             for k in range(n_checkpoints):
                 ck_id = (r - 1) * n_checkpoints + k + 1
                 step = 500 * (k + 1)
-                cks.append(dict(id=ck_id, run_id=r, path=f"/bench/run{r}/checkpoint_{step}", step=step, track="B",
-                                status="valid", reason=None, content_hash=f"{ck_id:064x}",
-                                files=[{"name": "trainable_rows.pt", "size": 134217728}],
-                                base_model="Qwen/Qwen3-8B-Base", token_space_id=1, has_token_space=True,
-                                row_start=256, row_end=384, meta={"lr": 1e-4, "step": step},
-                                registered_at=now, updated_at=now))
+                cks.append(
+                    dict(
+                        id=ck_id,
+                        run_id=r,
+                        path=f"/bench/run{r}/checkpoint_{step}",
+                        step=step,
+                        track="B",
+                        status="valid",
+                        reason=None,
+                        content_hash=f"{ck_id:064x}",
+                        files=[{"name": "trainable_rows.pt", "size": 134217728}],
+                        base_model="Qwen/Qwen3-8B-Base",
+                        token_space_id=1,
+                        has_token_space=True,
+                        row_start=256,
+                        row_end=384,
+                        meta={"lr": 1e-4, "step": step},
+                        registered_at=now,
+                        updated_at=now,
+                    )
+                )
                 a2t = floor + 1.5 * math.exp(-k / 8) + rng.gauss(0, 0.02)
                 i2t = floor + 0.4 + 1.8 * math.exp(-k / 10) + rng.gauss(0, 0.02)
-                metrics = {"all": {"loss": (a2t + i2t) / 2, "tokens": 20000, "examples": 512},
-                           "a2t": {"loss": a2t, "tokens": 10000, "examples": 256},
-                           "i2t": {"loss": i2t, "tokens": 10000, "examples": 256}}
-                results.append(dict(checkpoint_id=ck_id, run_id=r, evalset_id=1, evalset_hash="e" * 64,
-                                    checkpoint_hash=f"{ck_id:064x}", step=step, source="evaluator",
-                                    loss_all=metrics["all"]["loss"], metrics=metrics, mlflow_run_id=f"run{ck_id}",
-                                    path=None, extra={"tokens_seen": step * 2**20, "mlflow_experiment_id": "1"},
-                                    created_at=now))
+                metrics = {
+                    "all": {"loss": (a2t + i2t) / 2, "tokens": 20000, "examples": 512},
+                    "a2t": {"loss": a2t, "tokens": 10000, "examples": 256},
+                    "i2t": {"loss": i2t, "tokens": 10000, "examples": 256},
+                }
+                results.append(
+                    dict(
+                        checkpoint_id=ck_id,
+                        run_id=r,
+                        evalset_id=1,
+                        evalset_hash="e" * 64,
+                        checkpoint_hash=f"{ck_id:064x}",
+                        step=step,
+                        source="evaluator",
+                        loss_all=metrics["all"]["loss"],
+                        metrics=metrics,
+                        mlflow_run_id=f"run{ck_id}",
+                        path=None,
+                        extra={"tokens_seen": step * 2**20, "mlflow_experiment_id": "1"},
+                        created_at=now,
+                    )
+                )
         conn.execute(insert(M.Run), runs)
         conn.execute(insert(M.Checkpoint), cks)
         conn.execute(insert(M.EvalResult), results)
@@ -125,30 +191,45 @@ def main() -> None:
     compare_warm = [timed_run(compare) for _ in range(args.repeats)]
     warm_traces = sum(len(json.loads(c.proto.spec)["data"]) for c in compare.get("plotly_chart"))
     if warm_traces != n_traces or n_traces < 3 * len(names):
-        raise RuntimeError(f"warm render drew {warm_traces} traces, first drew {n_traces}; expected "
-                           f"{3 * (len(names) + 1)} (3 tasks × (runs + best markers))")
+        raise RuntimeError(
+            f"warm render drew {warm_traces} traces, first drew {n_traces}; expected "
+            f"{3 * (len(names) + 1)} (3 tasks × (runs + best markers))"
+        )
 
     # New results arrive: the data version changes, so loaders and figures are rebuilt once.
     from registry.store import Registry
 
     with Registry(url) as reg:
         ck = reg.list_checkpoints(run_id=1)[-1]
-        reg.add_eval_result(checkpoint_id=ck.id, run_id=1, evalset_id=1, step=ck.step, source="evaluator",
-                            metrics={t: {"loss": 1.0, "tokens": 1, "examples": 1} for t in TASKS})
+        reg.add_eval_result(
+            checkpoint_id=ck.id,
+            run_id=1,
+            evalset_id=1,
+            step=ck.step,
+            source="evaluator",
+            metrics={t: {"loss": 1.0, "tokens": 1, "examples": 1} for t in TASKS},
+        )
     compare_cold = timed_run(compare)
 
-    print(json.dumps({
-        "compare_render_s": round(statistics.median(compare_warm), 3),
-        "runs_render_s": round(statistics.median(runs_warm), 3),
-        "compare_cold_render_s": round(compare_cold, 3),
-        "compare_first_render_s": round(compare_first, 3),
-        "runs_first_render_s": round(runs_first, 3),
-        "compare_traces": n_traces,
-        "runs": args.runs, "checkpoints_per_run": args.checkpoints, "tasks": len(TASKS),
-        "eval_results": args.runs * args.checkpoints + 1, "selected_runs": len(names),
-        "build_registry_s": round(build_s, 2),
-        "targets": {"warm_s": 1.0, "cold_s": 2.0},
-    }))
+    print(
+        json.dumps(
+            {
+                "compare_render_s": round(statistics.median(compare_warm), 3),
+                "runs_render_s": round(statistics.median(runs_warm), 3),
+                "compare_cold_render_s": round(compare_cold, 3),
+                "compare_first_render_s": round(compare_first, 3),
+                "runs_first_render_s": round(runs_first, 3),
+                "compare_traces": n_traces,
+                "runs": args.runs,
+                "checkpoints_per_run": args.checkpoints,
+                "tasks": len(TASKS),
+                "eval_results": args.runs * args.checkpoints + 1,
+                "selected_runs": len(names),
+                "build_registry_s": round(build_s, 2),
+                "targets": {"warm_s": 1.0, "cold_s": 2.0},
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -48,11 +48,28 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from benchmarks._utilisation import (QWEN3_8B, QWEN3_8B_DIMS, DecoderDims, counted_flops, machine_limits,
-                                     matmul_peak, plain_forward_ceiling, read_bandwidth, sync, useful_flops)
+from benchmarks._utilisation import (
+    QWEN3_8B,
+    QWEN3_8B_DIMS,
+    DecoderDims,
+    counted_flops,
+    machine_limits,
+    matmul_peak,
+    plain_forward_ceiling,
+    read_bandwidth,
+    sync,
+    useful_flops,
+)
 from evaluator.base_model import load_base
-from evaluator.batching import (MAX_PADDING, IGNORE_INDEX, Example, needed_length, padded_cost, plan_batches,
-                                scored_targets)
+from evaluator.batching import (
+    IGNORE_INDEX,
+    MAX_PADDING,
+    Example,
+    needed_length,
+    padded_cost,
+    plan_batches,
+    scored_targets,
+)
 from evaluator.loss import evaluate_loss
 from evaluator.rows import ResidentModel, TokenSpaceSizes, TrainableRows
 
@@ -76,7 +93,7 @@ class Vocab:
         return self.text_rows + self.modality_rows
 
     @classmethod
-    def with_decoder_share(cls, dims: DecoderDims, share: float) -> "Vocab":
+    def with_decoder_share(cls, dims: DecoderDims, share: float) -> Vocab:
         """Qwen's vocabulary scaled so that ``dims``' decoder holds ``share`` of a token's FLOPs."""
         qwen = cls()
         total = dims.linear_flops_per_token() * (1 - share) / share / dims.output_flops_per_position(1)
@@ -106,8 +123,9 @@ class Shape:
 
     @property
     def dims(self) -> DecoderDims:
-        return DecoderDims(self.hidden, self.layers, self.heads * self.head_dim, self.kv_heads * self.head_dim,
-                           self.intermediate)
+        return DecoderDims(
+            self.hidden, self.layers, self.heads * self.head_dim, self.kv_heads * self.head_dim, self.intermediate
+        )
 
     def config(self):
         from transformers import Qwen3Config
@@ -128,7 +146,7 @@ class Shape:
 PRESETS = {
     "qwen3-8b": "Qwen3-8B's shape in bf16 (a GPU), Qwen's vocabulary; reports MFU",
     "8b-split": "CPU, float32, hidden 512 x 8 layers (or --hidden/--layers), vocabulary scaled so the "
-                "decoder holds Qwen3-8B's share of a token's forward FLOPs (~90%), not the tiny model's ~15%",
+    "decoder holds Qwen3-8B's share of a token's forward FLOPs (~90%), not the tiny model's ~15%",
     "tiny": "a few seconds anywhere: hidden 32, 1 layer, short examples (smoke tests, CI)",
 }
 
@@ -195,9 +213,7 @@ def make_eval_set(n: int, min_len: int, max_len: int, seed: int, vocab: Vocab = 
         lo = vocab.text_rows + (0 if task == "a2t" else half)
         prompt = [rng.randrange(lo, lo + half) for _ in range(length - scored)]
         answer = [rng.randrange(0, vocab.text_tokens) for _ in range(scored)]
-        examples.append(
-            Example(f"ex{i:04d}", task, prompt + answer, [IGNORE_INDEX] * len(prompt) + answer)
-        )
+        examples.append(Example(f"ex{i:04d}", task, prompt + answer, [IGNORE_INDEX] * len(prompt) + answer))
     return examples
 
 
@@ -313,9 +329,9 @@ def run_naive(model, examples, device, batch_size: int = 4, pad_id: int = QWEN_V
         out.loss.item()
         # Per-example losses from the same logits, shifted the way HF's loss does it.
         targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
-        nll = F.cross_entropy(
-            out.logits.flatten(0, 1).float(), targets.flatten(), reduction="none"
-        ).view(targets.shape)  # 0 where ignored
+        nll = F.cross_entropy(out.logits.flatten(0, 1).float(), targets.flatten(), reduction="none").view(
+            targets.shape
+        )  # 0 where ignored
         counts = (targets != IGNORE_INDEX).sum(1)
         for row, e in enumerate(batch):
             c = int(counts[row])
@@ -379,8 +395,10 @@ def fp32_model_reference(model, examples, fast: dict) -> dict:
     del ref
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return {"max_abs_loss_diff_vs_fp32_model": float(f"{compare_losses(examples, fast, exact):.3g}"),
-            "fp32_model_reference": f"the evaluator on a float32 copy of the model, {len(examples)} examples"}
+    return {
+        "max_abs_loss_diff_vs_fp32_model": float(f"{compare_losses(examples, fast, exact):.3g}"),
+        "fp32_model_reference": f"the evaluator on a float32 copy of the model, {len(examples)} examples",
+    }
 
 
 def gpu_peak_flops(device: torch.device) -> tuple[str, float | None]:
@@ -412,18 +430,24 @@ def ceiling(model, examples, device) -> dict:
     """The plain-forward ceiling at the eval set's median and longest lengths, scoring its share."""
     lengths = sorted(needed_length(e) for e in examples)
     tokens, scored = sum(lengths), sum(scored_targets(e) for e in examples)
-    return plain_forward_ceiling(model, tokens=16384 if device.type == "cuda" else 4096,
-                                 lengths=[lengths[len(lengths) // 2], lengths[-1]], scored_fraction=scored / tokens)
+    return plain_forward_ceiling(
+        model,
+        tokens=16384 if device.type == "cuda" else 4096,
+        lengths=[lengths[len(lengths) // 2], lengths[-1]],
+        scored_fraction=scored / tokens,
+    )
 
 
 def utilisation(flops: float, seconds: float, limits: dict, plain: dict) -> dict:
     achieved, peak = flops / seconds, limits["matmul_peak_flops_per_s"]
-    return {"useful_flops": flops,
-            "achieved_flops_per_s": achieved,
-            "matmul_peak_flops_per_s": peak,
-            "fraction_of_peak": round(achieved / peak, 4),
-            "plain_forward_fraction_of_peak": round(plain["plain_forward_flops_per_s"] / peak, 4),
-            "evaluator_over_plain_forward": round(achieved / plain["plain_forward_flops_per_s"], 3)}
+    return {
+        "useful_flops": flops,
+        "achieved_flops_per_s": achieved,
+        "matmul_peak_flops_per_s": peak,
+        "fraction_of_peak": round(achieved / peak, 4),
+        "plain_forward_fraction_of_peak": round(plain["plain_forward_flops_per_s"] / peak, 4),
+        "evaluator_over_plain_forward": round(achieved / plain["plain_forward_flops_per_s"], 3),
+    }
 
 
 def qwen3_8b_bytes(vocab: Vocab, itemsize: int = 2) -> tuple[int, int]:
@@ -434,8 +458,9 @@ def qwen3_8b_bytes(vocab: Vocab, itemsize: int = 2) -> tuple[int, int]:
     return int(params * itemsize), 2 * vocab.modality_rows * q["hidden"] * itemsize
 
 
-def measure_load_and_swap(folder, rows_files, sizes, device, dtype, vocab: Vocab, limits: dict
-                          ) -> tuple[ResidentModel, dict]:
+def measure_load_and_swap(
+    folder, rows_files, sizes, device, dtype, vocab: Vocab, limits: dict
+) -> tuple[ResidentModel, dict]:
     """Fresh loads (median of 2 after a warm-up), then row swaps on the resident base
     (median of 6, alternating checkpoints, ending on checkpoint 1); both against what the
     machine's measured bandwidths allow, here and at Qwen3-8B's sizes."""
@@ -498,6 +523,7 @@ def compare_losses(examples, fast: dict, naive: dict) -> float:
     def overall(losses):
         pairs = [losses[e.example_id] for e in examples if losses[e.example_id][1]]
         return sum(loss * c for loss, c in pairs) / sum(c for _, c in pairs)
+
     return max([*diffs, abs(overall(fast) - overall(naive))])
 
 
@@ -537,8 +563,14 @@ def batch_nll_with_padding_mask(model, batch, *, positions_per_chunk=1024, vocab
     scored = targets != IGNORE_INDEX
     rows = torch.arange(len(batch.indices), device=scored.device)[:, None].expand_as(scored)
     head = model.get_output_embeddings()
-    nll = scored_nll_before(hidden[:, :-1][scored], targets[scored], head.weight, getattr(head, "bias", None),
-                            positions_per_chunk=positions_per_chunk, vocab_block=vocab_block)
+    nll = scored_nll_before(
+        hidden[:, :-1][scored],
+        targets[scored],
+        head.weight,
+        getattr(head, "bias", None),
+        positions_per_chunk=positions_per_chunk,
+        vocab_block=vocab_block,
+    )
     return nll, rows[scored]
 
 
@@ -567,16 +599,19 @@ def batching_change(model, examples, device, after_s: float, after: dict, budget
     before = {e.example_id: (e.loss, e.tokens) for e in report.examples}
     real = sum(needed_length(e) for e in examples if scored_targets(e))
     padded_before, padded_after = padded_tokens(examples, budget, 1.0), padded_tokens(examples, budget, MAX_PADDING)
-    return {"what": f"batches close before padding exceeds {MAX_PADDING:.0%} of their tokens (they were filled "
-                    "to the token budget, padding short examples to the longest), and right-padded batches go "
-                    "to the decoder without the padding mask (causal attention cannot see the padding), and the "
-                    "logits' log-sum-exp runs in place (no block-sized temporaries)",
-            "evaluator_s_before": round(before_s, 3), "evaluator_s_after": after_s,
-            "speedup": round(before_s / after_s, 3),
-            "padding_share_before": round(1 - real / padded_before, 4),
-            "padding_share_after": round(1 - real / padded_after, 4),
-            "batches_before": report.batches,
-            "max_abs_loss_diff": float(f"{compare_losses(examples, after, before):.3g}")}
+    return {
+        "what": f"batches close before padding exceeds {MAX_PADDING:.0%} of their tokens (they were filled "
+        "to the token budget, padding short examples to the longest), and right-padded batches go "
+        "to the decoder without the padding mask (causal attention cannot see the padding), and the "
+        "logits' log-sum-exp runs in place (no block-sized temporaries)",
+        "evaluator_s_before": round(before_s, 3),
+        "evaluator_s_after": after_s,
+        "speedup": round(before_s / after_s, 3),
+        "padding_share_before": round(1 - real / padded_before, 4),
+        "padding_share_after": round(1 - real / padded_after, 4),
+        "batches_before": report.batches,
+        "max_abs_loss_diff": float(f"{compare_losses(examples, after, before):.3g}"),
+    }
 
 
 def longest_batch(model, examples, device) -> dict:
@@ -589,17 +624,22 @@ def longest_batch(model, examples, device) -> dict:
     batch = [Example(f"long{i}", longest.task, longest.input_ids, longest.labels) for i in range(copies)]
     with PeakMemory(device) as mem:
         report = evaluate_loss(model, batch)
-    return {"longest_sequence": n, "longest_batch_examples": copies,
-            "longest_batch_oom_retries": report.oom_retries, "longest_batch_peak_mb": round(mem.extra_bytes / 2**20, 1),
-            "longest_batch_max_tokens_per_batch": report.max_tokens_per_batch}
+    return {
+        "longest_sequence": n,
+        "longest_batch_examples": copies,
+        "longest_batch_oom_retries": report.oom_retries,
+        "longest_batch_peak_mb": round(mem.extra_bytes / 2**20, 1),
+        "longest_batch_max_tokens_per_batch": report.max_tokens_per_batch,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
 # Track A: tower -> connector -> the same LLM
 
 
-def measure_track_a(args, device: torch.device, root: Path, base_dir: Path, hidden: int, limits: dict
-                    ) -> tuple[dict, float, float, dict]:
+def measure_track_a(
+    args, device: torch.device, root: Path, base_dir: Path, hidden: int, limits: dict
+) -> tuple[dict, float, float, dict]:
     """Track A's figures on the same random LLM: an image eval set through a SigLIP tower and a
     perceiver connector. The tower runs once (features cached); then connector checkpoints are
     switched (timed: load + apply) and the cached-feature evaluation is timed (decoder, connector
@@ -608,9 +648,18 @@ def measure_track_a(args, device: torch.device, root: Path, base_dir: Path, hidd
     from evaluator import tracks
     from evaluator.service import EvalOptions, Evaluator
 
-    ws = build_workspace(root, checkpoints=3, images=args.images, image_size=args.image_size,
-                         tower_hidden=args.tower_hidden, tower_layers=args.tower_layers, llm_dir=base_dir,
-                         llm_hidden=hidden, n_queries=args.image_tokens, answer_len=args.answer_len)
+    ws = build_workspace(
+        root,
+        checkpoints=3,
+        images=args.images,
+        image_size=args.image_size,
+        tower_hidden=args.tower_hidden,
+        tower_layers=args.tower_layers,
+        llm_dir=base_dir,
+        llm_hidden=hidden,
+        n_queries=args.image_tokens,
+        answer_len=args.answer_len,
+    )
     try:
         ev = Evaluator(ws.reg, ws.settings("home", 2 << 30))
         options = EvalOptions(device=str(device), force=True, write_eval_json=False, log_to_mlflow=False)
@@ -645,25 +694,36 @@ def measure_track_a(args, device: torch.device, root: Path, base_dir: Path, hidd
         connector_bytes = sum(p.numel() * p.element_size() for p in ctx.connector.parameters())
         bound_s = connector_bytes / limits["copy_bandwidth_bytes_per_s"]
         tokens, scored = count_tokens(fed.examples)
-        return {
-            "swap_over_bandwidth_bound": round(swap_s / bound_s, 1),
-            "swap_s": round(swap_s, 4),
-            "swap_bound_s": round(bound_s, 6),
-            "swap_bytes": connector_bytes,
-            "swap_method": "connector switch = track.load (torch.load weights_only, hash check) + track.apply "
-                           "(builder, strict load, width probe, to device), median of 6; bound = connector "
-                           "weights' bytes / copy bandwidth",
-            "eval_s": round(seconds, 4),
-            "tokens_per_s": round(tokens / seconds, 1),
-            "useful_flops_split": {**{k: v for k, v in flops.items() if k != "total"}, "connector": connector_flops},
-            "tower_flops": tower_flops,
-            "tower_s": round(tower_s, 4),
-            "tower_flops_per_s": tower_flops / tower_s,
-            "plain_forward_best": plain["plain_forward_best"],
-            "examples": len(fed.examples), "tokens": tokens, "scored": scored, "images": len(images),
-            "image_tokens": args.image_tokens,
-            "tower": {"hidden": args.tower_hidden, "layers": args.tower_layers, "image_size": args.image_size},
-        }, flops["total"] + connector_flops, seconds, plain
+        return (
+            {
+                "swap_over_bandwidth_bound": round(swap_s / bound_s, 1),
+                "swap_s": round(swap_s, 4),
+                "swap_bound_s": round(bound_s, 6),
+                "swap_bytes": connector_bytes,
+                "swap_method": "connector switch = track.load (torch.load weights_only, hash check) + track.apply "
+                "(builder, strict load, width probe, to device), median of 6; bound = connector "
+                "weights' bytes / copy bandwidth",
+                "eval_s": round(seconds, 4),
+                "tokens_per_s": round(tokens / seconds, 1),
+                "useful_flops_split": {
+                    **{k: v for k, v in flops.items() if k != "total"},
+                    "connector": connector_flops,
+                },
+                "tower_flops": tower_flops,
+                "tower_s": round(tower_s, 4),
+                "tower_flops_per_s": tower_flops / tower_s,
+                "plain_forward_best": plain["plain_forward_best"],
+                "examples": len(fed.examples),
+                "tokens": tokens,
+                "scored": scored,
+                "images": len(images),
+                "image_tokens": args.image_tokens,
+                "tower": {"hidden": args.tower_hidden, "layers": args.tower_layers, "image_size": args.image_size},
+            },
+            flops["total"] + connector_flops,
+            seconds,
+            plain,
+        )
     finally:
         ws.reg.close()
 
@@ -678,9 +738,15 @@ TRACK_A_DEFAULTS = {None: (64, 96, 192, 6, 64, 16), "tiny": (6, 32, 32, 1, 8, 4)
 def parse_args(argv: list[str] | None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda[:N]")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                        help="; ".join(f"{k}: {v}" for k, v in PRESETS.items()))
-    parser.add_argument("--examples", type=int, default=None, help="eval examples (lengths spread log-uniformly); default 256 (96 with 8b-split)")
+    parser.add_argument(
+        "--preset", choices=sorted(PRESETS), default=None, help="; ".join(f"{k}: {v}" for k, v in PRESETS.items())
+    )
+    parser.add_argument(
+        "--examples",
+        type=int,
+        default=None,
+        help="eval examples (lengths spread log-uniformly); default 256 (96 with 8b-split)",
+    )
     parser.add_argument(
         "--naive-examples", type=int, default=None,
         help="examples the naive loop runs (the first N, random order); default all on CUDA, "
@@ -698,10 +764,17 @@ def parse_args(argv: list[str] | None):
     parser.add_argument("--tower-layers", type=int, default=None, help="Track A: tower layers (default 6)")
     parser.add_argument("--image-tokens", type=int, default=None, help="Track A: connector output tokens (default 64)")
     parser.add_argument("--answer-len", type=int, default=None, help="Track A: scored answer tokens (default 16)")
-    parser.add_argument("--check-longest", action="store_true",
-                        help="also run a full batch of the longest example (no out-of-memory retry expected)")
-    parser.add_argument("--fp32-model-examples", type=int, default=0,
-                        help="bf16 only: compare this many examples against the evaluator on a float32 copy")
+    parser.add_argument(
+        "--check-longest",
+        action="store_true",
+        help="also run a full batch of the longest example (no out-of-memory retry expected)",
+    )
+    parser.add_argument(
+        "--fp32-model-examples",
+        type=int,
+        default=0,
+        help="bf16 only: compare this many examples against the evaluator on a float32 copy",
+    )
     parser.add_argument("--json-out", type=Path, default=None, help="also write the JSON object to this file")
     args = parser.parse_args(argv)
     tiny = args.preset == "tiny"
@@ -737,8 +810,10 @@ def main(argv: list[str] | None = None) -> dict:
     )
     log("measuring the matmul peak and the copy bandwidth ...")
     limits = machine_limits(device, shape.dtype)
-    log(f"  matmul {limits['matmul_peak_flops_per_s'] / 1e9:.1f} GFLOP/s, "
-        f"copy {limits['copy_bandwidth_bytes_per_s'] / 1e9:.2f} GB/s")
+    log(
+        f"  matmul {limits['matmul_peak_flops_per_s'] / 1e9:.1f} GFLOP/s, "
+        f"copy {limits['copy_bandwidth_bytes_per_s'] / 1e9:.2f} GB/s"
+    )
 
     with tempfile.TemporaryDirectory(prefix="evalboard-bench-") as tmp:
         folder = Path(tmp)
@@ -748,7 +823,9 @@ def main(argv: list[str] | None = None) -> dict:
         log("timing fresh loads and row swaps ...")
         resident, swap = measure_load_and_swap(folder, rows_files, sizes, device, shape.dtype, vocab, limits)
         model = resident.model
-        log(f"  load {swap['load_s']:.3f}s, swap {swap['swap_s']:.4f}s ({swap['swap_over_bandwidth_bound']}x its bound)")
+        log(
+            f"  load {swap['load_s']:.3f}s, swap {swap['swap_s']:.4f}s ({swap['swap_over_bandwidth_bound']}x its bound)"
+        )
 
         warm = examples[:2]  # first-call costs (thread pools, kernels) out of both timings
         evaluate_loss(model, warm)
@@ -776,10 +853,13 @@ def main(argv: list[str] | None = None) -> dict:
             exact = fp32_logit_reference(model, subset)
         log("plain forward on packed batches (the ceiling) ...")
         plain = ceiling(model, examples, device)
-        naive_flops = useful_flops(shape.dims, vocab.total, [needed_length(e) for e in subset],
-                                   [scored_targets(e) for e in subset])["total"]
-        log(f"  evaluator {flops['total'] / fast_s / 1e9:.1f} GFLOP/s, plain forward "
-            f"{plain['plain_forward_flops_per_s'] / 1e9:.1f} GFLOP/s")
+        naive_flops = useful_flops(
+            shape.dims, vocab.total, [needed_length(e) for e in subset], [scored_targets(e) for e in subset]
+        )["total"]
+        log(
+            f"  evaluator {flops['total'] / fast_s / 1e9:.1f} GFLOP/s, plain forward "
+            f"{plain['plain_forward_flops_per_s'] / 1e9:.1f} GFLOP/s"
+        )
         extra = longest_batch(model, examples, device) if args.check_longest else {}
         if args.fp32_model_examples and shape.dtype != torch.float32:
             log("evaluator on a float32 copy of the model (untimed) ...")
@@ -787,14 +867,18 @@ def main(argv: list[str] | None = None) -> dict:
         del model, resident
         if device.type == "cuda":
             torch.cuda.empty_cache()
-        track_a = measure_track_a(args, device, folder / "trackA", folder / "base", shape.hidden, limits) \
-            if args.track_a else None
+        track_a = (
+            measure_track_a(args, device, folder / "trackA", folder / "base", shape.hidden, limits)
+            if args.track_a
+            else None
+        )
 
     # Other processes share this machine: the peak is measured again at the end, and the higher one kept.
     limits["matmul_peak_flops_per_s_at_start"] = limits["matmul_peak_flops_per_s"]
     limits["matmul_peak_flops_per_s_at_end"] = matmul_peak(device, shape.dtype)["matmul_peak_flops_per_s"]
-    limits["matmul_peak_flops_per_s"] = max(limits["matmul_peak_flops_per_s_at_start"],
-                                            limits["matmul_peak_flops_per_s_at_end"])
+    limits["matmul_peak_flops_per_s"] = max(
+        limits["matmul_peak_flops_per_s_at_start"], limits["matmul_peak_flops_per_s_at_end"]
+    )
     peak = limits["matmul_peak_flops_per_s"]
     track_b = utilisation(flops["total"], fast_s, limits, plain)
     change["fraction_of_peak_before"] = round(flops["total"] / change["evaluator_s_before"] / peak, 4)
@@ -802,8 +886,11 @@ def main(argv: list[str] | None = None) -> dict:
     change["evaluator_s_after"] = round(fast_s, 3)
     if track_a is not None:
         figures_a, flops_a, seconds_a, plain_a = track_a
-        track_a = {**utilisation(flops_a, seconds_a, limits, plain_a), **figures_a,
-                   "tower_fraction_of_peak": round(figures_a["tower_flops_per_s"] / peak, 4)}
+        track_a = {
+            **utilisation(flops_a, seconds_a, limits, plain_a),
+            **figures_a,
+            "tower_fraction_of_peak": round(figures_a["tower_flops_per_s"] / peak, 4),
+        }
 
     result = {
         "tokens_per_s_ratio": round(naive_s / fast_sub_s, 2),  # same examples, same tokens
@@ -861,8 +948,9 @@ def main(argv: list[str] | None = None) -> dict:
         _, peak = gpu_peak_flops(device)
         result["mfu_flops_def"] = "useful FLOPs (flops_method) / time / the card's dense bf16 peak"
         result["mfu_evaluator"] = round(track_b["achieved_flops_per_s"] / peak, 4) if peak else None
-        result["mfu_naive"] = round(result["naive_fraction_of_peak"] * track_b["matmul_peak_flops_per_s"] / peak, 4) \
-            if peak else None
+        result["mfu_naive"] = (
+            round(result["naive_fraction_of_peak"] * track_b["matmul_peak_flops_per_s"] / peak, 4) if peak else None
+        )
         result["gpu_peak_flops"] = peak
     line = json.dumps(result)
     if args.json_out:

@@ -41,12 +41,45 @@ RESULTS = Path(__file__).resolve().parent / "results"
 PRESETS = {
     # eval_throughput and track_a_sweep arguments per preset
     "qwen3-8b": (
-        ["--preset", "qwen3-8b", "--examples", "384", "--min-len", "64", "--max-len", "4096",
-         "--naive-examples", "32", "--fp32-model-examples", "16", "--check-longest",
-         "--images", "128", "--image-size", "224", "--tower-hidden", "768", "--tower-layers", "12",
-         "--image-tokens", "64", "--answer-len", "32"],
-        ["--checkpoints", "8", "--images", "256", "--image-size", "224", "--tower-hidden", "768",
-         "--tower-layers", "12"],
+        [
+            "--preset",
+            "qwen3-8b",
+            "--examples",
+            "384",
+            "--min-len",
+            "64",
+            "--max-len",
+            "4096",
+            "--naive-examples",
+            "32",
+            "--fp32-model-examples",
+            "16",
+            "--check-longest",
+            "--images",
+            "128",
+            "--image-size",
+            "224",
+            "--tower-hidden",
+            "768",
+            "--tower-layers",
+            "12",
+            "--image-tokens",
+            "64",
+            "--answer-len",
+            "32",
+        ],
+        [
+            "--checkpoints",
+            "8",
+            "--images",
+            "256",
+            "--image-size",
+            "224",
+            "--tower-hidden",
+            "768",
+            "--tower-layers",
+            "12",
+        ],
     ),
     "tiny": (
         ["--preset", "tiny", "--naive-examples", "4", "--fp32-model-examples", "4", "--check-longest"],
@@ -65,15 +98,21 @@ def card_name(device: torch.device) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="qwen3-8b",
-                        help="qwen3-8b: the real shape in bf16 (needs CUDA); tiny: toy sizes, any device")
+    parser.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="qwen3-8b",
+        help="qwen3-8b: the real shape in bf16 (needs CUDA); tiny: toy sizes, any device",
+    )
     parser.add_argument("--device", default=None, help="default: cuda for qwen3-8b, cpu for tiny")
     parser.add_argument("--out", type=Path, default=None, help="JSON file to write")
     args = parser.parse_args(argv)
     device = torch.device(args.device or ("cuda" if args.preset == "qwen3-8b" else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error(f"--preset {args.preset} needs a CUDA device and torch sees none "
-                     f"(torch {torch.__version__}); run with --preset tiny on a CPU")
+        parser.error(
+            f"--preset {args.preset} needs a CUDA device and torch sees none "
+            f"(torch {torch.__version__}); run with --preset tiny on a CPU"
+        )
     card = card_name(device)
     out = args.out or RESULTS / f"gpu_check_{re.sub(r'[^A-Za-z0-9]+', '_', card).strip('_').lower()}.json"
     throughput_args, sweep_args = PRESETS[args.preset]
@@ -90,8 +129,9 @@ def main(argv: list[str] | None = None) -> dict:
         "torch": torch.__version__,
         "wall_s": round(time.perf_counter() - start, 1),
         # the headline figures, each also in the sections below
-        "max_abs_loss_diff_vs_fp32_logits": bench.get("max_abs_loss_diff_vs_fp32_logits_unbatched",
-                                                      bench["max_abs_loss_diff"]),
+        "max_abs_loss_diff_vs_fp32_logits": bench.get(
+            "max_abs_loss_diff_vs_fp32_logits_unbatched", bench["max_abs_loss_diff"]
+        ),
         "max_abs_loss_diff_vs_fp32_model": bench.get("max_abs_loss_diff_vs_fp32_model"),
         "tokens_per_s": bench["tokens_per_s_evaluator_all_examples"],
         "mfu": bench.get("mfu_evaluator"),

@@ -51,10 +51,13 @@ def measure(url: str, jobs: int, claimers: int) -> dict:
     for p in procs:
         p.join(60)
     counts = Counter(j for _, mine in got for j in mine)
-    return {"claims": sum(counts.values()), "seconds": round(seconds, 3),
-            "claims_per_s": round(sum(counts.values()) / seconds, 1),
-            "duplicates": sum(c - 1 for c in counts.values() if c > 1),
-            "per_claimer": sorted(len(mine) for _, mine in got)}
+    return {
+        "claims": sum(counts.values()),
+        "seconds": round(seconds, 3),
+        "claims_per_s": round(sum(counts.values()) / seconds, 1),
+        "duplicates": sum(c - 1 for c in counts.values() if c > 1),
+        "per_claimer": sorted(len(mine) for _, mine in got),
+    }
 
 
 def main() -> None:
@@ -80,23 +83,28 @@ def main() -> None:
     create_database(admin, name)
     try:
         print(f"PostgreSQL: {args.jobs} jobs, {args.claimers} claimers", file=sys.stderr)
-        pg = measure(make_url(base).set(database=name).render_as_string(hide_password=False), args.jobs,
-                     args.claimers)
+        pg = measure(make_url(base).set(database=name).render_as_string(hide_password=False), args.jobs, args.claimers)
         print(f"  {pg}", file=sys.stderr)
     finally:
         drop_database(admin, name)
         if server is not None:
             server.stop()
 
-    print(json.dumps({
-        "sqlite_claims_per_s": sqlite["claims_per_s"],
-        "postgres_claims_per_s": pg["claims_per_s"],
-        "duplicates": sqlite["duplicates"] + pg["duplicates"],
-        "jobs": args.jobs, "claimers": args.claimers,
-        "sqlite": sqlite, "postgres": pg,
-        "target_postgres_claims_per_s": 50,
-        "machine_cpus": os.cpu_count(),
-    }))
+    print(
+        json.dumps(
+            {
+                "sqlite_claims_per_s": sqlite["claims_per_s"],
+                "postgres_claims_per_s": pg["claims_per_s"],
+                "duplicates": sqlite["duplicates"] + pg["duplicates"],
+                "jobs": args.jobs,
+                "claimers": args.claimers,
+                "sqlite": sqlite,
+                "postgres": pg,
+                "target_postgres_claims_per_s": 50,
+                "machine_cpus": os.cpu_count(),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -36,8 +36,15 @@ def build_tree(root: Path, runs: int, per_run: int, hidden: int) -> int:
         space.save(run_dir / "token_space.json")
         for s in range(per_run):
             rows = torch.randn(16, hidden)
-            write_trainable_rows(run_dir / f"checkpoint_{(s + 1) * 100}", space, base_model="bench/base",
-                                 hidden_size=hidden, step=(s + 1) * 100, rows=rows, lm_head_rows=rows * 0.5)
+            write_trainable_rows(
+                run_dir / f"checkpoint_{(s + 1) * 100}",
+                space,
+                base_model="bench/base",
+                hidden_size=hidden,
+                step=(s + 1) * 100,
+                rows=rows,
+                lm_head_rows=rows * 0.5,
+            )
             n += 1
         print(f"built {n} checkpoints", file=sys.stderr, end="\r")
     print(file=sys.stderr)

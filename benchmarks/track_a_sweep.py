@@ -51,33 +51,73 @@ class SweepWorkspace:
     def settings(self, home: str, cache_bytes: int):
         from registry.settings import Settings
 
-        return Settings(home=self.root / home, db_url=f"sqlite:///{self.root / 'registry.db'}",
-                        mlflow_uri=f"sqlite:///{self.root / 'mlflow.db'}", models=self.models,
-                        vision_cache_bytes=cache_bytes)
+        return Settings(
+            home=self.root / home,
+            db_url=f"sqlite:///{self.root / 'registry.db'}",
+            mlflow_uri=f"sqlite:///{self.root / 'mlflow.db'}",
+            models=self.models,
+            vision_cache_bytes=cache_bytes,
+        )
 
 
-def build_workspace(root: Path, *, checkpoints: int, images: int, image_size: int, tower_hidden: int,
-                    tower_layers: int, llm_dir: Path | None = None, llm_hidden: int = 64, n_queries: int = 16,
-                    answer_len: int = 4) -> SweepWorkspace:
+def build_workspace(
+    root: Path,
+    *,
+    checkpoints: int,
+    images: int,
+    image_size: int,
+    tower_hidden: int,
+    tower_layers: int,
+    llm_dir: Path | None = None,
+    llm_hidden: int = 64,
+    n_queries: int = 16,
+    answer_len: int = 4,
+) -> SweepWorkspace:
     """Tower, connector checkpoints, image eval set under ``root``, scanned into a registry there.
     ``llm_dir``: an existing base LLM of width ``llm_hidden`` (default: a tiny one is built)."""
-    from evalboard.fixtures import (TinyBaseSpec, TinyTowerSpec, build_tiny_base, build_tiny_vision_tower,
-                                    make_image_evalset, write_connector_checkpoint)
+    from evalboard.fixtures import (
+        TinyBaseSpec,
+        TinyTowerSpec,
+        build_tiny_base,
+        build_tiny_vision_tower,
+        make_image_evalset,
+        write_connector_checkpoint,
+    )
     from registry.scanner import scan
     from registry.store import Registry
 
     if llm_dir is None:
         llm_dir = build_tiny_base(root / "models" / "llm", TinyBaseSpec())
         llm_hidden = TinyBaseSpec().hidden_size
-    tower_spec = TinyTowerSpec(hidden_size=tower_hidden, num_layers=tower_layers, num_heads=4,
-                               intermediate_size=4 * tower_hidden, image_size=image_size, patch_size=8)
+    tower_spec = TinyTowerSpec(
+        hidden_size=tower_hidden,
+        num_layers=tower_layers,
+        num_heads=4,
+        intermediate_size=4 * tower_hidden,
+        image_size=image_size,
+        patch_size=8,
+    )
     tower = build_tiny_vision_tower(root / "models" / "tower", tower_spec)
     for i in range(checkpoints):
-        write_connector_checkpoint(root / "outputs" / "sweep" / f"checkpoint_{(i + 1) * 100}.pt",
-                                   step=(i + 1) * 100, vision_dim=tower_hidden, llm_dim=llm_hidden,
-                                   n_queries=n_queries, base_llm="bench/llm", vision_tower="bench/tower", seed=i)
-    make_image_evalset(root / "evalsets" / "images", "images", tower="bench/tower", tower_dir=tower,
-                       n=images, image_size=image_size, answer_len=answer_len)
+        write_connector_checkpoint(
+            root / "outputs" / "sweep" / f"checkpoint_{(i + 1) * 100}.pt",
+            step=(i + 1) * 100,
+            vision_dim=tower_hidden,
+            llm_dim=llm_hidden,
+            n_queries=n_queries,
+            base_llm="bench/llm",
+            vision_tower="bench/tower",
+            seed=i,
+        )
+    make_image_evalset(
+        root / "evalsets" / "images",
+        "images",
+        tower="bench/tower",
+        tower_dir=tower,
+        n=images,
+        image_size=image_size,
+        answer_len=answer_len,
+    )
     ws = SweepWorkspace(root, None, [], None, {"bench/llm": str(llm_dir), "bench/tower": str(tower)})
     ws.reg = Registry(settings=ws.settings("home", 0))
     scan(ws.reg, [root / "outputs", root / "evalsets"])
@@ -87,8 +127,9 @@ def build_workspace(root: Path, *, checkpoints: int, images: int, image_size: in
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--checkpoints", type=int, default=8, help="connector checkpoints in the sweep")
     p.add_argument("--images", type=int, default=64, help="examples (one image each) in the eval set")
     p.add_argument("--image-size", type=int, default=96, help="image side in pixels")
@@ -102,9 +143,14 @@ def main(argv: list[str] | None = None) -> dict:
     from evaluator.service import EvalOptions, Evaluator
 
     with tempfile.TemporaryDirectory(prefix="evalboard-trackA-") as tmp:
-        ws = build_workspace(Path(tmp), checkpoints=args.checkpoints, images=args.images,
-                             image_size=args.image_size, tower_hidden=args.tower_hidden,
-                             tower_layers=args.tower_layers)
+        ws = build_workspace(
+            Path(tmp),
+            checkpoints=args.checkpoints,
+            images=args.images,
+            image_size=args.image_size,
+            tower_hidden=args.tower_hidden,
+            tower_layers=args.tower_layers,
+        )
         cks, es, settings, reg = ws.cks, ws.es, ws.settings, ws.reg
         options = EvalOptions(device=args.device, force=True, write_eval_json=False, log_to_mlflow=False)
 

@@ -76,22 +76,28 @@ def differences_only(params: pd.DataFrame, key: str = "run") -> pd.DataFrame:
     """Keep the columns whose values differ between rows (always keeping `key`)."""
     if params.empty:
         return params
-    varying = [c for c in params.columns
-               if c == key or params[c].astype(str).nunique(dropna=False) > 1]
+    varying = [c for c in params.columns if c == key or params[c].astype(str).nunique(dropna=False) > 1]
     return params[varying]
 
 
-def run_parameters(runs: pd.DataFrame, checkpoints: pd.DataFrame,
-                   meta: Mapping[int, Mapping[str, Any]]) -> pd.DataFrame:
+def run_parameters(
+    runs: pd.DataFrame, checkpoints: pd.DataFrame, meta: Mapping[int, Mapping[str, Any]]
+) -> pd.DataFrame:
     """One row per run: its registry fields and the scalar metadata of its latest valid checkpoint."""
     counts = checkpoints.groupby("run_id").agg(n=("checkpoint_id", "size"), lo=("step", "min"), hi=("step", "max"))
     valid = checkpoints[checkpoints["status"] == "valid"].sort_values("step", kind="stable")
     last = valid.groupby("run_id").tail(1).set_index("run_id")
     rows = []
-    for run_id, name, track, base, space in zip(runs["run_id"], runs["run"], runs["track"], runs["base_model"],
-                                                runs["token_space"]):
-        row: dict[str, Any] = {"run": name, "track": track, "base model": base, "token space": space,
-                               "checkpoints": int(counts["n"].get(run_id, 0))}
+    for run_id, name, track, base, space in zip(
+        runs["run_id"], runs["run"], runs["track"], runs["base_model"], runs["token_space"]
+    ):
+        row: dict[str, Any] = {
+            "run": name,
+            "track": track,
+            "base model": base,
+            "token space": space,
+            "checkpoints": int(counts["n"].get(run_id, 0)),
+        }
         if run_id in counts.index and pd.notna(counts.at[run_id, "lo"]):
             row["steps"] = f"{counts.at[run_id, 'lo']}–{counts.at[run_id, 'hi']}"
         if run_id in last.index:
@@ -121,16 +127,21 @@ def compare_examples(a: pd.DataFrame, b: pd.DataFrame) -> tuple[pd.DataFrame, pd
     Returns (examples with loss_a, loss_b, delta = b − a; summary per task with how many got
     better, worse or stayed within 1e-6).
     """
-    joined = a[["task", "example_id", "loss"]].merge(b[["task", "example_id", "loss"]], on=["task", "example_id"],
-                                                     suffixes=("_a", "_b"))
+    joined = a[["task", "example_id", "loss"]].merge(
+        b[["task", "example_id", "loss"]], on=["task", "example_id"], suffixes=("_a", "_b")
+    )
     joined["delta"] = joined["loss_b"] - joined["loss_a"]
     joined = joined.sort_values("delta", kind="stable").reset_index(drop=True)
-    summary = joined.groupby("task").agg(
-        examples=("delta", "size"),
-        better=("delta", lambda s: int((s < -1e-6).sum())),
-        worse=("delta", lambda s: int((s > 1e-6).sum())),
-        mean_delta=("delta", "mean"),
-    ).reset_index()
+    summary = (
+        joined.groupby("task")
+        .agg(
+            examples=("delta", "size"),
+            better=("delta", lambda s: int((s < -1e-6).sum())),
+            worse=("delta", lambda s: int((s > 1e-6).sum())),
+            mean_delta=("delta", "mean"),
+        )
+        .reset_index()
+    )
     return joined, summary
 
 
@@ -150,14 +161,22 @@ def row_stats_tables(stats_by_step: Mapping[int, Mapping[str, Any]]) -> tuple[pd
                 trend.append({"step": step, "range": name, "matrix": matrix, **(s or {})})
         for name, per_matrix in ((stats.get("drift") or {}).get("ranges") or {}).items():
             for matrix, s in (per_matrix or {}).items():
-                drift.append({"step": step, "range": name, "matrix": matrix,
-                              "previous step": (stats.get("drift") or {}).get("previous_step"), **(s or {})})
+                drift.append(
+                    {
+                        "step": step,
+                        "range": name,
+                        "matrix": matrix,
+                        "previous step": (stats.get("drift") or {}).get("previous_step"),
+                        **(s or {}),
+                    }
+                )
     trend_df = pd.DataFrame(trend)
     for c in ("mean", "p5", "p95", "zero_rows", "nonfinite_rows", "unchanged_rows"):
         if c not in trend_df.columns:
             trend_df[c] = np.nan
-    drift_df = pd.DataFrame(drift, columns=None if drift else ["step", "range", "matrix", "mean_cosine",
-                                                               "mean_norm_change"])
+    drift_df = pd.DataFrame(
+        drift, columns=None if drift else ["step", "range", "matrix", "mean_cosine", "mean_norm_change"]
+    )
     return trend_df, drift_df
 
 
@@ -175,10 +194,13 @@ def module_stats_tables(stats_by_step: Mapping[int, Mapping[str, Any]]) -> tuple
         d = stats.get("drift") or {}
         for name, s in (d.get("modules") or {}).items():
             drift.append({"step": step, "module": name, "previous step": d.get("previous_step"), **(s or {})})
-    trend_df = pd.DataFrame(trend, columns=None if trend else ["step", "module", "params", "norm", "rms",
-                                                               "max_abs", "nonfinite"])
-    drift_df = pd.DataFrame(drift, columns=None if drift else ["step", "module", "previous step", "update_norm",
-                                                               "relative_update", "cosine"])
+    trend_df = pd.DataFrame(
+        trend, columns=None if trend else ["step", "module", "params", "norm", "rms", "max_abs", "nonfinite"]
+    )
+    drift_df = pd.DataFrame(
+        drift,
+        columns=None if drift else ["step", "module", "previous step", "update_norm", "relative_update", "cosine"],
+    )
     return trend_df, drift_df
 
 
@@ -193,8 +215,9 @@ def flagged_rows(trend: pd.DataFrame) -> pd.DataFrame:
     cols = ["step", "range", "matrix", "count", "zero_rows", "nonfinite_rows", "unchanged_rows"]
     if trend.empty:
         return pd.DataFrame(columns=cols)
-    bad = ((trend["zero_rows"].fillna(0) > 0) | (trend["nonfinite_rows"].fillna(0) > 0)) \
-        & (trend["range"] != BASE_RANGE)
+    bad = ((trend["zero_rows"].fillna(0) > 0) | (trend["nonfinite_rows"].fillna(0) > 0)) & (
+        trend["range"] != BASE_RANGE
+    )
     return trend.loc[bad, cols]
 
 

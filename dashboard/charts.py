@@ -27,8 +27,12 @@ __all__ = [
     "esc",
 ]
 
-_LAYOUT = dict(margin=dict(l=50, r=10, t=40, b=20), height=420, hovermode="closest",
-               legend=dict(font=dict(size=10), orientation="h", yanchor="top", y=-0.18))
+_LAYOUT = dict(
+    margin=dict(l=50, r=10, t=40, b=20),
+    height=420,
+    hovermode="closest",
+    legend=dict(font=dict(size=10), orientation="h", yanchor="top", y=-0.18),
+)
 _MAX_LEGEND = 30  # past this many runs a legend is noise: hover names the run instead
 
 
@@ -43,8 +47,9 @@ def _figure(traces: list[dict], **layout: Any) -> go.Figure:
     return go.Figure(data=traces, layout={**_LAYOUT, **layout}, _validate=False)
 
 
-def loss_curves(df: pd.DataFrame, task: str, *, x: str = "step", x_title: str | None = None,
-                mark_best: bool = True) -> go.Figure:
+def loss_curves(
+    df: pd.DataFrame, task: str, *, x: str = "step", x_title: str | None = None, mark_best: bool = True
+) -> go.Figure:
     """Loss vs `x` for one task, one line per run, each run's best checkpoint marked.
 
     `df` columns: run, `x`, loss, step, evalset (rows of other tasks are ignored).
@@ -69,11 +74,18 @@ def loss_curves(df: pd.DataFrame, task: str, *, x: str = "step", x_title: str | 
             # Hover carries numbers only (the step as customdata); a per-point string list would
             # triple the payload and the serialisation time with hundreds of runs.
             where = esc(evalsets[lo]) if single_evalset else "%{text}"
-            trace = dict(type="scattergl", mode="lines+markers", name=name, x=xs[lo:hi].tolist(),
-                         y=ys[lo:hi].tolist(), customdata=steps[lo:hi].tolist(), marker=dict(size=4),
-                         line=dict(width=1.5), showlegend=show_legend,
-                         hovertemplate=f"<b>{name}</b><br>step %{{customdata}} · {where}<br>"
-                                       "loss %{y:.4f}<extra></extra>")
+            trace = dict(
+                type="scattergl",
+                mode="lines+markers",
+                name=name,
+                x=xs[lo:hi].tolist(),
+                y=ys[lo:hi].tolist(),
+                customdata=steps[lo:hi].tolist(),
+                marker=dict(size=4),
+                line=dict(width=1.5),
+                showlegend=show_legend,
+                hovertemplate=f"<b>{name}</b><br>step %{{customdata}} · {where}<br>loss %{{y:.4f}}<extra></extra>",
+            )
             if not single_evalset:
                 trace["text"] = [esc(e) for e in evalsets[lo:hi]]
             traces.append(trace)
@@ -83,30 +95,56 @@ def loss_curves(df: pd.DataFrame, task: str, *, x: str = "step", x_title: str | 
                 best_y.append(ys[j])
                 best_text.append(f"{name}<br>best: step {steps[j]:.0f}")
         if mark_best and best_x:
-            traces.append(dict(type="scattergl", mode="markers", name="best checkpoint", x=best_x, y=best_y,
-                               text=best_text, marker=dict(symbol="star", size=11, color="black"),
-                               hovertemplate="%{text}<br>loss %{y:.4f}<extra></extra>"))
-    return _figure(traces, title=dict(text=f"loss ({esc(task)})"),
-                   xaxis=dict(title=dict(text=x_title or x.replace("_", " "))), yaxis=dict(title=dict(text="loss")))
+            traces.append(
+                dict(
+                    type="scattergl",
+                    mode="markers",
+                    name="best checkpoint",
+                    x=best_x,
+                    y=best_y,
+                    text=best_text,
+                    marker=dict(symbol="star", size=11, color="black"),
+                    hovertemplate="%{text}<br>loss %{y:.4f}<extra></extra>",
+                )
+            )
+    return _figure(
+        traces,
+        title=dict(text=f"loss ({esc(task)})"),
+        xaxis=dict(title=dict(text=x_title or x.replace("_", " "))),
+        yaxis=dict(title=dict(text="loss")),
+    )
 
 
 def loss_distribution(per_example: pd.DataFrame) -> go.Figure:
     """Per-example loss distribution, one box per task. Columns: task, loss, example_id."""
     traces = []
     for task, g in per_example.groupby("task", sort=True):
-        traces.append(dict(type="box", name=esc(task), y=g["loss"].astype(float).tolist(),
-                           text=[esc(e) for e in g["example_id"]], boxpoints="outliers",
-                           hovertemplate="%{text}<br>loss %{y:.4f}<extra></extra>"))
+        traces.append(
+            dict(
+                type="box",
+                name=esc(task),
+                y=g["loss"].astype(float).tolist(),
+                text=[esc(e) for e in g["example_id"]],
+                boxpoints="outliers",
+                hovertemplate="%{text}<br>loss %{y:.4f}<extra></extra>",
+            )
+        )
     return _figure(traces, title=dict(text="per-example loss"), yaxis=dict(title=dict(text="loss")), showlegend=False)
 
 
 def example_deltas(diff: pd.DataFrame, label_a: str, label_b: str) -> go.Figure:
     """Histogram of per-example loss change (B − A) per task; left of zero means B is better."""
-    traces = [dict(type="histogram", name=esc(task), x=g["delta"].astype(float).tolist(), opacity=0.7, nbinsx=40)
-              for task, g in diff.groupby("task", sort=True)]
-    fig = _figure(traces, title=dict(text=f"loss change {esc(label_b)} − {esc(label_a)} per example"),
-                  barmode="overlay", xaxis=dict(title=dict(text="Δ loss (negative = better)")),
-                  yaxis=dict(title=dict(text="examples")))
+    traces = [
+        dict(type="histogram", name=esc(task), x=g["delta"].astype(float).tolist(), opacity=0.7, nbinsx=40)
+        for task, g in diff.groupby("task", sort=True)
+    ]
+    fig = _figure(
+        traces,
+        title=dict(text=f"loss change {esc(label_b)} − {esc(label_a)} per example"),
+        barmode="overlay",
+        xaxis=dict(title=dict(text="Δ loss (negative = better)")),
+        yaxis=dict(title=dict(text="examples")),
+    )
     fig.add_vline(x=0, line_dash="dash", line_color="grey")
     return fig
 
@@ -121,13 +159,35 @@ def row_norm_trend(trend: pd.DataFrame, matrix: str) -> go.Figure:
     for name, g in d.groupby("range", sort=True):
         steps = g["step"].astype(float).tolist()
         label = esc(name)
-        traces.append(dict(type="scatter", x=steps + steps[::-1], y=g["p95"].tolist() + g["p5"].tolist()[::-1],
-                           fill="toself", opacity=0.2, line=dict(width=0), hoverinfo="skip", showlegend=False,
-                           name=f"{label} p5–p95"))
-        traces.append(dict(type="scatter", mode="lines+markers", name=label, x=steps, y=g["mean"].tolist(),
-                           hovertemplate=f"{label}<br>step %{{x}}<br>mean norm %{{y:.4f}}<extra></extra>"))
-    return _figure(traces, title=dict(text=f"{esc(matrix)} row norms"), xaxis=dict(title=dict(text="step")),
-                   yaxis=dict(title=dict(text="L2 norm")))
+        traces.append(
+            dict(
+                type="scatter",
+                x=steps + steps[::-1],
+                y=g["p95"].tolist() + g["p5"].tolist()[::-1],
+                fill="toself",
+                opacity=0.2,
+                line=dict(width=0),
+                hoverinfo="skip",
+                showlegend=False,
+                name=f"{label} p5–p95",
+            )
+        )
+        traces.append(
+            dict(
+                type="scatter",
+                mode="lines+markers",
+                name=label,
+                x=steps,
+                y=g["mean"].tolist(),
+                hovertemplate=f"{label}<br>step %{{x}}<br>mean norm %{{y:.4f}}<extra></extra>",
+            )
+        )
+    return _figure(
+        traces,
+        title=dict(text=f"{esc(matrix)} row norms"),
+        xaxis=dict(title=dict(text="step")),
+        yaxis=dict(title=dict(text="L2 norm")),
+    )
 
 
 def norm_histograms(edges: Sequence[float], counts: Mapping[str, Sequence[float]], matrix: str) -> go.Figure:
@@ -143,11 +203,22 @@ def norm_histograms(edges: Sequence[float], counts: Mapping[str, Sequence[float]
         c = np.asarray(counts[key], dtype=float)
         total = c.sum() or 1.0
         is_base = name == "base_text"
-        traces.append(dict(type="scatter", mode="lines", line=dict(shape="hvh", dash="dot" if is_base else "solid",
-                                                                    color="grey" if is_base else None),
-                           name=esc("base text rows" if is_base else name), x=centers, y=(c / total).tolist()))
-    return _figure(traces, title=dict(text=f"{esc(matrix)} row-norm histogram"), xaxis=dict(title=dict(text="L2 norm")),
-                   yaxis=dict(title=dict(text="fraction of rows")))
+        traces.append(
+            dict(
+                type="scatter",
+                mode="lines",
+                line=dict(shape="hvh", dash="dot" if is_base else "solid", color="grey" if is_base else None),
+                name=esc("base text rows" if is_base else name),
+                x=centers,
+                y=(c / total).tolist(),
+            )
+        )
+    return _figure(
+        traces,
+        title=dict(text=f"{esc(matrix)} row-norm histogram"),
+        xaxis=dict(title=dict(text="L2 norm")),
+        yaxis=dict(title=dict(text="fraction of rows")),
+    )
 
 
 def drift_trend(drift: pd.DataFrame) -> go.Figure:
@@ -158,12 +229,24 @@ def drift_trend(drift: pd.DataFrame) -> go.Figure:
     traces = []
     for (name, matrix), g in drift.sort_values("step").groupby(["range", "matrix"], sort=True):
         label = esc(f"{name}/{matrix}")
-        traces.append(dict(type="scatter", mode="lines+markers", name=label, x=g["step"].tolist(),
-                           y=g["mean_cosine"].tolist(), customdata=g["mean_norm_change"].tolist(),
-                           hovertemplate=f"{label}<br>step %{{x}}<br>cosine %{{y:.4f}}<br>"
-                                         "norm change %{customdata:.4f}<extra></extra>"))
-    return _figure(traces, title=dict(text="drift from the previous checkpoint"), xaxis=dict(title=dict(text="step")),
-                   yaxis=dict(title=dict(text="mean cosine to previous")))
+        traces.append(
+            dict(
+                type="scatter",
+                mode="lines+markers",
+                name=label,
+                x=g["step"].tolist(),
+                y=g["mean_cosine"].tolist(),
+                customdata=g["mean_norm_change"].tolist(),
+                hovertemplate=f"{label}<br>step %{{x}}<br>cosine %{{y:.4f}}<br>"
+                "norm change %{customdata:.4f}<extra></extra>",
+            )
+        )
+    return _figure(
+        traces,
+        title=dict(text="drift from the previous checkpoint"),
+        xaxis=dict(title=dict(text="step")),
+        yaxis=dict(title=dict(text="mean cosine to previous")),
+    )
 
 
 def module_trend(trend: pd.DataFrame, value: str, title: str) -> go.Figure:
@@ -173,8 +256,19 @@ def module_trend(trend: pd.DataFrame, value: str, title: str) -> go.Figure:
     traces = []
     for name, g in trend.dropna(subset=[value]).sort_values("step").groupby("module", sort=True):
         label = esc(name)
-        traces.append(dict(type="scatter", mode="lines+markers", name=label, x=g["step"].tolist(),
-                           y=g[value].tolist(), hovertemplate=f"{label}<br>step %{{x}}<br>{esc(value)} "
-                                                              "%{y:.4g}<extra></extra>"))
-    return _figure(traces, title=dict(text=esc(title)), xaxis=dict(title=dict(text="step")),
-                   yaxis=dict(title=dict(text=esc(value))))
+        traces.append(
+            dict(
+                type="scatter",
+                mode="lines+markers",
+                name=label,
+                x=g["step"].tolist(),
+                y=g[value].tolist(),
+                hovertemplate=f"{label}<br>step %{{x}}<br>{esc(value)} %{{y:.4g}}<extra></extra>",
+            )
+        )
+    return _figure(
+        traces,
+        title=dict(text=esc(title)),
+        xaxis=dict(title=dict(text="step")),
+        yaxis=dict(title=dict(text=esc(value))),
+    )

@@ -2,13 +2,13 @@
 can be tested (and benchmarked) without a running app; pages add the caching.
 
 Pages never query MLflow while rendering: the registry's `eval_results` table is the source of
-truth for numbers, MLflow is only linked to. Loading is done with SQLAlchemy core selects of the
-needed columns (not entity lists) because the Compare page may read tens of thousands of rows.
+truth for numbers, MLflow is only linked to. Loading reads only the
+needed columns (the store's `*_table` methods, plain tuples rather than entity lists) because the
+Compare page may read tens of thousands of rows.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -17,10 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import func, select, update
 
-from registry import models as M
-from registry.engine import SQLITE_WRITE_OPTION
 from registry.settings import Settings
 from registry.store import Registry
 
@@ -63,20 +60,10 @@ def open_registry(settings: Settings | None = None) -> Registry:
     return Registry(settings=settings or Settings.from_env())
 
 
-def _read(reg: Registry):
-    """A read-only connection: on SQLite it must not take the write lock (workers write)."""
-    return reg.engine.execution_options(**{SQLITE_WRITE_OPTION: False}).connect()
-
-
 def _utc(value: Any) -> Any:
     if isinstance(value, datetime) and value.tzinfo is None:
         return value.replace(tzinfo=timezone.utc)
     return value
-
-
-def _json(value: Any) -> Any:
-    """JSON columns come back decoded from SQLAlchemy, but raw text through some drivers."""
-    return json.loads(value) if isinstance(value, str) else (value or {})
 
 
 # -- change detection --------------------------------------------------------------------------
@@ -86,24 +73,12 @@ def data_version(reg: Registry) -> tuple:
     """A cheap fingerprint of everything the pages read: it changes when results, checkpoints,
     runs, eval sets or row stats are added or updated. Pages pass it to their cached loaders so a
     new result shows up on the next rerun without waiting for a TTL."""
-    parts = [
-        select(func.count(), func.max(M.EvalResult.id)).select_from(M.EvalResult),
-        select(func.count(), func.max(M.Checkpoint.updated_at)).select_from(M.Checkpoint),
-        select(func.count(), func.max(M.Run.updated_at)).select_from(M.Run),
-        select(func.count(), func.max(M.EvalSet.id)).select_from(M.EvalSet),
-        select(func.count(), func.max(M.RowStats.created_at)).select_from(M.RowStats),
-        select(func.count(), func.max(M.TokenSpace.id)).select_from(M.TokenSpace),
-    ]
-    with _read(reg) as conn:
-        return tuple(tuple(str(v) for v in conn.execute(q).one()) for q in parts)
+    return reg.data_fingerprint()
 
 
 def jobs_version(reg: Registry) -> tuple:
     """Jobs change status in place, so their fingerprint includes the latest transition."""
-    q = select(func.count(), func.max(M.EvalJob.id), func.max(M.EvalJob.enqueued_at),
-               func.max(M.EvalJob.started_at), func.max(M.EvalJob.finished_at), func.sum(M.EvalJob.attempts))
-    with _read(reg) as conn:
-        return tuple(str(v) for v in conn.execute(q.select_from(M.EvalJob)).one())
+    return reg.jobs_fingerprint()
 
 
 # -- catalogue ---------------------------------------------------------------------------------
@@ -111,14 +86,34 @@ def jobs_version(reg: Registry) -> tuple:
 
 def load_runs(reg: Registry) -> pd.DataFrame:
     """One row per run, with its token space's short hash."""
-    cols = ["run_id", "run", "track", "base_model", "token_space", "token_space_id", "path", "created_at",
-            "updated_at", "training_run"]
+    cols = [
+        "run_id",
+        "run",
+        "track",
+        "base_model",
+        "token_space",
+        "token_space_id",
+        "path",
+        "created_at",
+        "updated_at",
+        "training_run",
+    ]
     spaces = {t.id: t.abi_hash[:12] for t in reg.list_token_spaces()}
-    rows = [{"run_id": r.id, "run": r.name, "track": r.track, "base_model": r.base_model,
-             "token_space": spaces.get(r.token_space_id), "token_space_id": r.token_space_id, "path": r.path,
-             "created_at": r.created_at, "updated_at": r.updated_at,
-             "training_run": training_run_link(r.training_mlflow_run_id, r.training_mlflow_experiment_id)}
-            for r in reg.list_runs()]
+    rows = [
+        {
+            "run_id": r.id,
+            "run": r.name,
+            "track": r.track,
+            "base_model": r.base_model,
+            "token_space": spaces.get(r.token_space_id),
+            "token_space_id": r.token_space_id,
+            "path": r.path,
+            "created_at": r.created_at,
+            "updated_at": r.updated_at,
+            "training_run": training_run_link(r.training_mlflow_run_id, r.training_mlflow_experiment_id),
+        }
+        for r in reg.list_runs()
+    ]
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -131,17 +126,23 @@ def training_run_link(run_id: str | None, experiment_id: str | None, base: str |
 
 
 def load_checkpoints(reg: Registry, run_ids: Iterable[int] | None = None) -> pd.DataFrame:
-    cols = ["checkpoint_id", "run_id", "step", "track", "status", "reason", "path", "content_hash",
-            "base_model", "token_space_id", "row_start", "row_end", "registered_at", "size_bytes"]
-    q = select(M.Checkpoint.id, M.Checkpoint.run_id, M.Checkpoint.step, M.Checkpoint.track, M.Checkpoint.status,
-               M.Checkpoint.reason, M.Checkpoint.path, M.Checkpoint.content_hash, M.Checkpoint.base_model,
-               M.Checkpoint.token_space_id, M.Checkpoint.row_start, M.Checkpoint.row_end,
-               M.Checkpoint.registered_at, M.Checkpoint.files).order_by(M.Checkpoint.run_id, M.Checkpoint.step)
-    if run_ids is not None:
-        q = q.where(M.Checkpoint.run_id.in_(list(run_ids)))
-    with _read(reg) as conn:
-        rows = [(*r[:-2], _utc(r[-2]), sum(int(f.get("size") or 0) for f in _json(r[-1]) or []))
-                for r in conn.execute(q)]
+    cols = [
+        "checkpoint_id",
+        "run_id",
+        "step",
+        "track",
+        "status",
+        "reason",
+        "path",
+        "content_hash",
+        "base_model",
+        "token_space_id",
+        "row_start",
+        "row_end",
+        "registered_at",
+        "size_bytes",
+    ]
+    rows = reg.checkpoint_table(run_ids=run_ids)
     df = pd.DataFrame(rows, columns=cols)
     df["step"] = df["step"].astype("Int64")
     return df
@@ -149,10 +150,21 @@ def load_checkpoints(reg: Registry, run_ids: Iterable[int] | None = None) -> pd.
 
 def load_evalsets(reg: Registry) -> pd.DataFrame:
     cols = ["evalset_id", "evalset", "n_examples", "tasks", "content_hash", "token_space_hash", "path"]
-    return pd.DataFrame([{"evalset_id": e.id, "evalset": e.name, "n_examples": e.n_examples,
-                          "tasks": ", ".join(sorted(e.tasks)), "content_hash": e.content_hash,
-                          "token_space_hash": e.token_space_hash, "path": e.path}
-                         for e in reg.list_evalsets()], columns=cols)
+    return pd.DataFrame(
+        [
+            {
+                "evalset_id": e.id,
+                "evalset": e.name,
+                "n_examples": e.n_examples,
+                "tasks": ", ".join(sorted(e.tasks)),
+                "content_hash": e.content_hash,
+                "token_space_hash": e.token_space_hash,
+                "path": e.path,
+            }
+            for e in reg.list_evalsets()
+        ],
+        columns=cols,
+    )
 
 
 def evalset_label(evalset_id: Any, names: dict[int, str], extra_name: Any = None) -> str:
@@ -163,9 +175,25 @@ def evalset_label(evalset_id: Any, names: dict[int, str], extra_name: Any = None
 
 # -- results -----------------------------------------------------------------------------------
 
-RESULT_COLUMNS = ["result_id", "run_id", "run", "checkpoint_id", "step", "tokens_seen", "evalset_id", "evalset",
-                  "task", "loss", "tokens", "examples", "source", "subset", "mlflow_run_id", "created_at",
-                  "per_example_path"]
+RESULT_COLUMNS = [
+    "result_id",
+    "run_id",
+    "run",
+    "checkpoint_id",
+    "step",
+    "tokens_seen",
+    "evalset_id",
+    "evalset",
+    "task",
+    "loss",
+    "tokens",
+    "examples",
+    "source",
+    "subset",
+    "mlflow_run_id",
+    "created_at",
+    "per_example_path",
+]
 
 
 def load_results(reg: Registry, run_ids: Iterable[int] | None = None) -> pd.DataFrame:
@@ -176,38 +204,32 @@ def load_results(reg: Registry, run_ids: Iterable[int] | None = None) -> pd.Data
     """
     names = {e.id: e.name for e in reg.list_evalsets()}
     runs = {r.id: r.name for r in reg.list_runs()}
-    q = select(M.EvalResult.id, M.EvalResult.run_id, M.EvalResult.checkpoint_id, M.EvalResult.step,
-               M.EvalResult.evalset_id, M.EvalResult.source, M.EvalResult.metrics, M.EvalResult.extra,
-               M.EvalResult.mlflow_run_id, M.EvalResult.created_at).order_by(M.EvalResult.id)
-    if run_ids is not None:
-        q = q.where(M.EvalResult.run_id.in_(list(run_ids)))
     out: dict[str, list] = {c: [] for c in RESULT_COLUMNS}
-    with _read(reg) as conn:
-        for rid, run_id, ck_id, step, es_id, source, metrics, extra, ml_run, created in conn.execute(q):
-            metrics, extra = _json(metrics), _json(extra)
-            label = evalset_label(es_id, names, extra.get("evalset_name"))
-            tokens_seen = extra.get("tokens_seen")
-            subset = bool(extra.get("max_examples"))
-            for task, m in metrics.items():
-                if not isinstance(m, dict) or m.get("loss") is None:
-                    continue
-                out["result_id"].append(rid)
-                out["run_id"].append(run_id)
-                out["run"].append(runs.get(run_id, f"run {run_id}"))
-                out["checkpoint_id"].append(ck_id)
-                out["step"].append(step)
-                out["tokens_seen"].append(tokens_seen)
-                out["evalset_id"].append(es_id)
-                out["evalset"].append(label)
-                out["task"].append(str(task))
-                out["loss"].append(float(m["loss"]))
-                out["tokens"].append(m.get("tokens"))
-                out["examples"].append(m.get("examples"))
-                out["source"].append(source)
-                out["subset"].append(subset)
-                out["mlflow_run_id"].append(ml_run)
-                out["created_at"].append(_utc(created))
-                out["per_example_path"].append(extra.get("per_example_path"))
+    rows = reg.result_table(run_ids=run_ids)
+    for rid, run_id, ck_id, step, es_id, source, metrics, extra, ml_run, created in rows:
+        label = evalset_label(es_id, names, extra.get("evalset_name"))
+        tokens_seen = extra.get("tokens_seen")
+        subset = bool(extra.get("max_examples"))
+        for task, m in metrics.items():
+            if not isinstance(m, dict) or m.get("loss") is None:
+                continue
+            out["result_id"].append(rid)
+            out["run_id"].append(run_id)
+            out["run"].append(runs.get(run_id, f"run {run_id}"))
+            out["checkpoint_id"].append(ck_id)
+            out["step"].append(step)
+            out["tokens_seen"].append(tokens_seen)
+            out["evalset_id"].append(es_id)
+            out["evalset"].append(label)
+            out["task"].append(str(task))
+            out["loss"].append(float(m["loss"]))
+            out["tokens"].append(m.get("tokens"))
+            out["examples"].append(m.get("examples"))
+            out["source"].append(source)
+            out["subset"].append(subset)
+            out["mlflow_run_id"].append(ml_run)
+            out["created_at"].append(created)
+            out["per_example_path"].append(extra.get("per_example_path"))
     df = pd.DataFrame(out, columns=RESULT_COLUMNS)
     for c in ("run_id", "checkpoint_id", "step", "evalset_id", "tokens", "examples"):
         df[c] = pd.to_numeric(df[c], errors="coerce").astype("Int64")
@@ -247,8 +269,9 @@ def runs_overview(runs: pd.DataFrame, checkpoints: pd.DataFrame, results: pd.Dat
         best = res.groupby(["run_id", "task"])["loss"].min().unstack()
         last.columns = [f"latest {t}" for t in last.columns]
         best.columns = [f"best {t}" for t in best.columns]
-        evaluated = res.groupby("run_id").agg(last_evaluated=("created_at", "max"),
-                                              evaluated=("checkpoint_id", "nunique"))
+        evaluated = res.groupby("run_id").agg(
+            last_evaluated=("created_at", "max"), evaluated=("checkpoint_id", "nunique")
+        )
         for part in (evaluated, _task_ordered(last), _task_ordered(best)):
             table = table.merge(part, left_on="run_id", right_index=True, how="left")
     else:
@@ -272,12 +295,7 @@ def task_order(tasks: Iterable[str]) -> list[str]:
 
 def load_row_stats(reg: Registry, checkpoint_ids: Iterable[int]) -> dict[int, dict[str, Any]]:
     """{checkpoint_id: stats} for those that have row statistics."""
-    ids = list(checkpoint_ids)
-    if not ids:
-        return {}
-    q = select(M.RowStats.checkpoint_id, M.RowStats.stats).where(M.RowStats.checkpoint_id.in_(ids))
-    with _read(reg) as conn:
-        return {ck: _json(stats) for ck, stats in conn.execute(q)}
+    return reg.row_stats_of(checkpoint_ids=checkpoint_ids)
 
 
 def load_per_example(path: str | None) -> pd.DataFrame | None:
@@ -292,8 +310,7 @@ def load_per_example(path: str | None) -> pd.DataFrame | None:
     return df
 
 
-def mlflow_links(mlflow_run_id: str | None, extra: dict[str, Any] | None,
-                 base: str | None = None) -> dict[str, str]:
+def mlflow_links(mlflow_run_id: str | None, extra: dict[str, Any] | None, base: str | None = None) -> dict[str, str]:
     """Links into the MLflow UI (base from `EVALBOARD_MLFLOW_UI`); only ids go into the URL."""
     base = (base or os.environ.get("EVALBOARD_MLFLOW_UI") or DEFAULT_MLFLOW_UI).rstrip("/")
     extra = extra or {}
@@ -307,96 +324,63 @@ def mlflow_links(mlflow_run_id: str | None, extra: dict[str, Any] | None,
 
 
 def result_extra(reg: Registry, result_id: int) -> dict[str, Any]:
-    with _read(reg) as conn:
-        return _json(conn.execute(select(M.EvalResult.extra).where(M.EvalResult.id == result_id)).scalar())
+    return reg.result_extra(id=result_id)
 
 
 # -- jobs --------------------------------------------------------------------------------------
 
-JOB_COLUMNS = ["job_id", "status", "run", "step", "evalset", "worker", "attempts", "max_attempts", "enqueued_at",
-               "started_at", "finished_at", "duration_s", "last_error", "mlflow_run_id", "checkpoint_id",
-               "evalset_id"]
+JOB_COLUMNS = [
+    "job_id",
+    "status",
+    "run",
+    "step",
+    "evalset",
+    "worker",
+    "attempts",
+    "max_attempts",
+    "enqueued_at",
+    "started_at",
+    "finished_at",
+    "duration_s",
+    "last_error",
+    "mlflow_run_id",
+    "checkpoint_id",
+    "evalset_id",
+]
 
 
 def load_jobs(reg: Registry) -> pd.DataFrame:
-    q = (select(M.EvalJob.id, M.EvalJob.status, M.Run.name, M.Checkpoint.step, M.EvalSet.name, M.EvalJob.worker_id,
-                M.EvalJob.attempts, M.EvalJob.max_attempts, M.EvalJob.enqueued_at, M.EvalJob.started_at,
-                M.EvalJob.finished_at, M.EvalJob.duration_s, M.EvalJob.last_error, M.EvalJob.mlflow_run_id,
-                M.EvalJob.checkpoint_id, M.EvalJob.evalset_id)
-         .join(M.Checkpoint, M.Checkpoint.id == M.EvalJob.checkpoint_id, isouter=True)
-         .join(M.Run, M.Run.id == M.Checkpoint.run_id, isouter=True)
-         .join(M.EvalSet, M.EvalSet.id == M.EvalJob.evalset_id, isouter=True)
-         .order_by(M.EvalJob.id.desc()))
-    with _read(reg) as conn:
-        rows = [tuple(_utc(v) for v in r) for r in conn.execute(q)]
+    rows = reg.job_table()
     df = pd.DataFrame(rows, columns=JOB_COLUMNS)
     df["step"] = df["step"].astype("Int64")
     return df
 
 
-def _queue_module():
-    """`registry.queue` once it exists: its verbs own the job state machine."""
-    try:
-        from registry import queue
-    except ImportError:
-        return None
-    return queue
-
-
 def cancel_jobs(reg: Registry, job_ids: Iterable[int]) -> int:
-    """Cancel queued jobs (a running job belongs to its worker). Returns how many changed."""
-    ids = [int(i) for i in job_ids]
-    queue = _queue_module()
-    if queue is not None and hasattr(queue, "cancel"):
-        return sum(bool(queue.cancel(reg, job_id=i)) for i in ids)
-    stmt = (update(M.EvalJob).where(M.EvalJob.id.in_(ids), M.EvalJob.status == "queued")
-            .values(status="cancelled", finished_at=datetime.now(timezone.utc)))
-    return _execute_update(reg, stmt)
+    """Cancel queued jobs (a running job belongs to its worker). Returns how many changed.
+    The queue's own verb bumps each job's fencing token, so a worker that held one cannot publish it."""
+    from registry import queue
+
+    return sum(bool(queue.cancel(reg, job_id=int(i))) for i in job_ids)
 
 
 def retry_jobs(reg: Registry, job_ids: Iterable[int]) -> int:
     """Put failed or cancelled jobs back in the queue with their attempts reset."""
-    ids = [int(i) for i in job_ids]
-    queue = _queue_module()
-    if queue is not None and hasattr(queue, "retry"):
-        return sum(bool(queue.retry(reg, job_id=i)) for i in ids)
-    stmt = (update(M.EvalJob).where(M.EvalJob.id.in_(ids), M.EvalJob.status.in_(("failed", "cancelled")))
-            .values(status="queued", attempts=0, worker_id=None, lease_expires_at=None, started_at=None,
-                    finished_at=None, duration_s=None, enqueued_at=datetime.now(timezone.utc)))
-    return _execute_update(reg, stmt)
+    from registry import queue
 
-
-def _execute_update(reg: Registry, stmt) -> int:
-    with reg.engine.begin() as conn:
-        return conn.execute(stmt).rowcount or 0
+    return sum(bool(queue.retry(reg, job_id=int(i))) for i in job_ids)
 
 
 def unevaluated_checkpoints(reg: Registry, run_id: int, evalset_id: int) -> list[int]:
     """Valid checkpoints of the run with no result and no live job on this eval set."""
-    done = select(M.EvalResult.checkpoint_id).where(M.EvalResult.evalset_id == evalset_id,
-                                                    M.EvalResult.checkpoint_id.is_not(None))
-    pending = select(M.EvalJob.checkpoint_id).where(M.EvalJob.evalset_id == evalset_id,
-                                                    M.EvalJob.status.in_(("queued", "running", "done")))
-    q = (select(M.Checkpoint.id).where(M.Checkpoint.run_id == run_id, M.Checkpoint.status == "valid",
-                                       M.Checkpoint.id.not_in(done), M.Checkpoint.id.not_in(pending))
-         .order_by(M.Checkpoint.step))
-    with _read(reg) as conn:
-        return [r for (r,) in conn.execute(q)]
+    return reg.unevaluated_checkpoint_ids(run_id=run_id, evalset_id=evalset_id)
 
 
 def enqueueable_runs(reg: Registry, runs: pd.DataFrame, evalset) -> dict[int, int]:
     """run id -> how many of its valid checkpoints are neither evaluated nor queued on `evalset`,
     for runs whose token space matches the eval set's (or is unknown); others count 0 since the
     audit would refuse them. One query, for choosing a sensible default run."""
-    done = select(M.EvalResult.checkpoint_id).where(M.EvalResult.evalset_id == evalset.id,
-                                                    M.EvalResult.checkpoint_id.is_not(None))
-    pending = select(M.EvalJob.checkpoint_id).where(M.EvalJob.evalset_id == evalset.id,
-                                                    M.EvalJob.status.in_(("queued", "running", "done")))
-    q = (select(M.Checkpoint.run_id, func.count())
-         .where(M.Checkpoint.status == "valid", M.Checkpoint.id.not_in(done), M.Checkpoint.id.not_in(pending))
-         .group_by(M.Checkpoint.run_id))
-    with _read(reg) as conn:
-        counts = {int(r): int(n) for r, n in conn.execute(q)}
+    counts = reg.unevaluated_counts(evalset_id=evalset.id)
     hashes = {t.id: t.abi_hash for t in reg.list_token_spaces()}
     for run_id, space_id in zip(runs["run_id"], runs["token_space_id"]):
         space = hashes.get(int(space_id)) if pd.notna(space_id) else None
@@ -416,8 +400,9 @@ def live_workers(reg: Registry) -> list[LiveWorker]:
     from registry import queue
 
     now = queue.db_now(reg)
-    return [LiveWorker(w.worker_id, max(0.0, (now - _utc(w.last_seen)).total_seconds()))
-            for w in queue.live_workers(reg)]
+    return [
+        LiveWorker(w.worker_id, max(0.0, (now - _utc(w.last_seen)).total_seconds())) for w in queue.live_workers(reg)
+    ]
 
 
 def start_local_worker(settings: Settings) -> dict[str, Any]:
@@ -432,16 +417,17 @@ def start_local_worker(settings: Settings) -> dict[str, Any]:
     log.parent.mkdir(parents=True, exist_ok=True)
     cwd = str(settings.workspace.root) if settings.workspace else None
     with open(log, "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "evalboard.cli", "worker", "--once"], stdout=out,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=cwd, env=os.environ.copy(),
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "evalboard.cli", "worker", "--once"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=cwd,
+            env=os.environ.copy(),
+            start_new_session=True,
+        )
     return {"pid": proc.pid, "log": str(log)}
 
 
 def load_checkpoint_meta(reg: Registry, checkpoint_ids: Iterable[int]) -> dict[int, dict[str, Any]]:
-    ids = [int(i) for i in checkpoint_ids]
-    if not ids:
-        return {}
-    q = select(M.Checkpoint.id, M.Checkpoint.meta).where(M.Checkpoint.id.in_(ids))
-    with _read(reg) as conn:
-        return {ck: _json(meta) for ck, meta in conn.execute(q)}
+    return reg.checkpoint_meta(checkpoint_ids=checkpoint_ids)

@@ -58,15 +58,24 @@ def collect(reg: Registry, run_names: list[str], evalset: str | None = None) -> 
     if evalset is not None:
         labels = sorted(results["evalset"].unique())
         if evalset not in labels:
-            raise InvalidInput(f"eval set {evalset!r} has no results for these runs; with results: "
-                               f"{', '.join(labels) or 'none'}")
+            raise InvalidInput(
+                f"eval set {evalset!r} has no results for these runs; with results: {', '.join(labels) or 'none'}"
+            )
         results = results[results["evalset"] == evalset]
     checkpoints = data.load_checkpoints(reg, run_ids=ids)
     table = data.runs_overview(chosen, checkpoints, results)
-    findings = pd.DataFrame([f.to_dict() for f in audit(reg) if f.run in set(run_names)],
-                            columns=["severity", "code", "message", "run", "checkpoint", "evalset", "detail"])
-    return Report(runs=list(run_names), evalset=evalset, results=results, runs_table=table,
-                  best=analysis.best_checkpoints(results), findings=findings.drop(columns="detail"))
+    findings = pd.DataFrame(
+        [f.to_dict() for f in audit(reg) if f.run in set(run_names)],
+        columns=["severity", "code", "message", "run", "checkpoint", "evalset", "detail"],
+    )
+    return Report(
+        runs=list(run_names),
+        evalset=evalset,
+        results=results,
+        runs_table=table,
+        best=analysis.best_checkpoints(results),
+        findings=findings.drop(columns="detail"),
+    )
 
 
 # -- CSV ---------------------------------------------------------------------------------------
@@ -94,8 +103,20 @@ def safe_csv(df: pd.DataFrame) -> str:
 
 def to_csv(report: Report) -> str:
     """Long format: one line per (run, checkpoint, eval set, task)."""
-    cols = ["run", "step", "tokens_seen", "evalset", "task", "loss", "tokens", "examples", "source", "subset",
-            "mlflow_run_id", "created_at"]
+    cols = [
+        "run",
+        "step",
+        "tokens_seen",
+        "evalset",
+        "task",
+        "loss",
+        "tokens",
+        "examples",
+        "source",
+        "subset",
+        "mlflow_run_id",
+        "created_at",
+    ]
     return safe_csv(report.results[cols])
 
 
@@ -104,8 +125,18 @@ def to_csv(report: Report) -> str:
 
 def md_escape(value: Any) -> str:
     s = "" if value is None or (isinstance(value, float) and pd.isna(value)) else str(value)
-    for a, b in (("\\", "\\\\"), ("|", "\\|"), ("<", "&lt;"), (">", "&gt;"), ("\n", " "), ("`", "\\`"),
-                 ("[", "\\["), ("]", "\\]"), ("*", "\\*"), ("_", "\\_")):
+    for a, b in (
+        ("\\", "\\\\"),
+        ("|", "\\|"),
+        ("<", "&lt;"),
+        (">", "&gt;"),
+        ("\n", " "),
+        ("`", "\\`"),
+        ("[", "\\["),
+        ("]", "\\]"),
+        ("*", "\\*"),
+        ("_", "\\_"),
+    ):
         s = s.replace(a, b)
     return s
 
@@ -134,12 +165,18 @@ def _overview_columns(report: Report) -> pd.DataFrame:
 
 
 def to_markdown(report: Report) -> str:
-    parts = [f"# evalboard report: {len(report.runs)} runs\n",
-             f"Eval set: {md_escape(report.evalset or 'all')}  \nGenerated {report.created_at:%Y-%m-%d %H:%M} UTC\n",
-             "## Runs\n", md_table(_overview_columns(report)),
-             "## Best checkpoint per run (by loss on all)\n", md_table(report.best),
-             "## Losses\n", md_table(_loss_wide(report)),
-             "## Audit findings\n", md_table(report.findings[["severity", "code", "run", "message"]])]
+    parts = [
+        f"# evalboard report: {len(report.runs)} runs\n",
+        f"Eval set: {md_escape(report.evalset or 'all')}  \nGenerated {report.created_at:%Y-%m-%d %H:%M} UTC\n",
+        "## Runs\n",
+        md_table(_overview_columns(report)),
+        "## Best checkpoint per run (by loss on all)\n",
+        md_table(report.best),
+        "## Losses\n",
+        md_table(_loss_wide(report)),
+        "## Audit findings\n",
+        md_table(report.findings[["severity", "code", "run", "message"]]),
+    ]
     return "\n".join(parts)
 
 
@@ -175,8 +212,7 @@ def to_html(report: Report) -> str:
     figures = []
     for i, task in enumerate(report.tasks):
         fig = charts.loss_curves(report.results, task)
-        figures.append(pio.to_html(fig, full_html=False, include_plotlyjs=(i == 0), validate=False,
-                                   div_id=f"loss-{i}"))
+        figures.append(pio.to_html(fig, full_html=False, include_plotlyjs=(i == 0), validate=False, div_id=f"loss-{i}"))
     run_list = ", ".join(e(r) for r in report.runs)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">

@@ -16,7 +16,6 @@ sys.path.insert(0, str(ROOT))
 from tests.dashboard._helpers import PAGES, TITLES  # noqa: E402
 from tests.dashboard.test_browser import CHROMIUM_ARGS, _chromium, _free_port, _wait_healthy  # noqa: E402
 
-
 WIDTH = 1600
 MAIN_HEIGHT = "document.querySelector('[data-testid=\"stMain\"]').scrollHeight"
 NO_SKELETONS = "document.querySelectorAll('[data-testid^=\"stSkeleton\"]').length === 0"
@@ -28,8 +27,14 @@ def main(workspace: Path, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("EVALBOARD_") and k != "MLFLOW_TRACKING_URI"}
-    proc = subprocess.Popen([sys.executable, "-m", "evalboard.cli", "dashboard", "--port", str(port)], cwd=workspace,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "evalboard.cli", "dashboard", "--port", str(port)],
+        cwd=workspace,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         base = f"http://127.0.0.1:{port}"
         _wait_healthy(f"{base}/_stcore/health", proc)
@@ -40,7 +45,8 @@ def main(workspace: Path, out: Path) -> None:
                 page.goto(f"{base}/{'' if name == 'runs' else name}", wait_until="domcontentloaded")
                 page.locator("h1", has_text=TITLES[name]).first.wait_for(state="visible", timeout=60_000)
                 page.locator('[data-testid="stApp"][data-test-script-state="notRunning"]').wait_for(
-                    state="attached", timeout=60_000)
+                    state="attached", timeout=60_000
+                )
                 page.wait_for_load_state("networkidle")
                 page.wait_for_function(NO_SKELETONS, timeout=30_000)
                 charts = page.locator('[data-testid="stPlotlyChart"]')

@@ -9,13 +9,15 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any, Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
+from evalboard.cli_common import err, out, print_json, progress, say_registry, settings, verbose
+from evalboard.cli_common import open_registry as _registry
 from registry.errors import EvalboardError
+
+_print_json, _progress = print_json, progress
 
 app = typer.Typer(
     name="evalboard",
@@ -28,14 +30,17 @@ app = typer.Typer(
 evalset_app = typer.Typer(help="Register and list eval sets.", no_args_is_help=True)
 app.add_typer(evalset_app, name="evalset")
 
-out = Console(soft_wrap=True, markup=False)  # user strings (paths, run names) are never markup
-err = Console(stderr=True, soft_wrap=True, markup=False)
-
 
 @app.callback()
-def _root(ctx: typer.Context, verbose: bool = typer.Option(False, "--verbose", "-v",
-                                       help="Say which workspace, registry and MLflow store a command uses, "
-                                            "and show library logs and progress bars.")) -> None:
+def _root(
+    ctx: typer.Context,
+    verbose: bool = typer.Option(
+        False,
+        "--verbose",
+        "-v",
+        help="Say which workspace, registry and MLflow store a command uses, and show library logs and progress bars.",
+    ),
+) -> None:
     """Catalogue, audit and evaluate trainable-rows and connector checkpoints of frozen base LLMs.
 
     Commands run inside a workspace (a folder with `.evalboard/config.toml`, found upwards from
@@ -47,67 +52,23 @@ def _root(ctx: typer.Context, verbose: bool = typer.Option(False, "--verbose", "
     logs.configure(verbose)
 
 
-def verbose(flag: bool) -> None:
-    """A command's own `--verbose` (the same as `evalboard --verbose COMMAND`)."""
-    if flag:
-        from evalboard import logs
-
-        logs.configure(True)
-
-
-def settings():
-    """The settings every command uses (workspace config under environment), announced in one
-    log line, shown with --verbose (and always by services, which log at INFO)."""
-    import logging
-
-    from registry.settings import Settings
-
-    s = Settings.from_env()
-    logging.getLogger("evalboard").info("%s", s.summary_line())
-    return s
-
-
-def _registry():
-    from registry.store import Registry
-
-    s = settings()
-    return Registry(settings=s), s
-
-
-def say_registry(s, what: str, count: int) -> None:
-    """For listing commands: which registry was read, so an empty answer is never a mystery."""
-    where = (f"workspace {s.workspace.root}" if s.workspace else
-             "no workspace found here or above (defaults; see `evalboard info`)")
-    err.print(f"{count} {what} in registry {s.db_url} ({where})", markup=False, highlight=False)
-
-
-def _print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
-
-
-def _progress(description: str):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=err, transient=False, disable=not err.is_terminal and not _force_progress())
-
-
-def _force_progress() -> bool:
-    import os
-
-    return os.environ.get("EVALBOARD_PROGRESS", "") == "1"
-
-
 @app.command()
 def scan(
     paths: list[Path] = typer.Argument(..., help="Folders (or single checkpoints) to scan; runs are found inside."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary {found, new, unchanged, invalid, ...}."),
-    watch: bool = typer.Option(False, "--watch", help="After scanning, keep watching PATHS: register each new "
-                                                      "checkpoint once complete and queue it on --evalset."),
-    evalset: Optional[str] = typer.Option(None, "--evalset", help="With --watch: the eval set to queue new checkpoints on."),
+    watch: bool = typer.Option(
+        False,
+        "--watch",
+        help="After scanning, keep watching PATHS: register each new "
+        "checkpoint once complete and queue it on --evalset.",
+    ),
+    evalset: str | None = typer.Option(
+        None, "--evalset", help="With --watch: the eval set to queue new checkpoints on."
+    ),
     interval: float = typer.Option(10.0, "--interval", help="With --watch: seconds between polls."),
-    settle_seconds: float = typer.Option(30.0, "--settle-seconds",
-                                         help="With --watch: files unchanged this long count as complete."),
+    settle_seconds: float = typer.Option(
+        30.0, "--settle-seconds", help="With --watch: files unchanged this long count as complete."
+    ),
 ) -> None:
     """Find runs, checkpoints, token spaces, eval_step*.json files and eval sets under PATHS and
     register them. Unchanged checkpoints (same size and mtime) are skipped without reading them;
@@ -121,14 +82,17 @@ def scan(
     reg, _ = _registry()
     with _progress("scan") as bar:
         task = bar.add_task("scanning", total=None)
-        summary = do_scan(reg, paths, on_total=lambda n: bar.update(task, total=n),
-                          progress=lambda _p: bar.advance(task))
+        summary = do_scan(
+            reg, paths, on_total=lambda n: bar.update(task, total=n), progress=lambda _p: bar.advance(task)
+        )
     if json_out:
         _print_json(summary.to_dict())
     else:
-        err.print(f"found {summary.found} checkpoints in {summary.runs} runs: {summary.new} new, "
-                  f"{summary.updated} updated, {summary.unchanged} unchanged, {summary.invalid} invalid; "
-                  f"{summary.evalsets} new eval sets, {summary.results_imported} eval results imported")
+        err.print(
+            f"found {summary.found} checkpoints in {summary.runs} runs: {summary.new} new, "
+            f"{summary.updated} updated, {summary.unchanged} unchanged, {summary.invalid} invalid; "
+            f"{summary.evalsets} new eval sets, {summary.results_imported} eval results imported"
+        )
         for item in summary.invalid_items:
             err.print(f"[red]invalid[/red] {escape(item['reason'])}", markup=True, highlight=False)
     if watch:
@@ -139,8 +103,10 @@ def scan(
 
 @app.command()
 def inspect(
-    path: Path = typer.Argument(..., help="A checkpoint folder or .pt file, a token_space.json, an eval set "
-                                          "folder/manifest, or an eval_step*.json."),
+    path: Path = typer.Argument(
+        ...,
+        help="A checkpoint folder or .pt file, a token_space.json, an eval set folder/manifest, or an eval_step*.json.",
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Validate one file or folder and say what it is (track, step, base model, ranges, hashes,
@@ -160,14 +126,16 @@ def inspect(
 @app.command()
 def audit(
     json_out: bool = typer.Option(False, "--json", help="Print findings as a JSON list."),
-    fail_on_mismatch: bool = typer.Option(False, "--fail-on-mismatch",
-                                          help="Exit 1 when any error-level finding exists (for CI gates)."),
+    fail_on_mismatch: bool = typer.Option(
+        False, "--fail-on-mismatch", help="Exit 1 when any error-level finding exists (for CI gates)."
+    ),
     severity: str = typer.Option("info", help="Lowest severity to show: error, warning or info."),
 ) -> None:
     """Report token-space compatibility across everything registered: checkpoint vs run-level vs
     eval-set token spaces, row ranges vs modality ranges, base-model padding rows, base models
     mixed within a run, codec/tokenizer versions, checkpoints shipped without token_space.json."""
-    from registry.audit import SEVERITIES, audit as do_audit, summarize
+    from registry.audit import SEVERITIES, summarize
+    from registry.audit import audit as do_audit
 
     if severity not in SEVERITIES:
         raise typer.BadParameter(f"--severity must be one of {', '.join(SEVERITIES)}")
@@ -195,7 +163,7 @@ def _print_findings(findings, counts) -> None:
 @evalset_app.command("add")
 def evalset_add(
     path: Path = typer.Argument(..., help="Eval-set folder with manifest.json and *.parquet."),
-    name: Optional[str] = typer.Option(None, help="Register under this name instead of the manifest's."),
+    name: str | None = typer.Option(None, help="Register under this name instead of the manifest's."),
     replace: bool = typer.Option(False, help="Replace an eval set already registered under the same name."),
     json_out: bool = typer.Option(False, "--json", help="Print the registered eval set as JSON."),
 ) -> None:
@@ -205,31 +173,56 @@ def evalset_add(
     reg, _ = _registry()
     es, state = register_evalset(reg, path, name=name, replace=replace)
     if json_out:
-        _print_json({"name": es.name, "content_hash": es.content_hash, "token_space_hash": es.token_space_hash,
-                     "n_examples": es.n_examples, "tasks": es.tasks, "state": state})
+        _print_json(
+            {
+                "name": es.name,
+                "content_hash": es.content_hash,
+                "token_space_hash": es.token_space_hash,
+                "n_examples": es.n_examples,
+                "tasks": es.tasks,
+                "state": state,
+            }
+        )
     else:
-        err.print(f"{state}: eval set {es.name!r} ({es.n_examples} examples, hash {es.content_hash[:12]})",
-                  markup=False, highlight=False)
+        err.print(
+            f"{state}: eval set {es.name!r} ({es.n_examples} examples, hash {es.content_hash[:12]})",
+            markup=False,
+            highlight=False,
+        )
 
 
 @evalset_app.command("list")
 def evalset_list(json_out: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
     """List registered eval sets."""
     reg, _ = _registry()
-    rows = [{"name": e.name, "n_examples": e.n_examples, "tasks": sorted(e.tasks), "content_hash": e.content_hash,
-             "token_space_hash": e.token_space_hash, "path": e.path} for e in reg.list_evalsets()]
+    rows = [
+        {
+            "name": e.name,
+            "n_examples": e.n_examples,
+            "tasks": sorted(e.tasks),
+            "content_hash": e.content_hash,
+            "token_space_hash": e.token_space_hash,
+            "path": e.path,
+        }
+        for e in reg.list_evalsets()
+    ]
     if json_out:
         _print_json(rows)
         return
     for r in rows:
-        out.print(f"{r['name']}  {r['n_examples']} examples  tasks={','.join(r['tasks'])}  "
-                  f"ts={(r['token_space_hash'] or '?')[:12]}  {r['path']}", markup=False, highlight=False)
+        out.print(
+            f"{r['name']}  {r['n_examples']} examples  tasks={','.join(r['tasks'])}  "
+            f"ts={(r['token_space_hash'] or '?')[:12]}  {r['path']}",
+            markup=False,
+            highlight=False,
+        )
 
 
 @app.command()
-def runs(json_out: bool = typer.Option(False, "--json", help="Print as JSON."),
-         verbose_flag: bool = typer.Option(False, "--verbose", "-v",
-                                           help="Say which workspace and stores are used.")) -> None:
+def runs(
+    json_out: bool = typer.Option(False, "--json", help="Print as JSON."),
+    verbose_flag: bool = typer.Option(False, "--verbose", "-v", help="Say which workspace and stores are used."),
+) -> None:
     """List registered runs with their checkpoint counts (and, on stderr, which registry was read)."""
     verbose(verbose_flag)
     reg, s = _registry()
@@ -237,16 +230,28 @@ def runs(json_out: bool = typer.Option(False, "--json", help="Print as JSON."),
     rows = []
     for r in reg.list_runs():
         mine = [c for c in cks if c.run_id == r.id]
-        rows.append({"name": r.name, "track": r.track, "base_model": r.base_model, "checkpoints": len(mine),
-                     "invalid": sum(c.status != "valid" for c in mine),
-                     "steps": sorted(c.step for c in mine if c.step is not None), "path": r.path})
+        rows.append(
+            {
+                "name": r.name,
+                "track": r.track,
+                "base_model": r.base_model,
+                "checkpoints": len(mine),
+                "invalid": sum(c.status != "valid" for c in mine),
+                "steps": sorted(c.step for c in mine if c.step is not None),
+                "path": r.path,
+            }
+        )
     say_registry(s, "runs", len(rows))
     if json_out:
         _print_json(rows)
         return
     for r in rows:
-        out.print(f"{r['name']}  track {r['track']}  {r['checkpoints']} checkpoints ({r['invalid']} invalid)  "
-                  f"base {r['base_model']}  {r['path']}", markup=False, highlight=False)
+        out.print(
+            f"{r['name']}  track {r['track']}  {r['checkpoints']} checkpoints ({r['invalid']} invalid)  "
+            f"base {r['base_model']}  {r['path']}",
+            markup=False,
+            highlight=False,
+        )
 
 
 @app.command()
@@ -258,8 +263,11 @@ def info(json_out: bool = typer.Option(False, "--json", help="Print as JSON.")) 
     from registry.settings import ENV_VARS
 
     s = settings()
-    d = {**s.describe(), "mlflow_ui": s.mlflow_ui_command(),
-         "environment": {v: os.environ[v] for v in ENV_VARS if os.environ.get(v)}}
+    d = {
+        **s.describe(),
+        "mlflow_ui": s.mlflow_ui_command(),
+        "environment": {v: os.environ[v] for v in ENV_VARS if os.environ.get(v)},
+    }
     if json_out:
         _print_json(d)
         return
@@ -312,21 +320,16 @@ def demo(
     run_demo(workdir, port=port, serve=not no_serve, console=err, plan=DemoPlan.quick() if quick else None)
 
 
-def _register_extensions() -> None:
-    """Commands that live next to the package they drive (evaluator, queue, dashboard)."""
-    import importlib
+def _register_commands() -> None:
+    """Commands that live next to the package they drive (evaluator, queue, dashboard). A module
+    that fails to import is an error, never a silently missing command."""
+    from evalboard import cli_dashboard, cli_eval, cli_queue
 
-    for module in ("evalboard.cli_eval", "evalboard.cli_queue", "evalboard.cli_dashboard"):
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name != module:
-                raise
-            continue
-        mod.register(app)
+    for module in (cli_eval, cli_queue, cli_dashboard):
+        module.register(app)
 
 
-_register_extensions()
+_register_commands()
 
 
 def _click_exceptions():

@@ -1,12 +1,11 @@
 """`evalboard dashboard` and `evalboard export`: the Streamlit app and its reports from the shell.
-Registered into the main CLI by `evalboard.cli._register_extensions`."""
+Registered into the main CLI by `evalboard.cli._register_commands`."""
 
 from __future__ import annotations
 
 import os
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -21,27 +20,51 @@ def dashboard(
     """Serve the dashboard (runs, compare, checkpoint, compatibility, row statistics, queue, export)
     on http://HOST:PORT, reading the workspace's registry (or EVALBOARD_DB). Ctrl-C or SIGTERM
     stops the server with everything it started."""
-    from evalboard.cli import settings as current_settings, verbose
+    from evalboard.cli_common import settings as current_settings
+    from evalboard.cli_common import verbose
     from evalboard.procs import run_child
 
     verbose(verbose_flag)
     settings = current_settings()
     # The server resolves the same settings: name them, so it does not depend on its folder.
-    env = {**os.environ, "EVALBOARD_DB": settings.db_url, "EVALBOARD_HOME": str(settings.home.resolve()),
-           "MLFLOW_TRACKING_URI": settings.mlflow_uri,
-           **({"EVALBOARD_WORKSPACE": str(settings.workspace.root)} if settings.workspace else {}),
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(APP.parent.parent), os.environ.get("PYTHONPATH")]))}
-    cmd = [sys.executable, "-m", "streamlit", "run", str(APP), "--server.port", str(port), "--server.address", host,
-           "--server.headless", "true", "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
-           "--global.developmentMode", "false", "--client.toolbarMode", "minimal"]
+    env = {
+        **os.environ,
+        "EVALBOARD_DB": settings.db_url,
+        "EVALBOARD_HOME": str(settings.home.resolve()),
+        "MLFLOW_TRACKING_URI": settings.mlflow_uri,
+        **({"EVALBOARD_WORKSPACE": str(settings.workspace.root)} if settings.workspace else {}),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(APP.parent.parent), os.environ.get("PYTHONPATH")])),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(APP),
+        "--server.port",
+        str(port),
+        "--server.address",
+        host,
+        "--server.headless",
+        "true",
+        "--browser.gatherUsageStats",
+        "false",
+        "--server.fileWatcherType",
+        "none",
+        "--global.developmentMode",
+        "false",
+        "--client.toolbarMode",
+        "minimal",
+    ]
     sys.stderr.write(f"evalboard dashboard on http://{host}:{port} (registry {settings.db_url})\n")
     raise typer.Exit(run_child(cmd, env))
 
 
 def export(
-    runs: Optional[list[str]] = typer.Option(None, "--runs", help="Run names, comma-separated (repeatable)."),
-    run: Optional[list[str]] = typer.Option(None, "--run", help="One run name, taken as written (commas "
-                                                             "included), or a registry run id; repeat the option."),
+    runs: list[str] | None = typer.Option(None, "--runs", help="Run names, comma-separated (repeatable)."),
+    run: list[str] | None = typer.Option(
+        None, "--run", help="One run name, taken as written (commas included), or a registry run id; repeat the option."
+    ),
     fmt: str = typer.Option("html", "--format", help="html (self-contained, interactive charts), md or csv."),
     out: Path = typer.Option(..., "--out", help="File to write."),
     evalset: str = typer.Option(None, "--evalset", help="Only results on this eval set (default: all)."),

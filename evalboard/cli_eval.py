@@ -6,46 +6,15 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
+from evalboard.cli_common import open_registry, resolve_checkpoint, resolve_evalset
 from registry.errors import EvalboardError, InvalidInput, NotFound
 
 
 def _registry():
-    from evalboard.cli import _registry as reg
-
-    return reg()
-
-
-def resolve_checkpoint(reg, ref: str):
-    """A checkpoint by path (registered on the fly if needed) or by numeric id."""
-    from registry.scanner import scan
-
-    if ref.isdigit() and not Path(ref).exists():
-        return reg.get_checkpoint(id=int(ref))
-    path = Path(os.path.realpath(ref))
-    if not path.exists():
-        raise InvalidInput("does not exist", path=ref)
-    try:
-        return reg.get_checkpoint(path=str(path))
-    except NotFound:
-        scan(reg, [path])
-        return reg.get_checkpoint(path=str(path))
-
-
-def resolve_evalset(reg, ref: str):
-    """An eval set by registered name, or by path (registered on the fly)."""
-    from registry.scanner import register_evalset
-
-    try:
-        return reg.get_evalset(name=ref)
-    except NotFound:
-        if not Path(ref).exists():
-            names = ", ".join(e.name for e in reg.list_evalsets()) or "none registered"
-            raise NotFound(f"eval set {ref!r} is neither a registered name ({names}) nor a path") from None
-    return register_evalset(reg, ref)[0]
+    return open_registry()
 
 
 def _check_tracking(settings) -> None:
@@ -65,27 +34,35 @@ def _setup_logging(verbose: bool) -> None:
 def eval_cmd(
     checkpoints: list[str] = typer.Argument(..., help="Checkpoint folders (registered on the fly) or registry ids."),
     evalset: str = typer.Option(..., "--evalset", help="Registered eval-set name, or a path to one."),
-    device: Optional[str] = typer.Option(None, help="cpu, cuda or cuda:N (default: cuda when available, else cpu)."),
+    device: str | None = typer.Option(None, help="cpu, cuda or cuda:N (default: cuda when available, else cpu)."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object per checkpoint (a list)."),
     force: bool = typer.Option(False, "--force", help="Evaluate again even if this content was evaluated on this set."),
-    max_examples: Optional[int] = typer.Option(None, "--max-examples", min=1,
-                                               help="Deterministic subset: at most N examples per task."),
-    allow_mismatch: bool = typer.Option(False, "--allow-mismatch",
-                                        help="Evaluate despite a token-space mismatch (run tagged as such)."),
-    no_eval_json: bool = typer.Option(False, "--no-eval-json",
-                                      help="Do not write eval_step<step>.json next to the checkpoint."),
-    batch_tokens: Optional[int] = typer.Option(None, "--batch-tokens", min=1,
-                                               help="Padded tokens per forward pass (default: automatic)."),
-    connector_builder: Optional[str] = typer.Option(
-        None, "--connector-builder", metavar="PKG.MODULE:FUNCTION",
+    max_examples: int | None = typer.Option(
+        None, "--max-examples", min=1, help="Deterministic subset: at most N examples per task."
+    ),
+    allow_mismatch: bool = typer.Option(
+        False, "--allow-mismatch", help="Evaluate despite a token-space mismatch (run tagged as such)."
+    ),
+    no_eval_json: bool = typer.Option(
+        False, "--no-eval-json", help="Do not write eval_step<step>.json next to the checkpoint."
+    ),
+    batch_tokens: int | None = typer.Option(
+        None, "--batch-tokens", min=1, help="Padded tokens per forward pass (default: automatic)."
+    ),
+    connector_builder: str | None = typer.Option(
+        None,
+        "--connector-builder",
+        metavar="PKG.MODULE:FUNCTION",
         help="Builds connector modules for connector checkpoints whose metadata and configuration "
-             "(EVALBOARD_CONNECTOR_BUILDER) name none; e.g. evaluator.connectors:perceiver_resampler."),
+        "(EVALBOARD_CONNECTOR_BUILDER) name none; e.g. evaluator.connectors:perceiver_resampler.",
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what loading and patching did."),
 ) -> None:
     """Evaluate checkpoints on an eval set: loss(all) and per task, logged to MLflow and the registry.
     Several checkpoints share one base-model load (only their rows are swapped). Every checkpoint is
     checked (compatibility, file integrity) before any is evaluated; a refusal exits 2 and logs nothing."""
-    from evalboard.cli import _progress, err
+    from evalboard.cli_common import err
+    from evalboard.cli_common import progress as _progress
     from evaluator.base_model import parse_device
     from evaluator.service import EvalOptions, Evaluator
 
@@ -95,9 +72,15 @@ def eval_cmd(
     _check_tracking(settings)
     es = resolve_evalset(reg, evalset)
     cks = [resolve_checkpoint(reg, c) for c in checkpoints]
-    options = EvalOptions(device=device, max_examples=max_examples, force=force, allow_mismatch=allow_mismatch,
-                          write_eval_json=not no_eval_json, max_tokens_per_batch=batch_tokens,
-                          connector_builder=connector_builder)
+    options = EvalOptions(
+        device=device,
+        max_examples=max_examples,
+        force=force,
+        allow_mismatch=allow_mismatch,
+        write_eval_json=not no_eval_json,
+        max_tokens_per_batch=batch_tokens,
+        connector_builder=connector_builder,
+    )
     with _progress("eval") as bar:
         ck_task = bar.add_task("checkpoints", total=len(cks))
         tok_task = bar.add_task("tokens", total=None)
@@ -115,11 +98,25 @@ def eval_cmd(
             if not json_out:
                 err.print(outcomes[-1].line(), markup=False, highlight=False)
     if json_out:
-        sys.stdout.write(json.dumps([{
-            "checkpoint": o.checkpoint.path, "step": o.checkpoint.step, "evalset": o.evalset.name,
-            "losses": dict(o.result.losses), "tokens": dict(o.result.tokens), "examples": dict(o.result.examples),
-            "skipped": o.skipped, "mlflow_run_id": o.mlflow.get("run_id"),
-        } for o in outcomes], indent=2) + "\n")
+        sys.stdout.write(
+            json.dumps(
+                [
+                    {
+                        "checkpoint": o.checkpoint.path,
+                        "step": o.checkpoint.step,
+                        "evalset": o.evalset.name,
+                        "losses": dict(o.result.losses),
+                        "tokens": dict(o.result.tokens),
+                        "examples": dict(o.result.examples),
+                        "skipped": o.skipped,
+                        "mlflow_run_id": o.mlflow.get("run_id"),
+                    }
+                    for o in outcomes
+                ],
+                indent=2,
+            )
+            + "\n"
+        )
 
 
 def stats_cmd(
@@ -139,7 +136,7 @@ def stats_cmd(
     if json_out:
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
         return
-    from evalboard.cli import out
+    from evalboard.cli_common import out
 
     for line in stats_lines(doc):
         out.print(line, highlight=False, markup=False)
@@ -150,19 +147,27 @@ def stats_lines(doc: dict) -> list[str]:
     lines = []
     for name, mats in (doc.get("ranges") or {}).items():
         for m, s in mats.items():
-            lines.append(f"{name:>10} {m:<8} n={s['count']} mean={_f(s['mean'])} std={_f(s['std'])} "
-                         f"p5={_f(s['p5'])} p50={_f(s['p50'])} p95={_f(s['p95'])} zero={s['zero_rows']} "
-                         f"nonfinite={s['nonfinite_rows']} unchanged={s['unchanged_rows']}")
+            lines.append(
+                f"{name:>10} {m:<8} n={s['count']} mean={_f(s['mean'])} std={_f(s['std'])} "
+                f"p5={_f(s['p5'])} p50={_f(s['p50'])} p95={_f(s['p95'])} zero={s['zero_rows']} "
+                f"nonfinite={s['nonfinite_rows']} unchanged={s['unchanged_rows']}"
+            )
     for m, s in (doc.get("base_text") or {}).items():
-        lines.append(f"{'base text':>10} {m:<8} n={s['count']} mean={_f(s['mean'])} p50={_f(s['p50'])} "
-                     f"zero={s['zero_rows']}")
+        lines.append(
+            f"{'base text':>10} {m:<8} n={s['count']} mean={_f(s['mean'])} p50={_f(s['p50'])} zero={s['zero_rows']}"
+        )
     drift = (doc.get("drift") or {}).get("modules") or {}
     for m, s in (doc.get("modules") or {}).items():
         d = drift.get(m)
-        lines.append(f"{m:>12} params={s['params']} norm={_f(s['norm'])} rms={_f(s['rms'])} "
-                     f"max_abs={_f(s['max_abs'])} nonfinite={s['nonfinite']}"
-                     + (f" update={_f(d['update_norm'])} relative={_f(d['relative_update'])} cosine={_f(d['cosine'])}"
-                        if d else ""))
+        lines.append(
+            f"{m:>12} params={s['params']} norm={_f(s['norm'])} rms={_f(s['rms'])} "
+            f"max_abs={_f(s['max_abs'])} nonfinite={s['nonfinite']}"
+            + (
+                f" update={_f(d['update_norm'])} relative={_f(d['relative_update'])} cosine={_f(d['cosine'])}"
+                if d
+                else ""
+            )
+        )
     from registry.row_health import row_health
 
     lines.append(row_health(doc).line())
@@ -176,7 +181,7 @@ def _f(x) -> str:
 def materialize_cmd(
     checkpoint: str = typer.Argument(..., help="Track B checkpoint folder or registry id."),
     out_dir: Path = typer.Option(..., "--out", help="Folder to write the full model into (must be empty or new)."),
-    dtype: Optional[str] = typer.Option(None, help="Save as float32/bfloat16/float16 (default: the base's dtype)."),
+    dtype: str | None = typer.Option(None, help="Save as float32/bfloat16/float16 (default: the base's dtype)."),
 ) -> None:
     """Write base + patched rows as a full `save_pretrained` snapshot, loadable with plain
     `AutoModelForCausalLM.from_pretrained(OUT)` (the seed's "full model snapshot")."""
@@ -195,7 +200,7 @@ def materialize_cmd(
     if dtype is not None and dtype not in want:
         raise typer.BadParameter(f"--dtype must be one of {', '.join(want)}")
     line = tracks.get(ck.track).materialize(Evaluator(reg, settings), ck, out_dir, want.get(dtype) if dtype else None)
-    from evalboard.cli import err
+    from evalboard.cli_common import err
 
     err.print(line, markup=False, highlight=False)
 
@@ -207,55 +212,84 @@ def import_eval_cmd(
     """Backfill existing eval_step*.json files into MLflow (and the registry), linked to their
     checkpoints when those are registered. Importing the same file twice does nothing."""
     from evaluator.tracking import Tracker
-    from registry.eval_result import EvalResult
-    from registry.safeio import sha256_file
+    from registry.imports import EvalJson, checkpoints_by_step, matching_evalset, record_import
 
     reg, settings = _registry()
     files: list[Path] = []
     for p in paths:
         files += sorted(p.glob("eval_step*.json")) if p.is_dir() else [p]
-    parsed = [(f, EvalResult.load(f), sha256_file(f)) for f in files]  # validate everything before writing
+    parsed = [EvalJson.read(f) for f in files]  # validate everything before writing
     _check_tracking(settings)
     tracker = Tracker(settings.mlflow_uri, artifact_location=settings.artifact_location)
     done = []
-    for f, res, sha in parsed:
+    for ej in parsed:
+        f, res = ej.path, ej.result
         run_dir = os.path.realpath(f.parent)
         try:
             run = reg.get_run(path=run_dir)
         except NotFound:
             run = None  # registered below, once MLflow took the result
-        ck = next((c for c in reg.list_checkpoints(run_id=run.id) if c.step == res.step and c.status == "valid"),
-                  None) if run is not None else None
-        ids = tracker.log_imported(run_name=run.name if run else Path(run_dir).name, step=res.step,
-                                   losses=res.losses, tokens=res.tokens,
-                                   source_path=str(f), checkpoint_hash=ck.content_hash if ck else None,
-                                   file_sha256=sha)
+        valid = [c for c in reg.list_checkpoints(run_id=run.id) if c.status == "valid"] if run is not None else []
+        ck = checkpoints_by_step(valid).get(res.step) if res.step is not None else None
+        evalset = matching_evalset(reg, res)
+        model_type, model_params = _logged_model_of(reg, ck) if ck is not None else (None, None)
+        ids = tracker.log_imported(
+            run_name=run.name if run else Path(run_dir).name,
+            step=res.step,
+            losses=res.losses,
+            tokens=res.tokens,
+            source_path=str(f),
+            checkpoint=ck,
+            model_type=model_type,
+            model_params=model_params,
+            evalset=evalset,
+            file_sha256=ej.sha256,
+        )
         if run is None:
             run = reg.upsert_run(path=run_dir, name=Path(run_dir).name)
-        existing = next((r for r in reg.list_eval_results(run_ids=[run.id])
-                         if r.source == "import" and (r.extra or {}).get("file_sha256") == sha), None)
-        if existing is None:
-            reg.add_eval_result(checkpoint_id=ck.id if ck else None, run_id=run.id, step=res.step, source="import",
-                                loss_all=res.loss_all, metrics=res.metrics(), path=str(f),
-                                checkpoint_hash=ck.content_hash if ck else None,
-                                evalset_hash=(res.evalset or {}).get("content_hash"),
-                                mlflow_run_id=ids["run_id"],
-                                extra={"file_sha256": sha, "mlflow_experiment_id": ids["experiment_id"],
-                                       "run_name": run.name})
-        elif existing.mlflow_run_id != ids["run_id"]:
-            reg.update_eval_result(id=existing.id, mlflow_run_id=ids["run_id"],
-                                   extra={"mlflow_experiment_id": ids["experiment_id"]})
-        done.append({"path": str(f), "run": run.name, "step": res.step, "linked": ck is not None,
-                     "mlflow_run_id": ids["run_id"], "already_imported": ids.get("reused") == "true"})
+        record_import(
+            reg,
+            ej,
+            run_id=run.id,
+            checkpoint=ck,
+            mlflow_run_id=ids["run_id"],
+            extra={
+                "mlflow_experiment_id": ids["experiment_id"],
+                "run_name": run.name,
+                **({"mlflow_model_id": ids["model_id"]} if ids.get("model_id") else {}),
+            },
+        )
+        done.append(
+            {
+                "path": str(f),
+                "run": run.name,
+                "step": res.step,
+                "linked": ck is not None,
+                "mlflow_run_id": ids["run_id"],
+                "already_imported": ids.get("reused") == "true",
+            }
+        )
     if json_out:
         sys.stdout.write(json.dumps(done, indent=2) + "\n")
     else:
-        from evalboard.cli import err
+        from evalboard.cli_common import err
 
         for d in done:
-            err.print(f"{'already imported' if d['already_imported'] else 'imported'} {d['path']} "
-                      f"(run {d['run']}, step {d['step']}, {'linked' if d['linked'] else 'unlinked'})",
-                      markup=False, highlight=False)
+            err.print(
+                f"{'already imported' if d['already_imported'] else 'imported'} {d['path']} "
+                f"(run {d['run']}, step {d['step']}, {'linked' if d['linked'] else 'unlinked'})",
+                markup=False,
+                highlight=False,
+            )
+
+
+def _logged_model_of(reg, ck) -> tuple[str, dict[str, str]]:
+    """The MLflow LoggedModel type and parameters of a checkpoint, as an evaluation records them."""
+    from evaluator import tracks as eval_tracks
+
+    track = eval_tracks.get(ck.track)
+    space = reg.get_token_space(id=ck.token_space_id).abi_hash if ck.token_space_id else None
+    return track.model_type, track.model_params(ck, space)
 
 
 def register(app: typer.Typer) -> None:

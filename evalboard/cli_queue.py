@@ -7,7 +7,6 @@ import logging
 import signal
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -17,9 +16,9 @@ jobs_app = typer.Typer(help="List queued evaluation jobs; cancel, retry them.", 
 
 
 def _registry():
-    from evalboard.cli import _registry as reg
+    from evalboard.cli_common import open_registry
 
-    return reg()
+    return open_registry()
 
 
 def _setup_logging(verbose: bool = False) -> None:
@@ -31,23 +30,30 @@ def _setup_logging(verbose: bool = False) -> None:
 
 def worker_cmd(
     ctx: typer.Context,
-    device: Optional[str] = typer.Option(None, help="cpu, cuda or cuda:N (default: cuda when available, else cpu)."),
-    gpus: Optional[str] = typer.Option(None, help="'all' (or a list like 0,1): one worker process per GPU."),
+    device: str | None = typer.Option(None, help="cpu, cuda or cuda:N (default: cuda when available, else cpu)."),
+    gpus: str | None = typer.Option(None, help="'all' (or a list like 0,1): one worker process per GPU."),
     once: bool = typer.Option(False, "--once", help="Exit when there is nothing left to claim."),
-    max_jobs: Optional[int] = typer.Option(None, "--max-jobs", min=1, help="Exit after running N jobs."),
+    max_jobs: int | None = typer.Option(None, "--max-jobs", min=1, help="Exit after running N jobs."),
     lease_seconds: float = typer.Option(60.0, "--lease-seconds", help="Lease per claim, extended by heartbeats."),
-    heartbeat_seconds: Optional[float] = typer.Option(None, "--heartbeat-seconds",
-                                                      help="Heartbeat interval (default: a third of the lease)."),
+    heartbeat_seconds: float | None = typer.Option(
+        None, "--heartbeat-seconds", help="Heartbeat interval (default: a third of the lease)."
+    ),
     poll_seconds: float = typer.Option(2.0, "--poll-seconds", help="Wait between claims when the queue is empty."),
-    reconcile_seconds: float = typer.Option(60.0, "--reconcile-seconds",
-                                            help="How often to close MLflow runs left RUNNING by dead workers."),
-    outbox_seconds: float = typer.Option(10.0, "--outbox-seconds",
-                                         help="How often to retry logging results kept while MLflow was away."),
-    connector_builder: Optional[str] = typer.Option(
-        None, "--connector-builder", metavar="PKG.MODULE:FUNCTION",
-        help="Builds connector modules for jobs whose checkpoint metadata, job and configuration name none."),
-    verbose: bool = typer.Option(False, "--verbose", "-v",
-                                 help="Say which workspace and stores are used; show library logs."),
+    reconcile_seconds: float = typer.Option(
+        60.0, "--reconcile-seconds", help="How often to close MLflow runs left RUNNING by dead workers."
+    ),
+    outbox_seconds: float = typer.Option(
+        10.0, "--outbox-seconds", help="How often to retry logging results kept while MLflow was away."
+    ),
+    connector_builder: str | None = typer.Option(
+        None,
+        "--connector-builder",
+        metavar="PKG.MODULE:FUNCTION",
+        help="Builds connector modules for jobs whose checkpoint metadata, job and configuration name none.",
+    ),
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="Say which workspace and stores are used; show library logs."
+    ),
 ) -> None:
     """Claim queued evaluations and run them until stopped, keeping the base model resident.
 
@@ -63,12 +69,19 @@ def worker_cmd(
         argv = [a for a in sys.argv[2:]]
         argv = _without_option(argv, "--gpus")
         raise typer.Exit(supervise_gpus(argv, _gpu_list(gpus)))
-    config = WorkerConfig(device=device, lease_seconds=lease_seconds, heartbeat_seconds=heartbeat_seconds,
-                          poll_seconds=poll_seconds, once=once, max_jobs=max_jobs,
-                          reconcile_seconds=reconcile_seconds, outbox_seconds=outbox_seconds,
-                          connector_builder=connector_builder)
+    config = WorkerConfig(
+        device=device,
+        lease_seconds=lease_seconds,
+        heartbeat_seconds=heartbeat_seconds,
+        poll_seconds=poll_seconds,
+        once=once,
+        max_jobs=max_jobs,
+        reconcile_seconds=reconcile_seconds,
+        outbox_seconds=outbox_seconds,
+        connector_builder=connector_builder,
+    )
     reg, settings = _existing_registry()
-    worker = Worker(reg, settings, config, hooks=_hooks_from_env())
+    worker = Worker(reg, settings, config)
     worker.install_signal_handlers()
     try:
         code = worker.run()
@@ -90,8 +103,10 @@ def _existing_registry():
 
     settings = Settings.from_env()
     url = normalize_url(settings.db_url)
-    hint = ("a worker never creates a registry; point EVALBOARD_DB (or EVALBOARD_HOME) at the one that "
-            "`evalboard scan` / `evalboard enqueue` wrote")
+    hint = (
+        "a worker never creates a registry; point EVALBOARD_DB (or EVALBOARD_HOME) at the one that "
+        "`evalboard scan` / `evalboard enqueue` wrote"
+    )
     if url.get_backend_name() == "sqlite":
         path = Path(url.database or "")
         if url.database and url.database != ":memory:":
@@ -104,32 +119,14 @@ def _existing_registry():
             has_registry = inspect(conn).has_table("alembic_version")
     except SQLAlchemyError as e:
         first = str(getattr(e, "orig", None) or e).strip().splitlines()
-        raise StoreError(f"registry {mask_url(url)}: cannot connect: {first[0] if first else type(e).__name__}") from None
+        raise StoreError(
+            f"registry {mask_url(url)}: cannot connect: {first[0] if first else type(e).__name__}"
+        ) from None
     finally:
         engine.dispose()
     if not has_registry:
         raise NotFound(f"registry {mask_url(url)} holds no evalboard registry; {hint}")
     return Registry(settings=settings), settings
-
-
-def _hooks_from_env():
-    """Debugging/test seam: with EVALBOARD_WORKER_HOLD=<file>, a worker that finished computing a
-    job writes `<file>.reached` (the job id) and waits while `<file>` exists, before logging it."""
-    import os
-    import time
-
-    from evaluator.worker import WorkerHooks
-
-    hold = os.environ.get("EVALBOARD_WORKER_HOLD")
-    if not hold:
-        return None
-
-    def after_compute(job) -> None:
-        Path(hold + ".reached").write_text(str(job.id))
-        while Path(hold).exists():
-            time.sleep(0.05)
-
-    return WorkerHooks(after_compute=after_compute)
 
 
 def _gpu_list(gpus: str) -> list[int]:
@@ -138,8 +135,10 @@ def _gpu_list(gpus: str) -> list[int]:
     visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if gpus == "all":
         if visible == 0:
-            raise InvalidInput("--gpus all: torch sees no CUDA device on this machine; "
-                               "run `evalboard worker` without --gpus to use the CPU")
+            raise InvalidInput(
+                "--gpus all: torch sees no CUDA device on this machine; "
+                "run `evalboard worker` without --gpus to use the CPU"
+            )
         return list(range(visible))
     try:
         wanted = [int(g) for g in gpus.split(",") if g.strip()]
@@ -168,45 +167,64 @@ def enqueue_cmd(
     evalset: str = typer.Option(..., "--evalset", help="Registered eval-set name, or a path to one."),
     force: bool = typer.Option(False, "--force", help="Queue again even if this content is queued or done."),
     max_attempts: int = typer.Option(3, "--max-attempts", min=1, help="Attempts before the job is failed."),
-    max_examples: Optional[int] = typer.Option(None, "--max-examples", min=1,
-                                               help="Deterministic subset: at most N examples per task."),
+    max_examples: int | None = typer.Option(
+        None, "--max-examples", min=1, help="Deterministic subset: at most N examples per task."
+    ),
     priority: int = typer.Option(0, help="Higher runs first."),
-    connector_builder: Optional[str] = typer.Option(
-        None, "--connector-builder", metavar="PKG.MODULE:FUNCTION",
+    connector_builder: str | None = typer.Option(
+        None,
+        "--connector-builder",
+        metavar="PKG.MODULE:FUNCTION",
         help="Builds connector modules for connector checkpoints whose metadata and configuration name none "
-             "(kept with the job)."),
+        "(kept with the job).",
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print the jobs as JSON."),
     verbose_flag: bool = typer.Option(False, "--verbose", "-v", help="Say which workspace and stores are used."),
 ) -> None:
     """Queue evaluations of checkpoints on an eval set (one job per checkpoint content and eval set:
     enqueuing twice returns the first job). A pair the audit refuses (e.g. token spaces that do not
     match) is not queued: the reason is printed and the exit status is 2."""
-    from evalboard.cli import err
-    from evalboard.cli_eval import resolve_checkpoint, resolve_evalset
+    from evalboard.cli_common import err, resolve_checkpoint, resolve_evalset, verbose
     from registry import queue
-    from registry.audit import refusals
-
-    from evalboard.cli import verbose
+    from registry.policy import enqueue_checkpoints
 
     verbose(verbose_flag)
     reg, _settings = _registry()
     es = resolve_evalset(reg, evalset)
     cks = [resolve_checkpoint(reg, c) for c in checkpoints]
-    refused = refusals(reg, cks, es, models=_settings.models)
-    if refused:  # refuse all before queuing any
-        raise Incompatible(f"not queued on eval set {es.name!r}: " + " | ".join(
-            f"{ck.path}: " + "; ".join(f.message for f in refused[ck.id]) for ck in cks if ck.id in refused))
     options: dict = {"max_examples": max_examples} if max_examples else {}
     if connector_builder:
         from registry.settings import parse_connector_builders
 
         options["connector_builder"] = parse_connector_builders(connector_builder)["*"]
-    rows = []
-    for ck in cks:
-        job, created = queue.enqueue(reg, checkpoint_id=ck.id, evalset_id=es.id, force=force,
-                                     max_attempts=max_attempts, options=options, priority=priority)
-        rows.append({"job_id": job.id, "checkpoint": ck.path, "step": ck.step, "evalset": es.name,
-                     "status": job.status, "created": created})
+    decisions = enqueue_checkpoints(
+        reg,
+        cks,
+        es,
+        models=_settings.models,
+        force=force,
+        max_attempts=max_attempts,
+        options=options,
+        priority=priority,
+        all_or_nothing=True,
+    )
+    refused = [d for d in decisions if d.action == "refused"]
+    if refused:  # the audit refuses all before any is queued; a store refusal names its checkpoint
+        raise Incompatible(
+            f"not queued on eval set {es.name!r}: " + " | ".join(f"{d.checkpoint.path}: {d.detail}" for d in refused)
+        )
+    rows = [
+        {
+            "job_id": d.job.id,
+            "checkpoint": d.checkpoint.path,
+            "step": d.checkpoint.step,
+            "evalset": es.name,
+            "status": d.job.status,
+            "created": d.action == "enqueued",
+        }
+        for d in decisions
+        if d.job is not None
+    ]
     if json_out:
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
         return
@@ -214,22 +232,26 @@ def enqueue_cmd(
         state = "queued" if r["created"] else f"already {r['status']}"
         err.print(f"job {r['job_id']} {state}: {r['checkpoint']} on {r['evalset']}", markup=False, highlight=False)
     if any(r["created"] for r in rows) and not queue.live_workers(reg):
-        err.print("no worker is running for this registry: start one with `evalboard worker` "
-                  "(or `evalboard worker --once` to drain the queue and exit)", markup=False, highlight=False)
+        err.print(
+            "no worker is running for this registry: start one with `evalboard worker` "
+            "(or `evalboard worker --once` to drain the queue and exit)",
+            markup=False,
+            highlight=False,
+        )
 
 
 @jobs_app.callback()
 def jobs_cmd(
     ctx: typer.Context,
     json_out: bool = typer.Option(False, "--json", help="Print the jobs as a JSON list."),
-    status: Optional[str] = typer.Option(None, help="Only jobs with this status (queued, running, done, ...)."),
+    status: str | None = typer.Option(None, help="Only jobs with this status (queued, running, done, ...)."),
     verbose_flag: bool = typer.Option(False, "--verbose", "-v", help="Say which workspace and stores are used."),
 ) -> None:
     """The status table of evaluation jobs: which run and step, who ran them, when, for how long,
     attempts, errors (and, on stderr, which registry was read and whether a worker is alive)."""
     if ctx.invoked_subcommand is not None:
         return
-    from evalboard.cli import err, out, say_registry, verbose
+    from evalboard.cli_common import err, out, say_registry, verbose
     from registry import queue
 
     verbose(verbose_flag)
@@ -241,36 +263,60 @@ def jobs_cmd(
     say_registry(s, "jobs" if status is None else f"{status} jobs", len(jobs))
     workers = queue.live_workers(reg)
     if any(j.status == "queued" for j in jobs) or workers:
-        err.print(f"live workers: {', '.join(w.worker_id for w in workers)}" if workers else
-                  "no live worker: queued jobs wait until one starts (`evalboard worker`)",
-                  markup=False, highlight=False)
-    rows = [{"job_id": j.id, "status": j.status,
-             "run": run_names.get(cks[j.checkpoint_id].run_id) if j.checkpoint_id in cks else None,
-             "checkpoint": cks[j.checkpoint_id].path if j.checkpoint_id in cks
-             else None, "step": cks[j.checkpoint_id].step if j.checkpoint_id in cks else None,
-             "evalset": evalsets.get(j.evalset_id), "worker": j.worker_id, "attempts": j.attempts,
-             "max_attempts": j.max_attempts, "enqueued_at": j.enqueued_at, "started_at": j.started_at,
-             "finished_at": j.finished_at, "duration_s": j.duration_s, "mlflow_run_id": j.mlflow_run_id,
-             "outbox": j.outbox_state, "last_error": j.last_error,
-             "losses": (j.result or {}).get("losses") or ((j.result or {}).get("record") or {}).get("losses")}
-            for j in jobs]
+        err.print(
+            f"live workers: {', '.join(w.worker_id for w in workers)}"
+            if workers
+            else "no live worker: queued jobs wait until one starts (`evalboard worker`)",
+            markup=False,
+            highlight=False,
+        )
+    rows = [
+        {
+            "job_id": j.id,
+            "status": j.status,
+            "run": run_names.get(cks[j.checkpoint_id].run_id) if j.checkpoint_id in cks else None,
+            "checkpoint": cks[j.checkpoint_id].path if j.checkpoint_id in cks else None,
+            "step": cks[j.checkpoint_id].step if j.checkpoint_id in cks else None,
+            "evalset": evalsets.get(j.evalset_id),
+            "worker": j.worker_id,
+            "attempts": j.attempts,
+            "max_attempts": j.max_attempts,
+            "enqueued_at": j.enqueued_at,
+            "started_at": j.started_at,
+            "finished_at": j.finished_at,
+            "duration_s": j.duration_s,
+            "mlflow_run_id": j.mlflow_run_id,
+            "outbox": j.outbox_state,
+            "last_error": j.last_error,
+            "losses": (j.result or {}).get("losses") or ((j.result or {}).get("record") or {}).get("losses"),
+        }
+        for j in jobs
+    ]
     if json_out:
         sys.stdout.write(json.dumps(rows, indent=2, default=str) + "\n")
         return
     if not rows:
         return
     width = min(32, max(3, *(len(str(r["run"] or "-")) for r in rows)))
-    out.print(f"{'id':>5} {'status':<9} {'run':<{width}} {'step':>7} {'evalset':<20} {'attempts':>8} {'seconds':>8} "
-              f"{'worker':<24} {'loss_all':>9}  error", markup=False, highlight=False)
+    out.print(
+        f"{'id':>5} {'status':<9} {'run':<{width}} {'step':>7} {'evalset':<20} {'attempts':>8} {'seconds':>8} "
+        f"{'worker':<24} {'loss_all':>9}  error",
+        markup=False,
+        highlight=False,
+    )
     for r in rows:
         loss = (r["losses"] or {}).get("all")
         step = "-" if r["step"] is None else str(r["step"])
         seconds = "-" if r["duration_s"] is None else f"{r['duration_s']:.1f}"
         loss_text = "-" if loss is None else f"{loss:.4f}"
-        out.print(f"{r['job_id']:>5} {r['status']:<9} {str(r['run'] or '-')[:width]:<{width}} {step:>7} "
-                  f"{str(r['evalset'])[:20]:<20} "
-                  f"{r['attempts']:>4}/{r['max_attempts']:<3} {seconds:>8} {str(r['worker'] or '-')[:24]:<24} "
-                  f"{loss_text:>9}  {(r['last_error'] or '')[:80]}", markup=False, highlight=False)
+        out.print(
+            f"{r['job_id']:>5} {r['status']:<9} {str(r['run'] or '-')[:width]:<{width}} {step:>7} "
+            f"{str(r['evalset'])[:20]:<20} "
+            f"{r['attempts']:>4}/{r['max_attempts']:<3} {seconds:>8} {str(r['worker'] or '-')[:24]:<24} "
+            f"{loss_text:>9}  {(r['last_error'] or '')[:80]}",
+            markup=False,
+            highlight=False,
+        )
 
 
 @jobs_app.command("cancel")
@@ -279,27 +325,33 @@ def jobs_cancel(
     running: bool = typer.Option(False, "--running", help="Also cancel running jobs (their worker drops them)."),
 ) -> None:
     """Cancel queued jobs (and running ones with --running)."""
-    from evalboard.cli import err
+    from evalboard.cli_common import err
     from registry import queue
 
     reg, _ = _registry()
     for i in job_ids:
         changed = queue.cancel(reg, job_id=i, running=running)
-        err.print(f"job {i} {'cancelled' if changed else 'not cancelled: it is ' + reg.get_job(id=i).status}",
-                  markup=False, highlight=False)
+        err.print(
+            f"job {i} {'cancelled' if changed else 'not cancelled: it is ' + reg.get_job(id=i).status}",
+            markup=False,
+            highlight=False,
+        )
 
 
 @jobs_app.command("retry")
 def jobs_retry(job_ids: list[int] = typer.Argument(..., min=1, max=2**31 - 1, help="Job ids.")) -> None:
     """Put failed or cancelled jobs back in the queue with their attempts reset."""
-    from evalboard.cli import err
+    from evalboard.cli_common import err
     from registry import queue
 
     reg, _ = _registry()
     for i in job_ids:
         changed = queue.retry(reg, job_id=i)
-        err.print(f"job {i} {'queued again' if changed else 'not retried: it is ' + reg.get_job(id=i).status}",
-                  markup=False, highlight=False)
+        err.print(
+            f"job {i} {'queued again' if changed else 'not retried: it is ' + reg.get_job(id=i).status}",
+            markup=False,
+            highlight=False,
+        )
 
 
 @jobs_app.command("reconcile")
@@ -315,49 +367,69 @@ def jobs_reconcile(json_out: bool = typer.Option(False, "--json", help="Print wh
     if json_out:
         sys.stdout.write(json.dumps(out, indent=2) + "\n")
     else:
-        from evalboard.cli import err
+        from evalboard.cli_common import err
 
-        err.print(f"requeued {out['queued']}, failed {out['failed']}, killed runs {out['killed']}, "
-                  f"superseded runs {out['superseded']}", markup=False, highlight=False)
+        err.print(
+            f"requeued {out['queued']}, failed {out['failed']}, killed runs {out['killed']}, "
+            f"superseded runs {out['superseded']}",
+            markup=False,
+            highlight=False,
+        )
 
 
 def watch_cmd(
     paths: list[Path] = typer.Argument(..., help="Training output folders to watch."),
     evalset: str = typer.Option(..., "--evalset", help="Registered eval-set name (or path) to evaluate on."),
     interval: float = typer.Option(10.0, "--interval", help="Seconds between polls."),
-    settle_seconds: float = typer.Option(30.0, "--settle-seconds",
-                                         help="A checkpoint's files must be unchanged this long to count as complete."),
+    settle_seconds: float = typer.Option(
+        30.0, "--settle-seconds", help="A checkpoint's files must be unchanged this long to count as complete."
+    ),
     max_attempts: int = typer.Option(3, "--max-attempts", min=1, help="Attempts per queued job."),
     once: bool = typer.Option(False, "--once", help="Poll until nothing is still settling, then exit."),
 ) -> None:
     """Register each new checkpoint under PATHS once its files are complete (all present, sizes and
     mtimes unchanged for --settle-seconds, and valid) and queue its evaluation, once per content.
     Runs until SIGTERM/Ctrl-C."""
-    run_watch(paths, evalset, interval=interval, settle_seconds=settle_seconds, max_attempts=max_attempts,
-              once=once)
+    run_watch(paths, evalset, interval=interval, settle_seconds=settle_seconds, max_attempts=max_attempts, once=once)
 
 
-def run_watch(paths: list[Path], evalset: str, *, interval: float, settle_seconds: float,
-              max_attempts: int = 3, once: bool = False) -> None:
+def run_watch(
+    paths: list[Path],
+    evalset: str,
+    *,
+    interval: float,
+    settle_seconds: float,
+    max_attempts: int = 3,
+    once: bool = False,
+) -> None:
     """The watch loop behind `evalboard watch` and `evalboard scan --watch`."""
     import os
 
-    from evalboard.cli import err
-    from evalboard.cli_eval import resolve_evalset
+    from evalboard.cli_common import err, resolve_evalset
     from registry.watch import Watcher
 
     if interval <= 0 or settle_seconds < 0:
         raise InvalidInput("--interval must be positive and --settle-seconds not negative")
     _setup_logging()
-    reg, _ = _registry()
+    reg, settings = _registry()
     es = resolve_evalset(reg, evalset)
-    watcher = Watcher(reg, [Path(os.path.realpath(p)) for p in paths], es, settle_seconds=settle_seconds,
-                      max_attempts=max_attempts)
+    watcher = Watcher(
+        reg,
+        [Path(os.path.realpath(p)) for p in paths],
+        es,
+        settle_seconds=settle_seconds,
+        max_attempts=max_attempts,
+        models=settings.models,
+    )
     stopping = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stopping.append(True))
-    err.print(f"watching {', '.join(map(str, paths))} for checkpoints to evaluate on {es.name!r} "
-              f"(poll {interval:g} s, settle {settle_seconds:g} s)", markup=False, highlight=False)
+    err.print(
+        f"watching {', '.join(map(str, paths))} for checkpoints to evaluate on {es.name!r} "
+        f"(poll {interval:g} s, settle {settle_seconds:g} s)",
+        markup=False,
+        highlight=False,
+    )
 
     def should_stop() -> bool:
         return bool(stopping) or (once and watcher.polls > 0 and not watcher.settling)

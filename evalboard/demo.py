@@ -45,15 +45,20 @@ class DemoPlan:
     learning_rates: tuple[float, ...] = (3e-3, 1e-2, 3e-2)
 
     @classmethod
-    def quick(cls) -> "DemoPlan":
-        return cls(steps=60, save_every=30, mismatch_steps=30, connector_steps=20, eval_examples_per_task=12,
-                   learning_rates=(1e-2, 3e-2, 5e-2))
+    def quick(cls) -> DemoPlan:
+        return cls(
+            steps=60,
+            save_every=30,
+            mismatch_steps=30,
+            connector_steps=20,
+            eval_examples_per_task=12,
+            learning_rates=(1e-2, 3e-2, 5e-2),
+        )
 
 
 def _prepare_workdir(workdir: Path) -> None:
     if workdir.exists() and any(workdir.iterdir()) and not (workdir / MARKER).exists():
-        raise InvalidInput("exists and is not an evalboard demo folder; choose an empty or new --workdir",
-                           path=workdir)
+        raise InvalidInput("exists and is not an evalboard demo folder; choose an empty or new --workdir", path=workdir)
     for sub in ("models", "outputs", "evalsets", ".evalboard"):
         shutil.rmtree(workdir / sub, ignore_errors=True)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -61,18 +66,29 @@ def _prepare_workdir(workdir: Path) -> None:
 
 
 def _bar(console: Console) -> Progress:
-    return Progress(TextColumn("[bold]{task.description:<34}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=console)
+    return Progress(
+        TextColumn("[bold]{task.description:<34}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )
 
 
-def run_demo(workdir: Path, *, port: int = 8501, serve: bool = True, console: Console | None = None,
-             plan: DemoPlan | None = None) -> dict:
+def run_demo(
+    workdir: Path, *, port: int = 8501, serve: bool = True, console: Console | None = None, plan: DemoPlan | None = None
+) -> dict:
     """Run every stage; returns a summary (paths, counts, refused evaluations)."""
     import torch
 
     from evalboard.demo_train import SyntheticTask, train_connector_run, train_rows_run
-    from evalboard.fixtures import (TinyBaseSpec, build_tiny_base, build_tiny_vision_tower, make_image_evalset,
-                                    make_token_space)
+    from evalboard.fixtures import (
+        TinyBaseSpec,
+        build_tiny_base,
+        build_tiny_vision_tower,
+        make_image_evalset,
+        make_token_space,
+    )
     from registry.evalset import write_evalset
 
     console = console or Console(stderr=True, markup=False)
@@ -90,8 +106,9 @@ def run_demo(workdir: Path, *, port: int = 8501, serve: bool = True, console: Co
 
     with _bar(console) as bar:
         t = bar.add_task("1/5 build tiny Qwen3 + vision tower", total=1)
-        base_dir = build_tiny_base(workdir / "models" / "Qwen3-tiny-Base",
-                                   TinyBaseSpec(text_vocab_size=512, hidden_size=64, output_scale=8.0))
+        base_dir = build_tiny_base(
+            workdir / "models" / "Qwen3-tiny-Base", TinyBaseSpec(text_vocab_size=512, hidden_size=64, output_scale=8.0)
+        )
         tower_dir = build_tiny_vision_tower(workdir / "models" / "siglip-tiny")
         bar.advance(t)
 
@@ -99,11 +116,21 @@ def run_demo(workdir: Path, *, port: int = 8501, serve: bool = True, console: Co
         space = make_token_space(512, audio=128, image=128)
         wide = make_token_space(512, audio=128, image=160)
         task = SyntheticTask(space)
-        write_evalset(workdir / "evalsets" / EVALSET, EVALSET,
-                      task.examples(plan.eval_examples_per_task, seed=7), space,
-                      description="synthetic audio->text and image->text answers")
-        make_image_evalset(workdir / "evalsets" / IMAGE_EVALSET, IMAGE_EVALSET, tower=TOWER_ID, tower_dir=tower_dir,
-                           n=2 * plan.eval_examples_per_task, seed=7)
+        write_evalset(
+            workdir / "evalsets" / EVALSET,
+            EVALSET,
+            task.examples(plan.eval_examples_per_task, seed=7),
+            space,
+            description="synthetic audio->text and image->text answers",
+        )
+        make_image_evalset(
+            workdir / "evalsets" / IMAGE_EVALSET,
+            IMAGE_EVALSET,
+            tower=TOWER_ID,
+            tower_dir=tower_dir,
+            n=2 * plan.eval_examples_per_task,
+            seed=7,
+        )
         bar.advance(t)
 
         runs = [(f"stage3_lr{lr:g}", space, lr, plan.steps) for lr in plan.learning_rates]
@@ -112,11 +139,28 @@ def run_demo(workdir: Path, *, port: int = 8501, serve: bool = True, console: Co
         t = bar.add_task("3/5 train (only new rows / connector)", total=total)
         outputs = workdir / "outputs"
         for i, (name, sp, lr, steps) in enumerate(runs):
-            train_rows_run(base_dir, outputs / name, sp, SyntheticTask(sp), base_model=BASE_ID, lr=lr,
-                           steps=steps, save_every=plan.save_every, seed=i, on_step=lambda _s: bar.advance(t))
-        train_connector_run(base_dir, tower_dir, outputs / "stage1_connector", base_model=BASE_ID,
-                            vision_tower=TOWER_ID, steps=plan.connector_steps,
-                            save_every=max(1, plan.connector_steps // 3), on_step=lambda _s: bar.advance(t))
+            train_rows_run(
+                base_dir,
+                outputs / name,
+                sp,
+                SyntheticTask(sp),
+                base_model=BASE_ID,
+                lr=lr,
+                steps=steps,
+                save_every=plan.save_every,
+                seed=i,
+                on_step=lambda _s: bar.advance(t),
+            )
+        train_connector_run(
+            base_dir,
+            tower_dir,
+            outputs / "stage1_connector",
+            base_model=BASE_ID,
+            vision_tower=TOWER_ID,
+            steps=plan.connector_steps,
+            save_every=max(1, plan.connector_steps // 3),
+            on_step=lambda _s: bar.advance(t),
+        )
 
         summary = _scan_and_evaluate(workdir, bar)
     _print_audit(console, summary["findings"])
@@ -127,8 +171,14 @@ def run_demo(workdir: Path, *, port: int = 8501, serve: bool = True, console: Co
     return summary
 
 
-WORKSPACE_ENV_VARS = ("EVALBOARD_WORKSPACE", "EVALBOARD_HOME", "EVALBOARD_DB", "MLFLOW_TRACKING_URI",
-                      "EVALBOARD_ARTIFACT_LOCATION", "EVALBOARD_MODELS")
+WORKSPACE_ENV_VARS = (
+    "EVALBOARD_WORKSPACE",
+    "EVALBOARD_HOME",
+    "EVALBOARD_DB",
+    "MLFLOW_TRACKING_URI",
+    "EVALBOARD_ARTIFACT_LOCATION",
+    "EVALBOARD_MODELS",
+)
 
 
 def _demo_env(workdir: Path, models: dict[str, str]) -> dict[str, str]:
@@ -154,8 +204,11 @@ def _print_refused(console: Console, refused: list[str], findings) -> None:
     for members in groups.values():
         names = ", ".join(n for n, _ in members)
         said = any(all(part in message for part in members[0][1].split("; ")) for message in shown)
-        console.print(f"refused: {names}: " + ("not evaluated, see the audit error above" if said
-                                                  else members[0][1]), markup=False, highlight=False)
+        console.print(
+            f"refused: {names}: " + ("not evaluated, see the audit error above" if said else members[0][1]),
+            markup=False,
+            highlight=False,
+        )
 
 
 def _print_next_steps(console: Console, workdir: Path, port: int) -> None:
@@ -181,7 +234,8 @@ def _print_next_steps(console: Console, workdir: Path, port: int) -> None:
 
 def _scan_and_evaluate(workdir: Path, bar: Progress) -> dict:
     from registry import tracks
-    from registry.audit import audit, refusals
+    from registry.audit import audit
+    from registry.policy import enqueue_checkpoints
     from registry.scanner import scan
     from registry.settings import Settings
     from registry.store import Registry
@@ -189,26 +243,33 @@ def _scan_and_evaluate(workdir: Path, bar: Progress) -> dict:
     settings = Settings.from_env()
     reg = Registry(settings=settings)
     t = bar.add_task("4/5 scan + enqueue", total=None)
-    summary = scan(reg, [workdir / "outputs", workdir / "evalsets"],
-                   on_total=lambda n: bar.update(t, total=n), progress=lambda _p: bar.advance(t))
+    summary = scan(
+        reg,
+        [workdir / "outputs", workdir / "evalsets"],
+        on_total=lambda n: bar.update(t, total=n),
+        progress=lambda _p: bar.advance(t),
+    )
     refused, jobs = [], []
     valid = reg.list_checkpoints(status="valid")
     for es in reg.list_evalsets():  # each checkpoint on the eval sets of the kind its track evaluates
         mine = [ck for ck in valid if tracks.get(ck.track).accepts_evalset(es)]
-        errors_by_id = refusals(reg, mine, es, models=settings.models)
-        for ck in mine:
-            errors = errors_by_id.get(ck.id)
-            if errors:
-                refused.append(f"{Path(ck.path).parent.name}/{Path(ck.path).name}: "
-                               + "; ".join(f.message for f in errors))
-                continue
-            job, _ = reg.enqueue_job(checkpoint_id=ck.id, evalset_id=es.id)
-            jobs.append(job)
+        for d in enqueue_checkpoints(reg, mine, es, models=settings.models):
+            ck = d.checkpoint
+            if d.action == "refused":
+                refused.append(f"{Path(ck.path).parent.name}/{Path(ck.path).name}: {d.detail}")
+            elif d.job is not None:
+                jobs.append(d.job)
     t = bar.add_task("5/5 evaluate (worker)", total=len(jobs))
     _run_jobs(reg, settings, jobs, lambda: bar.advance(t))
     findings = audit(reg, models=settings.models)
-    return {"scan": summary.to_dict(), "jobs": len(jobs), "refused": refused, "findings": findings,
-            "evalset": EVALSET, "image_evalset": IMAGE_EVALSET}
+    return {
+        "scan": summary.to_dict(),
+        "jobs": len(jobs),
+        "refused": refused,
+        "findings": findings,
+        "evalset": EVALSET,
+        "image_evalset": IMAGE_EVALSET,
+    }
 
 
 def _run_jobs(reg, settings, jobs, advance) -> None:
@@ -218,8 +279,9 @@ def _run_jobs(reg, settings, jobs, advance) -> None:
 
     if not jobs:
         return
-    worker = Worker(reg, settings, WorkerConfig(once=True, worker_id="demo"),
-                    hooks=WorkerHooks(after_job=lambda _job: advance()))
+    worker = Worker(
+        reg, settings, WorkerConfig(once=True, worker_id="demo"), hooks=WorkerHooks(after_job=lambda _job: advance())
+    )
     try:
         code = worker.run()
     finally:

@@ -13,9 +13,9 @@ the frozen LLM the image; only the connector trains, and ``checkpoint_<step>.pt`
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -72,8 +72,15 @@ class SyntheticTask:
         at = rng.randrange(len(group))
         return [group[(at + k) % len(group)] for k in range(n)]
 
-    def examples(self, n_per_task: int, *, seed: int, prefix: tuple[int, int] = (10, 24),
-                 tasks: tuple[str, ...] = EVAL_TASKS, score_modality: bool = False) -> list[Example]:
+    def examples(
+        self,
+        n_per_task: int,
+        *,
+        seed: int,
+        prefix: tuple[int, int] = (10, 24),
+        tasks: tuple[str, ...] = EVAL_TASKS,
+        score_modality: bool = False,
+    ) -> list[Example]:
         """`n_per_task` examples of each task whose modality exists in the token space. Labels
         score the text answer of a2t/i2t and the modality tokens of t2a/t2i; with
         `score_modality`, also the modality tokens of a2t/i2t after the first."""
@@ -112,9 +119,9 @@ def _batches(examples: list[Example], batch_size: int, pad: int, seed: int):
         labels = torch.full((len(batch), n), IGNORE_INDEX, dtype=torch.long)
         mask = torch.zeros((len(batch), n), dtype=torch.long)
         for i, e in enumerate(batch):
-            ids[i, :len(e.input_ids)] = torch.tensor(e.input_ids)
-            labels[i, :len(e.labels)] = torch.tensor(e.labels)
-            mask[i, :len(e.input_ids)] = 1
+            ids[i, : len(e.input_ids)] = torch.tensor(e.input_ids)
+            labels[i, : len(e.labels)] = torch.tensor(e.labels)
+            mask[i, : len(e.input_ids)] = 1
         yield ids, mask, labels
 
 
@@ -160,10 +167,20 @@ def train_rows_run(
     run_dir.mkdir(parents=True, exist_ok=True)
     space.save(run_dir / "token_space.json")
     train = task.examples(256, seed=seed + 1000, tasks=task.TRAIN_TASKS, score_modality=True)
-    settings = {"recipe": "evalboard demo: train_rows_run", "trainable": "new embedding + lm_head rows",
-                "optimizer": "Adam", "lr": lr, "steps": steps, "batch_size": batch_size, "seed": seed,
-                "save_every": save_every, "tasks": ",".join(task.TRAIN_TASKS), "scored": "text + modality tokens",
-                "train_examples": len(train), "init": "mean text row"}
+    settings = {
+        "recipe": "evalboard demo: train_rows_run",
+        "trainable": "new embedding + lm_head rows",
+        "optimizer": "Adam",
+        "lr": lr,
+        "steps": steps,
+        "batch_size": batch_size,
+        "seed": seed,
+        "save_every": save_every,
+        "tasks": ",".join(task.TRAIN_TASKS),
+        "scored": "text + modality tokens",
+        "train_examples": len(train),
+        "init": "mean text row",
+    }
     data = _batches(train, batch_size, space.resolved_pad_id() or 0, seed)
     saved = []
     model.train()
@@ -177,9 +194,18 @@ def train_rows_run(
             with torch.no_grad():
                 rows = emb[text:].detach().clone()
                 head_rows = head[text:].detach().clone()
-            saved.append(write_trainable_rows(run_dir / f"checkpoint_{step}", space, base_model=base_model,
-                                              hidden_size=rows.shape[1], step=step, rows=rows,
-                                              lm_head_rows=head_rows, extra_meta={"trainer": settings}))
+            saved.append(
+                write_trainable_rows(
+                    run_dir / f"checkpoint_{step}",
+                    space,
+                    base_model=base_model,
+                    hidden_size=rows.shape[1],
+                    step=step,
+                    rows=rows,
+                    lm_head_rows=head_rows,
+                    extra_meta={"trainer": settings},
+                )
+            )
         if on_step:
             on_step(step)
     return saved
@@ -218,9 +244,17 @@ def train_connector_run(
     conn = PerceiverConnector(tower.hidden_size, model.config.hidden_size, n_queries, num_heads)
     opt = torch.optim.Adam(conn.parameters(), lr=lr)
     embed = model.get_input_embeddings()
-    config = {"connector_builder": PERCEIVER_BUILDER, "num_heads": num_heads, "n_queries": n_queries,
-              "vision_feature_layer": settings.feature_layer, "vision_drop_cls": settings.drop_cls,
-              "lr": lr, "batch_size": batch_size, "steps": steps, "seed": seed}
+    config = {
+        "connector_builder": PERCEIVER_BUILDER,
+        "num_heads": num_heads,
+        "n_queries": n_queries,
+        "vision_feature_layer": settings.feature_layer,
+        "vision_drop_cls": settings.drop_cls,
+        "lr": lr,
+        "batch_size": batch_size,
+        "steps": steps,
+        "seed": seed,
+    }
     g = torch.Generator().manual_seed(seed)
     saved = []
     for step in range(1, steps + 1):
@@ -230,18 +264,28 @@ def train_connector_run(
         for b, i in enumerate(idx):
             ids, lab = train[i].input_ids, train[i].labels
             at = ids.index(-200)
-            rows.append(torch.cat([embed(torch.tensor(ids[:at])), image[b], embed(torch.tensor(ids[at + 1:]))]))
-            labels.append(lab[:at] + [IGNORE_INDEX] * n_queries + lab[at + 1:])
+            rows.append(torch.cat([embed(torch.tensor(ids[:at])), image[b], embed(torch.tensor(ids[at + 1 :]))]))
+            labels.append(lab[:at] + [IGNORE_INDEX] * n_queries + lab[at + 1 :])
         loss = model(inputs_embeds=torch.stack(rows), labels=torch.tensor(labels)).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if step % save_every == 0:
-            saved.append(write_connector_checkpoint(
-                run_dir / f"checkpoint_{step}.pt", step=step, base_llm=base_model, vision_tower=vision_tower,
-                state={k: v.detach().clone() for k, v in conn.state_dict().items()}, config=config,
-                n_queries=n_queries, vision_dim=tower.hidden_size, llm_dim=model.config.hidden_size,
-                num_heads=num_heads, with_optimizer=True))
+            saved.append(
+                write_connector_checkpoint(
+                    run_dir / f"checkpoint_{step}.pt",
+                    step=step,
+                    base_llm=base_model,
+                    vision_tower=vision_tower,
+                    state={k: v.detach().clone() for k, v in conn.state_dict().items()},
+                    config=config,
+                    n_queries=n_queries,
+                    vision_dim=tower.hidden_size,
+                    llm_dim=model.config.hidden_size,
+                    num_heads=num_heads,
+                    with_optimizer=True,
+                )
+            )
         if on_step:
             on_step(step)
     return saved

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from registry.eval_result import EvalResult, eval_filename
-from registry.evalset import IGNORE_INDEX, Example, EvalSet, write_evalset
+from registry.evalset import IGNORE_INDEX, EvalSet, Example, write_evalset
 from registry.token_space import ModalityRange, TokenSpace
 
 __all__ = [
@@ -99,8 +100,11 @@ def make_token_space(
     gap: int = 0,
 ) -> TokenSpace:
     """Text rows, then an audio range and an image range (``gap`` unused rows between them)."""
-    order = [("image", image, image_codec), ("audio", audio, audio_codec)] if image_first else \
-        [("audio", audio, audio_codec), ("image", image, image_codec)]
+    order = (
+        [("image", image, image_codec), ("audio", audio, audio_codec)]
+        if image_first
+        else [("audio", audio, audio_codec), ("image", image, image_codec)]
+    )
     start = text_vocab_size
     ranges = []
     for name, size, (codec, version) in order:
@@ -153,8 +157,13 @@ def write_trainable_rows(
         save_file(tensors, str(d / "trainable_rows.safetensors"))
     else:
         torch.save(tensors, d / "trainable_rows.pt")
-    meta = {"base_model": base_model, "row_start": start, "row_end": end, "hidden_size": hidden_size,
-            "dtype": str(embed.dtype).removeprefix("torch.")}
+    meta = {
+        "base_model": base_model,
+        "row_start": start,
+        "row_end": end,
+        "hidden_size": hidden_size,
+        "dtype": str(embed.dtype).removeprefix("torch."),
+    }
     if step is not None:
         meta["step"] = step
     if lm_head_key is None:
@@ -198,14 +207,26 @@ def write_connector_checkpoint(
             for p in module.parameters():  # not the default init: distinct checkpoints differ everywhere
                 p.normal_(0, 0.05)
         state = {k: v.detach().clone() for k, v in module.state_dict().items()}
-    cfg = {"n_queries": n_queries, "vision_dim": vision_dim, "llm_dim": llm_dim, "num_heads": num_heads,
-           "connector_builder": PERCEIVER_BUILDER}
+    cfg = {
+        "n_queries": n_queries,
+        "vision_dim": vision_dim,
+        "llm_dim": llm_dim,
+        "num_heads": num_heads,
+        "connector_builder": PERCEIVER_BUILDER,
+    }
     cfg.update(config or {})
-    obj: dict[str, Any] = {"step": step, "connector": state, "base_llm": base_llm, "vision_tower": vision_tower,
-                           "config": cfg}
+    obj: dict[str, Any] = {
+        "step": step,
+        "connector": state,
+        "base_llm": base_llm,
+        "vision_tower": vision_tower,
+        "config": cfg,
+    }
     if with_optimizer:
-        obj["optimizer"] = {"state": {i: {"exp_avg": torch.zeros_like(t)} for i, t in enumerate(state.values())},
-                            "param_groups": [{"lr": 1e-4, "params": list(range(len(state)))}]}
+        obj["optimizer"] = {
+            "state": {i: {"exp_avg": torch.zeros_like(t)} for i, t in enumerate(state.values())},
+            "param_groups": [{"lr": 1e-4, "params": list(range(len(state)))}],
+        }
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     torch.save(obj, p)
@@ -234,9 +255,15 @@ def build_tiny_vision_tower(out_dir: str | Path, spec: TinyTowerSpec = TinyTower
     if (out / "config.json").exists():
         return out
     torch.manual_seed(seed)
-    common = dict(hidden_size=spec.hidden_size, num_hidden_layers=spec.num_layers,
-                  num_attention_heads=spec.num_heads, intermediate_size=spec.intermediate_size,
-                  image_size=spec.image_size, patch_size=spec.patch_size, num_channels=3)
+    common = dict(
+        hidden_size=spec.hidden_size,
+        num_hidden_layers=spec.num_layers,
+        num_attention_heads=spec.num_heads,
+        intermediate_size=spec.intermediate_size,
+        image_size=spec.image_size,
+        patch_size=spec.patch_size,
+        num_channels=3,
+    )
     size = {"height": spec.image_size, "width": spec.image_size}
     if spec.kind == "siglip":
         model = transformers.SiglipVisionModel(transformers.SiglipVisionConfig(**common))
@@ -245,8 +272,9 @@ def build_tiny_vision_tower(out_dir: str | Path, spec: TinyTowerSpec = TinyTower
     elif spec.kind == "clip":
         model = transformers.CLIPVisionModel(transformers.CLIPVisionConfig(projection_dim=spec.hidden_size, **common))
         processor_cls = getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
-        processor = processor_cls(size={"shortest_edge": spec.image_size},
-                                  crop_size={"height": spec.image_size, "width": spec.image_size})
+        processor = processor_cls(
+            size={"shortest_edge": spec.image_size}, crop_size={"height": spec.image_size, "width": spec.image_size}
+        )
     else:
         raise ValueError(f"unknown tower kind {spec.kind!r}; known: siglip, clip")
     model.save_pretrained(out, safe_serialization=True)
@@ -271,8 +299,17 @@ def synthetic_image(label: int, *, size: int = 32, seed: int = 0, noise: float =
     return buf.getvalue()
 
 
-def image_examples(n: int, *, n_classes: int = 8, answer_len: int = 4, text_vocab: int = 256, seed: int = 0,
-                   image_size: int = 32, task: str = "i2t", placeholder: int = -200) -> list[Example]:
+def image_examples(
+    n: int,
+    *,
+    n_classes: int = 8,
+    answer_len: int = 4,
+    text_vocab: int = 256,
+    seed: int = 0,
+    image_size: int = 32,
+    task: str = "i2t",
+    placeholder: int = -200,
+) -> list[Example]:
     """i2t examples: ``[BOS, <image>, SEP, answer...]``; the answer is the image's class's fixed text."""
     rng = random.Random(seed)
     ans_rng = random.Random(12345)
@@ -283,20 +320,33 @@ def image_examples(n: int, *, n_classes: int = 8, answer_len: int = 4, text_voca
         c = rng.randrange(n_classes)
         ids = [1, placeholder, 2, *answers[c]]
         labels = [IGNORE_INDEX] * (len(ids) - answer_len) + answers[c]
-        out.append(Example(f"{task}-{seed}-{i:05d}", task, ids, labels,
-                           synthetic_image(c, size=image_size, seed=seed * 100_000 + i)))
+        out.append(
+            Example(
+                f"{task}-{seed}-{i:05d}",
+                task,
+                ids,
+                labels,
+                synthetic_image(c, size=image_size, seed=seed * 100_000 + i),
+            )
+        )
     return out
 
 
-def make_image_evalset(out_dir: str | Path, name: str, *, tower: str, tower_dir: str | Path, n: int = 12,
-                       seed: int = 7, **kw: Any) -> EvalSet:
+def make_image_evalset(
+    out_dir: str | Path, name: str, *, tower: str, tower_dir: str | Path, n: int = 12, seed: int = 7, **kw: Any
+) -> EvalSet:
     """An image eval set for ``tower`` (its preprocessing recorded in the manifest)."""
     from registry.vision import read_tower_preprocessing
 
     pre = read_tower_preprocessing(tower_dir) or {}
-    return write_evalset(out_dir, name, image_examples(n, seed=seed, **kw), None,
-                         vision={"tower": tower, "preprocessing": pre},
-                         description="synthetic image -> text answers")
+    return write_evalset(
+        out_dir,
+        name,
+        image_examples(n, seed=seed, **kw),
+        None,
+        vision={"tower": tower, "preprocessing": pre},
+        description="synthetic image -> text answers",
+    )
 
 
 def synthetic_examples(
@@ -374,18 +424,28 @@ def build_workspace(
         ws.runs[run] = run_dir
         ws.checkpoints[run] = []
         for i, step in enumerate(steps):
-            ck = write_trainable_rows(run_dir / f"checkpoint_{step}", space, base_model=base_model,
-                                      hidden_size=spec.hidden_size, step=step, seed=seed * 1000 + i)
+            ck = write_trainable_rows(
+                run_dir / f"checkpoint_{step}",
+                space,
+                base_model=base_model,
+                hidden_size=spec.hidden_size,
+                step=step,
+                seed=seed * 1000 + i,
+            )
             ws.checkpoints[run].append(ck)
         if with_eval_json:
-            EvalResult(step=steps[-1], losses={"all": 2.7462, "a2t": 2.3606, "i2t": 3.3357},
-                       tokens={"all": 300, "a2t": 150, "i2t": 150}).save(run_dir / eval_filename(steps[-1]))
+            EvalResult(
+                step=steps[-1],
+                losses={"all": 2.7462, "a2t": 2.3606, "i2t": 3.3357},
+                tokens={"all": 300, "a2t": 150, "i2t": 150},
+            ).save(run_dir / eval_filename(steps[-1]))
     if with_track_a:
         run_dir = outputs / "stage1_align_trial"
         ws.runs["stage1_align_trial"] = run_dir
         ws.checkpoints["stage1_align_trial"] = [
-            write_connector_checkpoint(run_dir / f"checkpoint_{s}.pt", step=s, llm_dim=spec.hidden_size,
-                                       base_llm=base_model, seed=s)
+            write_connector_checkpoint(
+                run_dir / f"checkpoint_{s}.pt", step=s, llm_dim=spec.hidden_size, base_llm=base_model, seed=s
+            )
             for s in (1225, 2450, 3675)
         ]
     if with_broken:
@@ -394,6 +454,7 @@ def build_workspace(
         (bad / "trainable_rows.pt").write_bytes((bad / "trainable_rows.pt").read_bytes()[:200])  # truncated
         ws.broken.append(bad)
         ws.checkpoints["stage3_token_lm_iter5"].append(bad)
-    ws.evalsets["synthetic-a2t-i2t"] = make_evalset(root / "evalsets" / "synthetic-a2t-i2t",
-                                                     "synthetic-a2t-i2t", ts).path
+    ws.evalsets["synthetic-a2t-i2t"] = make_evalset(
+        root / "evalsets" / "synthetic-a2t-i2t", "synthetic-a2t-i2t", ts
+    ).path
     return ws

@@ -30,8 +30,10 @@ def _inspect(p: Path) -> dict[str, Any]:
         track = tracks.for_dir(p)
         if track is not None:
             return track.inspect(p)
-        raise InvalidInput("is a folder but neither a checkpoint (trainable_rows.*, mm_projector.*) nor an eval set "
-                           "(manifest.json)", path=p)
+        raise InvalidInput(
+            "is a folder but neither a checkpoint (trainable_rows.*, mm_projector.*) nor an eval set (manifest.json)",
+            path=p,
+        )
     name = p.name
     owner = tracks.for_dir(p.parent)
     if owner is not None and name in owner.file_names() and name != "token_space.json":
@@ -43,13 +45,21 @@ def _inspect(p: Path) -> dict[str, Any]:
         return {"kind": "eval_result", "path": str(p), **res.to_dict()}
     if p.suffix == ".json":
         ts = TokenSpace.load(p)
-        return {"kind": "token_space", "path": str(p), "abi_hash": ts.abi_hash, "file_sha256": ts.file_sha256,
-                "text_vocab_size": ts.text_vocab_size, "vocab_size_total": ts.vocab_size_total,
-                "modalities": {r.name: [r.start, r.end] for r in ts.modalities},
-                "pad_token_id": ts.resolved_pad_id(), "codec_versions": ts.codec_versions(),
-                "tokenizer": ts.tokenizer_version}
+        return {
+            "kind": "token_space",
+            "path": str(p),
+            "abi_hash": ts.abi_hash,
+            "file_sha256": ts.file_sha256,
+            "text_vocab_size": ts.text_vocab_size,
+            "vocab_size_total": ts.vocab_size_total,
+            "modalities": {r.name: [r.start, r.end] for r in ts.modalities},
+            "pad_token_id": ts.resolved_pad_id(),
+            "codec_versions": ts.codec_versions(),
+            "tokenizer": ts.tokenizer_version,
+        }
     track = next((t for t in tracks.ALL if t.inspects_file(p)), None)
     if track is not None:
         return track.inspect(p)
-    raise InvalidInput("is not a recognised evalboard file (checkpoint, token_space.json, eval set, eval_step json)",
-                       path=p)
+    raise InvalidInput(
+        "is not a recognised evalboard file (checkpoint, token_space.json, eval set, eval_step json)", path=p
+    )

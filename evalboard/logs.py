@@ -14,8 +14,17 @@ import sys
 __all__ = ["configure", "OURS", "THIRD_PARTY"]
 
 OURS = ("evalboard", "evaluator", "registry", "dashboard")
-THIRD_PARTY = ("transformers", "huggingface_hub", "mlflow", "alembic", "urllib3", "httpx", "filelock", "fsspec",
-               "streamlit")
+THIRD_PARTY = (
+    "transformers",
+    "huggingface_hub",
+    "mlflow",
+    "alembic",
+    "urllib3",
+    "httpx",
+    "filelock",
+    "fsspec",
+    "streamlit",
+)
 # Their INFO is statement echo and compiler metrics: debugging tools, never news.
 ALWAYS_QUIET = ("sqlalchemy", "torch")
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -35,8 +35,9 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 def run_child(cmd: Sequence[str], env: Mapping[str, str] | None = None, *, grace_seconds: float = 10.0) -> int:
     """Run `cmd` in its own process group until it exits; returns its exit status (0 when it
     ended because we forwarded a stop signal to it)."""
-    proc = subprocess.Popen(list(cmd), env=dict(env) if env is not None else None, start_new_session=True,
-                            preexec_fn=_die_with_parent)  # noqa: PLW1509 - only prctl, no locks taken
+    proc = subprocess.Popen(
+        list(cmd), env=dict(env) if env is not None else None, start_new_session=True, preexec_fn=_die_with_parent
+    )  # noqa: PLW1509 - only prctl, no locks taken
     forwarded: list[int] = []
 
     def forward(signum, _frame) -> None:

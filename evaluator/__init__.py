@@ -17,7 +17,7 @@ _EXPORTS = {
     "resolve_base_model": "base_model",
     "load_base": "base_model",
     "TokenSpaceSizes": "rows",
-    "TrainableRows": "rows",
+    "RowTensors": "rows",
     "PrepareReport": "rows",
     "prepare_for_token_space": "rows",
     "patch_rows": "rows",

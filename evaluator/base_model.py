@@ -21,8 +21,15 @@ import torch
 
 from registry.errors import InvalidInput, NotFound
 
-__all__ = ["ResidentBase", "resolve_base_model", "load_base", "default_dtype", "parse_device", "LOCAL_MODELS_KEY",
-           "quiet_loading"]
+__all__ = [
+    "ResidentBase",
+    "resolve_base_model",
+    "load_base",
+    "default_dtype",
+    "parse_device",
+    "LOCAL_MODELS_KEY",
+    "quiet_loading",
+]
 
 LOCAL_MODELS_KEY = "*"
 """`EVALBOARD_MODELS` key whose folder holds base models a checkpoint may name by local path."""
@@ -30,9 +37,7 @@ LOCAL_MODELS_KEY = "*"
 log = logging.getLogger(__name__)
 
 
-def resolve_base_model(
-    model_id: str, models_map: Mapping[str, str], *, cache_dir: str | Path | None = None
-) -> Path:
+def resolve_base_model(model_id: str, models_map: Mapping[str, str], *, cache_dir: str | Path | None = None) -> Path:
     """Local directory holding `model_id`'s weights, without touching the network.
 
     Tried in order: the `models_map` entry (from `EVALBOARD_MODELS`), the Hugging Face cache
@@ -98,6 +103,8 @@ def quiet_loading() -> Iterator[None]:
         transformers.logging.set_verbosity(verbosity)
         if bars:
             transformers.utils.logging.enable_progress_bar()
+
+
 def parse_device(requested: str | None) -> torch.device | None:
     """`--device` as a torch device, or a one-line refusal naming the option (torch's own error
     for "gpu0" is a RuntimeError); None stays None (pick automatically)."""
@@ -138,9 +145,7 @@ class ResidentBase:
         )
 
 
-def load_base(
-    path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
-) -> ResidentBase:
+def load_base(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> ResidentBase:
     """Load the causal LM at `path` onto `device`, frozen (eval mode, no gradients).
 
     `dtype` defaults to `default_dtype(device)`.

@@ -105,8 +105,9 @@ MAX_PADDING = 0.1
 """Default share of a batch's padded tokens that may be padding (compute spent on nothing)."""
 
 
-def plan_batches(lengths: Sequence[int], max_tokens_per_batch: int,
-                 max_padding: float = MAX_PADDING) -> list[list[int]]:
+def plan_batches(
+    lengths: Sequence[int], max_tokens_per_batch: int, max_padding: float = MAX_PADDING
+) -> list[list[int]]:
     """Group example indices into batches whose padded size stays within the budget.
 
     Longest first, so an out-of-memory error (if any) shows up on the first batch. An example

@@ -21,16 +21,24 @@ from __future__ import annotations
 
 import importlib
 import re
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
 from registry.errors import Incompatible, InvalidInput
 
-__all__ = ["PerceiverConnector", "ProjectorConnector", "perceiver_resampler", "llava_projector", "load_builder",
-           "build_connector", "REFERENCE_BUILDERS"]
+__all__ = [
+    "PerceiverConnector",
+    "ProjectorConnector",
+    "perceiver_resampler",
+    "llava_projector",
+    "load_builder",
+    "build_connector",
+    "REFERENCE_BUILDERS",
+]
 
 REFERENCE_BUILDERS = ("evaluator.connectors:perceiver_resampler", "evaluator.connectors:llava_projector")
 _HEAD_KEYS = ("num_heads", "n_heads", "resampler_heads", "resampler_num_heads", "attn_heads")
@@ -51,13 +59,17 @@ def _mlp_widths(state: Mapping[str, torch.Tensor], prefix: str, where: str) -> l
     if f"{prefix}.weight" in state:
         w = state[f"{prefix}.weight"]
         return [int(w.shape[1]), int(w.shape[0])]
-    found = sorted((int(m.group(1)), k) for k in state
-                   if (m := re.fullmatch(re.escape(prefix) + r"\.(\d+)\.weight", k)))
+    found = sorted(
+        (int(m.group(1)), k) for k in state if (m := re.fullmatch(re.escape(prefix) + r"\.(\d+)\.weight", k))
+    )
     if not found:
         raise InvalidInput(f"has no {prefix}.<i>.weight tensors to build the projector from", path=where)
     if found[0][0] != 0:
-        raise InvalidInput(f"{prefix} layers start at index {found[0][0]}; the reference builders expect Linear "
-                           "layers at 0, 2, 4, ... with GELU between (name another builder)", path=where)
+        raise InvalidInput(
+            f"{prefix} layers start at index {found[0][0]}; the reference builders expect Linear "
+            "layers at 0, 2, 4, ... with GELU between (name another builder)",
+            path=where,
+        )
     chain = []
     for j, (i, k) in enumerate(found):
         if i != 2 * j:
@@ -76,8 +88,9 @@ class PerceiverConnector(nn.Module):
     """Learned queries attend over the vision features (the resampler), then an MLP projects each
     query to the LLM's width: ``[B, patches, vision_dim] -> [B, n_queries, llm_dim]``."""
 
-    def __init__(self, vision_dim: int, llm_dim: int, n_queries: int, num_heads: int,
-                 projector_widths: list[int] | None = None):
+    def __init__(
+        self, vision_dim: int, llm_dim: int, n_queries: int, num_heads: int, projector_widths: list[int] | None = None
+    ):
         super().__init__()
         if vision_dim % num_heads:
             raise Incompatible(f"vision width {vision_dim} is not divisible by num_heads={num_heads}")
@@ -109,17 +122,22 @@ def perceiver_resampler(state: Mapping[str, torch.Tensor], meta: Mapping[str, An
     where = str(meta.get("_path", "connector"))
     queries = state.get("resampler.queries")
     if queries is None or queries.dim() != 2:
-        raise InvalidInput("has no 2-D resampler.queries tensor [n_queries, vision_dim] (perceiver_resampler)",
-                           path=where)
+        raise InvalidInput(
+            "has no 2-D resampler.queries tensor [n_queries, vision_dim] (perceiver_resampler)", path=where
+        )
     heads = next((meta[k] for k in _HEAD_KEYS if k in meta), None)
     if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1:
-        raise InvalidInput("the resampler's number of attention heads cannot be read off the weights; record it as "
-                           f"num_heads in the checkpoint's config (got {heads!r})", path=where)
+        raise InvalidInput(
+            "the resampler's number of attention heads cannot be read off the weights; record it as "
+            f"num_heads in the checkpoint's config (got {heads!r})",
+            path=where,
+        )
     widths = _mlp_widths(state, "projector", where)
     n_queries, vision_dim = (int(x) for x in queries.shape)
     if widths[0] != vision_dim:
-        raise InvalidInput(f"projector takes {widths[0]}-wide inputs but the resampler's queries are "
-                           f"{vision_dim} wide", path=where)
+        raise InvalidInput(
+            f"projector takes {widths[0]}-wide inputs but the resampler's queries are {vision_dim} wide", path=where
+        )
     return PerceiverConnector(vision_dim, widths[-1], n_queries, heads, widths)
 
 
@@ -134,14 +152,19 @@ def llava_projector(state: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) 
         m = re.fullmatch(r"mlp(\d+)x_gelu", str(kind))
         if kind == "linear":
             if not single:
-                raise InvalidInput(f"mm_projector_type is 'linear' but the weights hold {len(widths) - 1} layers",
-                                   path=where)
+                raise InvalidInput(
+                    f"mm_projector_type is 'linear' but the weights hold {len(widths) - 1} layers", path=where
+                )
         elif m is None:
-            raise InvalidInput(f"mm_projector_type {kind!r} is not one llava_projector builds (linear, mlp<N>x_gelu); "
-                               "name a connector builder for it", path=where)
+            raise InvalidInput(
+                f"mm_projector_type {kind!r} is not one llava_projector builds (linear, mlp<N>x_gelu); "
+                "name a connector builder for it",
+                path=where,
+            )
         elif int(m.group(1)) != len(widths) - 1:
-            raise InvalidInput(f"mm_projector_type {kind!r} says {m.group(1)} layers, the weights hold "
-                               f"{len(widths) - 1}", path=where)
+            raise InvalidInput(
+                f"mm_projector_type {kind!r} says {m.group(1)} layers, the weights hold {len(widths) - 1}", path=where
+            )
     return ProjectorConnector(widths, attribute, single)
 
 
@@ -153,8 +176,10 @@ def load_builder(spec: str) -> Callable[..., nn.Module]:
     try:
         module = importlib.import_module(module_name)
     except Exception as e:  # noqa: BLE001 - user code: any import failure is reported, not raised as is
-        raise InvalidInput(f"connector builder {spec!r} does not import: {type(e).__name__}: "
-                           f"{str(e).splitlines()[0] if str(e) else ''}") from None
+        raise InvalidInput(
+            f"connector builder {spec!r} does not import: {type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}"
+        ) from None
     fn = module
     for part in attr.split("."):
         fn = getattr(fn, part, None)
@@ -165,8 +190,9 @@ def load_builder(spec: str) -> Callable[..., nn.Module]:
     return fn
 
 
-def build_connector(spec: str, state: Mapping[str, torch.Tensor], meta: Mapping[str, Any],
-                    where: str | Path) -> nn.Module:
+def build_connector(
+    spec: str, state: Mapping[str, torch.Tensor], meta: Mapping[str, Any], where: str | Path
+) -> nn.Module:
     """Build with ``spec`` and load ``state`` strictly; eval mode, no gradients."""
     try:
         fn = load_builder(spec)
@@ -178,11 +204,14 @@ def build_connector(spec: str, state: Mapping[str, torch.Tensor], meta: Mapping[
         message = str(e).removeprefix(f"{e.path}: ") if e.path else str(e)
         raise type(e)(f"connector builder {spec}: {message}", path=where) from None
     except Exception as e:  # noqa: BLE001 - user code
-        raise InvalidInput(f"connector builder {spec} failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
-                           path=where) from None
+        raise InvalidInput(
+            f"connector builder {spec} failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+            path=where,
+        ) from None
     if not isinstance(module, nn.Module):
-        raise InvalidInput(f"connector builder {spec} returned a {type(module).__name__}, not a torch.nn.Module",
-                           path=where)
+        raise InvalidInput(
+            f"connector builder {spec} returned a {type(module).__name__}, not a torch.nn.Module", path=where
+        )
     expected = set(module.state_dict())
     given = set(state)
     missing, unexpected = sorted(expected - given), sorted(given - expected)
@@ -196,8 +225,11 @@ def build_connector(spec: str, state: Mapping[str, torch.Tensor], meta: Mapping[
     try:
         module.load_state_dict(dict(state), strict=True)
     except RuntimeError as e:
-        shapes = re.findall(r"size mismatch for ([^:]+): copying a param with shape (torch.Size\([^)]*\)) from "
-                            r"checkpoint, the shape in current model is (torch.Size\([^)]*\))", str(e))
+        shapes = re.findall(
+            r"size mismatch for ([^:]+): copying a param with shape (torch.Size\([^)]*\)) from "
+            r"checkpoint, the shape in current model is (torch.Size\([^)]*\))",
+            str(e),
+        )
         detail = "; ".join(f"{k}: file {a}, module {b}" for k, a, b in shapes[:3]) or str(e).splitlines()[0]
         raise InvalidInput(f"connector weights do not fit the module built by {spec}: {detail}", path=where) from None
     module.eval()

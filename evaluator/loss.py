@@ -313,7 +313,10 @@ def evaluate_loss(
         batch = collate(examples, indices, pad_token_id, device, lengths)
         try:
             nll, rows = batch_fn(
-                model, batch, positions_per_chunk=positions_per_chunk, vocab_block=vocab_block,
+                model,
+                batch,
+                positions_per_chunk=positions_per_chunk,
+                vocab_block=vocab_block,
                 inputs=inputs,
             )
         except Exception as error:  # noqa: BLE001 - only out-of-memory is handled, see below
@@ -366,8 +369,7 @@ def _report(
     start: float,
 ) -> LossReport:
     per_example = [
-        ExampleLoss(ex.example_id, ex.task, s / c if c else math.nan, c)
-        for ex, s, c in zip(examples, sums, counts)
+        ExampleLoss(ex.example_id, ex.task, s / c if c else math.nan, c) for ex, s, c in zip(examples, sums, counts)
     ]
     totals: dict[str, list[float]] = {}  # task -> [nll sum, tokens, examples]
     for ex, s, c in zip(examples, sums, counts):

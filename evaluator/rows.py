@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -30,7 +30,7 @@ from registry.errors import EvalboardError, Incompatible, InvalidInput
 
 __all__ = [
     "TokenSpaceSizes",
-    "TrainableRows",
+    "RowTensors",
     "PrepareReport",
     "PatchReport",
     "ApplyReport",
@@ -64,19 +64,18 @@ class TokenSpaceSizes:
             raise InvalidInput(f"text_vocab_size must be positive, got {self.text_vocab_size}")
         if self.vocab_size_total < self.text_vocab_size:
             raise InvalidInput(
-                f"vocab_size_total ({self.vocab_size_total}) is smaller than "
-                f"text_vocab_size ({self.text_vocab_size})"
+                f"vocab_size_total ({self.vocab_size_total}) is smaller than text_vocab_size ({self.text_vocab_size})"
             )
         if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.vocab_size_total:
             raise InvalidInput(
-                f"pad_token_id {self.pad_token_id} is outside the token space "
-                f"[0, {self.vocab_size_total})"
+                f"pad_token_id {self.pad_token_id} is outside the token space [0, {self.vocab_size_total})"
             )
 
 
 @dataclass(frozen=True)
-class TrainableRows:
-    """Trained rows for `[row_start, row_end)` of the input embedding and (optionally) lm_head."""
+class RowTensors:
+    """Trained rows for `[row_start, row_end)` of the input embedding and (optionally) lm_head, as
+    tensors to copy into a model (the checkpoint they come from is `registry.trainable_rows.TrainableRows`)."""
 
     embed: torch.Tensor
     lm_head: torch.Tensor | None
@@ -127,10 +126,7 @@ class PrepareReport:
                 f"{self.text_vocab_size + self.reinitialised_rows}) are past text_vocab_size "
                 "(padding of the base matrix) and were re-initialised"
             )
-        parts.append(
-            f"rows [{self.text_vocab_size}, {self.vocab_size_total}) set to the mean of the "
-            "text rows"
-        )
+        parts.append(f"rows [{self.text_vocab_size}, {self.vocab_size_total}) set to the mean of the text rows")
         if self.config_says_tied is not None and self.config_says_tied != self.tied:
             parts.append(
                 f"note: config.tie_word_embeddings={self.config_says_tied} but the weights are "
@@ -153,11 +149,7 @@ class PatchReport:
     """'copied', 'tied' (lm_head is the embedding), or 'absent'."""
 
     def describe(self) -> str:
-        cast = (
-            f", cast {self.source_dtype} -> {self.model_dtype}"
-            if self.source_dtype != self.model_dtype
-            else ""
-        )
+        cast = f", cast {self.source_dtype} -> {self.model_dtype}" if self.source_dtype != self.model_dtype else ""
         head = {
             "copied": "embedding and lm_head",
             "tied": "embedding (lm_head tied to it)",
@@ -172,8 +164,7 @@ def _matrices(model: nn.Module) -> tuple[nn.Embedding, nn.Module]:
         raise Incompatible(f"input embedding is a {type(emb).__name__}, expected nn.Embedding")
     if head is None:
         raise Incompatible(
-            f"{type(model).__name__} has no lm_head (output embeddings); "
-            "pass the causal LM, not its decoder stack"
+            f"{type(model).__name__} has no lm_head (output embeddings); pass the causal LM, not its decoder stack"
         )
     if not isinstance(getattr(head, "weight", None), torch.Tensor):
         raise Incompatible(f"lm_head is a {type(head).__name__} without a weight matrix")
@@ -191,9 +182,7 @@ def _text_config(model: nn.Module):
     return config.get_text_config() if hasattr(config, "get_text_config") else config
 
 
-def _resized(
-    weight: torch.Tensor, text_rows: int, total_rows: int, init_row: torch.Tensor
-) -> torch.Tensor:
+def _resized(weight: torch.Tensor, text_rows: int, total_rows: int, init_row: torch.Tensor) -> torch.Tensor:
     """`weight` with `total_rows` rows: text rows kept, the rest set to `init_row`.
 
     Works in place when the row count is already right (no reallocation).
@@ -388,16 +377,14 @@ def _same_values(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 @torch.no_grad()
-def snapshot_rows(model: nn.Module, row_start: int, row_end: int) -> TrainableRows:
+def snapshot_rows(model: nn.Module, row_start: int, row_end: int) -> RowTensors:
     """A copy of rows `[row_start, row_end)` of the embedding and lm_head (None when tied)."""
     emb, head = _matrices(model)
     lm_head = None if _is_tied(emb, head) else head.weight[row_start:row_end].clone()
-    return TrainableRows(
-        emb.weight[row_start:row_end].clone(), lm_head, row_start, row_end, source="snapshot"
-    )
+    return RowTensors(emb.weight[row_start:row_end].clone(), lm_head, row_start, row_end, source="snapshot")
 
 
-def restore_rows(model: nn.Module, snapshot: TrainableRows) -> PatchReport:
+def restore_rows(model: nn.Module, snapshot: RowTensors) -> PatchReport:
     """Put back rows taken with `snapshot_rows`."""
     return patch_rows(model, snapshot.embed, snapshot.lm_head, snapshot.row_start, snapshot.row_end)
 
@@ -433,7 +420,7 @@ class ResidentModel:
         self.sizes: TokenSpaceSizes | None = None
         self.rows_source: str | None = None
 
-    def apply(self, sizes: TokenSpaceSizes, rows: TrainableRows) -> ApplyReport:
+    def apply(self, sizes: TokenSpaceSizes, rows: RowTensors) -> ApplyReport:
         start = time.perf_counter()
         if rows.row_start < sizes.text_vocab_size:
             raise Incompatible(
@@ -444,8 +431,7 @@ class ResidentModel:
         prepared = None
         reset = 0
         same_shape = self.sizes is not None and (
-            (self.sizes.text_vocab_size, self.sizes.vocab_size_total)
-            == (sizes.text_vocab_size, sizes.vocab_size_total)
+            (self.sizes.text_vocab_size, self.sizes.vocab_size_total) == (sizes.text_vocab_size, sizes.vocab_size_total)
         )
         if same_shape:
             _set_pad_token_id(self.model, sizes.pad_token_id)
@@ -466,7 +452,7 @@ class ResidentModel:
         return report
 
     @torch.no_grad()
-    def _reset_uncovered(self, sizes: TokenSpaceSizes, rows: TrainableRows) -> int:
+    def _reset_uncovered(self, sizes: TokenSpaceSizes, rows: RowTensors) -> int:
         emb, head = _matrices(self.model)
         emb_init, head_init = getattr(self.model, _INIT_ATTR)
         spans = [(sizes.text_vocab_size, rows.row_start), (rows.row_end, sizes.vocab_size_total)]

@@ -14,9 +14,10 @@ import hashlib
 import logging
 import math
 import platform
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -73,6 +74,22 @@ class EvalOutcome:
 
 
 @dataclass(frozen=True)
+class Computation:
+    """What `Evaluator.compute` produced, nothing written yet: the numbers, the per-example
+    report, and what they were computed from (the track and its loaded checkpoint, for statistics)."""
+
+    checkpoint: CheckpointEntity
+    evalset: EvalSetEntity
+    options: EvalOptions
+    result: EvalResult
+    report: LossReport
+    track: Any
+    """The checkpoint's `evaluator.tracks.EvalTrack`."""
+    loaded: Any
+    """What the track loaded from the checkpoint (rows, connector state)."""
+
+
+@dataclass(frozen=True)
 class Publication:
     """What `Evaluator.record` publishes once the numbers exist: the MLflow record and the registry
     result row. Plain JSON (`to_dict`/`from_dict`), so a queued job can keep it in the registry's
@@ -91,16 +108,29 @@ class Publication:
     def to_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
 
-        return {"record": asdict(self.record), "result_fields": self.result_fields, "job_id": self.job_id,
-                "job_token": self.job_token, "force": self.force, "stats": self.stats, "eval_json": self.eval_json}
+        return {
+            "record": asdict(self.record),
+            "result_fields": self.result_fields,
+            "job_id": self.job_id,
+            "job_token": self.job_token,
+            "force": self.force,
+            "stats": self.stats,
+            "eval_json": self.eval_json,
+        }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Publication":
+    def from_dict(cls, data: dict[str, Any]) -> Publication:
         from evaluator.tracking import record_from_dict
 
-        return cls(record=record_from_dict(data["record"]), result_fields=dict(data["result_fields"]),
-                   job_id=data.get("job_id"), job_token=data.get("job_token"), force=bool(data.get("force")),
-                   stats=data.get("stats"), eval_json=bool(data.get("eval_json")))
+        return cls(
+            record=record_from_dict(data["record"]),
+            result_fields=dict(data["result_fields"]),
+            job_id=data.get("job_id"),
+            job_token=data.get("job_token"),
+            force=bool(data.get("force")),
+            stats=data.get("stats"),
+            eval_json=bool(data.get("eval_json")),
+        )
 
 
 def resolve_device(requested: str | None) -> torch.device:
@@ -144,8 +174,14 @@ class Evaluator:
 
     log = log
 
-    def __init__(self, registry: Registry, settings: Settings | None = None, *, tracker: Any = None,
-                 progress: Callable[[int, int], None] | None = None):
+    def __init__(
+        self,
+        registry: Registry,
+        settings: Settings | None = None,
+        *,
+        tracker: Any = None,
+        progress: Callable[[int, int], None] | None = None,
+    ):
         self.reg = registry
         self.settings = settings or Settings.from_env()
         self._tracker = tracker
@@ -159,8 +195,6 @@ class Evaluator:
         """Vision-tower features by cache key (see evaluator/vision.py)."""
         self._feature_cache: Any = None
         self.loads = 0
-        self.batch_fn = None
-        """Override `evaluate_loss`'s per-batch function (fault-injection tests); None = default."""
 
     @property
     def tracker(self):
@@ -179,8 +213,11 @@ class Evaluator:
         allowed = overridable(ck) if ck.status == "valid" else frozenset()
         if errors and not (options.allow_mismatch and all(f.code in allowed for f in errors)):
             hint = " (pass --allow-mismatch to evaluate anyway)" if all(f.code in allowed for f in errors) else ""
-            raise Incompatible(f"refusing to evaluate {ck.path} on eval set {es.name!r}: "
-                               + "; ".join(f.message for f in errors) + hint)
+            raise Incompatible(
+                f"refusing to evaluate {ck.path} on eval set {es.name!r}: "
+                + "; ".join(f.message for f in errors)
+                + hint
+            )
         return findings
 
     def ensure_base(self, base_model: str, device: torch.device, *, pristine: bool = False) -> ResidentModel:
@@ -217,8 +254,9 @@ class Evaluator:
         if self.settings.vision_cache_bytes <= 0:
             return None
         if self._feature_cache is None:
-            self._feature_cache = FeatureCache(self.settings.home / "cache" / "vision",
-                                               self.settings.vision_cache_bytes)
+            self._feature_cache = FeatureCache(
+                self.settings.home / "cache" / "vision", self.settings.vision_cache_bytes
+            )
         if sum(t.numel() * t.element_size() for t in self.features_memory.values()) > _FEATURES_MEMORY_BYTES:
             self.features_memory.clear()
         return self._feature_cache
@@ -227,13 +265,16 @@ class Evaluator:
         """The run's valid checkpoint of the same track just before ``ck`` (for drift)."""
         if ck.step is None:
             return None
-        earlier = [c for c in self.reg.list_checkpoints(run_id=ck.run_id, status="valid", track=ck.track)
-                   if c.step is not None and c.step < ck.step]
+        earlier = [
+            c
+            for c in self.reg.list_checkpoints(run_id=ck.run_id, status="valid", track=ck.track)
+            if c.step is not None and c.step < ck.step
+        ]
         return max(earlier, key=lambda c: c.step) if earlier else None
 
     # --- the evaluation ---------------------------------------------------------------------
 
-    def compute(self, ck: CheckpointEntity, es: EvalSetEntity, options: EvalOptions) -> tuple[EvalResult, LossReport, dict]:
+    def compute(self, ck: CheckpointEntity, es: EvalSetEntity, options: EvalOptions) -> Computation:
         """Check, load, apply and compute; writes nothing."""
         findings = self.check(ck, es, options)
         track = tracks.get(ck.track)
@@ -241,10 +282,15 @@ class Evaluator:
         device = resolve_device(options.device)
         applied = track.apply(self, ck, loaded, device, options)
         fed = track.inputs(self, applied, es, options.max_examples)
-        extra_kw = {} if self.batch_fn is None else {"batch_fn": self.batch_fn}
-        report = evaluate_loss(applied.model, fed.examples, max_tokens_per_batch=options.max_tokens_per_batch,
-                               pad_token_id=applied.pad_token_id, progress=self.progress, inputs=fed.inputs,
-                               placeholder_id=fed.placeholder_id, **extra_kw)
+        report = evaluate_loss(
+            applied.model,
+            fed.examples,
+            max_tokens_per_batch=options.max_tokens_per_batch,
+            pad_token_id=applied.pad_token_id,
+            progress=self.progress,
+            inputs=fed.inputs,
+            placeholder_id=fed.placeholder_id,
+        )
         bad = {t: v.loss for t, v in report.tasks.items() if not math.isfinite(v.loss)}
         if bad:
             raise InvalidInput(f"non-finite loss {bad} on eval set {es.name!r}; not logged as a score", path=ck.path)
@@ -258,26 +304,35 @@ class Evaluator:
             token_space_hash=applied.token_space_hash,
             extra={**_reproducibility(self.base, report, options, applied.prepare, findings), **applied.params},
         )
-        return result, report, {"track": track, "loaded": loaded, "applied": applied}
+        return Computation(ck, es, options, result, report, track, loaded)
 
-    def evaluate(self, ck: CheckpointEntity, es: EvalSetEntity, options: EvalOptions = EvalOptions(),
-                 *, job_id: int | None = None) -> EvalOutcome:
+    def evaluate(
+        self,
+        ck: CheckpointEntity,
+        es: EvalSetEntity,
+        options: EvalOptions = EvalOptions(),
+        *,
+        job_id: int | None = None,
+    ) -> EvalOutcome:
         if not options.force:
             existing = self._existing(ck, es, options)
             if existing is not None:
                 return existing
-        result, report, ctx = self.compute(ck, es, options)
-        return self.record(ck, es, result, report, options, ctx, job_id=job_id)
+        return self.publish_computation(self.compute(ck, es, options), job_id=job_id)
 
-    def prior_result(self, ck: CheckpointEntity, es: EvalSetEntity, max_examples: int | None, *,
-                     logged_only: bool = False):
+    def prior_result(
+        self, ck: CheckpointEntity, es: EvalSetEntity, max_examples: int | None, *, logged_only: bool = False
+    ):
         """The registry's evaluator result for this checkpoint content on this eval-set content and
         subset (``logged_only``: one that has its MLflow run), or None."""
         for r in self.reg.list_eval_results(checkpoint_id=ck.id):
-            if (r.source == "evaluator" and r.checkpoint_hash == ck.content_hash
-                    and r.evalset_hash == es.content_hash
-                    and (r.extra or {}).get("max_examples") == max_examples
-                    and (r.mlflow_run_id or not logged_only)):
+            if (
+                r.source == "evaluator"
+                and r.checkpoint_hash == ck.content_hash
+                and r.evalset_hash == es.content_hash
+                and (r.extra or {}).get("max_examples") == max_examples
+                and (r.mlflow_run_id or not logged_only)
+            ):
                 return r
         return None
 
@@ -286,24 +341,37 @@ class Evaluator:
         if r is None:
             return None
         metrics = r.metrics or {}
-        res = EvalResult(step=r.step, losses={t: m["loss"] for t, m in metrics.items()},
-                         tokens={t: m.get("tokens") for t, m in metrics.items()},
-                         examples={t: m.get("examples") for t, m in metrics.items()})
-        return EvalOutcome(ck, es, res, None, {"run_id": r.mlflow_run_id or ""}, skipped=True,
-                           registry_result_id=r.id)
+        res = EvalResult(
+            step=r.step,
+            losses={t: m["loss"] for t, m in metrics.items()},
+            tokens={t: m.get("tokens") for t, m in metrics.items()},
+            examples={t: m.get("examples") for t, m in metrics.items()},
+        )
+        return EvalOutcome(ck, es, res, None, {"run_id": r.mlflow_run_id or ""}, skipped=True, registry_result_id=r.id)
 
-    def record(self, ck, es, result: EvalResult, report: LossReport | None, options: EvalOptions, ctx: dict,
-               *, job_id: int | None = None, job_token: int | None = None) -> EvalOutcome:
-        """Write the artifacts, log to MLflow, then record the result in the registry."""
-        pub = self.prepare(ck, es, result, report, options, ctx, job_id=job_id, job_token=job_token)
-        mlflow_ids, ent = self.publish(pub, log_to_mlflow=options.log_to_mlflow)
-        return EvalOutcome(ck, es, result, report, mlflow_ids, registry_result_id=ent.id)
+    def publish_computation(
+        self, computed: Computation, *, job_id: int | None = None, job_token: int | None = None
+    ) -> EvalOutcome:
+        """`prepare_publication`, then `publish`: artifacts, MLflow, then the registry."""
+        pub = self.prepare_publication(computed, job_id=job_id, job_token=job_token)
+        mlflow_ids, ent = self.publish(pub, log_to_mlflow=computed.options.log_to_mlflow)
+        return EvalOutcome(
+            computed.checkpoint,
+            computed.evalset,
+            computed.result,
+            computed.report,
+            mlflow_ids,
+            registry_result_id=ent.id,
+        )
 
-    def prepare(self, ck, es, result: EvalResult, report: LossReport | None, options: EvalOptions, ctx: dict,
-                *, job_id: int | None = None, job_token: int | None = None) -> Publication:
+    def prepare_publication(
+        self, computed: Computation, *, job_id: int | None = None, job_token: int | None = None
+    ) -> Publication:
         """Write the local artifacts under the evalboard home (result json, per-example losses,
         statistics) and assemble what `publish` sends; touches neither MLflow nor the registry nor
         the checkpoint's folder (those are written by `publish`, after MLflow took the result)."""
+        ck, es, options = computed.checkpoint, computed.evalset, computed.options
+        result, report = computed.result, computed.report
         out_dir = self.settings.home / "results" / f"{ck.content_hash[:16]}-{es.content_hash[:16]}"
         if options.max_examples:
             out_dir = out_dir.with_name(out_dir.name + f"-n{options.max_examples}")
@@ -315,30 +383,50 @@ class Evaluator:
             per_example = out_dir / "per_example_losses.parquet"
             _write_per_example(report, per_example)
             artifacts[per_example.name] = str(per_example)
-        stats = self._statistics(ck, ctx)
+        stats = computed.track.statistics(self, ck, computed.loaded, base_dir=self.base.path if self.base else None)
         if stats is not None:
             import json
 
-            stats_path = out_dir / ctx["track"].stats_artifact
+            stats_path = out_dir / computed.track.stats_artifact
             stats_path.write_text(json.dumps(stats, indent=2) + "\n")
             artifacts[stats_path.name] = str(stats_path)
-        record = self._record(ck, es, result, options, artifacts)
+        record = self._tracking_record(ck, es, result, options, artifacts)
         if job_token is not None:
             record = _with_tags(record, {"evalboard.fencing_token": str(job_token)})
         run = self.reg.get_run(id=ck.run_id)
-        extra = {"per_example_path": artifacts.get("per_example_losses.parquet"),
-                 "max_examples": options.max_examples, "allow_mismatch": options.allow_mismatch,
-                 "result_dir": str(out_dir), "job_id": job_id, "run_name": run.name,
-                 **{k: v for k, v in result.extra.items() if k in ("device", "dtype")}}
-        fields = dict(checkpoint_id=ck.id, run_id=ck.run_id, evalset_id=es.id, evalset_hash=es.content_hash,
-                      checkpoint_hash=ck.content_hash, step=ck.step, source="evaluator", loss_all=result.loss_all,
-                      metrics=result.metrics(), path=str(result_path), extra=extra)
-        return Publication(record=record, result_fields=fields, job_id=job_id, job_token=job_token,
-                           force=options.force, stats=stats,
-                           eval_json=options.write_eval_json and ck.step is not None)
+        extra = {
+            "per_example_path": artifacts.get("per_example_losses.parquet"),
+            "max_examples": options.max_examples,
+            "allow_mismatch": options.allow_mismatch,
+            "result_dir": str(out_dir),
+            "job_id": job_id,
+            "run_name": run.name,
+            **{k: v for k, v in result.extra.items() if k in ("device", "dtype")},
+        }
+        fields = dict(
+            checkpoint_id=ck.id,
+            run_id=ck.run_id,
+            evalset_id=es.id,
+            evalset_hash=es.content_hash,
+            checkpoint_hash=ck.content_hash,
+            step=ck.step,
+            source="evaluator",
+            loss_all=result.loss_all,
+            metrics=result.metrics(),
+            path=str(result_path),
+            extra=extra,
+        )
+        return Publication(
+            record=record,
+            result_fields=fields,
+            job_id=job_id,
+            job_token=job_token,
+            force=options.force,
+            stats=stats,
+            eval_json=options.write_eval_json and ck.step is not None,
+        )
 
-    def publish(self, pub: Publication, *, log_to_mlflow: bool = True,
-                still_owner: Callable[[], bool] | None = None):
+    def publish(self, pub: Publication, *, log_to_mlflow: bool = True, still_owner: Callable[[], bool] | None = None):
         """Log `pub` to MLflow (reusing the job's FINISHED run if one exists), then record it: the
         statistics, the registry result (or the one this job already added: a retry after a crash
         adds no second row), and the ``eval_step`` json next to the checkpoint, in that order, so a
@@ -347,39 +435,37 @@ class Evaluator:
         mlflow_ids: dict[str, str] = {}
         if log_to_mlflow:
             try:
-                mlflow_ids = self.tracker.log(pub.record, job_id=pub.job_id, force=pub.force,
-                                              still_owner=still_owner)
+                mlflow_ids = self.tracker.log(pub.record, job_id=pub.job_id, force=pub.force, still_owner=still_owner)
             except EvalboardError:
                 raise
             except Exception as e:  # noqa: BLE001 - MLflow's and its HTTP client's many failures: one line
                 first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
-                raise TrackingError(f"MLflow at {self.settings.mlflow_uri} could not log the result of "
-                                    f"{pub.record.checkpoint_path} ({type(e).__name__}: {first}); nothing was "
-                                    "recorded") from e
+                raise TrackingError(
+                    f"MLflow at {self.settings.mlflow_uri} could not log the result of "
+                    f"{pub.record.checkpoint_path} ({type(e).__name__}: {first}); nothing was "
+                    "recorded"
+                ) from e
         fields = dict(pub.result_fields)
-        fields["extra"] = {**fields.get("extra", {}), "mlflow_experiment_id": mlflow_ids.get("experiment_id"),
-                           "mlflow_model_id": mlflow_ids.get("model_id")}
+        fields["extra"] = {
+            **fields.get("extra", {}),
+            "mlflow_experiment_id": mlflow_ids.get("experiment_id"),
+            "mlflow_model_id": mlflow_ids.get("model_id"),
+        }
         if pub.stats is not None and fields.get("checkpoint_id") is not None:
             self.reg.put_row_stats(checkpoint_id=fields["checkpoint_id"], stats=pub.stats)
         ent = None
         if pub.job_id is not None:
             for r in self.reg.list_eval_results(checkpoint_id=fields.get("checkpoint_id")):
                 if (r.extra or {}).get("job_id") == pub.job_id and r.source == "evaluator":
-                    ent = self.reg.update_eval_result(id=r.id, mlflow_run_id=mlflow_ids.get("run_id"),
-                                                      extra=fields["extra"])
+                    ent = self.reg.update_eval_result(
+                        id=r.id, mlflow_run_id=mlflow_ids.get("run_id"), extra=fields["extra"]
+                    )
                     break
         if ent is None:
             ent = self.reg.add_eval_result(mlflow_run_id=mlflow_ids.get("run_id"), **fields)
         if pub.eval_json:
             _copy_next_to_checkpoint(Path(fields["path"]), Path(pub.record.checkpoint_path), pub.record.evalset_name)
         return mlflow_ids, ent
-
-    def _statistics(self, ck: CheckpointEntity, ctx: dict) -> dict | None:
-        """The statistics document of the checkpoint just evaluated (not stored yet)."""
-        track, loaded = ctx.get("track"), ctx.get("loaded")
-        if track is None or loaded is None:
-            return None
-        return track.statistics(self, ck, loaded, base_dir=self.base.path if self.base else None)
 
     def statistics(self, ck: CheckpointEntity, *, with_base: bool = True) -> dict:
         """The checkpoint's statistics document (row norms, or connector parameter norms), with drift
@@ -394,7 +480,7 @@ class Evaluator:
         self.reg.put_row_stats(checkpoint_id=ck.id, stats=stats)
         return stats
 
-    def _record(self, ck, es, result: EvalResult, options: EvalOptions, artifacts: dict):
+    def _tracking_record(self, ck, es, result: EvalResult, options: EvalOptions, artifacts: dict):
         from evaluator.tracking import EvalRecord
 
         run = self.reg.get_run(id=ck.run_id)
@@ -408,13 +494,25 @@ class Evaluator:
             if run.training_mlflow_experiment_id:
                 tags["evalboard.training_experiment_id"] = run.training_mlflow_experiment_id
         return EvalRecord(
-            run_name=run.name, checkpoint_path=ck.path, checkpoint_hash=ck.content_hash, step=ck.step or 0,
-            base_model=ck.base_model or "", model_type=track.model_type,
+            run_name=run.name,
+            checkpoint_path=ck.path,
+            checkpoint_hash=ck.content_hash,
+            step=ck.step or 0,
+            base_model=ck.base_model or "",
+            model_type=track.model_type,
             model_params=track.model_params(ck, result.token_space_hash),
-            token_space_hash=result.token_space_hash or "", evalset_name=es.name, evalset_hash=es.content_hash,
-            evalset_path=es.path, losses=result.losses, tokens=result.tokens, examples=result.examples,
-            params=params, tags=tags, artifacts=artifacts,
-            eval_key=eval_key(ck.content_hash, es.content_hash, options.max_examples))
+            token_space_hash=result.token_space_hash or "",
+            evalset_name=es.name,
+            evalset_hash=es.content_hash,
+            evalset_path=es.path,
+            losses=result.losses,
+            tokens=result.tokens,
+            examples=result.examples,
+            params=params,
+            tags=tags,
+            artifacts=artifacts,
+            eval_key=eval_key(ck.content_hash, es.content_hash, options.max_examples),
+        )
 
 
 def _with_tags(record, tags: dict[str, str]):
@@ -423,8 +521,9 @@ def _with_tags(record, tags: dict[str, str]):
     return replace(record, tags={**dict(record.tags), **tags})
 
 
-def _reproducibility(base: ResidentBase | None, report: LossReport, options: EvalOptions, prepare: str,
-                     findings: list) -> dict[str, Any]:
+def _reproducibility(
+    base: ResidentBase | None, report: LossReport, options: EvalOptions, prepare: str, findings: list
+) -> dict[str, Any]:
     import transformers
 
     import evalboard
@@ -454,12 +553,14 @@ def _write_per_example(report: LossReport, path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pa.table({
-        "example_id": [e.example_id for e in report.examples],
-        "task": [e.task for e in report.examples],
-        "loss": [e.loss for e in report.examples],
-        "tokens": [e.tokens for e in report.examples],
-    })
+    table = pa.table(
+        {
+            "example_id": [e.example_id for e in report.examples],
+            "task": [e.task for e in report.examples],
+            "loss": [e.loss for e in report.examples],
+            "tokens": [e.tokens for e in report.examples],
+        }
+    )
     pq.write_table(table, path)
 
 

@@ -24,11 +24,14 @@ from registry.token_space import TokenSpace
 
 __all__ = ["norm_stats", "checkpoint_row_stats", "read_base_text_rows", "connector_stats", "STAT_KEYS"]
 
-STAT_KEYS = ("count", "mean", "std", "min", "p5", "p50", "p95", "max", "zero_rows", "nonfinite_rows",
-             "unchanged_rows")
+STAT_KEYS = ("count", "mean", "std", "min", "p5", "p50", "p95", "max", "zero_rows", "nonfinite_rows", "unchanged_rows")
 _CHUNK = 8192
-_EMBED_NAMES = ("model.embed_tokens.weight", "model.language_model.embed_tokens.weight", "embed_tokens.weight",
-                "transformer.wte.weight")
+_EMBED_NAMES = (
+    "model.embed_tokens.weight",
+    "model.language_model.embed_tokens.weight",
+    "embed_tokens.weight",
+    "transformer.wte.weight",
+)
 _HEAD_NAMES = ("lm_head.weight",)
 
 
@@ -45,16 +48,31 @@ def norm_stats(rows: torch.Tensor, init_row: torch.Tensor | None = None) -> dict
     out: dict[str, Any] = {"count": int(rows.shape[0])}
     if len(norms):
         q = torch.quantile(norms.double(), torch.tensor([0.05, 0.5, 0.95], dtype=torch.float64)).tolist()
-        out.update(mean=float(norms.mean()), std=float(norms.std(unbiased=False)), min=float(norms.min()),
-                   p5=q[0], p50=q[1], p95=q[2], max=float(norms.max()))
+        out.update(
+            mean=float(norms.mean()),
+            std=float(norms.std(unbiased=False)),
+            min=float(norms.min()),
+            p5=q[0],
+            p50=q[1],
+            p95=q[2],
+            max=float(norms.max()),
+        )
     else:
         out.update({k: None for k in ("mean", "std", "min", "p5", "p50", "p95", "max")})
     out["zero_rows"] = int((rows == 0).all(dim=1).sum())
     out["nonfinite_rows"] = int((~finite).sum())
     if init_row is not None:
         init = init_row.to(rows.dtype).float()
-        unchanged = torch.cat([(c.float() - init).abs().amax(dim=1) <= 1e-6 * max(1.0, float(init.abs().max()))
-                               for c in torch.split(rows, _CHUNK)]) if len(rows) else torch.zeros(0, dtype=torch.bool)
+        unchanged = (
+            torch.cat(
+                [
+                    (c.float() - init).abs().amax(dim=1) <= 1e-6 * max(1.0, float(init.abs().max()))
+                    for c in torch.split(rows, _CHUNK)
+                ]
+            )
+            if len(rows)
+            else torch.zeros(0, dtype=torch.bool)
+        )
         out["unchanged_rows"] = int(unchanged.sum())
     else:
         out["unchanged_rows"] = None
@@ -65,8 +83,11 @@ def _drift(cur: torch.Tensor, prev: torch.Tensor) -> dict[str, float]:
     """Mean per-row cosine similarity and mean change of the row norm (current − previous)."""
     c, p = cur.float(), prev.float()
     cos = torch.nn.functional.cosine_similarity(c, p, dim=1, eps=1e-12)
-    return {"mean_cosine": float(cos.mean()), "mean_norm_change": float((c.norm(dim=1) - p.norm(dim=1)).mean()),
-            "mean_update_norm": float((c - p).norm(dim=1).mean())}
+    return {
+        "mean_cosine": float(cos.mean()),
+        "mean_norm_change": float((c.norm(dim=1) - p.norm(dim=1)).mean()),
+        "mean_update_norm": float((c - p).norm(dim=1).mean()),
+    }
 
 
 def _weights_files(model_dir: Path) -> tuple[dict[str, Path], bool]:
@@ -133,8 +154,9 @@ def checkpoint_row_stats(
         init = {k: v.float().mean(dim=0) for k, v in base.items()}
     ranges: dict[str, Any] = {}
     for r in sorted(token_space.modalities, key=lambda r: r.start):
-        ranges[r.name] = {m: norm_stats(_range_rows(t, row_start, r.start, r.end), init[m])
-                          for m, t in matrices.items()}
+        ranges[r.name] = {
+            m: norm_stats(_range_rows(t, row_start, r.start, r.end), init[m]) for m, t in matrices.items()
+        }
     doc: dict[str, Any] = {
         "step": step,
         "tied": lm_head is None,
@@ -146,10 +168,19 @@ def checkpoint_row_stats(
         prev_step, p_embed, p_head = previous
         prev = {"embed": p_embed, "lm_head": p_head if p_head is not None else p_embed}
         if all(prev[m].shape == matrices[m].shape for m in matrices):
-            doc["drift"] = {"previous_step": prev_step, "ranges": {
-                r.name: {m: _drift(_range_rows(matrices[m], row_start, r.start, r.end),
-                                   _range_rows(prev[m], row_start, r.start, r.end)) for m in matrices}
-                for r in token_space.modalities}}
+            doc["drift"] = {
+                "previous_step": prev_step,
+                "ranges": {
+                    r.name: {
+                        m: _drift(
+                            _range_rows(matrices[m], row_start, r.start, r.end),
+                            _range_rows(prev[m], row_start, r.start, r.end),
+                        )
+                        for m in matrices
+                    }
+                    for r in token_space.modalities
+                },
+            }
     doc["histograms"] = _histograms(matrices, base, ranges, row_start, token_space, bins)
     # The verdict on the checkpoint's own rows (the base's are context): what `evalboard stats`
     # prints and the dashboard shows, from the same rule (`registry.row_health`).
@@ -175,13 +206,19 @@ def _histograms(matrices, base, ranges, row_start, token_space, bins) -> dict[st
     if hi <= lo:
         hi = lo + 1e-6
     edges = torch.linspace(lo, hi, bins + 1)
-    counts = {k: torch.histc(s, bins=bins, min=lo, max=hi).long().tolist() if len(s) else [0] * bins
-              for k, s in series.items()}
+    counts = {
+        k: torch.histc(s, bins=bins, min=lo, max=hi).long().tolist() if len(s) else [0] * bins
+        for k, s in series.items()
+    }
     return {"edges": [float(e) for e in edges], "counts": counts}
 
 
-def connector_stats(state: dict[str, torch.Tensor], *, step: int | None = None,
-                    previous: tuple[int | None, dict[str, torch.Tensor]] | None = None) -> dict[str, Any]:
+def connector_stats(
+    state: dict[str, torch.Tensor],
+    *,
+    step: int | None = None,
+    previous: tuple[int | None, dict[str, torch.Tensor]] | None = None,
+) -> dict[str, Any]:
     """Per-module parameter norms of a connector, and their drift against the previous checkpoint.
 
     ``modules[m]``: ``params`` (count), ``norm`` (L2 norm of all its parameters together),
@@ -203,8 +240,10 @@ def connector_stats(state: dict[str, torch.Tensor], *, step: int | None = None,
             "rms": norm / math.sqrt(max(1, int(clean.numel()))),
             "max_abs": float(clean.abs().max()) if len(clean) else None,
             "nonfinite": int((~finite).sum()),
-            "tensors": {k: {"shape": list(t.shape), "norm": float(t.detach().float().nan_to_num().norm())}
-                        for k, t in sorted(params.items())},
+            "tensors": {
+                k: {"shape": list(t.shape), "norm": float(t.detach().float().nan_to_num().norm())}
+                for k, t in sorted(params.items())
+            },
         }
     doc: dict[str, Any] = {"kind": "connector", "step": step, "modules": modules, "drift": None}
     if previous is not None:
@@ -217,7 +256,10 @@ def connector_stats(state: dict[str, torch.Tensor], *, step: int | None = None,
             cur = torch.cat([params[k].detach().float().reshape(-1) for k in keys]).nan_to_num()
             old = torch.cat([prev_state[k].detach().float().reshape(-1) for k in keys]).nan_to_num()
             update = float((cur - old).norm())
-            drift[m] = {"update_norm": update, "relative_update": update / max(float(old.norm()), 1e-12),
-                        "cosine": float(torch.nn.functional.cosine_similarity(cur, old, dim=0, eps=1e-12))}
+            drift[m] = {
+                "update_norm": update,
+                "relative_update": update / max(float(old.norm()), 1e-12),
+                "cosine": float(torch.nn.functional.cosine_similarity(cur, old, dim=0, eps=1e-12)),
+            }
         doc["drift"] = {"previous_step": prev_step, "modules": drift}
     return doc

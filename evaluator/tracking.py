@@ -18,10 +18,16 @@ uses that to tell a live worker's RUNNING run from one a dead worker left behind
 from __future__ import annotations
 
 import json
+import os
 import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
+
+from registry.errors import LeaseLost
 
 __all__ = ["Tracker", "EvalRecord", "mlflow_available", "record_from_dict", "check_tracking_store"]
 
@@ -63,9 +69,13 @@ def record_from_dict(data: Mapping[str, Any]) -> EvalRecord:
     data = dict(data)
     if "model_type" not in data:
         data["model_type"] = "trainable-rows"
-        data["model_params"] = {"step": str(data.get("step")), "base_model": data.get("base_model", ""),
-                                "row_start": str(data.pop("row_start", 0)), "row_end": str(data.pop("row_end", 0)),
-                                "token_space_hash": data.get("token_space_hash", "")}
+        data["model_params"] = {
+            "step": str(data.get("step")),
+            "base_model": data.get("base_model", ""),
+            "row_start": str(data.pop("row_start", 0)),
+            "row_end": str(data.pop("row_end", 0)),
+            "token_space_hash": data.get("token_space_hash", ""),
+        }
     return EvalRecord(**data)
 
 
@@ -133,9 +143,9 @@ class Tracker:
     artifacts (`<location>/<experiment id>`); by default, next to a local SQLite store
     (`registry.settings.default_artifact_location`) and the server's own for a tracking server."""
 
-    def __init__(self, tracking_uri: str, experiment_prefix: str = "evalboard/", *,
-                 artifact_location: str | None = None):
-        import mlflow
+    def __init__(
+        self, tracking_uri: str, experiment_prefix: str = "evalboard/", *, artifact_location: str | None = None
+    ):
         from mlflow.tracking import MlflowClient
 
         from registry.settings import default_artifact_location
@@ -144,7 +154,8 @@ class Tracker:
         self.prefix = experiment_prefix
         self.artifact_location = artifact_location or default_artifact_location(tracking_uri)
         _ensure_sqlite_folder(tracking_uri)
-        mlflow.set_tracking_uri(tracking_uri)
+        # A client bound to this URI: the process-wide tracking URI (fluent API) is left alone, so
+        # two trackers in one process, or a training run logging elsewhere, do not collide.
         self.client = MlflowClient(tracking_uri)
         self._experiments: dict[str, str] = {}
 
@@ -158,8 +169,10 @@ class Tracker:
         if exp is None:
             try:
                 exp_id = self.client.create_experiment(
-                    name, artifact_location=self._experiment_artifacts(name),
-                    tags={f"{TAG}run": run_name, EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+                    name,
+                    artifact_location=self._experiment_artifacts(name),
+                    tags={f"{TAG}run": run_name, EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
+                )
             except MlflowException:  # another worker created it first
                 exp = self.client.get_experiment_by_name(name)
                 if exp is None:
@@ -183,25 +196,63 @@ class Tracker:
     def find_model_id(self, exp_id: str, checkpoint_hash: str) -> str | None:
         """The LoggedModel of this checkpoint content in this experiment, if one was created."""
         found = self.client.search_logged_models(
-            experiment_ids=[exp_id], filter_string=f"tags.`{TAG}checkpoint_hash` = '{checkpoint_hash}'",
-            max_results=1)
+            experiment_ids=[exp_id], filter_string=f"tags.`{TAG}checkpoint_hash` = '{checkpoint_hash}'", max_results=1
+        )
         return found[0].model_id if len(found) else None
 
     def logged_model_id(self, exp_id: str, rec: EvalRecord) -> str:
-        import mlflow
+        return self.ensure_model(
+            exp_id,
+            checkpoint_hash=rec.checkpoint_hash,
+            checkpoint_path=rec.checkpoint_path,
+            step=rec.step,
+            model_type=rec.model_type,
+            model_params=rec.model_params,
+        )
 
-        existing = self.find_model_id(exp_id, rec.checkpoint_hash)
+    def ensure_model(
+        self,
+        exp_id: str,
+        *,
+        checkpoint_hash: str,
+        checkpoint_path: str,
+        step: int | None,
+        model_type: str,
+        model_params: Mapping[str, Any],
+    ) -> str:
+        """The checkpoint's external LoggedModel in this experiment, created when it has none
+        (what `mlflow.create_external_model` does, through this tracker's own client)."""
+        from mlflow.entities import LoggedModelStatus
+        from mlflow.models.model import MLMODEL_FILE_NAME
+        from mlflow.models.utils import get_external_mlflow_model_spec
+        from mlflow.utils.mlflow_tags import MLFLOW_MODEL_IS_EXTERNAL
+
+        existing = self.find_model_id(exp_id, checkpoint_hash)
         if existing is not None:
             return existing
-        model = mlflow.create_external_model(
-            name=f"step-{rec.step}",
+        model = self.client.create_logged_model(
             experiment_id=exp_id,
-            params={k: str(v) for k, v in rec.model_params.items()},
-            tags={f"{TAG}checkpoint_hash": rec.checkpoint_hash, f"{TAG}checkpoint_path": rec.checkpoint_path,
-                  f"{TAG}step": str(rec.step)},
-            model_type=rec.model_type,
+            name=f"step-{step}",
+            params={k: str(v) for k, v in model_params.items()},
+            tags={
+                f"{TAG}checkpoint_hash": checkpoint_hash,
+                f"{TAG}checkpoint_path": checkpoint_path,
+                f"{TAG}step": str(step),
+                MLFLOW_MODEL_IS_EXTERNAL: "true",
+            },
+            model_type=model_type,
         )
-        return model.model_id
+        # An external model's weights are not in MLflow; an MLmodel file lets it be registered.
+        with tempfile.TemporaryDirectory(prefix="evalboard-model-") as tmp:
+            get_external_mlflow_model_spec(model).save(os.path.join(tmp, MLMODEL_FILE_NAME))
+            self.client.log_model_artifacts(model.model_id, tmp)
+        return self.client.finalize_logged_model(model.model_id, LoggedModelStatus.READY).model_id
+
+    def _start_run(self, exp_id: str, run_name: str, tags: Mapping[str, str]) -> str:
+        from mlflow.tracking.context import registry as context_registry
+
+        run = self.client.create_run(exp_id, run_name=run_name, tags=context_registry.resolve_tags(dict(tags)))
+        return run.info.run_id
 
     def find_finished(self, exp_id: str, *, eval_key: str | None = None, job_id: int | None = None) -> str | None:
         clauses = ["attributes.status = 'FINISHED'"]
@@ -212,17 +263,22 @@ class Tracker:
         runs = self.client.search_runs([exp_id], " and ".join(clauses), max_results=1)
         return runs[0].info.run_id if runs else None
 
-    def log(self, rec: EvalRecord, *, job_id: int | None = None, force: bool = False,
-            still_owner: Callable[[], bool] | None = None) -> dict[str, str]:
+    def log(
+        self,
+        rec: EvalRecord,
+        *,
+        job_id: int | None = None,
+        force: bool = False,
+        still_owner: Callable[[], bool] | None = None,
+    ) -> dict[str, str]:
         """Log one evaluation; returns {run_id, experiment_id, model_id}. Reuses a FINISHED run
         with the same job id (or the same eval key unless ``force``) instead of duplicating it.
 
         ``still_owner()`` is asked just before the run is marked FINISHED; when it says False (the
         worker lost its job's lease) the run ends FAILED and `LeaseLost` is raised, so a stale
         worker never adds a second FINISHED run for a job."""
-        import mlflow
         from mlflow.data.meta_dataset import MetaDataset
-        from mlflow.entities import LoggedModelInput
+        from mlflow.entities import Param
 
         exp_id = self.experiment_id(rec.run_name)
         model_id = self.logged_model_id(exp_id, rec)
@@ -231,34 +287,42 @@ class Tracker:
             existing = self.find_finished(exp_id, eval_key=rec.eval_key)
         if existing is not None:
             return {"run_id": existing, "experiment_id": exp_id, "model_id": model_id, "reused": "true"}
-        tags = {f"{TAG}checkpoint_hash": rec.checkpoint_hash, f"{TAG}evalset_hash": rec.evalset_hash,
-                f"{TAG}evalset": rec.evalset_name, f"{TAG}token_space_hash": rec.token_space_hash,
-                f"{TAG}eval_key": rec.eval_key, f"{TAG}step": str(rec.step),
-                f"{TAG}checkpoint_path": rec.checkpoint_path, **dict(rec.tags)}
+        tags = {
+            f"{TAG}checkpoint_hash": rec.checkpoint_hash,
+            f"{TAG}evalset_hash": rec.evalset_hash,
+            f"{TAG}evalset": rec.evalset_name,
+            f"{TAG}token_space_hash": rec.token_space_hash,
+            f"{TAG}eval_key": rec.eval_key,
+            f"{TAG}step": str(rec.step),
+            f"{TAG}checkpoint_path": rec.checkpoint_path,
+            **dict(rec.tags),
+        }
         if job_id is not None:
             tags[f"{TAG}job_id"] = str(job_id)
-        dataset = MetaDataset(source=_local_source(rec.evalset_path), name=rec.evalset_name,
-                              digest=rec.evalset_hash[:DIGEST_LEN])
-        with mlflow.start_run(experiment_id=exp_id, run_name=f"step{rec.step}:{rec.evalset_name}",
-                              tags=tags) as run:
-            mlflow.log_params({k: str(v) for k, v in rec.params.items()})
-            mlflow.log_input(dataset, context="eval", model=LoggedModelInput(model_id))
-            mlflow.log_metrics(_metrics(rec.losses, rec.tokens), step=rec.step, model_id=model_id, dataset=dataset)
+        dataset = MetaDataset(
+            source=_local_source(rec.evalset_path), name=rec.evalset_name, digest=rec.evalset_hash[:DIGEST_LEN]
+        )
+        run_id = self._start_run(exp_id, f"step{rec.step}:{rec.evalset_name}", tags)
+        with self._run_status(run_id):
+            self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in rec.params.items()])
+            self._log_eval_input(run_id, dataset, model_id)
+            self._log_metrics(run_id, rec.losses, rec.tokens, rec.step, model_id, dataset)
             for name, path in rec.artifacts.items():
                 if not Path(path).exists():  # an outbox entry flushed on another machine
-                    mlflow.set_tag(f"{TAG}missing_artifact.{name}", path)
+                    self.client.set_tag(run_id, f"{TAG}missing_artifact.{name}", path)
                     continue
-                mlflow.log_artifact(path, artifact_path=None if "/" not in name else name.rsplit("/", 1)[0])
-            run_id = run.info.run_id
+                self.client.log_artifact(
+                    run_id, path, artifact_path=None if "/" not in name else name.rsplit("/", 1)[0]
+                )
             if still_owner is not None and not still_owner():
-                from registry.queue import LeaseLost
-
-                raise LeaseLost(f"job {job_id}: lease lost before MLflow run {run_id} finished; "
-                                "the run is marked FAILED")
+                raise LeaseLost(
+                    f"job {job_id}: lease lost before MLflow run {run_id} finished; the run is marked FAILED"
+                )
         return {"run_id": run_id, "experiment_id": exp_id, "model_id": model_id, "reused": "false"}
 
-    def reconcile(self, live_leases: Callable[[], Mapping[int, int]],
-                  done_runs: Callable[[], Mapping[int, str | None]]) -> dict[str, list[str]]:
+    def reconcile(
+        self, live_leases: Callable[[], Mapping[int, int]], done_runs: Callable[[], Mapping[int, str | None]]
+    ) -> dict[str, list[str]]:
         """Close what dead workers left in MLflow; returns {"killed": run ids, "superseded": run ids}.
 
         - A RUNNING run of a queued job whose (job id, fencing token) is not a live lease belongs to
@@ -270,8 +334,10 @@ class Tracker:
         is never judged against leases older than it, and a run that finished after the listing is
         found among the done jobs' runs (a lease is only cleared by the `complete` that records it).
         """
-        exp_ids = [e.experiment_id for e in self.client.search_experiments(
-            filter_string=f"name LIKE '{self.prefix}%'", max_results=1000)]
+        exp_ids = [
+            e.experiment_id
+            for e in self.client.search_experiments(filter_string=f"name LIKE '{self.prefix}%'", max_results=1000)
+        ]
         if not exp_ids:
             return {"killed": [], "superseded": []}
         job_tag = f"tags.`{TAG}job_id` LIKE '%'"
@@ -290,7 +356,9 @@ class Tracker:
             if self.client.get_run(run.info.run_id).info.status != "RUNNING":
                 continue
             self.client.set_terminated(run.info.run_id, status="KILLED")
-            self.client.set_tag(run.info.run_id, f"{TAG}reconciled", "dead worker: lease lost or job finished elsewhere")
+            self.client.set_tag(
+                run.info.run_id, f"{TAG}reconciled", "dead worker: lease lost or job finished elsewhere"
+            )
             killed.append(run.info.run_id)
         by_job: dict[int, list[Any]] = {}
         for run in finished:
@@ -299,8 +367,11 @@ class Tracker:
         for job_id, runs in by_job.items():
             if len(runs) < 2 or job_id not in done:
                 continue
-            keep = done[job_id] if done[job_id] in {r.info.run_id for r in runs} else \
-                min(runs, key=lambda r: r.info.start_time).info.run_id
+            keep = (
+                done[job_id]
+                if done[job_id] in {r.info.run_id for r in runs}
+                else min(runs, key=lambda r: r.info.start_time).info.run_id
+            )
             for run in runs:
                 if run.info.run_id != keep:
                     self.client.set_terminated(run.info.run_id, status="FAILED")
@@ -317,38 +388,129 @@ class Tracker:
             if not token:
                 return runs
 
-    def log_imported(self, *, run_name: str, step: int | None, losses: Mapping[str, float],
-                     tokens: Mapping[str, int], source_path: str, checkpoint_hash: str | None,
-                     file_sha256: str) -> dict[str, str]:
-        """Backfill an existing eval_step*.json (once per file content)."""
-        import mlflow
+    def log_imported(
+        self,
+        *,
+        run_name: str,
+        step: int | None,
+        losses: Mapping[str, float],
+        tokens: Mapping[str, int],
+        source_path: str,
+        file_sha256: str,
+        checkpoint: Any = None,
+        model_type: str | None = None,
+        model_params: Mapping[str, Any] | None = None,
+        evalset: Any = None,
+    ) -> dict[str, str]:
+        """Backfill an existing eval_step*.json (once per file content). Linked like an evaluated
+        result: to the checkpoint's external LoggedModel (created when it has none; `checkpoint`
+        is its registry entity, `model_type`/`model_params` describe it) and, when the file's eval
+        set is registered (`evalset`), to it as the run's dataset input."""
+        from mlflow.data.meta_dataset import MetaDataset
 
         exp_id = self.experiment_id(run_name)
         key = f"import:{file_sha256}"
         existing = self.find_finished(exp_id, eval_key=key)
         if existing:
             return {"run_id": existing, "experiment_id": exp_id, "reused": "true"}
-        model_id = self.find_model_id(exp_id, checkpoint_hash) if checkpoint_hash else None
+        checkpoint_hash = getattr(checkpoint, "content_hash", None)
+        model_id = None
+        if checkpoint_hash:
+            model_id = self.ensure_model(
+                exp_id,
+                checkpoint_hash=checkpoint_hash,
+                checkpoint_path=checkpoint.path,
+                step=checkpoint.step if checkpoint.step is not None else step,
+                model_type=model_type or "checkpoint",
+                model_params=model_params or {},
+            )
         tags = {f"{TAG}eval_key": key, f"{TAG}source": "import", f"{TAG}source_path": source_path}
         if checkpoint_hash:
             tags[f"{TAG}checkpoint_hash"] = checkpoint_hash
-        with mlflow.start_run(experiment_id=exp_id, run_name=f"import:{Path(source_path).name}", tags=tags) as run:
-            mlflow.log_metrics(_metrics(losses, tokens), step=step or 0, model_id=model_id)
-            mlflow.log_artifact(source_path)
-            return {"run_id": run.info.run_id, "experiment_id": exp_id, "model_id": model_id or "", "reused": "false"}
+        dataset = None
+        if evalset is not None:
+            tags[f"{TAG}evalset"] = evalset.name
+            tags[f"{TAG}evalset_hash"] = evalset.content_hash
+            dataset = MetaDataset(
+                source=_local_source(evalset.path), name=evalset.name, digest=evalset.content_hash[:DIGEST_LEN]
+            )
+        run_id = self._start_run(exp_id, f"import:{Path(source_path).name}", tags)
+        with self._run_status(run_id):
+            if dataset is not None or model_id is not None:
+                self._log_eval_input(run_id, dataset, model_id)
+            self._log_metrics(run_id, losses, tokens, step or 0, model_id, dataset)
+            self.client.log_artifact(run_id, source_path)
+        return {"run_id": run_id, "experiment_id": exp_id, "model_id": model_id or "", "reused": "false"}
+
+    @contextmanager
+    def _run_status(self, run_id: str) -> Iterator[None]:
+        """FINISHED when the block completes, FAILED when it raises (as `mlflow.start_run` does)."""
+        try:
+            yield
+        except BaseException:
+            self.client.set_terminated(run_id, status="FAILED")
+            raise
+        self.client.set_terminated(run_id, status="FINISHED")
+
+    def _log_eval_input(self, run_id: str, dataset: Any, model_id: str | None) -> None:
+        from mlflow.entities import DatasetInput, InputTag, LoggedModelInput
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        datasets = (
+            []
+            if dataset is None
+            else [
+                DatasetInput(
+                    dataset=dataset._to_mlflow_entity(), tags=[InputTag(key=MLFLOW_DATASET_CONTEXT, value="eval")]
+                )
+            ]
+        )
+        self.client.log_inputs(
+            run_id, datasets=datasets, models=[LoggedModelInput(model_id)] if model_id is not None else None
+        )
+
+    def _log_metrics(
+        self,
+        run_id: str,
+        losses: Mapping[str, float],
+        tokens: Mapping[str, int],
+        step: int,
+        model_id: str | None,
+        dataset: Any,
+    ) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(
+            run_id,
+            metrics=[
+                Metric(
+                    key,
+                    value,
+                    now,
+                    step,
+                    model_id=model_id,
+                    dataset_name=dataset.name if dataset is not None else None,
+                    dataset_digest=dataset.digest if dataset is not None else None,
+                )
+                for key, value in _metrics(losses, tokens).items()
+            ],
+        )
 
 
 def _ensure_sqlite_folder(uri: str) -> None:
     """MLflow creates a SQLite database but not the folder it lives in."""
     prefix = "sqlite:///"
     if uri.startswith(prefix) and uri != "sqlite:///:memory:":
-        Path(uri[len(prefix):]).parent.mkdir(parents=True, exist_ok=True)
+        Path(uri[len(prefix) :]).parent.mkdir(parents=True, exist_ok=True)
 
 
 def _metrics(losses: Mapping[str, float], tokens: Mapping[str, int]) -> dict[str, float]:
     """`loss_<task>` and `tokens_<task>`, "all" included: the names the dashboard and users query."""
-    return {**{f"loss_{t}": float(v) for t, v in losses.items()},
-            **{f"tokens_{t}": float(v) for t, v in tokens.items()}}
+    return {
+        **{f"loss_{t}": float(v) for t, v in losses.items()},
+        **{f"tokens_{t}": float(v) for t, v in tokens.items()},
+    }
 
 
 def _local_source(path: str):

@@ -19,9 +19,9 @@ import json
 import logging
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -68,20 +68,30 @@ class ResidentTower:
     """Images that went through the tower since it was loaded (the cache's benchmark figure)."""
 
     def describe(self) -> str:
-        return (f"vision tower {self.path} on {self.device} as {str(self.dtype).removeprefix('torch.')} "
-                f"(hidden {self.hidden_size}, {self.num_layers} layers, CLS token: {self.has_cls})")
+        return (
+            f"vision tower {self.path} on {self.device} as {str(self.dtype).removeprefix('torch.')} "
+            f"(hidden {self.hidden_size}, {self.num_layers} layers, CLS token: {self.has_cls})"
+        )
 
     def resolve(self, feature_layer: int | None, drop_cls: bool | None) -> VisionSettings:
         layer = -2 if feature_layer is None else feature_layer
         if not -(self.num_layers + 1) <= layer <= self.num_layers:
-            raise Incompatible(f"vision feature layer {layer} is out of range for tower {self.path} "
-                               f"({self.num_layers} layers + embeddings)")
+            raise Incompatible(
+                f"vision feature layer {layer} is out of range for tower {self.path} "
+                f"({self.num_layers} layers + embeddings)"
+            )
         return VisionSettings(layer, self.has_cls if drop_cls is None else drop_cls)
 
     def cache_key(self, image_sha256: str, size: tuple[int, int], settings: VisionSettings) -> str:
         h = hashlib.sha256(b"evalboard-vision-features/1\n")
-        for part in (self.content_hash, image_sha256, f"{size[0]}x{size[1]}",
-                     json.dumps(self.preprocessing, sort_keys=True), settings.key(), str(self.dtype)):
+        for part in (
+            self.content_hash,
+            image_sha256,
+            f"{size[0]}x{size[1]}",
+            json.dumps(self.preprocessing, sort_keys=True),
+            settings.key(),
+            str(self.dtype),
+        ):
             h.update(part.encode() + b"\n")
         return h.hexdigest()
 
@@ -93,7 +103,7 @@ class ResidentTower:
         out = []
         for start in range(0, len(images), batch_size):
             pil = []
-            for data in images[start:start + batch_size]:
+            for data in images[start : start + batch_size]:
                 with Image.open(io.BytesIO(data)) as im:
                     pil.append(im.convert("RGB"))
             pixels = self.processor(images=pil, return_tensors="pt")["pixel_values"]
@@ -117,8 +127,9 @@ def load_tower(path: str | Path, device: torch.device, dtype: torch.dtype) -> Re
     if not (path / "config.json").is_file():
         raise NotFound(f"no config.json in vision tower directory {path}", path=path)
     if not (path / "preprocessor_config.json").is_file():
-        raise NotFound("has no preprocessor_config.json: the tower's image processor is needed to prepare images",
-                       path=path)
+        raise NotFound(
+            "has no preprocessor_config.json: the tower's image processor is needed to prepare images", path=path
+        )
     start = time.perf_counter()
     config = AutoConfig.from_pretrained(path)
     vision_config = getattr(config, "vision_config", None) or config
@@ -131,9 +142,18 @@ def load_tower(path: str | Path, device: torch.device, dtype: torch.dtype) -> Re
     model.eval()
     model.requires_grad_(False)
     has_cls = getattr(vision_config, "model_type", "").startswith("clip")
-    tower = ResidentTower(model, processor, path, device, dtype, _tower_hash(path),
-                          read_tower_preprocessing(path) or preprocessing_settings(processor.to_dict()), has_cls, int(vision_config.hidden_size),
-                          int(vision_config.num_hidden_layers))
+    tower = ResidentTower(
+        model,
+        processor,
+        path,
+        device,
+        dtype,
+        _tower_hash(path),
+        read_tower_preprocessing(path) or preprocessing_settings(processor.to_dict()),
+        has_cls,
+        int(vision_config.hidden_size),
+        int(vision_config.num_hidden_layers),
+    )
     log.info("%s loaded in %.1fs", tower.describe(), time.perf_counter() - start)
     return tower
 

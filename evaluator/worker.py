@@ -25,8 +25,9 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from registry import queue
 from registry.entities import EvalJobEntity
@@ -75,8 +76,10 @@ class WorkerConfig:
         if not self.lease_seconds > 0:
             raise InvalidInput(f"--lease-seconds must be positive, got {self.lease_seconds}")
         if self.heartbeat_seconds is not None and not 0 < self.heartbeat_seconds < self.lease_seconds:
-            raise InvalidInput(f"--heartbeat-seconds must be between 0 and the lease ({self.lease_seconds} s), "
-                               f"got {self.heartbeat_seconds}")
+            raise InvalidInput(
+                f"--heartbeat-seconds must be between 0 and the lease ({self.lease_seconds} s), "
+                f"got {self.heartbeat_seconds}"
+            )
         if self.max_jobs is not None and self.max_jobs < 1:
             raise InvalidInput(f"--max-jobs must be at least 1, got {self.max_jobs}")
         if not self.poll_seconds > 0:
@@ -92,8 +95,6 @@ class WorkerHooks:
     """Test seams: called in the worker's main thread."""
 
     after_compute: Callable[[EvalJobEntity], None] | None = None
-    batch_fn: Any = None
-    """Replaces `evaluate_loss`'s per-batch function (fault injection)."""
     after_job: Callable[[EvalJobEntity], None] | None = None
     """Called after each claimed job reached its state (progress bars)."""
 
@@ -140,8 +141,9 @@ class _Heartbeat:
         self._thread.join()
 
     def _beat(self) -> bool:
-        return queue.heartbeat(self.reg, job_id=self.job.id, token=self.job.fencing_token,
-                               lease_seconds=self.config.lease_seconds)
+        return queue.heartbeat(
+            self.reg, job_id=self.job.id, token=self.job.fencing_token, lease_seconds=self.config.lease_seconds
+        )
 
     def _run(self) -> None:
         while not self._stop.wait(self.config.heartbeat_interval):
@@ -170,8 +172,15 @@ class _Stats:
 class Worker:
     """Runs jobs from the registry's queue with one resident base model."""
 
-    def __init__(self, registry: Registry, settings: Settings, config: WorkerConfig = WorkerConfig(),
-                 *, hooks: WorkerHooks | None = None, evaluator: Any = None):
+    def __init__(
+        self,
+        registry: Registry,
+        settings: Settings,
+        config: WorkerConfig = WorkerConfig(),
+        *,
+        hooks: WorkerHooks | None = None,
+        evaluator: Any = None,
+    ):
         self.reg, self.settings, self.config = registry, settings, config
         self.hooks = hooks or WorkerHooks()
         self.worker_id = config.worker_id or f"{socket.gethostname()}:{os.getpid()}"
@@ -191,8 +200,6 @@ class Worker:
             from evaluator.service import Evaluator
 
             self._evaluator = Evaluator(self.reg, self.settings)
-        if self.hooks.batch_fn is not None:
-            self._evaluator.batch_fn = self.hooks.batch_fn
         return self._evaluator
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -203,11 +210,15 @@ class Worker:
 
     def install_signal_handlers(self) -> None:
         """First SIGTERM/SIGINT: finish the current job, claim no more. Second: release it now."""
+
         def handle(signum, _frame):
             self._signals += 1
             if self._signals == 1:
-                log.info("%s: got %s; finishing the current job, claiming no more",
-                         self.worker_id, signal.Signals(signum).name)
+                log.info(
+                    "%s: got %s; finishing the current job, claiming no more",
+                    self.worker_id,
+                    signal.Signals(signum).name,
+                )
                 self.stop()
             else:
                 raise Interrupted(signal.Signals(signum).name)
@@ -222,16 +233,26 @@ class Worker:
         self.device = resolve_device(self.config.device)  # a clear error before claiming anything
         if self.config.device is None and self.device.type == "cpu":
             log.warning("%s: no GPU visible; running on the CPU", self.worker_id)
-        log.info("%s: worker started on %s (registry %s, MLflow %s, lease %.0f s)", self.worker_id, self.device,
-                 self.reg.url, self.settings.mlflow_uri, self.config.lease_seconds)
+        log.info(
+            "%s: worker started on %s (registry %s, MLflow %s, lease %.0f s)",
+            self.worker_id,
+            self.device,
+            self.reg.url,
+            self.settings.mlflow_uri,
+            self.config.lease_seconds,
+        )
         self.maintain(force=True)
         try:
             while not self._stop.is_set():
                 if self.config.max_jobs is not None and self.stats.done + self.stats.failed >= self.config.max_jobs:
                     break
                 self.maintain()
-                job = queue.claim(self.reg, worker_id=self.worker_id, lease_seconds=self.config.lease_seconds,
-                                  prefer_base_model=self._base_model)
+                job = queue.claim(
+                    self.reg,
+                    worker_id=self.worker_id,
+                    lease_seconds=self.config.lease_seconds,
+                    prefer_base_model=self._base_model,
+                )
                 if job is None:
                     if self.config.once:
                         break
@@ -246,8 +267,15 @@ class Worker:
             return EXIT_INTERRUPTED
         finally:
             s = self.stats
-            log.info("%s: stopping after %.0f s: %d done, %d failed, %d kept in the outbox, %d lost leases",
-                     self.worker_id, time.monotonic() - s.started, s.done, s.failed, s.outbox, s.lost)
+            log.info(
+                "%s: stopping after %.0f s: %d done, %d failed, %d kept in the outbox, %d lost leases",
+                self.worker_id,
+                time.monotonic() - s.started,
+                s.done,
+                s.failed,
+                s.outbox,
+                s.lost,
+            )
         if self.config.once or self._stop.is_set():
             self.flush_outbox()
         return 0
@@ -268,23 +296,36 @@ class Worker:
                 opts = {k: v for k, v in (job.options or {}).items() if k in _OPTION_KEYS}
                 opts.setdefault("connector_builder", self.config.connector_builder)
                 options = EvalOptions(device=str(self.device), force=True, **opts)
-                prior = None if (job.options or {}).get("force") else \
-                    self.evaluator.prior_result(ck, es, options.max_examples, logged_only=True)
+                prior = (
+                    None
+                    if (job.options or {}).get("force")
+                    else self.evaluator.prior_result(ck, es, options.max_examples, logged_only=True)
+                )
                 if prior is not None:
-                    queue.complete(self.reg, job_id=job.id, token=token, mlflow_run_id=prior.mlflow_run_id,
-                                   result={"reused_result_id": prior.id})
+                    queue.complete(
+                        self.reg,
+                        job_id=job.id,
+                        token=token,
+                        mlflow_run_id=prior.mlflow_run_id,
+                        result={"reused_result_id": prior.id},
+                    )
                     self.stats.done += 1
-                    log.info("job %d done: %s was already evaluated on %s (MLflow run %s); not computed again",
-                             job.id, ck.path, es.name, prior.mlflow_run_id)
+                    log.info(
+                        "job %d done: %s was already evaluated on %s (MLflow run %s); not computed again",
+                        job.id,
+                        ck.path,
+                        es.name,
+                        prior.mlflow_run_id,
+                    )
                     return 0
                 ev = self.evaluator
-                result, report, ctx = ev.compute(ck, es, options)
+                computed = ev.compute(ck, es, options)
                 self._base_model = ck.base_model
                 if self.hooks.after_compute is not None:
                     self.hooks.after_compute(job)
                 if beat.lost.is_set():
                     raise queue.LeaseLost(f"job {job.id}: lease lost during the evaluation")
-                pub = ev.prepare(ck, es, result, report, options, ctx, job_id=job.id, job_token=token)
+                pub = ev.prepare_publication(computed, job_id=job.id, job_token=token)
                 run_id = self._publish_or_keep(job, pub, beat)
             except queue.LeaseLost as e:
                 self.stats.lost += 1
@@ -297,11 +338,22 @@ class Worker:
                 return self._failed(job, e, time.monotonic() - t0)
         self.stats.done += 1
         where = f"mlflow run {run_id}" if run_id else "kept in the outbox (MLflow unreachable)"
+        result = computed.result
         losses = " ".join(f"{k}={v:.4f}" for k, v in result.losses.items())
-        log.info("job %d done: %s step %s on %s: %s tokens=%d (%.2f s, %s, attempt %d/%d, %s)",
-                 job.id, pub.result_fields["extra"]["run_name"], ck.step, es.name, losses,
-                 result.tokens.get("all", 0), time.monotonic() - t0, self.device, job.attempts,
-                 job.max_attempts, where)
+        log.info(
+            "job %d done: %s step %s on %s: %s tokens=%d (%.2f s, %s, attempt %d/%d, %s)",
+            job.id,
+            pub.result_fields["extra"]["run_name"],
+            ck.step,
+            es.name,
+            losses,
+            result.tokens.get("all", 0),
+            time.monotonic() - t0,
+            self.device,
+            job.attempts,
+            job.max_attempts,
+            where,
+        )
         return 0
 
     def _publish_or_keep(self, job: EvalJobEntity, pub, beat: _Heartbeat) -> str | None:
@@ -315,12 +367,18 @@ class Worker:
             except Exception as e:  # noqa: BLE001 - decided below: unreachable server or a real error
                 if self._mlflow_reachable():
                     raise
-                log.warning("job %d: MLflow at %s is unreachable (%s: %s); keeping the result in the outbox",
-                            job.id, self.settings.mlflow_uri, type(e).__name__, str(e).splitlines()[0][:200])
+                log.warning(
+                    "job %d: MLflow at %s is unreachable (%s: %s); keeping the result in the outbox",
+                    job.id,
+                    self.settings.mlflow_uri,
+                    type(e).__name__,
+                    str(e).splitlines()[0][:200],
+                )
                 self._mlflow_down_until = time.monotonic() + self.config.outbox_seconds
             else:
-                queue.complete(self.reg, job_id=job.id, token=job.fencing_token, mlflow_run_id=ids.get("run_id"),
-                               result=summary)
+                queue.complete(
+                    self.reg, job_id=job.id, token=job.fencing_token, mlflow_run_id=ids.get("run_id"), result=summary
+                )
                 return ids.get("run_id")
         queue.complete(self.reg, job_id=job.id, token=job.fencing_token, result=pub.to_dict(), outbox=True)
         self.stats.outbox += 1
@@ -328,8 +386,12 @@ class Worker:
 
     def _failed(self, job: EvalJobEntity, error: Exception, seconds: float) -> int:
         if is_unrecoverable_device_error(error):
-            log.error("job %d: unrecoverable device error on %s: %s; releasing the job and exiting",
-                      job.id, self.device, error)
+            log.error(
+                "job %d: unrecoverable device error on %s: %s; releasing the job and exiting",
+                job.id,
+                self.device,
+                error,
+            )
             self._give_back(job, f"unrecoverable device error on {self.device}: {error}", count_attempt=True)
             return EXIT_DEVICE_FAULT
         try:
@@ -340,14 +402,20 @@ class Worker:
             return 0
         self.stats.failed += after.status == "failed"
         fate = "failed" if after.status == "failed" else f"will be retried ({after.attempts}/{after.max_attempts})"
-        log.error("job %d %s after %.2f s: %s: %s", job.id, fate, seconds, type(error).__name__, error,
-                  exc_info=not isinstance(error, EvalboardError))
+        log.error(
+            "job %d %s after %.2f s: %s: %s",
+            job.id,
+            fate,
+            seconds,
+            type(error).__name__,
+            error,
+            exc_info=not isinstance(error, EvalboardError),
+        )
         return 0
 
     def _give_back(self, job: EvalJobEntity, reason: str, *, count_attempt: bool) -> None:
         try:
-            queue.release(self.reg, job_id=job.id, token=job.fencing_token, reason=reason,
-                          count_attempt=count_attempt)
+            queue.release(self.reg, job_id=job.id, token=job.fencing_token, reason=reason, count_attempt=count_attempt)
         except EvalboardError as e:
             log.warning("job %d: could not release it: %s", job.id, e)
 
@@ -359,8 +427,11 @@ class Worker:
         try:
             reaped = queue.reap_expired(self.reg)
             if reaped["queued"] or reaped["failed"]:
-                log.warning("expired leases: jobs %s back in the queue, jobs %s failed (no attempts left)",
-                            reaped["queued"], reaped["failed"])
+                log.warning(
+                    "expired leases: jobs %s back in the queue, jobs %s failed (no attempts left)",
+                    reaped["queued"],
+                    reaped["failed"],
+                )
         except EvalboardError as e:
             log.warning("could not reap expired leases: %s", e)
         if force or now >= self._next_outbox:
@@ -391,8 +462,9 @@ class Worker:
         if not queue.outbox_pending(self.reg) or not self._mlflow_reachable():
             return 0
         logged = 0
-        while (job := queue.claim_outbox(self.reg, worker_id=self.worker_id,
-                                         lease_seconds=self.config.lease_seconds)) is not None:
+        while (
+            job := queue.claim_outbox(self.reg, worker_id=self.worker_id, lease_seconds=self.config.lease_seconds)
+        ) is not None:
             pub = Publication.from_dict(job.result)
             try:
                 with _Heartbeat(self.reg, job, self.config) as lease:
@@ -402,8 +474,12 @@ class Worker:
                 log.warning("outbox job %d: %s", job.id, e)
                 continue
             except Exception as e:  # noqa: BLE001 - leave it pending; its lease expires and it is retried
-                log.warning("outbox job %d: could not log it yet: %s: %s", job.id, type(e).__name__,
-                            str(e).splitlines()[0][:200])
+                log.warning(
+                    "outbox job %d: could not log it yet: %s: %s",
+                    job.id,
+                    type(e).__name__,
+                    str(e).splitlines()[0][:200],
+                )
                 return logged
             logged += 1
             log.info("outbox job %d logged to MLflow run %s", job.id, ids["run_id"])
@@ -424,8 +500,10 @@ def supervise_gpus(argv: list[str], devices: list[int]) -> int:
     import subprocess
     import sys
 
-    children = [subprocess.Popen([sys.executable, "-m", "evalboard.cli", "worker", "--device", f"cuda:{d}", *argv])
-                for d in devices]
+    children = [
+        subprocess.Popen([sys.executable, "-m", "evalboard.cli", "worker", "--device", f"cuda:{d}", *argv])
+        for d in devices
+    ]
 
     def forward(signum, _frame):
         for child in children:

@@ -13,8 +13,9 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections import defaultdict
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from registry import tracks
 from registry.entities import CheckpointEntity, EvalSetEntity, RunEntity, TokenSpaceEntity
@@ -24,6 +25,7 @@ from registry.token_space import TokenSpace
 
 __all__ = ["Finding", "audit", "pair_findings", "refusals", "overridable", "SEVERITIES", "base_embedding_rows"]
 
+
 def _space(ts: TokenSpaceEntity | None) -> TokenSpace | None:
     return TokenSpace.from_dict(ts.spec, source=ts.first_path) if ts is not None else None
 
@@ -32,8 +34,10 @@ def with_versions(space: TokenSpace, codecs: Mapping[str, Any] | None, tokenizer
     """``space`` with the codec/tokenizer versions a particular file recorded (token-space rows
     are shared per ABI hash, so the registered spec carries only the first file's versions)."""
     if codecs:
-        mods = tuple(dataclasses.replace(r, codec=None, codec_version=codecs.get(r.name)) if r.name in codecs else r
-                     for r in space.modalities)
+        mods = tuple(
+            dataclasses.replace(r, codec=None, codec_version=codecs.get(r.name)) if r.name in codecs else r
+            for r in space.modalities
+        )
         space = dataclasses.replace(space, modalities=mods)
     if tokenizer is not None:
         space = dataclasses.replace(space, tokenizer_name=None, tokenizer_version=tokenizer)
@@ -108,8 +112,14 @@ class _Context:
         return None, "none"
 
 
-def pair_findings(reg: Registry, checkpoint: CheckpointEntity, evalset: EvalSetEntity,
-                  *, ctx: _Context | None = None, models: Mapping[str, str] | None = None) -> list[Finding]:
+def pair_findings(
+    reg: Registry,
+    checkpoint: CheckpointEntity,
+    evalset: EvalSetEntity,
+    *,
+    ctx: _Context | None = None,
+    models: Mapping[str, str] | None = None,
+) -> list[Finding]:
     """Can ``checkpoint`` be evaluated on ``evalset``? Errors mean no. The checkpoint's track
     decides what compatible means (registry/tracks); ``models`` (id -> local folder) lets it
     check widths and preprocessing against the models' configs."""
@@ -117,8 +127,16 @@ def pair_findings(reg: Registry, checkpoint: CheckpointEntity, evalset: EvalSetE
     run = ctx.runs.get(checkpoint.run_id)
     run_name = run.name if run else None
     if checkpoint.status != "valid":
-        return [Finding("error", "invalid-checkpoint", f"{_label(checkpoint.path)} is invalid: {checkpoint.reason}",
-                        run_name, checkpoint.path, evalset.name)]
+        return [
+            Finding(
+                "error",
+                "invalid-checkpoint",
+                f"{_label(checkpoint.path)} is invalid: {checkpoint.reason}",
+                run_name,
+                checkpoint.path,
+                evalset.name,
+            )
+        ]
     return tracks.get(checkpoint.track).pair_findings(ctx, checkpoint, evalset, run_name)
 
 
@@ -127,8 +145,13 @@ def overridable(checkpoint: CheckpointEntity) -> frozenset[str]:
     return tracks.get(checkpoint.track).overridable
 
 
-def refusals(reg: Registry, checkpoints: Iterable[CheckpointEntity],
-             evalset: EvalSetEntity, *, models: Mapping[str, str] | None = None) -> dict[int, list[Finding]]:
+def refusals(
+    reg: Registry,
+    checkpoints: Iterable[CheckpointEntity],
+    evalset: EvalSetEntity,
+    *,
+    models: Mapping[str, str] | None = None,
+) -> dict[int, list[Finding]]:
     """Error-level findings, by checkpoint id, for evaluating each of ``checkpoints`` on
     ``evalset``; checkpoints that may be evaluated are absent. The registry is read once."""
     ctx = _Context(reg, models)
@@ -171,17 +194,23 @@ def _run_findings(ctx: _Context, run: RunEntity, cks: list[CheckpointEntity]) ->
     valid = [c for c in cks if c.status == "valid"]
     for ck in cks:
         if ck.status != "valid":
-            out.append(Finding("error", "invalid-checkpoint", f"{_label(ck.path)} is invalid: {ck.reason}",
-                               run.name, ck.path))
+            out.append(
+                Finding("error", "invalid-checkpoint", f"{_label(ck.path)} is invalid: {ck.reason}", run.name, ck.path)
+            )
     bases = sorted({c.base_model for c in valid if c.base_model})
     if len(bases) > 1:
         per = defaultdict(list)
         for c in valid:
             per[c.base_model].append(str(c.step))
-        out.append(Finding("error", "base-model-differs",
-                           f"run {run.name!r} mixes base models: " +
-                           "; ".join(f"{b} at steps {', '.join(per[b])}" for b in bases),
-                           run.name, detail={"base_models": bases}))
+        out.append(
+            Finding(
+                "error",
+                "base-model-differs",
+                f"run {run.name!r} mixes base models: " + "; ".join(f"{b} at steps {', '.join(per[b])}" for b in bases),
+                run.name,
+                detail={"base_models": bases},
+            )
+        )
     by_track: dict[str, list[CheckpointEntity]] = defaultdict(list)
     for c in valid:
         by_track[c.track].append(c)
@@ -194,12 +223,17 @@ def _evalset_findings(ctx: _Context, by_run: Mapping[int, list[CheckpointEntity]
     """One finding per (run, checkpoint token space, eval set) that disagree — not per checkpoint."""
     out: list[Finding] = []
     for es in ctx.evalsets:
-        if es.token_space_hash is not None and es.token_space_hash not in ctx.by_hash \
-                and ctx.evalset_space(es) is None:
-            out.append(Finding("warning", "evalset-token-space-unknown",
-                               f"eval set {es.name!r} was made in token space {(es.token_space_hash or '?')[:12]}, "
-                               "which no registered run or checkpoint uses", evalset=es.name))
-        for run_id, cks in by_run.items():
+        if es.token_space_hash is not None and es.token_space_hash not in ctx.by_hash and ctx.evalset_space(es) is None:
+            out.append(
+                Finding(
+                    "warning",
+                    "evalset-token-space-unknown",
+                    f"eval set {es.name!r} was made in token space {(es.token_space_hash or '?')[:12]}, "
+                    "which no registered run or checkpoint uses",
+                    evalset=es.name,
+                )
+            )
+        for cks in by_run.values():
             groups: dict[Any, list[CheckpointEntity]] = defaultdict(list)
             for ck in cks:
                 if ck.status == "valid" and tracks.get(ck.track).accepts_evalset(es):
@@ -210,9 +244,18 @@ def _evalset_findings(ctx: _Context, by_run: Mapping[int, list[CheckpointEntity]
                 for f in pair_findings(ctx.reg, first, es, ctx=ctx):
                     if len(group) > 1:
                         steps = sorted(c.step for c in group if c.step is not None)
-                        f = Finding(f.severity, f.code, f.message + f" (and {len(group) - 1} more checkpoints of "
-                                    f"this run, steps {steps[0]}–{steps[-1]})" if steps else f.message,
-                                    f.run, f.checkpoint, f.evalset, dict(f.detail, checkpoints=len(group)))
+                        f = Finding(
+                            f.severity,
+                            f.code,
+                            f.message + f" (and {len(group) - 1} more checkpoints of "
+                            f"this run, steps {steps[0]}–{steps[-1]})"
+                            if steps
+                            else f.message,
+                            f.run,
+                            f.checkpoint,
+                            f.evalset,
+                            dict(f.detail, checkpoints=len(group)),
+                        )
                     out.append(f)
     return out
 

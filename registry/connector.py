@@ -22,9 +22,10 @@ the training ``config.json`` (``mm_vision_tower``, ``mm_projector_type``, ``mm_h
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from registry.errors import InvalidInput
 from registry.files import FileRecord, content_hash, file_records
@@ -42,8 +43,18 @@ _OPTIMIZER_KEYS = ("optimizer", "optimizer_state_dict", "optim")
 _LLM_KEYS = ("base_llm", "base_model", "llm", "llm_name", "base_llm_id")
 _VISION_KEYS = ("vision_tower", "vision_model", "vision_encoder", "vision_tower_id")
 _META_KEYS = ("config", "meta", "metadata", "args")
-_OTHER_KEYS = {"step", "global_step", "epoch", "scheduler", "lr_scheduler", "scaler", "rng_state", "version",
-               "schema_version", "tokens_seen"}
+_OTHER_KEYS = {
+    "step",
+    "global_step",
+    "epoch",
+    "scheduler",
+    "lr_scheduler",
+    "scaler",
+    "rng_state",
+    "version",
+    "schema_version",
+    "tokens_seen",
+}
 
 
 @dataclass(frozen=True)
@@ -75,7 +86,7 @@ class ConnectorCheckpoint:
         return content_hash(self.files)
 
     @classmethod
-    def load(cls, path: str | Path) -> "ConnectorCheckpoint":
+    def load(cls, path: str | Path) -> ConnectorCheckpoint:
         path = Path(path)
         if path.is_dir():
             return _load_llava(path)
@@ -89,8 +100,17 @@ class ConnectorCheckpoint:
         vision = _pointer(obj, meta, _VISION_KEYS, "vision_tower", path)
         step = _step(obj, path)
         _check_finite(state, path)
-        known = set(_STATE_KEYS) | set(_MODULES) | set(_OPTIMIZER_KEYS) | set(_LLM_KEYS) | set(_VISION_KEYS) \
-            | set(_META_KEYS) | _OTHER_KEYS | set(_BUILDER_KEYS) | {"vision_feature_layer", "vision_drop_cls"}
+        known = (
+            set(_STATE_KEYS)
+            | set(_MODULES)
+            | set(_OPTIMIZER_KEYS)
+            | set(_LLM_KEYS)
+            | set(_VISION_KEYS)
+            | set(_META_KEYS)
+            | _OTHER_KEYS
+            | set(_BUILDER_KEYS)
+            | {"vision_feature_layer", "vision_drop_cls"}
+        )
         unexpected = sorted(k for k in obj if k not in known)
         if unexpected:
             raise InvalidInput(
@@ -103,14 +123,29 @@ class ConnectorCheckpoint:
         info = {k: v for k, v in meta.items() if isinstance(v, (str, int, float, bool)) or v is None}
         if "tokens_seen" in obj and isinstance(obj["tokens_seen"], int):
             info["tokens_seen"] = obj["tokens_seen"]
-        settings = {**meta, **{k: obj[k] for k in (*_BUILDER_KEYS, "vision_feature_layer", "vision_drop_cls")
-                               if k in obj}}
+        settings = {
+            **meta,
+            **{k: obj[k] for k in (*_BUILDER_KEYS, "vision_feature_layer", "vision_drop_cls") if k in obj},
+        }
         in_w, out_w = _widths(shapes)
-        return cls(str(path), step, base_llm, vision, shapes, n_params,
-                   any(k in obj for k in _OPTIMIZER_KEYS), tuple(file_records(path, [path])), info,
-                   "evalboard", in_w, out_w, _builder(settings, path),
-                   _int_setting(settings, ("vision_feature_layer", "mm_vision_select_layer", "feature_layer"), path),
-                   _drop_cls(settings, path), {k: t for params in modules.values() for k, t in params.items()})
+        return cls(
+            str(path),
+            step,
+            base_llm,
+            vision,
+            shapes,
+            n_params,
+            any(k in obj for k in _OPTIMIZER_KEYS),
+            tuple(file_records(path, [path])),
+            info,
+            "evalboard",
+            in_w,
+            out_w,
+            _builder(settings, path),
+            _int_setting(settings, ("vision_feature_layer", "mm_vision_select_layer", "feature_layer"), path),
+            _drop_cls(settings, path),
+            {k: t for params in modules.values() for k, t in params.items()},
+        )
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -147,7 +182,8 @@ def _connector_state(obj: Mapping[str, Any], path: Path) -> dict[str, Any]:
     else:
         raise InvalidInput(
             "missing field 'connector' (the resampler + projector state dict; also accepted: "
-            + ", ".join(_STATE_KEYS[1:]) + ", or top-level resampler/projector)",
+            + ", ".join(_STATE_KEYS[1:])
+            + ", or top-level resampler/projector)",
             path=path,
         )
     if not state:
@@ -194,8 +230,9 @@ def _pointer(obj: Mapping[str, Any], meta: Mapping[str, Any], keys: tuple[str, .
                     rev = v.get("revision") or v.get("version")
                     return f"{name}@{rev}" if rev else name
                 raise InvalidInput(f"{label} must be a model id string or {{name, revision}}, got {v!r}", path=path)
-    raise InvalidInput(f"missing field {label!r} (the frozen model it plugs into; accepted names: {', '.join(keys)})",
-                       path=path)
+    raise InvalidInput(
+        f"missing field {label!r} (the frozen model it plugs into; accepted names: {', '.join(keys)})", path=path
+    )
 
 
 def _step(obj: Mapping[str, Any], path: Path) -> int | None:
@@ -230,8 +267,9 @@ def _load_llava(path: Path) -> ConnectorCheckpoint:
         raise InvalidInput("has no mm_projector.bin / mm_projector.safetensors", path=path)
     cfg_path = path / "config.json"
     if not cfg_path.exists():
-        raise InvalidInput("has no config.json (mm_vision_tower, mm_projector_type, mm_hidden_size, hidden_size)",
-                           path=path)
+        raise InvalidInput(
+            "has no config.json (mm_vision_tower, mm_projector_type, mm_hidden_size, hidden_size)", path=path
+        )
     cfg = read_json(cfg_path)
     for key in ("mm_vision_tower", "mm_projector_type", "mm_hidden_size", "hidden_size"):
         if key not in cfg:
@@ -260,29 +298,55 @@ def _load_llava(path: Path) -> ConnectorCheckpoint:
     shapes = {"mm_projector": {k: tuple(t.shape) for k, t in state.items()}}
     in_w, out_w = _widths(shapes)
     if in_w is not None and in_w != cfg["mm_hidden_size"]:
-        raise InvalidInput(f"mm_projector takes {in_w}-wide features but config.json says mm_hidden_size "
-                           f"{cfg['mm_hidden_size']}", path=weights)
+        raise InvalidInput(
+            f"mm_projector takes {in_w}-wide features but config.json says mm_hidden_size {cfg['mm_hidden_size']}",
+            path=weights,
+        )
     if out_w is not None and out_w != cfg["hidden_size"]:
-        raise InvalidInput(f"mm_projector produces {out_w}-wide embeddings but config.json says hidden_size "
-                           f"{cfg['hidden_size']}", path=weights)
+        raise InvalidInput(
+            f"mm_projector produces {out_w}-wide embeddings but config.json says hidden_size {cfg['hidden_size']}",
+            path=weights,
+        )
     base = cfg.get("base_llm") or cfg.get("_name_or_path")
     if not isinstance(base, str) or not base.strip():
         raise InvalidInput("missing field '_name_or_path' (the base LLM the projector plugs into)", path=cfg_path)
     select = cfg.get("mm_vision_select_feature", "patch")
     if select not in ("patch", "cls_patch"):
         raise InvalidInput(f"mm_vision_select_feature must be 'patch' or 'cls_patch', got {select!r}", path=cfg_path)
-    info = {k: cfg[k] for k in ("mm_projector_type", "mm_hidden_size", "hidden_size", "mm_vision_select_layer",
-                                "mm_vision_select_feature", "mm_use_im_start_end") if k in cfg}
+    info = {
+        k: cfg[k]
+        for k in (
+            "mm_projector_type",
+            "mm_hidden_size",
+            "hidden_size",
+            "mm_vision_select_layer",
+            "mm_vision_select_feature",
+            "mm_use_im_start_end",
+        )
+        if k in cfg
+    }
     builder = cfg.get("connector_builder") if isinstance(cfg.get("connector_builder"), str) else None
     layer = cfg.get("mm_vision_select_layer", -2)
     if isinstance(layer, bool) or not isinstance(layer, int):
         raise InvalidInput(f"mm_vision_select_layer must be an integer, got {layer!r}", path=cfg_path)
     return ConnectorCheckpoint(
-        str(path), parse_step(path.name), base, cfg["mm_vision_tower"], shapes,
-        sum(int(t.numel()) for t in state.values()), False,
-        tuple(file_records(path, [weights, cfg_path])), info, "llava", in_w, out_w,
-        builder or "evaluator.connectors:llava_projector", layer,
-        False if select == "cls_patch" else None, state)
+        str(path),
+        parse_step(path.name),
+        base,
+        cfg["mm_vision_tower"],
+        shapes,
+        sum(int(t.numel()) for t in state.values()),
+        False,
+        tuple(file_records(path, [weights, cfg_path])),
+        info,
+        "llava",
+        in_w,
+        out_w,
+        builder or "evaluator.connectors:llava_projector",
+        layer,
+        False if select == "cls_patch" else None,
+        state,
+    )
 
 
 def _widths(shapes: Mapping[str, Mapping[str, tuple[int, ...]]]) -> tuple[int | None, int | None]:
@@ -293,8 +357,16 @@ def _widths(shapes: Mapping[str, Mapping[str, tuple[int, ...]]]) -> tuple[int | 
     def index(name: str) -> tuple[int, ...]:
         return tuple(int(x) for x in re.findall(r"\.(\d+)\.", name + "."))
 
-    proj = sorted(((k, s) for m, p in shapes.items() if "projector" in m for k, s in p.items()
-                   if k.endswith("weight") and len(s) == 2), key=lambda kv: index(kv[0]))
+    proj = sorted(
+        (
+            (k, s)
+            for m, p in shapes.items()
+            if "projector" in m
+            for k, s in p.items()
+            if k.endswith("weight") and len(s) == 2
+        ),
+        key=lambda kv: index(kv[0]),
+    )
     if any(b[1][1] != a[1][0] for a, b in zip(proj, proj[1:])):
         return None, None  # the layers do not chain: widths cannot be read off the weights
     out_w = proj[-1][1][0] if proj else None

@@ -27,8 +27,21 @@ __all__ = [
 ]
 
 NETWORK_FILESYSTEMS = frozenset(
-    {"nfs", "nfs4", "cifs", "smbfs", "smb3", "fuse.sshfs", "9p", "lustre", "gpfs", "beegfs", "ceph",
-     "fuse.ceph", "fuse.beegfs"}
+    {
+        "nfs",
+        "nfs4",
+        "cifs",
+        "smbfs",
+        "smb3",
+        "fuse.sshfs",
+        "9p",
+        "lustre",
+        "gpfs",
+        "beegfs",
+        "ceph",
+        "fuse.ceph",
+        "fuse.beegfs",
+    }
 )
 
 SQLITE_PRAGMAS = (

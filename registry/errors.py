@@ -7,6 +7,7 @@
     ├── Incompatible               token spaces, base models or shapes that do not fit together
     ├── IntegrityError             a registered file changed on disk since registration
     ├── StoreError                 the SQL store failed (wraps SQLAlchemyError)
+    ├── LeaseLost                  a worker's job is no longer its own (fencing token is stale)
     └── TrackingError              MLflow could not take a result (unreachable server, broken store)
 
 A traceback from the CLI means a bug, never bad input.
@@ -24,6 +25,7 @@ __all__ = [
     "Incompatible",
     "IntegrityError",
     "StoreError",
+    "LeaseLost",
     "TrackingError",
 ]
 
@@ -71,6 +73,11 @@ class StoreError(EvalboardError):
     """The SQL store failed; usually transient (locked database, lost connection)."""
 
     retryable = True
+
+
+class LeaseLost(EvalboardError):
+    """The job is no longer this worker's: its lease expired and another worker claimed it, or it
+    was cancelled. The worker must drop it without writing anything."""
 
 
 class TrackingError(EvalboardError):

@@ -20,9 +20,10 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from registry.errors import InvalidInput
 from registry.safeio import check_int, check_text, read_json, short_repr
@@ -36,9 +37,30 @@ _FLAT_PATTERNS = (
     re.compile(r"^(?P<task>[\w\-]+)[_/]loss$"),
 )
 _ALL_NAMES = ("eval_loss", "loss")
-_INFO_KEYS = {"step", "global_step", "tokens", "examples", "checkpoint", "evalset", "token_space_hash",
-              "evalboard_version", "created_at", "epoch", "n_examples", "n_tokens", "loss", "losses", "metrics",
-              "source", "device", "dtype", "max_examples", "runtime_s", "note", "run_info"}
+_INFO_KEYS = {
+    "step",
+    "global_step",
+    "tokens",
+    "examples",
+    "checkpoint",
+    "evalset",
+    "token_space_hash",
+    "evalboard_version",
+    "created_at",
+    "epoch",
+    "n_examples",
+    "n_tokens",
+    "loss",
+    "losses",
+    "metrics",
+    "source",
+    "device",
+    "dtype",
+    "max_examples",
+    "runtime_s",
+    "note",
+    "run_info",
+}
 
 
 def eval_filename(step: int) -> str:
@@ -91,7 +113,7 @@ class EvalResult:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "EvalResult":
+    def load(cls, path: str | Path) -> EvalResult:
         path = Path(path)
         check_step_in_name(Path(path.stem.replace("eval_step", "step")))
         data = read_json(path)
@@ -103,8 +125,9 @@ class EvalResult:
                 path=where,
             )
         if "all" not in losses:
-            raise InvalidInput(f"has task losses {sorted(losses)} but no overall loss ('loss(all)' or loss.all)",
-                               path=where)
+            raise InvalidInput(
+                f"has task losses {sorted(losses)} but no overall loss ('loss(all)' or loss.all)", path=where
+            )
         step = data.get("step", data.get("global_step"))
         name_step = parse_step(path.stem.replace("eval_step", "step"))
         if step is None:
@@ -116,8 +139,10 @@ class EvalResult:
         counts = {k: _int_map(data.get(k), k, where) for k in ("tokens", "examples")}
         for task, n in counts["examples"].items():
             if n == 0 and task in losses:
-                raise InvalidInput(f"examples.{task} is 0, but a loss is given for {task!r}: a loss over "
-                                   "no examples is not a result", path=where)
+                raise InvalidInput(
+                    f"examples.{task} is 0, but a loss is given for {task!r}: a loss over no examples is not a result",
+                    path=where,
+                )
         for task, n in counts["tokens"].items():
             if n == 0 and task in losses:
                 raise InvalidInput(f"tokens.{task} is 0, but a loss is given for {task!r}", path=where)
@@ -127,9 +152,27 @@ class EvalResult:
         if ts_hash is not None:
             check_text(ts_hash, "token_space_hash", where, max_chars=128)
         extra = dict(data["run_info"]) if isinstance(data.get("run_info"), dict) else {}
-        extra.update({k: v for k, v in data.items() if k in _INFO_KEYS - {
-            "loss", "losses", "metrics", "tokens", "examples", "checkpoint", "evalset", "step", "global_step",
-            "token_space_hash", "run_info"}})
+        extra.update(
+            {
+                k: v
+                for k, v in data.items()
+                if k
+                in _INFO_KEYS
+                - {
+                    "loss",
+                    "losses",
+                    "metrics",
+                    "tokens",
+                    "examples",
+                    "checkpoint",
+                    "evalset",
+                    "step",
+                    "global_step",
+                    "token_space_hash",
+                    "run_info",
+                }
+            }
+        )
         return cls(
             step=step,
             losses=losses,
@@ -203,8 +246,10 @@ def _int_map(raw: Any, key: str, where: str) -> dict[str, int]:
         return {"all": check_int(raw, key, where, maximum=2**62)}
     if not isinstance(raw, dict) or not all(isinstance(v, int) and not isinstance(v, bool) for v in raw.values()):
         raise InvalidInput(f"{key} must map task names to integers", path=where)
-    return {check_text(t, f"{key} task name", where, max_chars=64): check_int(v, f"{key}.{t}", where, maximum=2**62)
-            for t, v in raw.items()}
+    return {
+        check_text(t, f"{key} task name", where, max_chars=64): check_int(v, f"{key}.{t}", where, maximum=2**62)
+        for t, v in raw.items()
+    }
 
 
 def _ref(raw: Any, key: str, fields: tuple[str, ...], where: str) -> dict[str, Any]:

@@ -32,9 +32,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from registry.errors import InvalidInput
 from registry.files import FileRecord, file_records
@@ -47,9 +48,21 @@ __all__ = ["EvalSet", "Example", "IGNORE_INDEX", "write_evalset", "MANIFEST"]
 IGNORE_INDEX = -100
 MANIFEST = "manifest.json"
 COLUMNS = ("example_id", "task", "input_ids", "labels")
-_MANIFEST_FIELDS = {"name", "token_space_hash", "codec_versions", "tokenizer_version", "token_space",
-                    "description", "created_at", "files", "schema_version", "source", "tasks", "n_examples",
-                    "vision"}
+_MANIFEST_FIELDS = {
+    "name",
+    "token_space_hash",
+    "codec_versions",
+    "tokenizer_version",
+    "token_space",
+    "description",
+    "created_at",
+    "files",
+    "schema_version",
+    "source",
+    "tasks",
+    "n_examples",
+    "vision",
+}
 IMAGE_COLUMNS = ("image", "image_path")
 _HASH_ALIASES = ("token_space_hash", "token_space_abi_hash", "abi_hash")
 
@@ -123,7 +136,7 @@ class EvalSet:
         }
 
     @classmethod
-    def load(cls, path: str | Path, *, token_space: TokenSpace | None = None) -> "EvalSet":
+    def load(cls, path: str | Path, *, token_space: TokenSpace | None = None) -> EvalSet:
         """Read and validate. Token ids are checked against ``token_space`` when given, else
         against the inline token space of the manifest (whose hash must match)."""
         root, manifest_path = _locate(Path(os.path.realpath(path)))
@@ -132,16 +145,22 @@ class EvalSet:
         where = str(manifest_path)
         unexpected = sorted(set(manifest) - _MANIFEST_FIELDS - set(_HASH_ALIASES))
         if unexpected:
-            raise InvalidInput(f"unexpected field {unexpected[0]!r}; known fields: {', '.join(sorted(_MANIFEST_FIELDS))}",
-                               path=where)
+            raise InvalidInput(
+                f"unexpected field {unexpected[0]!r}; known fields: {', '.join(sorted(_MANIFEST_FIELDS))}", path=where
+            )
         name = manifest.get("name")
         if not isinstance(name, str) or not name.strip():
             raise InvalidInput("missing field 'name' (a non-empty string)", path=where)
         check_text(name, "name", where, max_chars=MAX_NAME_CHARS)
         for key in ("tokenizer_version", "description", "created_at", "source"):
             if manifest.get(key) is not None:
-                check_text(manifest[key], key, where, max_chars=4096 if key == "description" else MAX_NAME_CHARS,
-                           allow_empty=True)
+                check_text(
+                    manifest[key],
+                    key,
+                    where,
+                    max_chars=4096 if key == "description" else MAX_NAME_CHARS,
+                    allow_empty=True,
+                )
         ts_hash = next((manifest[k] for k in _HASH_ALIASES if k in manifest), None)
         if ts_hash is not None:
             check_text(ts_hash, "token_space_hash", where, max_chars=128)
@@ -170,8 +189,10 @@ def _inside(root: Path, f: Path, where: str | Path) -> Path:
     """`f` itself, when it (after following symlinks) lies in the eval-set folder; the same rule
     for files the manifest lists and files found by globbing."""
     if not Path(os.path.realpath(f)).is_relative_to(root):
-        raise InvalidInput(f"file {f.name!r} lies outside the eval-set folder (it points to "
-                           f"{os.path.realpath(f)}); refused", path=where)
+        raise InvalidInput(
+            f"file {f.name!r} lies outside the eval-set folder (it points to {os.path.realpath(f)}); refused",
+            path=where,
+        )
     return f
 
 
@@ -225,8 +246,11 @@ def _read_examples(files: Sequence[Path], root: Path, vision: VisionSpec | None)
         cols = {c: table.column(c).to_pylist() for c in COLUMNS}
         image_col = next((c for c in IMAGE_COLUMNS if c in table.column_names), None)
         if vision is not None and image_col is None:
-            raise InvalidInput("has no image column: an image eval set (manifest 'vision') needs 'image' (bytes) "
-                               "or 'image_path' (relative to the eval-set folder)", path=f)
+            raise InvalidInput(
+                "has no image column: an image eval set (manifest 'vision') needs 'image' (bytes) "
+                "or 'image_path' (relative to the eval-set folder)",
+                path=f,
+            )
         images = table.column(image_col).to_pylist() if vision is not None and image_col else None
         for i in range(table.num_rows):
             ids, labels = cols["input_ids"][i], cols["labels"][i]
@@ -256,8 +280,9 @@ def _read_examples(files: Sequence[Path], root: Path, vision: VisionSpec | None)
 def _image_bytes(value: Any, column: str, root: Path, where: Path, row: int) -> tuple[bytes, Path | None]:
     """The encoded image of one row, and the file it came from (None when inline)."""
     if value is None:
-        raise InvalidInput(f"row {row}: {column} is null (every example of an image eval set needs an image)",
-                           path=where)
+        raise InvalidInput(
+            f"row {row}: {column} is null (every example of an image eval set needs an image)", path=where
+        )
     if column == "image":
         if isinstance(value, dict) and isinstance(value.get("bytes"), (bytes, bytearray)):
             value = value["bytes"]  # the Hugging Face datasets Image feature: {"bytes", "path"}
@@ -290,8 +315,9 @@ def _read_image_file(path: Path, where: Path, row: int) -> bytes:
         if not stat.S_ISREG(st.st_mode):
             raise InvalidInput(f"row {row}: image file {path.name!r} is not a regular file", path=where)
         if st.st_size > _MAX_IMAGE_BYTES:
-            raise InvalidInput(f"row {row}: image file {path.name!r} is larger than {_MAX_IMAGE_BYTES >> 20} MiB",
-                               path=where)
+            raise InvalidInput(
+                f"row {row}: image file {path.name!r} is larger than {_MAX_IMAGE_BYTES >> 20} MiB", path=where
+            )
         with os.fdopen(fd, "rb", closefd=False) as fh:
             return fh.read()
     finally:
@@ -309,13 +335,16 @@ def _decode_image(data: bytes, where: Path, row: int) -> tuple[str, tuple[int, i
             im.load()
             size = (int(im.width), int(im.height))
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise InvalidInput(f"row {row}: image is not a readable image ({str(e).splitlines()[0] if str(e) else type(e).__name__})",
-                           path=where) from None
+        raise InvalidInput(
+            f"row {row}: image is not a readable image ({str(e).splitlines()[0] if str(e) else type(e).__name__})",
+            path=where,
+        ) from None
     return hashlib.sha256(data).hexdigest(), size
 
 
-def _validate(examples: Sequence[Example], space: TokenSpace | None, files: Sequence[Path],
-              vision: VisionSpec | None = None) -> None:
+def _validate(
+    examples: Sequence[Example], space: TokenSpace | None, files: Sequence[Path], vision: VisionSpec | None = None
+) -> None:
     where = files[0] if len(files) == 1 else files[0].parent
     if not examples:
         raise InvalidInput("holds no examples: the eval set is empty", path=where)
@@ -334,19 +363,20 @@ def _validate(examples: Sequence[Example], space: TokenSpace | None, files: Sequ
                 f"{label}: input_ids has {len(ex.input_ids)} tokens but labels has {len(ex.labels)}", path=where
             )
         if ex.n_scored == 0:
-            raise InvalidInput(
-                f"{label} has no scored position (every label after the first is -100)", path=where
-            )
+            raise InvalidInput(f"{label} has no scored position (every label after the first is -100)", path=where)
         ids = ex.input_ids
         if placeholder is not None:
             at = [t for t, x in enumerate(ids) if x == placeholder]
             if len(at) != 1:
                 raise InvalidInput(
                     f"{label} has {len(at)} image placeholders ({placeholder}) in input_ids; an image eval set "
-                    "needs exactly one per example, where the image's features go", path=where)
+                    "needs exactly one per example, where the image's features go",
+                    path=where,
+                )
             if ex.labels[at[0]] != IGNORE_INDEX:
-                raise InvalidInput(f"{label} scores the image placeholder at position {at[0]}; its label must be -100",
-                                   path=where)
+                raise InvalidInput(
+                    f"{label} scores the image placeholder at position {at[0]}; its label must be -100", path=where
+                )
             ids = [x for x in ids if x != placeholder] or [0]
         lo = min(ids)
         hi = max(ids)
@@ -379,8 +409,12 @@ def write_evalset(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rows = [e if isinstance(e, Example) else Example(str(e["example_id"]), str(e["task"]), list(e["input_ids"]),
-                                                     list(e["labels"]), e.get("image")) for e in examples]
+    rows = [
+        e
+        if isinstance(e, Example)
+        else Example(str(e["example_id"]), str(e["task"]), list(e["input_ids"]), list(e["labels"]), e.get("image"))
+        for e in examples
+    ]
     if vision is not None and not isinstance(vision, VisionSpec):
         vision = VisionSpec.parse(dict(vision), str(out / MANIFEST))
     if token_space is None and vision is None:
@@ -388,7 +422,7 @@ def write_evalset(
     chunk = rows_per_file or max(len(rows), 1)
     names = []
     for i in range(0, max(len(rows), 1), chunk):
-        part = rows[i:i + chunk]
+        part = rows[i : i + chunk]
         columns = {
             "example_id": pa.array([r.example_id for r in part], pa.string()),
             "task": pa.array([r.task for r in part], pa.string()),
@@ -402,12 +436,14 @@ def write_evalset(
         names.append(fname)
     manifest: dict[str, Any] = {"name": name}
     if token_space is not None:
-        manifest.update({
-            "token_space_hash": token_space.abi_hash,
-            "codec_versions": token_space.codec_versions(),
-            "tokenizer_version": token_space.tokenizer_version,
-            "token_space": token_space.to_dict(),
-        })
+        manifest.update(
+            {
+                "token_space_hash": token_space.abi_hash,
+                "codec_versions": token_space.codec_versions(),
+                "tokenizer_version": token_space.tokenizer_version,
+                "token_space": token_space.to_dict(),
+            }
+        )
     if vision is not None:
         manifest["vision"] = vision.to_dict()
     manifest["files"] = names

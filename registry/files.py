@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from registry.errors import IntegrityError
 from registry.safeio import sha256_file
@@ -29,7 +30,7 @@ class FileRecord:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "FileRecord":
+    def from_dict(cls, d: Mapping[str, Any]) -> FileRecord:
         return cls(str(d["name"]), int(d["size"]), int(d["mtime_ns"]), str(d["sha256"]))
 
 

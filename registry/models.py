@@ -78,9 +78,7 @@ def _created() -> Mapped[datetime]:
 
 
 def _updated() -> Mapped[datetime]:
-    return mapped_column(
-        DateTime(timezone=True), default=utcnow, onupdate=utcnow, server_default=func.now()
-    )
+    return mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow, server_default=func.now())
 
 
 class Base(DeclarativeBase):
@@ -115,9 +113,7 @@ class Run(Base):
     path: Mapped[str] = mapped_column(String, unique=True)
     track: Mapped[str] = mapped_column(String(16), default="unknown", server_default="unknown")
     base_model: Mapped[str | None] = mapped_column(String)
-    token_space_id: Mapped[int | None] = mapped_column(
-        ForeignKey("token_spaces.id", ondelete="SET NULL")
-    )
+    token_space_id: Mapped[int | None] = mapped_column(ForeignKey("token_spaces.id", ondelete="SET NULL"))
     token_space_path: Mapped[str | None] = mapped_column(String)
     training_mlflow_run_id: Mapped[str | None] = mapped_column(String)
     """The MLflow run of the training that wrote the checkpoints (set by the training callbacks)."""
@@ -146,9 +142,7 @@ class Checkpoint(Base):
     content_hash: Mapped[str | None] = mapped_column(String(64), index=True)
     files: Mapped[list[Any]] = mapped_column(JSON)
     base_model: Mapped[str | None] = mapped_column(String)
-    token_space_id: Mapped[int | None] = mapped_column(
-        ForeignKey("token_spaces.id", ondelete="SET NULL")
-    )
+    token_space_id: Mapped[int | None] = mapped_column(ForeignKey("token_spaces.id", ondelete="SET NULL"))
     has_token_space: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     row_start: Mapped[int | None] = mapped_column(Integer)
     row_end: Mapped[int | None] = mapped_column(Integer)
@@ -186,13 +180,9 @@ class EvalResult(Base):
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    checkpoint_id: Mapped[int | None] = mapped_column(
-        ForeignKey("checkpoints.id", ondelete="SET NULL")
-    )
+    checkpoint_id: Mapped[int | None] = mapped_column(ForeignKey("checkpoints.id", ondelete="SET NULL"))
     run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
-    evalset_id: Mapped[int | None] = mapped_column(
-        ForeignKey("evalsets.id", ondelete="SET NULL")
-    )
+    evalset_id: Mapped[int | None] = mapped_column(ForeignKey("evalsets.id", ondelete="SET NULL"))
     evalset_hash: Mapped[str | None] = mapped_column(String(64))
     checkpoint_hash: Mapped[str | None] = mapped_column(String(64))
     step: Mapped[int | None] = mapped_column(Integer)
@@ -211,9 +201,7 @@ class RowStats(Base):
     __tablename__ = "row_stats"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    checkpoint_id: Mapped[int] = mapped_column(
-        ForeignKey("checkpoints.id", ondelete="CASCADE"), unique=True
-    )
+    checkpoint_id: Mapped[int] = mapped_column(ForeignKey("checkpoints.id", ondelete="CASCADE"), unique=True)
     stats: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = _created()
 

@@ -32,13 +32,19 @@ class RowHealth:
         return {"ok": self.ok, **asdict(self)}
 
     def line(self) -> str:
-        base = (f"; the base's text rows include {self.base_zero_rows} all-zero rows (padding; context, "
-                "not a checkpoint problem)" if self.base_zero_rows else "")
+        base = (
+            f"; the base's text rows include {self.base_zero_rows} all-zero rows (padding; context, "
+            "not a checkpoint problem)"
+            if self.base_zero_rows
+            else ""
+        )
         if self.ok:
             return "health: ok, no dead (all-zero) or non-finite rows or parameters in the checkpoint" + base
         where = ", ".join(f"{f['range']}/{f['matrix']}" for f in self.flagged)
-        return (f"health: ALARM, {self.dead_rows} dead (all-zero) and {self.nonfinite_rows} non-finite rows "
-                f"in the checkpoint's ranges ({where})" + base)
+        return (
+            f"health: ALARM, {self.dead_rows} dead (all-zero) and {self.nonfinite_rows} non-finite rows "
+            f"in the checkpoint's ranges ({where})" + base
+        )
 
 
 def row_health(stats: Mapping[str, Any]) -> RowHealth:

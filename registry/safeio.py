@@ -52,8 +52,13 @@ MAX_JSON_DEPTH = 64
 
 # --- what may be opened -----------------------------------------------------------------------
 
-_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
-          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
 
 
 def _kind(mode: int) -> str:
@@ -129,8 +134,7 @@ def short_repr(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def check_int(value: Any, name: str, where: str | Path | None, *, minimum: int = 0,
-              maximum: int = DB_INT_MAX) -> int:
+def check_int(value: Any, name: str, where: str | Path | None, *, minimum: int = 0, maximum: int = DB_INT_MAX) -> int:
     """An integer (not a bool, not a float) within [minimum, maximum]."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidInput(f"{name} must be an integer, got {short_repr(value)}", path=where)
@@ -139,16 +143,16 @@ def check_int(value: Any, name: str, where: str | Path | None, *, minimum: int =
     return value
 
 
-def check_text(value: Any, name: str, where: str | Path | None, *, max_chars: int = MAX_NAME_CHARS,
-               allow_empty: bool = False) -> str:
+def check_text(
+    value: Any, name: str, where: str | Path | None, *, max_chars: int = MAX_NAME_CHARS, allow_empty: bool = False
+) -> str:
     """A string of at most `max_chars` characters (non-blank unless `allow_empty`)."""
     if not isinstance(value, str):
         raise InvalidInput(f"{name} must be a string, got {short_repr(value)}", path=where)
     if not allow_empty and not value.strip():
         raise InvalidInput(f"{name} must be a non-empty string", path=where)
     if len(value) > max_chars:
-        raise InvalidInput(f"{name} is {len(value)} characters long; at most {max_chars} are accepted",
-                           path=where)
+        raise InvalidInput(f"{name} is {len(value)} characters long; at most {max_chars} are accepted", path=where)
     return value
 
 
@@ -186,8 +190,7 @@ def read_json(path: str | Path, *, expect: type = dict) -> Any:
     if stat.S_ISDIR(st.st_mode):
         raise InvalidInput("is a directory, expected a JSON file", path=path)
     if stat.S_ISREG(st.st_mode) and st.st_size > MAX_JSON_BYTES:
-        raise InvalidInput(f"is {st.st_size} bytes; a metadata JSON file may have at most {MAX_JSON_BYTES}",
-                           path=path)
+        raise InvalidInput(f"is {st.st_size} bytes; a metadata JSON file may have at most {MAX_JSON_BYTES}", path=path)
     with open_regular(path) as f:
         try:
             raw = f.read(MAX_JSON_BYTES + 1)
@@ -204,9 +207,7 @@ def read_json(path: str | Path, *, expect: type = dict) -> Any:
     except UnicodeDecodeError as e:
         raise InvalidInput(f"is not UTF-8 text (byte {e.start})", path=path) from None
     try:
-        value = json.loads(
-            text, object_pairs_hook=_no_duplicates(path), parse_constant=_reject_constant(path)
-        )
+        value = json.loads(text, object_pairs_hook=_no_duplicates(path), parse_constant=_reject_constant(path))
     except json.JSONDecodeError as e:
         raise InvalidInput(f"invalid JSON at line {e.lineno} column {e.colno}: {e.msg}", path=path) from None
     except RecursionError:
@@ -228,8 +229,11 @@ def _check_bounds(value: Any, path: Path) -> None:
             raise InvalidInput(f"JSON is nested too deeply (more than {MAX_JSON_DEPTH} levels)", path=path)
         if isinstance(item, str):
             if len(item) > MAX_TEXT_CHARS:
-                raise InvalidInput(f"holds a string of {len(item)} characters; at most {MAX_TEXT_CHARS} are "
-                                   "accepted in a metadata field", path=path)
+                raise InvalidInput(
+                    f"holds a string of {len(item)} characters; at most {MAX_TEXT_CHARS} are "
+                    "accepted in a metadata field",
+                    path=path,
+                )
         elif isinstance(item, dict):
             stack.extend((k, depth + 1) for k in item)
             stack.extend((v, depth + 1) for v in item.values())
@@ -276,9 +280,7 @@ def sniff_tensor_file(path: Path) -> str:
         return "torch-zip"
     if head[:1] == b"\x80" and len(head) > 1 and 2 <= head[1] <= 5:
         return "torch-legacy"
-    raise InvalidInput(
-        f"is not a PyTorch or safetensors file (starts with {head[:8]!r}, {size} bytes)", path=path
-    )
+    raise InvalidInput(f"is not a PyTorch or safetensors file (starts with {head[:8]!r}, {size} bytes)", path=path)
 
 
 def _looks_like_safetensors(head: bytes, size: int) -> bool:
@@ -286,8 +288,6 @@ def _looks_like_safetensors(head: bytes, size: int) -> bool:
         return False
     n = int.from_bytes(head[:8], "little")
     return 0 < n < size and head[8:9] == b"{"
-
-
 
 
 def load_tensors(path: str | Path) -> dict[str, Any]:
@@ -311,7 +311,9 @@ def _load_torch(path: Path, kind: str) -> dict[str, Any]:
             with zipfile.ZipFile(path) as z:
                 bad = z.testzip()
         except zipfile.BadZipFile:
-            raise InvalidInput("is truncated or corrupt (the zip archive has no central directory)", path=path) from None
+            raise InvalidInput(
+                "is truncated or corrupt (the zip archive has no central directory)", path=path
+            ) from None
         except (OSError, zipfile.LargeZipFile, EOFError) as e:
             raise InvalidInput(f"is truncated or corrupt ({e})", path=path) from None
         if bad is not None:
@@ -320,8 +322,18 @@ def _load_torch(path: Path, kind: str) -> dict[str, Any]:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=(kind == "torch-zip"))
     except pickle.UnpicklingError as e:
         raise UnsafePickle(_unsafe_reason(str(e)), path=path) from None
-    except (RuntimeError, EOFError, ValueError, OSError, AttributeError, ImportError, TypeError, KeyError,
-            IndexError, RecursionError) as e:
+    except (
+        RuntimeError,
+        EOFError,
+        ValueError,
+        OSError,
+        AttributeError,
+        ImportError,
+        TypeError,
+        KeyError,
+        IndexError,
+        RecursionError,
+    ) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         if "weights_only" in msg.lower() or "unsupported global" in msg.lower():
             raise UnsafePickle(_unsafe_reason(str(e)), path=path) from None
@@ -333,10 +345,14 @@ def _load_torch(path: Path, kind: str) -> dict[str, Any]:
 
 def _unsafe_reason(message: str) -> str:
     """Name the global a pickle asked for, from torch's weights_only error text."""
-    m = re.search(r"Unsupported global: GLOBAL ([\w.]+)", message) or re.search(
-        # torch >= 2.6 for globals of blocked modules (os, posix, subprocess, ...)
-        r"unsupported GLOBAL ([\w.]+) whose module", message) or re.search(
-        r"Unsupported (?:operand|class|global)[^:]*:\s*([^\s,]+)", message
+    m = (
+        re.search(r"Unsupported global: GLOBAL ([\w.]+)", message)
+        or re.search(
+            # torch >= 2.6 for globals of blocked modules (os, posix, subprocess, ...)
+            r"unsupported GLOBAL ([\w.]+) whose module",
+            message,
+        )
+        or re.search(r"Unsupported (?:operand|class|global)[^:]*:\s*([^\s,]+)", message)
     )
     what = f"it references the global {m.group(1)!r}" if m else "it needs more than plain tensors"
     return (

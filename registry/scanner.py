@@ -19,15 +19,16 @@ from __future__ import annotations
 import os
 import re
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from registry import tracks
 from registry.errors import EvalboardError, Incompatible, InvalidInput
-from registry.eval_result import EvalResult
 from registry.evalset import MANIFEST, EvalSet
 from registry.files import FileRecord, content_hash
+from registry.imports import EvalJson, checkpoints_by_step, record_import, written_by_evaluator
 from registry.safeio import as_invalid, sha256_file
 from registry.store import Registry
 from registry.token_space import TokenSpace
@@ -57,9 +58,15 @@ class ScanSummary:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "found": self.found, "new": self.new, "updated": self.updated, "unchanged": self.unchanged,
-            "invalid": self.invalid, "runs": self.runs, "evalsets": self.evalsets,
-            "results_imported": self.results_imported, "invalid_items": self.invalid_items,
+            "found": self.found,
+            "new": self.new,
+            "updated": self.updated,
+            "unchanged": self.unchanged,
+            "invalid": self.invalid,
+            "runs": self.runs,
+            "evalsets": self.evalsets,
+            "results_imported": self.results_imported,
+            "invalid_items": self.invalid_items,
         }
 
 
@@ -115,7 +122,8 @@ def discover(root: str | Path) -> Discovery:
                 target = _outside(p, root)
                 if target and _CKPT_DIR_RE.match(d):
                     found.runs.setdefault(here, _Run(here)).escaped.append(
-                        (p, tracks.DEFAULT_DIR, f"symlink leaves the scanned tree {root} (points to {target}); refused"))
+                        (p, tracks.DEFAULT_DIR, f"symlink leaves the scanned tree {root} (points to {target}); refused")
+                    )
                 continue
             track = _checkpoint_dir_track(p, d)
             if track is not None:
@@ -191,16 +199,21 @@ class _Scanner:
                 self.invalid(str(run.token_space), str(e))
         letters = sorted({t.letter for _, t in run.checkpoints} | {t.letter for _, t, _ in run.escaped})
         track = letters[0] if len(letters) == 1 else "mixed" if letters else "unknown"
-        entity = self.reg.upsert_run(path=str(run.path), name=run.path.name, track=track,
-                                     token_space_id=run_ts_id,
-                                     token_space_path=str(run.token_space) if run.token_space else None)
+        entity = self.reg.upsert_run(
+            path=str(run.path),
+            name=run.path.name,
+            track=track,
+            token_space_id=run_ts_id,
+            token_space_path=str(run.token_space) if run.token_space else None,
+        )
         self.summary.runs += 1
         work = sorted(run.checkpoints, key=lambda pt: (tracks.ALL.index(pt[1]), _step_key(pt[0])))
         changed = False
         for ckpt, track in work:
             try:
-                changed |= self.checkpoint(entity.id, ckpt, track, run_ts if track.uses_token_space else None) \
-                    is not None
+                changed |= (
+                    self.checkpoint(entity.id, ckpt, track, run_ts if track.uses_token_space else None) is not None
+                )
             except (InvalidInput, Incompatible, OSError) as e:  # one unreadable item never aborts the scan
                 reason = str(as_invalid(e, ckpt) if isinstance(e, OSError) else e)
                 changed |= self.record_invalid(entity.id, ckpt, track, reason, []) is not None
@@ -216,12 +229,7 @@ class _Scanner:
             bases = Counter(c.base_model for c in registered if c.status == "valid" and c.base_model)
             if bases:
                 self.reg.upsert_run(path=str(run.path), name=run.path.name, base_model=bases.most_common(1)[0][0])
-        steps: dict[int, Any] = {}
-        priority = {t.letter: t.step_priority for t in tracks.ALL}
-        for c in registered:  # of two tracks sharing a step, the one with the higher step_priority wins
-            if c.step is not None and (c.step not in steps or
-                                       priority.get(c.track, -1) > priority.get(steps[c.step].track, -1)):
-                steps[c.step] = c
+        steps = checkpoints_by_step(registered)
         for ej in sorted(run.eval_jsons):
             try:
                 self.import_result(entity.id, ej, steps)
@@ -244,18 +252,32 @@ class _Scanner:
                 return None
         if escaped:
             target = os.path.realpath(entries[escaped[0]].path)
-            return self.record_invalid(run_id, path, track,
-                                       f"{escaped[0]} is a symlink that leaves the scanned tree {self.root} "
-                                       f"(points to {target}); refused", [])
+            return self.record_invalid(
+                run_id,
+                path,
+                track,
+                f"{escaped[0]} is a symlink that leaves the scanned tree {self.root} (points to {target}); refused",
+                [],
+            )
         try:
             reg = track.register(path, run_token_space=run_ts)
         except EvalboardError as e:
             return self.record_invalid(run_id, path, track, str(e), names)
         ts_id = self.token_space_id(reg.token_space, reg.token_space_path or str(path)) if reg.token_space else None
-        fields = dict(step=reg.step, track=track.letter, status="valid", reason=None, content_hash=reg.content_hash,
-                      files=reg.files, base_model=reg.base_model, token_space_id=ts_id,
-                      has_token_space=reg.token_space is not None, row_start=reg.row_start, row_end=reg.row_end,
-                      meta=dict(reg.meta))
+        fields = dict(
+            step=reg.step,
+            track=track.letter,
+            status="valid",
+            reason=None,
+            content_hash=reg.content_hash,
+            files=reg.files,
+            base_model=reg.base_model,
+            token_space_id=ts_id,
+            has_token_space=reg.token_space is not None,
+            row_start=reg.row_start,
+            row_end=reg.row_end,
+            meta=dict(reg.meta),
+        )
         ent, state = self.reg.upsert_checkpoint(path=str(path), run_id=run_id, **fields)
         self.count(state)
         return ent
@@ -263,9 +285,17 @@ class _Scanner:
     def record_invalid(self, run_id: int, path: Path, track: Track, reason: str, names: list[str]):
         records = _records(path, names)
         ent, state = self.reg.upsert_checkpoint(
-            path=str(path), run_id=run_id, step=parse_step(path.name), track=track.letter, status="invalid",
-            reason=reason, content_hash=content_hash(records) if records else None,
-            files=[r.to_dict() for r in records], has_token_space=(TOKEN_SPACE_FILENAME in names), meta={})
+            path=str(path),
+            run_id=run_id,
+            step=parse_step(path.name),
+            track=track.letter,
+            status="invalid",
+            reason=reason,
+            content_hash=content_hash(records) if records else None,
+            files=[r.to_dict() for r in records],
+            has_token_space=(TOKEN_SPACE_FILENAME in names),
+            meta={},
+        )
         self.count(state)
         self.invalid(str(path), reason)
         return ent
@@ -279,39 +309,27 @@ class _Scanner:
 
     def import_result(self, run_id: int, path: Path, steps: dict[int, Any]) -> None:
         st = path.stat()
-        imported = [r for r in self.reg.list_eval_results(run_ids=[run_id])
-                    if r.source == "import" and r.path == str(path)]
-        if any((r.extra or {}).get("size") == st.st_size and (r.extra or {}).get("mtime_ns") == st.st_mtime_ns
-               for r in imported):
+        imported = [
+            r for r in self.reg.list_eval_results(run_ids=[run_id]) if r.source == "import" and r.path == str(path)
+        ]
+        if any(
+            (r.extra or {}).get("size") == st.st_size and (r.extra or {}).get("mtime_ns") == st.st_mtime_ns
+            for r in imported
+        ):
             return  # same file as last time: not even re-hashed
         sha = sha256_file(path)
         if any((r.extra or {}).get("file_sha256") == sha for r in imported):
             return
         try:
-            res = EvalResult.load(path)
+            ej = EvalJson.read(path, sha256=sha)
         except EvalboardError as e:
             self.invalid(str(path), str(e))
             return
-        ck = steps.get(res.step) if res.step is not None else None
-        evalset_hash = res.evalset.get("content_hash") if res.evalset else None
-        ck_hash = (res.checkpoint or {}).get("content_hash")
-        if ck_hash and evalset_hash and self.reg.find_eval_result(checkpoint_hash=ck_hash, evalset_hash=evalset_hash,
-                                                                  source="evaluator"):
+        if written_by_evaluator(self.reg, ej.result):
             return  # evalboard wrote this file itself: the result is already registered
-        evalset_id = None
-        if evalset_hash:
-            try:
-                evalset_id = self.reg.get_evalset(content_hash=evalset_hash).id
-            except EvalboardError:
-                evalset_id = None
-        self.reg.add_eval_result(
-            checkpoint_id=ck.id if ck is not None else None, run_id=run_id, evalset_id=evalset_id,
-            evalset_hash=evalset_hash, checkpoint_hash=ck.content_hash if ck is not None else None,
-            step=res.step, source="import", loss_all=res.loss_all, metrics=res.metrics(), path=str(path),
-            extra={"file_sha256": sha, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
-                   "evalset_name": (res.evalset or {}).get("name")},
-        )
-        self.summary.results_imported += 1
+        ck = steps.get(ej.result.step) if ej.result.step is not None else None
+        _, created = record_import(self.reg, ej, run_id=run_id, checkpoint=ck)
+        self.summary.results_imported += created
 
     def evalset(self, path: Path) -> None:
         self.progress(str(path))
@@ -374,10 +392,15 @@ def _files_unchanged(base: Path, files: list[dict[str, Any]]) -> bool:
 
 
 def register_token_space(reg: Registry, ts: TokenSpace, path: str):
-    return reg.upsert_token_space(abi_hash=ts.abi_hash, text_vocab_size=ts.text_vocab_size,
-                                  vocab_size_total=ts.vocab_size_total, spec=ts.to_dict(),
-                                  codec_versions=ts.codec_versions(), tokenizer_version=ts.tokenizer_version,
-                                  path=path)
+    return reg.upsert_token_space(
+        abi_hash=ts.abi_hash,
+        text_vocab_size=ts.text_vocab_size,
+        vocab_size_total=ts.vocab_size_total,
+        spec=ts.to_dict(),
+        codec_versions=ts.codec_versions(),
+        tokenizer_version=ts.tokenizer_version,
+        path=path,
+    )
 
 
 def register_evalset(reg: Registry, path: str | Path, *, name: str | None = None, replace: bool = False):
@@ -387,19 +410,33 @@ def register_evalset(reg: Registry, path: str | Path, *, name: str | None = None
     if es.token_space is None and es.token_space_hash is not None:
         try:
             spec = reg.get_token_space(abi_hash=es.token_space_hash).spec
-            es = EvalSet.load(path, token_space=TokenSpace.from_dict(spec, source=f"token space {es.token_space_hash[:12]}"))
+            es = EvalSet.load(
+                path, token_space=TokenSpace.from_dict(spec, source=f"token space {es.token_space_hash[:12]}")
+            )
         except EvalboardError:
             pass
     if es.token_space is not None:
         register_token_space(reg, es.token_space, f"{es.path}/{MANIFEST}")
-    return reg.register_evalset(name=name or es.name, path=es.path, content_hash=es.content_hash,
-                                token_space_hash=es.token_space_hash, manifest=dict(es.manifest), tasks=es.tasks,
-                                n_examples=len(es.examples), files=[f.to_dict() for f in es.files],
-                                replace=replace)
+    return reg.register_evalset(
+        name=name or es.name,
+        path=es.path,
+        content_hash=es.content_hash,
+        token_space_hash=es.token_space_hash,
+        manifest=dict(es.manifest),
+        tasks=es.tasks,
+        n_examples=len(es.examples),
+        files=[f.to_dict() for f in es.files],
+        replace=replace,
+    )
 
 
-def scan(registry: Registry, paths: Iterable[str | Path], *, progress: Progress | None = None,
-         on_total: Callable[[int], None] | None = None) -> ScanSummary:
+def scan(
+    registry: Registry,
+    paths: Iterable[str | Path],
+    *,
+    progress: Progress | None = None,
+    on_total: Callable[[int], None] | None = None,
+) -> ScanSummary:
     """Register everything under ``paths``. Per-item failures become invalid entries, not exceptions."""
     summary = ScanSummary()
     discovered = [(Path(os.path.realpath(p)), discover(p)) for p in paths]

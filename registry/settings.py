@@ -109,8 +109,12 @@ class WorkspaceConfig:
     connector_builders: dict[str, str] | None = None
     """``[connector_builders]``: run name (or "*") = "package.module:function"."""
 
-    _SECTIONS = {"registry": {"url"}, "mlflow": {"tracking_uri", "artifact_location"}, "models": None,
-                 "connector_builders": None}
+    _SECTIONS = {
+        "registry": {"url"},
+        "mlflow": {"tracking_uri", "artifact_location"},
+        "models": None,
+        "connector_builders": None,
+    }
 
     @classmethod
     def parse(cls, text: str, ws: Workspace) -> WorkspaceConfig:
@@ -127,15 +131,17 @@ class WorkspaceConfig:
             raise InvalidInput(f"is not valid TOML: {e}", path=where) from None
         for section, value in data.items():
             if section not in cls._SECTIONS:
-                raise InvalidInput(f"unknown section [{section}]; known: "
-                                   f"{', '.join(f'[{s}]' for s in cls._SECTIONS)}", path=where)
+                raise InvalidInput(
+                    f"unknown section [{section}]; known: {', '.join(f'[{s}]' for s in cls._SECTIONS)}", path=where
+                )
             if not isinstance(value, dict):
                 raise InvalidInput(f"{section!r} must be a [{section}] table", path=where)
             keys = cls._SECTIONS[section]
             for key, v in value.items():
                 if keys is not None and key not in keys:
-                    raise InvalidInput(f"unknown key {key!r} in [{section}]; known: {', '.join(sorted(keys))}",
-                                       path=where)
+                    raise InvalidInput(
+                        f"unknown key {key!r} in [{section}]; known: {', '.join(sorted(keys))}", path=where
+                    )
                 if not isinstance(v, str) or not v.strip():
                     raise InvalidInput(f"[{section}] {key} must be a non-empty string", path=where)
         registry = data.get("registry", {}).get("url")
@@ -144,16 +150,26 @@ class WorkspaceConfig:
         return cls(
             registry=_resolve_url(registry, ws.root) if registry else None,
             tracking_uri=_resolve_url(mlflow["tracking_uri"], ws.root) if "tracking_uri" in mlflow else None,
-            artifact_location=(_resolve_location(mlflow["artifact_location"], ws.root)
-                               if "artifact_location" in mlflow else None),
+            artifact_location=(
+                _resolve_location(mlflow["artifact_location"], ws.root) if "artifact_location" in mlflow else None
+            ),
             models={k: str(_resolve_path(v, ws.root)) for k, v in models.items()} if models is not None else None,
-            connector_builders=({k: _check_builder(v, str(where)) for k, v in data["connector_builders"].items()}
-                                if "connector_builders" in data else None),
+            connector_builders=(
+                {k: _check_builder(v, str(where)) for k, v in data["connector_builders"].items()}
+                if "connector_builders" in data
+                else None
+            ),
         )
 
 
-def write_workspace_config(root: Path, *, registry: str | None = None, tracking_uri: str | None = None,
-                           artifact_location: str | None = None, models: Mapping[str, str] | None = None) -> Path:
+def write_workspace_config(
+    root: Path,
+    *,
+    registry: str | None = None,
+    tracking_uri: str | None = None,
+    artifact_location: str | None = None,
+    models: Mapping[str, str] | None = None,
+) -> Path:
     """Write `<root>/.evalboard/config.toml` (paths may be relative to `root`); returns its path.
     Left-out settings are written as their workspace defaults."""
     home = HOME_NAME
@@ -193,7 +209,7 @@ def _resolve_url(url: str, root: Path) -> str:
     """`sqlite:///relative.db` is relative to the workspace, not to wherever a command runs."""
     prefix = "sqlite:///"
     if url.startswith(prefix) and not url.startswith(prefix + "/") and url != "sqlite:///:memory:":
-        return prefix + str(root / url[len(prefix):])
+        return prefix + str(root / url[len(prefix) :])
     return url
 
 
@@ -209,7 +225,7 @@ def default_artifact_location(tracking_uri: str) -> str | None:
     a tracking server decides for itself: None."""
     prefix = "sqlite:///"
     if tracking_uri.startswith(prefix) and tracking_uri != "sqlite:///:memory:":
-        db = Path(os.path.abspath(tracking_uri[len(prefix):]))
+        db = Path(os.path.abspath(tracking_uri[len(prefix) :]))
         return (db.parent / ARTIFACTS_NAME).as_uri()
     return None
 
@@ -244,6 +260,7 @@ class Settings:
     def connector_builder_for(self, run_name: str | None) -> str | None:
         """The configured builder for ``run_name``'s connector checkpoints (the run's, else "*")."""
         return self.connector_builders.get(run_name or "") or self.connector_builders.get("*")
+
     artifact_location: str | None = None
     """Where new MLflow experiments keep artifacts. Env `EVALBOARD_ARTIFACT_LOCATION`; default
     next to a local SQLite store (`default_artifact_location`), the server's choice otherwise."""
@@ -285,8 +302,9 @@ class Settings:
             origins[name] = "default"
             return None
 
-        origins["workspace"] = ("env EVALBOARD_WORKSPACE" if named else
-                                "found above the current folder" if ws else "none found")
+        origins["workspace"] = (
+            "env EVALBOARD_WORKSPACE" if named else "found above the current folder" if ws else "none found"
+        )
         home = pick("home", "EVALBOARD_HOME", ws.home if ws else None, "the workspace's") or HOME_NAME
         db_url = pick("registry", "EVALBOARD_DB", config.registry) or ""
         mlflow_uri = pick("mlflow", "MLFLOW_TRACKING_URI", config.tracking_uri) or ""
@@ -296,12 +314,22 @@ class Settings:
         models_value = pick("models", "EVALBOARD_MODELS", config.models)
         models = parse_models(models_value) if isinstance(models_value, str) else dict(models_value or {})
         builders_value = pick("connector_builders", "EVALBOARD_CONNECTOR_BUILDER", config.connector_builders)
-        builders = parse_connector_builders(builders_value) if isinstance(builders_value, str) \
-            else dict(builders_value or {})
-        return cls(home=Path(home), db_url=db_url, mlflow_uri=mlflow_uri, models=models,
-                   artifact_location=artifacts, workspace=ws, origins=origins, connector_builders=builders,
-                   vision_cache_bytes=_non_negative_int(env.get("EVALBOARD_VISION_CACHE_BYTES", ""),
-                                                        "EVALBOARD_VISION_CACHE_BYTES", DEFAULT_VISION_CACHE_BYTES))
+        builders = (
+            parse_connector_builders(builders_value) if isinstance(builders_value, str) else dict(builders_value or {})
+        )
+        return cls(
+            home=Path(home),
+            db_url=db_url,
+            mlflow_uri=mlflow_uri,
+            models=models,
+            artifact_location=artifacts,
+            workspace=ws,
+            origins=origins,
+            connector_builders=builders,
+            vision_cache_bytes=_non_negative_int(
+                env.get("EVALBOARD_VISION_CACHE_BYTES", ""), "EVALBOARD_VISION_CACHE_BYTES", DEFAULT_VISION_CACHE_BYTES
+            ),
+        )
 
     def ensure_home(self) -> Path:
         """Create `home` on first use rather than at import, so reading settings has no effects."""
@@ -333,9 +361,11 @@ class Settings:
     def summary_line(self) -> str:
         """One line: which workspace, registry, MLflow store and artifact location a command uses."""
         ws = f"workspace {self.workspace.root}" if self.workspace else "no workspace (defaults)"
-        return (f"{ws}; registry {self.db_url}; MLflow {self.mlflow_uri}; "
-                f"artifacts {self.artifact_location or 'chosen by the MLflow server'}; "
-                f"{len(self.models)} base models mapped")
+        return (
+            f"{ws}; registry {self.db_url}; MLflow {self.mlflow_uri}; "
+            f"artifacts {self.artifact_location or 'chosen by the MLflow server'}; "
+            f"{len(self.models)} base models mapped"
+        )
 
 
 def parse_models(value: str) -> dict[str, str]:
@@ -369,9 +399,7 @@ def _models_from_json(path: Path) -> dict[str, str]:
         data = read_json(path, expect=object)
     except InvalidInput as e:
         raise InvalidInput(f"EVALBOARD_MODELS: {e}") from None
-    if not isinstance(data, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in data.items()
-    ):
+    if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
         raise InvalidInput(
             "EVALBOARD_MODELS must be a JSON object mapping base-model id to a directory",
             path=path,
@@ -407,10 +435,11 @@ def parse_connector_builders(value: str) -> dict[str, str]:
         try:
             data = json.loads(path.read_text())
         except (OSError, ValueError) as e:
-            raise InvalidInput(f"EVALBOARD_CONNECTOR_BUILDER is neither a builder nor a readable JSON file: {e}",
-                               path=path) from None
+            raise InvalidInput(
+                f"EVALBOARD_CONNECTOR_BUILDER is neither a builder nor a readable JSON file: {e}", path=path
+            ) from None
         if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
-            raise InvalidInput("EVALBOARD_CONNECTOR_BUILDER must map run name (or \"*\") to a builder", path=path)
+            raise InvalidInput('EVALBOARD_CONNECTOR_BUILDER must map run name (or "*") to a builder', path=path)
         return {k: _check_builder(v, str(path)) for k, v in data.items()}
     out: dict[str, str] = {}
     for item in filter(None, (part.strip() for part in value.split(","))):

@@ -10,6 +10,7 @@ Getters `get_*` raise `NotFound`; `find_*` and `get_row_stats` return None when 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import fields
@@ -24,7 +25,7 @@ from sqlalchemy.orm import Session
 from registry import entities as E
 from registry import models as M
 from registry.engine import SQLITE_WRITE_OPTION, make_engine, mask_url, normalize_url
-from registry.errors import InvalidInput, NotFound, StoreError
+from registry.errors import InvalidInput, LeaseLost, NotFound, StoreError
 from registry.migrations import upgrade_to_head
 from registry.safeio import DB_INT_MAX, MAX_NAME_CHARS
 from registry.settings import Settings
@@ -46,8 +47,12 @@ _ENTITY_OF = {
 _AUTOMATIC = {"id", "created_at", "updated_at", "registered_at", "enqueued_at"}
 # Length caps of unbounded text columns (the format readers refuse longer values where they enter;
 # this is the store's own guard, so no caller can grow the registry by megabytes per row).
-_MAX_CHARS = {"name": MAX_NAME_CHARS, "base_model": MAX_NAME_CHARS, "tokenizer_version": MAX_NAME_CHARS,
-              "mlflow_run_id": MAX_NAME_CHARS}
+_MAX_CHARS = {
+    "name": MAX_NAME_CHARS,
+    "base_model": MAX_NAME_CHARS,
+    "tokenizer_version": MAX_NAME_CHARS,
+    "mlflow_run_id": MAX_NAME_CHARS,
+}
 _MAX_PATH_CHARS = 4096
 _INACTIVE_JOB_STATUSES = ("failed", "cancelled")
 
@@ -112,8 +117,7 @@ class Registry:
             raise self._store_error(e) from e
         except OverflowError:  # the driver met an integer no column holds (the callers check ranges first)
             session.rollback()
-            raise InvalidInput(f"a number is too large for the registry (integers hold at most {DB_INT_MAX})") \
-                from None
+            raise InvalidInput(f"a number is too large for the registry (integers hold at most {DB_INT_MAX})") from None
         except BaseException:
             session.rollback()
             raise
@@ -139,20 +143,32 @@ class Registry:
         path: str,
     ) -> E.TokenSpaceEntity:
         """Register a token-space ABI once; later files with the same hash return the first row."""
-        _check_values(M.TokenSpace, dict(abi_hash=abi_hash, text_vocab_size=text_vocab_size,
-                                         vocab_size_total=vocab_size_total, tokenizer_version=tokenizer_version,
-                                         first_path=str(path)), path)
-        lookup = select(M.TokenSpace).where(M.TokenSpace.abi_hash == abi_hash)
-        with self._session() as s:
-            row = _insert_or_get(s, lookup, lambda: M.TokenSpace(
+        _check_values(
+            M.TokenSpace,
+            dict(
                 abi_hash=abi_hash,
                 text_vocab_size=text_vocab_size,
                 vocab_size_total=vocab_size_total,
-                spec=spec,
-                codec_versions=codec_versions or {},
                 tokenizer_version=tokenizer_version,
                 first_path=str(path),
-            ))
+            ),
+            path,
+        )
+        lookup = select(M.TokenSpace).where(M.TokenSpace.abi_hash == abi_hash)
+        with self._session() as s:
+            row = _insert_or_get(
+                s,
+                lookup,
+                lambda: M.TokenSpace(
+                    abi_hash=abi_hash,
+                    text_vocab_size=text_vocab_size,
+                    vocab_size_total=vocab_size_total,
+                    spec=spec,
+                    codec_versions=codec_versions or {},
+                    tokenizer_version=tokenizer_version,
+                    first_path=str(path),
+                ),
+            )
             return _entity(row)
 
     def get_token_space(self, *, id: int | None = None, abi_hash: str | None = None) -> E.TokenSpaceEntity:
@@ -178,8 +194,12 @@ class Registry:
         """Register the run at `path`, or update its name and whichever other fields are given."""
         if track is not None:
             _check_choice("run track", track, M.RUN_TRACKS)
-        given = {"track": track, "base_model": base_model, "token_space_id": token_space_id,
-                 "token_space_path": token_space_path}
+        given = {
+            "track": track,
+            "base_model": base_model,
+            "token_space_id": token_space_id,
+            "token_space_path": token_space_path,
+        }
         given = {k: v for k, v in given.items() if v is not None}
         _check_values(M.Run, dict(path=str(path), name=name, **given), path)
         lookup = select(M.Run).where(M.Run.path == str(path))
@@ -193,13 +213,17 @@ class Registry:
         with self._session(write=False) as s:
             return _entity(_get_one(s, M.Run, "run", id=id, name=name, path=path))
 
-    def link_training_run(self, run_id: int, *, mlflow_run_id: str, mlflow_experiment_id: str | None = None
-                          ) -> E.RunEntity:
+    def link_training_run(
+        self, run_id: int, *, mlflow_run_id: str, mlflow_experiment_id: str | None = None
+    ) -> E.RunEntity:
         """Record the MLflow run of the training that writes this run's checkpoints."""
         with self._session() as s:
             row = _get_one(s, M.Run, "run", id=run_id)
-            _assign(row, training_mlflow_run_id=str(mlflow_run_id),
-                    training_mlflow_experiment_id=None if mlflow_experiment_id is None else str(mlflow_experiment_id))
+            _assign(
+                row,
+                training_mlflow_run_id=str(mlflow_run_id),
+                training_mlflow_experiment_id=None if mlflow_experiment_id is None else str(mlflow_experiment_id),
+            )
             s.flush()
             return _entity(row)
 
@@ -231,8 +255,7 @@ class Registry:
                 s.flush()
                 return _entity(row), "new"
             changed = any(
-                key in fields and fields[key] != getattr(row, key)
-                for key in ("content_hash", "status", "reason")
+                key in fields and fields[key] != getattr(row, key) for key in ("content_hash", "status", "reason")
             )
             _assign(row, run_id=run_id, **fields)
             s.flush()
@@ -242,12 +265,11 @@ class Registry:
         self, *, id: int | None = None, path: str | None = None, content_hash: str | None = None
     ) -> E.CheckpointEntity:
         with self._session(write=False) as s:
-            return _entity(
-                _get_one(s, M.Checkpoint, "checkpoint", id=id, path=path, content_hash=content_hash)
-            )
+            return _entity(_get_one(s, M.Checkpoint, "checkpoint", id=id, path=path, content_hash=content_hash))
 
-    def list_checkpoints(self, *, run_id: int | None = None, status: str | None = None,
-                         track: str | None = None) -> list[E.CheckpointEntity]:
+    def list_checkpoints(
+        self, *, run_id: int | None = None, status: str | None = None, track: str | None = None
+    ) -> list[E.CheckpointEntity]:
         query = select(M.Checkpoint).order_by(M.Checkpoint.run_id, M.Checkpoint.step, M.Checkpoint.id)
         if run_id is not None:
             query = query.where(M.Checkpoint.run_id == run_id)
@@ -264,16 +286,13 @@ class Registry:
     ) -> dict[str, tuple[list[dict[str, Any]], str | None, str]]:
         """path -> (files, content_hash, status) in one query, so the scanner can skip folders
         whose file sizes and mtimes did not change without reading any tensor."""
-        query = select(M.Checkpoint.path, M.Checkpoint.files, M.Checkpoint.content_hash,
-                       M.Checkpoint.status)
+        query = select(M.Checkpoint.path, M.Checkpoint.files, M.Checkpoint.content_hash, M.Checkpoint.status)
         if paths_under is not None:
             root = str(paths_under).rstrip("/") or "/"
             prefix = root if root == "/" else root + "/"
-            query = query.where(or_(M.Checkpoint.path == root,
-                                    M.Checkpoint.path.startswith(prefix, autoescape=True)))
+            query = query.where(or_(M.Checkpoint.path == root, M.Checkpoint.path.startswith(prefix, autoescape=True)))
         with self._session(write=False) as s:
-            return {path: (files, content_hash, status)
-                    for path, files, content_hash, status in s.execute(query)}
+            return {path: (files, content_hash, status) for path, files, content_hash, status in s.execute(query)}
 
     def delete_checkpoint(self, *, id: int) -> None:
         """Delete a checkpoint with its row stats and jobs; its results stay, unlinked."""
@@ -303,16 +322,25 @@ class Registry:
         is kept under `<name>@<first 12 hex of its content hash>`, and `name` gets a new row, so
         results on the old and the new contents never form one series.
         """
-        values = dict(path=str(path), content_hash=content_hash, token_space_hash=token_space_hash,
-                      manifest=manifest, tasks=tasks, n_examples=n_examples, files=files)
+        values = dict(
+            path=str(path),
+            content_hash=content_hash,
+            token_space_hash=token_space_hash,
+            manifest=manifest,
+            tasks=tasks,
+            n_examples=n_examples,
+            files=files,
+        )
         _check_values(M.EvalSet, dict(name=name, **values), path)
         with self._session() as s:
             by_name = s.scalars(select(M.EvalSet).where(M.EvalSet.name == name)).one_or_none()
-            same_content = s.scalars(
-                select(M.EvalSet).where(M.EvalSet.content_hash == content_hash)
-            ).one_or_none()
-            restoring = (replace and same_content is not None and by_name is not None
-                         and same_content.name == _version_name(name, content_hash))
+            same_content = s.scalars(select(M.EvalSet).where(M.EvalSet.content_hash == content_hash)).one_or_none()
+            restoring = (
+                replace
+                and same_content is not None
+                and by_name is not None
+                and same_content.name == _version_name(name, content_hash)
+            )
             if same_content is not None and same_content is not by_name and not restoring:
                 raise InvalidInput(
                     f"eval set {path} has the same content (hash {content_hash[:12]}) as eval set "
@@ -368,8 +396,9 @@ class Registry:
             s.flush()
             return _entity(row)
 
-    def update_eval_result(self, *, id: int, mlflow_run_id: str | None = None,
-                           extra: dict[str, Any] | None = None) -> E.EvalResultEntity:
+    def update_eval_result(
+        self, *, id: int, mlflow_run_id: str | None = None, extra: dict[str, Any] | None = None
+    ) -> E.EvalResultEntity:
         """Attach the MLflow run (and merge extra keys) once a result has been logged."""
         with self._session() as s:
             row = _get_one(s, M.EvalResult, "eval result", id=id)
@@ -456,26 +485,51 @@ class Registry:
                     + (f" ({checkpoint.reason})" if checkpoint.reason else "")
                 )
             options = dict(options or {})
-            key = f"{checkpoint.content_hash}:{evalset.content_hash}"
-            if options.get("max_examples"):  # a quick subset and the full evaluation are different jobs
-                key += f":n{options['max_examples']}"
+            key = _dedupe_key(checkpoint, evalset, options)
             if force:
                 options["force"] = True  # the worker evaluates again even if a result exists
             self._lock_key(s, key)
             if not force:
                 existing = s.scalars(
                     select(M.EvalJob)
-                    .where(M.EvalJob.dedupe_key == key,
-                           M.EvalJob.status.not_in(_INACTIVE_JOB_STATUSES))
-                    .order_by(M.EvalJob.id).limit(1)
+                    .where(M.EvalJob.dedupe_key == key, M.EvalJob.status.not_in(_INACTIVE_JOB_STATUSES))
+                    .order_by(M.EvalJob.id)
+                    .limit(1)
                 ).first()
                 if existing is not None:
                     return _entity(existing), False
-            job = M.EvalJob(checkpoint_id=checkpoint_id, evalset_id=evalset_id, dedupe_key=key,
-                            max_attempts=max_attempts, priority=priority, options=options)
+            job = M.EvalJob(
+                checkpoint_id=checkpoint_id,
+                evalset_id=evalset_id,
+                dedupe_key=key,
+                max_attempts=max_attempts,
+                priority=priority,
+                options=options,
+            )
             s.add(job)
             s.flush()
             return _entity(job), True
+
+    def find_active_job(
+        self, *, checkpoint_id: int, evalset_id: int, options: dict[str, Any] | None = None
+    ) -> E.EvalJobEntity | None:
+        """The job `enqueue_job` would return instead of creating one (same checkpoint content,
+        eval-set content and subset; not failed or cancelled), if any."""
+        with self._session(write=False) as s:
+            checkpoint = _get_one(s, M.Checkpoint, "checkpoint", id=checkpoint_id)
+            evalset = _get_one(s, M.EvalSet, "eval set", id=evalset_id)
+            if not checkpoint.content_hash:
+                return None
+            row = s.scalars(
+                select(M.EvalJob)
+                .where(
+                    M.EvalJob.dedupe_key == _dedupe_key(checkpoint, evalset, options or {}),
+                    M.EvalJob.status.not_in(_INACTIVE_JOB_STATUSES),
+                )
+                .order_by(M.EvalJob.id)
+                .limit(1)
+            ).first()
+            return None if row is None else _entity(row)
 
     def _lock_key(self, s: Session, key: str) -> None:
         """Serialise check-then-insert on `key`. SQLite already holds the write lock
@@ -495,13 +549,382 @@ class Registry:
         with self._session(write=False) as s:
             return _entity(_get_one(s, M.EvalJob, "job", id=id))
 
+    # -- the queue's statements (the verbs, with their rules, are registry/queue.py) ----------
+    # Leases are timed by the database's clock, never the caller's; each statement is one atomic
+    # UPDATE guarded by the job's fencing token (see registry/queue.py for why).
+
+    def _clock(self) -> dict[str, str]:
+        return _PG_CLOCK if self.dialect == "postgresql" else _SQLITE_CLOCK
+
+    def claim_job(
+        self, *, worker_id: str, lease_seconds: float, prefer_base_model: str | None = None
+    ) -> E.EvalJobEntity | None:
+        """Take the best queued job (or a running one whose lease expired with attempts left)
+        in one statement, recording the worker as seen; None when there is none."""
+        q = self._clock()
+        statement = text(f"""
+            UPDATE eval_jobs
+               SET status = 'running', attempts = attempts + 1, fencing_token = fencing_token + 1,
+                   worker_id = :worker, lease_expires_at = {q["lease"]}, started_at = {q["now"]},
+                   finished_at = NULL, duration_s = NULL
+             WHERE id = (
+                 SELECT j.id FROM eval_jobs j JOIN checkpoints c ON c.id = j.checkpoint_id
+                  WHERE j.status = 'queued'
+                     OR (j.status = 'running' AND j.lease_expires_at < {q["now"]}
+                         AND j.attempts < j.max_attempts)
+                  ORDER BY CASE WHEN c.base_model = {q["pref"]} THEN 0 ELSE 1 END, j.priority DESC, j.id
+                  LIMIT 1 {q["lock"]})
+            RETURNING id""")
+        params = {"worker": worker_id, "lease": float(lease_seconds), "pref": prefer_base_model}
+        with self._session() as s:
+            _seen(s, q, worker_id, params["lease"])
+            job_id = s.execute(statement, params).scalar()
+            return None if job_id is None else _job(s, job_id)
+
+    def heartbeat_job(self, *, job_id: int, token: int, lease_seconds: float) -> bool:
+        """Extend the lease of a running job (or a claimed outbox entry) held with `token`."""
+        q = self._clock()
+        statement = text(f"""
+            UPDATE eval_jobs SET lease_expires_at = {q["lease"]}
+             WHERE id = :id AND fencing_token = :token
+               AND (status = 'running' OR (status = 'done' AND outbox_state = 'pending'))""")
+        with self._session() as s:
+            if s.execute(statement, {"id": job_id, "token": token, "lease": lease_seconds}).rowcount != 1:
+                return False
+            s.execute(
+                text(f"""
+                UPDATE workers SET last_seen = {q["now"]}, expires_at = {q["lease"]}
+                 WHERE worker_id = (SELECT worker_id FROM eval_jobs WHERE id = :id)"""),
+                {"id": job_id, "lease": lease_seconds},
+            )
+            return True
+
+    def complete_job(
+        self, *, job_id: int, token: int, mlflow_run_id: str | None, outbox_state: str, result: dict[str, Any] | None
+    ) -> E.EvalJobEntity:
+        """Mark a running job held with `token` done; `LeaseLost` when the token is stale."""
+        _check_choice("outbox state", outbox_state, ("none", "pending", "logged"))
+        q = self._clock()
+        statement = text(f"""
+            UPDATE eval_jobs
+               SET status = 'done', finished_at = {q["now"]}, duration_s = {q["elapsed"]},
+                   lease_expires_at = NULL, mlflow_run_id = :run, outbox_state = :state,
+                   last_error = NULL
+             WHERE id = :id AND fencing_token = :token AND status = 'running'""")
+        with self._session() as s:
+            params = {"id": job_id, "token": token, "run": mlflow_run_id, "state": outbox_state}
+            if s.execute(statement, params).rowcount != 1:
+                raise _lost(s, job_id, token, "complete")
+            row = s.get(M.EvalJob, job_id)
+            row.result = result
+            s.flush()
+            return _job(s, job_id)
+
+    def finish_job_attempt(
+        self, *, job_id: int, token: int, error: str, give_up: bool, verb: str, uncount: bool = False
+    ) -> E.EvalJobEntity:
+        """End the attempt of a running job held with `token`: back to the queue while attempts
+        remain (and `give_up` is false), else failed; `uncount` gives the attempt back."""
+        q = self._clock()
+        attempts = "attempts - 1" if uncount else "attempts"
+        statement = text(f"""
+            UPDATE eval_jobs
+               SET attempts = {attempts},
+                   status = CASE WHEN :give_up OR {attempts} >= max_attempts THEN 'failed' ELSE 'queued' END,
+                   finished_at = CASE WHEN :give_up OR {attempts} >= max_attempts THEN {q["now"]} ELSE NULL END,
+                   duration_s = {q["elapsed"]}, lease_expires_at = NULL, last_error = :error
+             WHERE id = :id AND fencing_token = :token AND status = 'running'""")
+        with self._session() as s:
+            params = {"id": job_id, "token": token, "error": error, "give_up": give_up}
+            if s.execute(statement, params).rowcount != 1:
+                raise _lost(s, job_id, token, verb)
+            return _job(s, job_id)
+
+    def cancel_job(self, *, job_id: int, running: bool = False) -> bool:
+        """Cancel a queued (or, with `running`, a running) job and bump its fencing token, so the
+        worker that held it cannot finish it. Returns whether it changed; NotFound for no job."""
+        statuses = "('queued', 'running')" if running else "('queued')"
+        q = self._clock()
+        statement = text(f"""
+            UPDATE eval_jobs
+               SET status = 'cancelled', finished_at = {q["now"]}, lease_expires_at = NULL,
+                   fencing_token = fencing_token + 1
+             WHERE id = :id AND status IN {statuses}""")
+        with self._session() as s:
+            changed = s.execute(statement, {"id": job_id}).rowcount == 1
+            if not changed:
+                _job(s, job_id)
+            return changed
+
+    def retry_job(self, *, job_id: int) -> bool:
+        """Queue a failed or cancelled job again with its attempts reset; whether it changed."""
+        q = self._clock()
+        statement = text(f"""
+            UPDATE eval_jobs
+               SET status = 'queued', attempts = 0, worker_id = NULL, lease_expires_at = NULL,
+                   started_at = NULL, finished_at = NULL, duration_s = NULL, enqueued_at = {q["now"]}
+             WHERE id = :id AND status IN ('failed', 'cancelled')""")
+        with self._session() as s:
+            changed = s.execute(statement, {"id": job_id}).rowcount == 1
+            if not changed:
+                _job(s, job_id)
+            return changed
+
+    def reap_expired_jobs(self) -> dict[str, list[int]]:
+        """Running jobs whose lease expired: queued again while attempts remain, else failed."""
+        q = self._clock()
+        expired = f"status = 'running' AND lease_expires_at < {q['now']}"
+        requeue = text(f"""
+            UPDATE eval_jobs SET status = 'queued', lease_expires_at = NULL,
+                   last_error = 'lease expired: worker ' || COALESCE(worker_id, '?') || ' stopped heartbeating'
+             WHERE {expired} AND attempts < max_attempts RETURNING id""")
+        give_up = text(f"""
+            UPDATE eval_jobs SET status = 'failed', lease_expires_at = NULL, finished_at = {q["now"]},
+                   last_error = 'lease expired on attempt ' || attempts || ' of ' || max_attempts
+                                || ' (worker ' || COALESCE(worker_id, '?') || ' stopped heartbeating)'
+             WHERE {expired} AND attempts >= max_attempts RETURNING id""")
+        with self._session() as s:
+            failed = sorted(s.execute(give_up).scalars())
+            queued = sorted(s.execute(requeue).scalars())
+        return {"queued": queued, "failed": failed}
+
+    def outbox_jobs(self) -> list[E.EvalJobEntity]:
+        """Done jobs whose result waits in the outbox for MLflow."""
+        query = (
+            select(M.EvalJob)
+            .where(M.EvalJob.status == "done", M.EvalJob.outbox_state == "pending")
+            .order_by(M.EvalJob.id)
+        )
+        with self._session(write=False) as s:
+            return _entities(s.scalars(query))
+
+    def claim_outbox_job(self, *, worker_id: str, lease_seconds: float) -> E.EvalJobEntity | None:
+        """Lease one pending outbox entry (a new fencing token), or None."""
+        q = self._clock()
+        statement = text(f"""
+            UPDATE eval_jobs
+               SET fencing_token = fencing_token + 1, worker_id = :worker, lease_expires_at = {q["lease"]}
+             WHERE id = (
+                 SELECT j.id FROM eval_jobs j
+                  WHERE j.status = 'done' AND j.outbox_state = 'pending'
+                    AND (j.lease_expires_at IS NULL OR j.lease_expires_at < {q["now"]})
+                  ORDER BY j.id LIMIT 1 {q["lock"]})
+            RETURNING id""")
+        with self._session() as s:
+            job_id = s.execute(statement, {"worker": worker_id, "lease": float(lease_seconds)}).scalar()
+            return None if job_id is None else _job(s, job_id)
+
+    def mark_job_logged(self, *, job_id: int, token: int, mlflow_run_id: str) -> E.EvalJobEntity:
+        """The outbox entry held with `token` reached MLflow; `LeaseLost` when the token is stale."""
+        statement = text("""
+            UPDATE eval_jobs SET outbox_state = 'logged', mlflow_run_id = :run, lease_expires_at = NULL
+             WHERE id = :id AND fencing_token = :token AND status = 'done' AND outbox_state = 'pending'""")
+        with self._session() as s:
+            if s.execute(statement, {"id": job_id, "token": token, "run": mlflow_run_id}).rowcount != 1:
+                raise _lost(s, job_id, token, "mark logged")
+            return _job(s, job_id)
+
+    def live_leases(self) -> dict[int, int]:
+        """job id -> fencing token of every unexpired lease (running jobs and outbox flushes)."""
+        q = self._clock()
+        statement = text(f"""
+            SELECT id, fencing_token FROM eval_jobs
+             WHERE lease_expires_at IS NOT NULL AND lease_expires_at > {q["now"]}
+               AND (status = 'running' OR (status = 'done' AND outbox_state = 'pending'))""")
+        with self._session(write=False) as s:
+            return {int(i): int(t) for i, t in s.execute(statement)}
+
+    def live_workers(self) -> list[E.WorkerEntity]:
+        """Workers seen within their lease, most recent first."""
+        q = self._clock()
+        statement = text(f"SELECT worker_id FROM workers WHERE expires_at > {q['now']} ORDER BY last_seen DESC")
+        with self._session(write=False) as s:
+            ids = list(s.scalars(statement))
+            return [_entity(s.get(M.Worker, worker_id)) for worker_id in ids]
+
+    def worker_gone(self, *, worker_id: str) -> None:
+        """Mark a worker that stopped cleanly as no longer alive."""
+        q = self._clock()
+        with self._session() as s:
+            s.execute(
+                text(f"UPDATE workers SET expires_at = {q['now']} WHERE worker_id = :worker"), {"worker": worker_id}
+            )
+
+    def db_now(self) -> datetime:
+        """The database's current time (UTC), the clock every lease is measured against."""
+        q = self._clock()
+        with self._session(write=False) as s:
+            value = s.execute(text(f"SELECT {q['now']}")).scalar()
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value)
+        return _utc(value)
+
+    # -- tables for the dashboard: selected columns as plain tuples, no entity per row, because
+    # the Compare page may read tens of thousands of results -------------------------------
+
+    def data_fingerprint(self) -> tuple:
+        """Counts and latest ids/timestamps of results, checkpoints, runs, eval sets, row stats and
+        token spaces: it changes whenever one of them is added or updated."""
+        parts = [
+            select(func.count(), func.max(M.EvalResult.id)).select_from(M.EvalResult),
+            select(func.count(), func.max(M.Checkpoint.updated_at)).select_from(M.Checkpoint),
+            select(func.count(), func.max(M.Run.updated_at)).select_from(M.Run),
+            select(func.count(), func.max(M.EvalSet.id)).select_from(M.EvalSet),
+            select(func.count(), func.max(M.RowStats.created_at)).select_from(M.RowStats),
+            select(func.count(), func.max(M.TokenSpace.id)).select_from(M.TokenSpace),
+        ]
+        with self._session(write=False) as s:
+            return tuple(tuple(str(v) for v in s.execute(q).one()) for q in parts)
+
+    def jobs_fingerprint(self) -> tuple:
+        """Jobs change status in place, so this includes the latest transition."""
+        q = select(
+            func.count(),
+            func.max(M.EvalJob.id),
+            func.max(M.EvalJob.enqueued_at),
+            func.max(M.EvalJob.started_at),
+            func.max(M.EvalJob.finished_at),
+            func.sum(M.EvalJob.attempts),
+        )
+        with self._session(write=False) as s:
+            return tuple(str(v) for v in s.execute(q.select_from(M.EvalJob)).one())
+
+    def checkpoint_table(self, *, run_ids: Iterable[int] | None = None) -> list[tuple]:
+        """(id, run_id, step, track, status, reason, path, content_hash, base_model, token_space_id,
+        row_start, row_end, registered_at, size_bytes) per checkpoint, by run and step."""
+        q = select(
+            M.Checkpoint.id,
+            M.Checkpoint.run_id,
+            M.Checkpoint.step,
+            M.Checkpoint.track,
+            M.Checkpoint.status,
+            M.Checkpoint.reason,
+            M.Checkpoint.path,
+            M.Checkpoint.content_hash,
+            M.Checkpoint.base_model,
+            M.Checkpoint.token_space_id,
+            M.Checkpoint.row_start,
+            M.Checkpoint.row_end,
+            M.Checkpoint.registered_at,
+            M.Checkpoint.files,
+        ).order_by(M.Checkpoint.run_id, M.Checkpoint.step)
+        if run_ids is not None:
+            q = q.where(M.Checkpoint.run_id.in_(list(run_ids)))
+        with self._session(write=False) as s:
+            return [
+                (*r[:-2], _plain(r[-2]), sum(int(f.get("size") or 0) for f in _decoded(r[-1]) or []))
+                for r in s.execute(q)
+            ]
+
+    def result_table(self, *, run_ids: Iterable[int] | None = None) -> list[tuple]:
+        """(id, run_id, checkpoint_id, step, evalset_id, source, metrics, extra, mlflow_run_id,
+        created_at) per eval result, oldest first."""
+        q = select(
+            M.EvalResult.id,
+            M.EvalResult.run_id,
+            M.EvalResult.checkpoint_id,
+            M.EvalResult.step,
+            M.EvalResult.evalset_id,
+            M.EvalResult.source,
+            M.EvalResult.metrics,
+            M.EvalResult.extra,
+            M.EvalResult.mlflow_run_id,
+            M.EvalResult.created_at,
+        ).order_by(M.EvalResult.id)
+        if run_ids is not None:
+            q = q.where(M.EvalResult.run_id.in_(list(run_ids)))
+        with self._session(write=False) as s:
+            return [(*r[:6], _decoded(r[6]), _decoded(r[7]), r[8], _plain(r[9])) for r in s.execute(q)]
+
+    def job_table(self) -> list[tuple]:
+        """(id, status, run name, step, eval set name, worker_id, attempts, max_attempts, enqueued_at,
+        started_at, finished_at, duration_s, last_error, mlflow_run_id, checkpoint_id, evalset_id)
+        per job, newest first."""
+        q = (
+            select(
+                M.EvalJob.id,
+                M.EvalJob.status,
+                M.Run.name,
+                M.Checkpoint.step,
+                M.EvalSet.name,
+                M.EvalJob.worker_id,
+                M.EvalJob.attempts,
+                M.EvalJob.max_attempts,
+                M.EvalJob.enqueued_at,
+                M.EvalJob.started_at,
+                M.EvalJob.finished_at,
+                M.EvalJob.duration_s,
+                M.EvalJob.last_error,
+                M.EvalJob.mlflow_run_id,
+                M.EvalJob.checkpoint_id,
+                M.EvalJob.evalset_id,
+            )
+            .join(M.Checkpoint, M.Checkpoint.id == M.EvalJob.checkpoint_id, isouter=True)
+            .join(M.Run, M.Run.id == M.Checkpoint.run_id, isouter=True)
+            .join(M.EvalSet, M.EvalSet.id == M.EvalJob.evalset_id, isouter=True)
+            .order_by(M.EvalJob.id.desc())
+        )
+        with self._session(write=False) as s:
+            return [tuple(_plain(v) for v in r) for r in s.execute(q)]
+
+    def row_stats_of(self, *, checkpoint_ids: Iterable[int]) -> dict[int, dict[str, Any]]:
+        """{checkpoint_id: stats} for those of `checkpoint_ids` that have row statistics."""
+        ids = [int(i) for i in checkpoint_ids]
+        if not ids:
+            return {}
+        q = select(M.RowStats.checkpoint_id, M.RowStats.stats).where(M.RowStats.checkpoint_id.in_(ids))
+        with self._session(write=False) as s:
+            return {ck: _decoded(stats) for ck, stats in s.execute(q)}
+
+    def checkpoint_meta(self, *, checkpoint_ids: Iterable[int]) -> dict[int, dict[str, Any]]:
+        """{checkpoint_id: meta} for `checkpoint_ids`."""
+        ids = [int(i) for i in checkpoint_ids]
+        if not ids:
+            return {}
+        q = select(M.Checkpoint.id, M.Checkpoint.meta).where(M.Checkpoint.id.in_(ids))
+        with self._session(write=False) as s:
+            return {ck: _decoded(meta) for ck, meta in s.execute(q)}
+
+    def result_extra(self, *, id: int) -> dict[str, Any]:
+        """The `extra` of one eval result ({} when there is no such result)."""
+        with self._session(write=False) as s:
+            return _decoded(s.execute(select(M.EvalResult.extra).where(M.EvalResult.id == id)).scalar())
+
+    def _not_yet_evaluated(self, evalset_id: int) -> Any:
+        done = select(M.EvalResult.checkpoint_id).where(
+            M.EvalResult.evalset_id == evalset_id, M.EvalResult.checkpoint_id.is_not(None)
+        )
+        pending = select(M.EvalJob.checkpoint_id).where(
+            M.EvalJob.evalset_id == evalset_id, M.EvalJob.status.in_(("queued", "running", "done"))
+        )
+        return (M.Checkpoint.status == "valid", M.Checkpoint.id.not_in(done), M.Checkpoint.id.not_in(pending))
+
+    def unevaluated_checkpoint_ids(self, *, run_id: int, evalset_id: int) -> list[int]:
+        """Valid checkpoints of the run with no result and no live job on this eval set, by step."""
+        q = (
+            select(M.Checkpoint.id)
+            .where(M.Checkpoint.run_id == run_id, *self._not_yet_evaluated(evalset_id))
+            .order_by(M.Checkpoint.step)
+        )
+        with self._session(write=False) as s:
+            return [r for (r,) in s.execute(q)]
+
+    def unevaluated_counts(self, *, evalset_id: int) -> dict[int, int]:
+        """run id -> how many of its valid checkpoints have no result and no live job on this eval set."""
+        q = (
+            select(M.Checkpoint.run_id, func.count())
+            .where(*self._not_yet_evaluated(evalset_id))
+            .group_by(M.Checkpoint.run_id)
+        )
+        with self._session(write=False) as s:
+            return {int(r): int(n) for r, n in s.execute(q)}
+
     # -- whole-registry views --------------------------------------------------------------
 
     def counts(self) -> dict[str, int]:
         """Rows per table, e.g. to check that a refused input added nothing."""
         with self._session(write=False) as s:
-            return {t.name: s.scalar(select(func.count()).select_from(t))
-                    for t in M.Base.metadata.sorted_tables}
+            return {t.name: s.scalar(select(func.count()).select_from(t)) for t in M.Base.metadata.sorted_tables}
 
     def snapshot(self) -> dict[str, list[tuple]]:
         """Every row of every table as tuples ordered by id: equal snapshots mean equal data."""
@@ -524,6 +947,11 @@ def _plain(value: Any) -> Any:
     return _utc(value) if isinstance(value, datetime) else value
 
 
+def _decoded(value: Any) -> Any:
+    """JSON columns come back decoded from SQLAlchemy, but raw text through some drivers."""
+    return json.loads(value) if isinstance(value, str) else (value or {})
+
+
 def _entity(row: M.Base) -> Any:
     cls = _ENTITY_OF[type(row)]
     return cls(**{f.name: _plain(getattr(row, f.name)) for f in fields(cls)})
@@ -538,10 +966,12 @@ def _get_one(s: Session, model: type[T], what: str, **selectors: Any) -> T:
     given = {k: v for k, v in selectors.items() if v is not None}
     if len(given) != 1:
         raise InvalidInput(f"look up a {what} by exactly one of {', '.join(selectors)}; got {given or 'none'}")
-    (key, value), = given.items()
+    ((key, value),) = given.items()
     if isinstance(value, int) and not isinstance(value, bool) and not 0 <= value <= DB_INT_MAX:
-        raise NotFound(f"no {what} with {key} {value if value.bit_length() <= 64 else 'of that size'} "
-                       f"is registered (ids are between 1 and {DB_INT_MAX})")
+        raise NotFound(
+            f"no {what} with {key} {value if value.bit_length() <= 64 else 'of that size'} "
+            f"is registered (ids are between 1 and {DB_INT_MAX})"
+        )
     rows = s.scalars(select(model).where(getattr(model, key) == value).limit(2)).all()
     if not rows:
         raise NotFound(f"no {what} with {key} {value!r} is registered")
@@ -596,8 +1026,16 @@ def _check_values(model: type[M.Base], values: dict[str, Any], where: Any) -> No
         elif isinstance(kind, String) and not isinstance(kind, Text) and isinstance(value, str):
             limit = kind.length or _MAX_CHARS.get(key, _MAX_PATH_CHARS)
             if len(value) > limit:
-                raise InvalidInput(f"{label} is {len(value)} characters long; at most {limit} are accepted",
-                                   path=where)
+                raise InvalidInput(f"{label} is {len(value)} characters long; at most {limit} are accepted", path=where)
+
+
+def _dedupe_key(checkpoint: M.Checkpoint, evalset: M.EvalSet, options: dict[str, Any]) -> str:
+    """One job per checkpoint content and eval-set content; a quick subset and the full
+    evaluation are different jobs."""
+    key = f"{checkpoint.content_hash}:{evalset.content_hash}"
+    if options.get("max_examples"):
+        key += f":n{options['max_examples']}"
+    return key
 
 
 def _version_name(name: str, content_hash: str) -> str:
@@ -614,3 +1052,55 @@ def _require(given: dict[str, Any], keys: tuple[str, ...], what: str, path: Any)
     missing = [k for k in keys if given.get(k) is None]
     if missing:
         raise InvalidInput(f"{what} needs {', '.join(missing)}", path=path)
+
+
+# -- the queue's SQL: the database's clock per dialect ------------------------------------------
+# SQLite stores SQLAlchemy datetimes as 'YYYY-MM-DD HH:MM:SS.ffffff' text and compares text, so the
+# SQL clock must produce the same format: strftime gives milliseconds, padded to microseconds.
+# PostgreSQL locks the chosen row with FOR UPDATE SKIP LOCKED (SQLAlchemy drops skip_locked on
+# SQLite, whose BEGIN IMMEDIATE already makes the UPDATE ... RETURNING run alone).
+
+_SQLITE_CLOCK = {
+    "now": "(strftime('%Y-%m-%d %H:%M:%f', 'now') || '000')",
+    "lease": "(strftime('%Y-%m-%d %H:%M:%f', 'now', '+' || :lease || ' seconds') || '000')",
+    "elapsed": "((julianday('now') - julianday(started_at)) * 86400.0)",
+    "lock": "",
+    "pref": ":pref",
+}
+_PG_CLOCK = {
+    "now": "now()",
+    "lease": "(now() + make_interval(secs => :lease))",
+    "elapsed": "EXTRACT(EPOCH FROM (now() - started_at))",
+    "lock": "FOR UPDATE OF j SKIP LOCKED",
+    "pref": "CAST(:pref AS VARCHAR)",
+}
+
+
+def _job(s: Session, job_id: int) -> E.EvalJobEntity:
+    row = s.get(M.EvalJob, job_id)
+    if row is None:
+        raise NotFound(f"no job with id {job_id} is registered")
+    s.refresh(row)
+    return _entity(row)
+
+
+def _lost(s: Session, job_id: int, token: int, verb: str) -> LeaseLost:
+    row = s.get(M.EvalJob, job_id)
+    if row is None:
+        return LeaseLost(f"cannot {verb} job {job_id}: it no longer exists")
+    s.refresh(row)
+    return LeaseLost(
+        f"cannot {verb} job {job_id} with fencing token {token}: the job is {row.status} with token "
+        f"{row.fencing_token} (worker {row.worker_id}); its lease was lost, nothing was written"
+    )
+
+
+def _seen(s: Session, q: dict[str, str], worker_id: str, lease: float) -> None:
+    """Record that `worker_id` is alive for the next `lease` seconds (database clock)."""
+    s.execute(
+        text(f"""
+        INSERT INTO workers (worker_id, first_seen, last_seen, expires_at)
+        VALUES (:worker, {q["now"]}, {q["now"]}, {q["lease"]})
+        ON CONFLICT (worker_id) DO UPDATE SET last_seen = excluded.last_seen, expires_at = excluded.expires_at"""),
+        {"worker": worker_id, "lease": lease},
+    )

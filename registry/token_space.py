@@ -19,9 +19,10 @@ range change is an error).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from registry.errors import InvalidInput
 from registry.safeio import MAX_NAME_CHARS, canonical_json, check_int, check_text, read_json, sha256_file
@@ -90,7 +91,7 @@ class TokenSpace:
     # --- construction ---------------------------------------------------------------------
 
     @classmethod
-    def load(cls, path: str | Path) -> "TokenSpace":
+    def load(cls, path: str | Path) -> TokenSpace:
         path = Path(path)
         data = read_json(path)
         ts = cls.from_dict(data, source=path)
@@ -102,7 +103,7 @@ class TokenSpace:
     load_json = load
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, source: str | Path | None = None) -> "TokenSpace":
+    def from_dict(cls, data: Mapping[str, Any], *, source: str | Path | None = None) -> TokenSpace:
         where = str(source) if source is not None else "token space"
         fields = _resolve_aliases(data, where)
         for required in ("text_vocab_size", "vocab_size_total", "modalities"):
@@ -149,9 +150,7 @@ class TokenSpace:
         ordered = sorted(self.modalities, key=lambda r: r.start)
         for a, b in zip(ordered, ordered[1:]):
             if b.start < a.end:
-                raise InvalidInput(
-                    f"{a.name} range {a.describe()} overlaps {b.name} range {b.describe()}", path=where
-                )
+                raise InvalidInput(f"{a.name} range {a.describe()} overlaps {b.name} range {b.describe()}", path=where)
         for name, tid in self.special_tokens.items():
             if not 0 <= tid < self.vocab_size_total:
                 raise InvalidInput(
@@ -225,7 +224,7 @@ class TokenSpace:
 
     # --- comparison -----------------------------------------------------------------------
 
-    def diff(self, other: "TokenSpace", this_label: str = "this", other_label: str = "other") -> list[TokenSpaceChange]:
+    def diff(self, other: TokenSpace, this_label: str = "this", other_label: str = "other") -> list[TokenSpaceChange]:
         """Every structural difference, each with a sentence naming both sides."""
         changes: list[TokenSpaceChange] = []
 
@@ -243,30 +242,55 @@ class TokenSpace:
             if a is None or b is None:
                 present, absent = (this_label, other_label) if a else (other_label, this_label)
                 r = a or b
-                add(f"range:{name}", "error", a and (a.start, a.end), b and (b.start, b.end),
-                    f"{name} range {r.describe()} in {present}, absent in {absent}")
+                add(
+                    f"range:{name}",
+                    "error",
+                    a and (a.start, a.end),
+                    b and (b.start, b.end),
+                    f"{name} range {r.describe()} in {present}, absent in {absent}",
+                )
                 continue
             if (a.start, a.end) != (b.start, b.end):
-                add(f"range:{name}", "error", (a.start, a.end), (b.start, b.end),
+                add(
+                    f"range:{name}",
+                    "error",
+                    (a.start, a.end),
+                    (b.start, b.end),
                     f"{name} range {a.describe()} ({a.size} rows) in {this_label}, "
-                    f"{b.describe()} ({b.size} rows) in {other_label}")
+                    f"{b.describe()} ({b.size} rows) in {other_label}",
+                )
             va, vb = _join_version(a.codec, a.codec_version), _join_version(b.codec, b.codec_version)
             if va != vb:
-                add(f"codec:{name}", "warning", va, vb,
-                    f"{name} codec {va or 'unrecorded'} in {this_label}, {vb or 'unrecorded'} in {other_label}")
+                add(
+                    f"codec:{name}",
+                    "warning",
+                    va,
+                    vb,
+                    f"{name} codec {va or 'unrecorded'} in {this_label}, {vb or 'unrecorded'} in {other_label}",
+                )
         sa, sb = dict(self.special_tokens), dict(other.special_tokens)
         for name in sorted(sa.keys() | sb.keys()):
             if sa.get(name) != sb.get(name):
-                add(f"special:{name}", "error", sa.get(name), sb.get(name),
-                    f"special token {name!r} id {sa.get(name)} in {this_label}, {sb.get(name)} in {other_label}")
+                add(
+                    f"special:{name}",
+                    "error",
+                    sa.get(name),
+                    sb.get(name),
+                    f"special token {name!r} id {sa.get(name)} in {this_label}, {sb.get(name)} in {other_label}",
+                )
         pa, pb = self.resolved_pad_id(), other.resolved_pad_id()
         if pa != pb:
             add("pad_token_id", "error", pa, pb, f"pad id {pa} in {this_label}, {pb} in {other_label}")
         ta = _join_version(self.tokenizer_name, self.tokenizer_version)
         tb = _join_version(other.tokenizer_name, other.tokenizer_version)
         if ta != tb:
-            add("tokenizer", "warning", ta, tb,
-                f"tokenizer {ta or 'unrecorded'} in {this_label}, {tb or 'unrecorded'} in {other_label}")
+            add(
+                "tokenizer",
+                "warning",
+                ta,
+                tb,
+                f"tokenizer {ta or 'unrecorded'} in {this_label}, {tb or 'unrecorded'} in {other_label}",
+            )
         return changes
 
 
@@ -287,7 +311,9 @@ def _resolve_aliases(data: Mapping[str, Any], where: str) -> dict[str, Any]:
     if unexpected:
         raise InvalidInput(
             f"unexpected field {unexpected[0]!r}; known fields: "
-            + ", ".join(sorted(_ALIASES)) + ", and informational " + ", ".join(sorted(_INFORMATIONAL)),
+            + ", ".join(sorted(_ALIASES))
+            + ", and informational "
+            + ", ".join(sorted(_INFORMATIONAL)),
             path=where,
         )
     if "tokenizer" in out and "tokenizer_version" in data and "tokenizer" in data:
@@ -301,7 +327,9 @@ def _int(value: Any, name: str, where: str) -> int:
     return check_int(value, name, where)
 
 
-def _parse_modalities(raw: Any, codecs: dict[str, tuple[str | None, str | None]], where: str) -> tuple[ModalityRange, ...]:
+def _parse_modalities(
+    raw: Any, codecs: dict[str, tuple[str | None, str | None]], where: str
+) -> tuple[ModalityRange, ...]:
     if isinstance(raw, list):
         items = []
         for i, entry in enumerate(raw):
@@ -331,7 +359,9 @@ def _parse_range(name: str, spec: Any, where: str) -> tuple[int, int, str | None
         raise InvalidInput(f"{label} must be an object with start and end", path=where)
     unexpected = sorted(set(spec) - _RANGE_KEYS)
     if unexpected:
-        raise InvalidInput(f"{label} has unexpected field {unexpected[0]!r} (known: {', '.join(sorted(_RANGE_KEYS))})", path=where)
+        raise InvalidInput(
+            f"{label} has unexpected field {unexpected[0]!r} (known: {', '.join(sorted(_RANGE_KEYS))})", path=where
+        )
     start_key = "start" if "start" in spec else "offset" if "offset" in spec else None
     if start_key is None:
         raise InvalidInput(f"{label} is missing field 'start'", path=where)
@@ -360,8 +390,10 @@ def _parse_codecs(raw: Any, where: str) -> dict[str, tuple[str | None, str | Non
         if isinstance(spec, str):
             out[name] = (None, check_text(spec, f"codecs[{name!r}]", where))
         elif isinstance(spec, dict):
-            out[name] = (_opt_str(spec.get("name"), f"codecs[{name!r}].name", where),
-                         _opt_str(spec.get("version"), f"codecs[{name!r}].version", where))
+            out[name] = (
+                _opt_str(spec.get("name"), f"codecs[{name!r}].name", where),
+                _opt_str(spec.get("version"), f"codecs[{name!r}].version", where),
+            )
         else:
             raise InvalidInput(f"codecs[{name!r}] must be a string or {{name, version}}", path=where)
     return out
@@ -372,8 +404,7 @@ def _parse_specials(raw: Any, where: str) -> dict[str, int]:
         return {}
     if not isinstance(raw, dict):
         raise InvalidInput("special_tokens must be an object of name -> id", path=where)
-    return {check_text(k, "special token name", where): _int(v, f"special token {k!r}", where)
-            for k, v in raw.items()}
+    return {check_text(k, "special token name", where): _int(v, f"special token {k!r}", where) for k, v in raw.items()}
 
 
 def _parse_tokenizer(raw: Any, where: str) -> tuple[str | None, str | None]:
@@ -382,8 +413,10 @@ def _parse_tokenizer(raw: Any, where: str) -> tuple[str | None, str | None]:
     if isinstance(raw, str):
         return None, check_text(raw, "tokenizer version", where)
     if isinstance(raw, dict):
-        return (_opt_str(raw.get("name"), "tokenizer.name", where),
-                _opt_str(raw.get("version"), "tokenizer.version", where))
+        return (
+            _opt_str(raw.get("name"), "tokenizer.name", where),
+            _opt_str(raw.get("version"), "tokenizer.version", where),
+        )
     raise InvalidInput("tokenizer must be a version string or {name, version}", path=where)
 
 

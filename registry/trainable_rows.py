@@ -15,9 +15,10 @@ Files (README "Track B checkpoint"):
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from registry.errors import Incompatible, InvalidInput
 from registry.files import FileRecord, content_hash, file_records
@@ -30,16 +31,51 @@ ROWS_FILENAMES = ("trainable_rows.pt", "trainable_rows.safetensors", "trainable_
 META_FILENAME = "trainable_rows.json"
 TOKEN_SPACE_FILENAME = "token_space.json"
 
-_EMBED_NAMES = ("embed_tokens", "model.embed_tokens", "input_embeddings", "input_embedding", "embed",
-                "embedding", "embeddings", "wte", "transformer.wte", "embed_rows", "model.model.embed_tokens",
-                "embed_tokens_rows", "input_embedding_rows", "input_embeddings_rows", "embedding_rows")
-_LM_HEAD_NAMES = ("lm_head", "output_embeddings", "output_embedding", "output", "lm_head_rows", "head",
-                  "model.lm_head", "output_embedding_rows", "output_embeddings_rows", "output_rows")
+_EMBED_NAMES = (
+    "embed_tokens",
+    "model.embed_tokens",
+    "input_embeddings",
+    "input_embedding",
+    "embed",
+    "embedding",
+    "embeddings",
+    "wte",
+    "transformer.wte",
+    "embed_rows",
+    "model.model.embed_tokens",
+    "embed_tokens_rows",
+    "input_embedding_rows",
+    "input_embeddings_rows",
+    "embedding_rows",
+)
+_LM_HEAD_NAMES = (
+    "lm_head",
+    "output_embeddings",
+    "output_embedding",
+    "output",
+    "lm_head_rows",
+    "head",
+    "model.lm_head",
+    "output_embedding_rows",
+    "output_embeddings_rows",
+    "output_rows",
+)
 _NESTS = ("state_dict", "rows", "trainable_rows", "weights", "model")
 _STRIP_PREFIXES = ("module.", "_orig_mod.", "base_model.model.")
 # Non-tensor entries a rows file may carry alongside the tensors.
-_PT_META_KEYS = {"step", "global_step", "row_start", "row_end", "base_model", "hidden_size", "dtype", "meta",
-                 "metadata", "config", "tie_word_embeddings"}
+_PT_META_KEYS = {
+    "step",
+    "global_step",
+    "row_start",
+    "row_end",
+    "base_model",
+    "hidden_size",
+    "dtype",
+    "meta",
+    "metadata",
+    "config",
+    "tie_word_embeddings",
+}
 
 _META_ALIASES: dict[str, tuple[str, ...]] = {
     "base_model": ("base_model", "base_model_id", "base_llm", "base_model_name_or_path", "model_id"),
@@ -52,8 +88,20 @@ _META_ALIASES: dict[str, tuple[str, ...]] = {
     "tie_word_embeddings": ("tie_word_embeddings", "tied", "tied_embeddings"),
     "keys": ("keys",),
 }
-_META_INFORMATIONAL = {"schema_version", "version", "created_at", "notes", "text_vocab_size",
-                       "vocab_size_total", "run", "run_name", "trainer", "meta", "metadata", "epoch"}
+_META_INFORMATIONAL = {
+    "schema_version",
+    "version",
+    "created_at",
+    "notes",
+    "text_vocab_size",
+    "vocab_size_total",
+    "run",
+    "run_name",
+    "trainer",
+    "meta",
+    "metadata",
+    "epoch",
+}
 
 _STEP_RE = re.compile(r"(?:checkpoint|ckpt|step)[-_]?(\d+)$")
 
@@ -97,7 +145,7 @@ class RowsMeta:
     info: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, path: Path) -> "RowsMeta":
+    def load(cls, path: Path) -> RowsMeta:
         data = read_json(path)
         where = str(path)
         fields: dict[str, Any] = {}
@@ -158,8 +206,12 @@ def _parse_row_ranges(raw: Any, where: str) -> tuple[int, int]:
                 span = [span.get("start"), span.get("end")]
             if not (isinstance(span, list) and len(span) == 2):
                 raise InvalidInput(f"row_ranges[{name!r:.80}] must be [start, end]", path=where)
-            spans.add((check_int(span[0], f"row_ranges[{name!r:.80}] start", where),
-                       check_int(span[1], f"row_ranges[{name!r:.80}] end", where)))
+            spans.add(
+                (
+                    check_int(span[0], f"row_ranges[{name!r:.80}] start", where),
+                    check_int(span[1], f"row_ranges[{name!r:.80}] end", where),
+                )
+            )
         if len(spans) != 1:
             raise InvalidInput(f"row_ranges differ between matrices ({sorted(spans)}); expected one range", path=where)
         return spans.pop()
@@ -211,7 +263,7 @@ class TrainableRows:
         return content_hash(self.files)
 
     @classmethod
-    def load(cls, ckpt_dir: str | Path, *, run_token_space: TokenSpace | None = None) -> "TrainableRows":
+    def load(cls, ckpt_dir: str | Path, *, run_token_space: TokenSpace | None = None) -> TrainableRows:
         """Read and validate everything; raises InvalidInput/Incompatible naming the file."""
         ckpt_dir = Path(ckpt_dir)
         if not ckpt_dir.is_dir():
@@ -235,8 +287,9 @@ class TrainableRows:
         tied = lm_head is None
         _check_rows(rows_file, meta, embed, lm_head, token_space or run_token_space)
         files = tuple(file_records(ckpt_dir, [p for p in (rows_file, meta_file, ts_file) if p.exists()]))
-        return cls(str(ckpt_dir), step, meta, token_space, embed, lm_head, tied, files, embed_key, lm_key,
-                   tuple(warnings))
+        return cls(
+            str(ckpt_dir), step, meta, token_space, embed, lm_head, tied, files, embed_key, lm_key, tuple(warnings)
+        )
 
     def summary(self) -> dict[str, Any]:
         ts = self.token_space
@@ -274,7 +327,7 @@ def _resolve_step(ckpt_dir: Path, meta: RowsMeta) -> int | None:
 def _normalise_key(key: str) -> str:
     for prefix in _STRIP_PREFIXES:
         if key.startswith(prefix):
-            key = key[len(prefix):]
+            key = key[len(prefix) :]
     return key.removesuffix(".weight")
 
 
@@ -313,7 +366,9 @@ def _pick_tensors(tensors: Mapping[str, Any], meta: RowsMeta, where: Path):
             return explicit
         hits = [by_norm[n] for n in names if n in by_norm]
         if len(hits) > 1:
-            raise InvalidInput(f"has several {role} tensors {hits}; name one in trainable_rows.json keys.{role}", path=where)
+            raise InvalidInput(
+                f"has several {role} tensors {hits}; name one in trainable_rows.json keys.{role}", path=where
+            )
         return hits[0] if hits else None
 
     embed_key = find("embed", _EMBED_NAMES)
@@ -349,7 +404,9 @@ def _check_rows(where: Path, meta: RowsMeta, embed, lm_head, token_space: TokenS
         if not t.is_floating_point():
             raise InvalidInput(f"{label} have dtype {t.dtype}, expected a floating-point tensor", path=where)
         if t.dim() != 2:
-            raise InvalidInput(f"{label}: expected a 2-D [rows, hidden] tensor, file has shape {tuple(t.shape)}", path=where)
+            raise InvalidInput(
+                f"{label}: expected a 2-D [rows, hidden] tensor, file has shape {tuple(t.shape)}", path=where
+            )
         if t.shape[1] == 0:
             raise InvalidInput(f"{label}: rows of width 0, file has shape {tuple(t.shape)}", path=where)
         if t.shape[0] != n:

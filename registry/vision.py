@@ -9,21 +9,39 @@ the feature cache can key on them.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from registry.errors import InvalidInput
 
-__all__ = ["IMAGE_TOKEN_ID", "PREPROCESSING_KEYS", "preprocessing_settings", "read_tower_preprocessing",
-           "VisionSpec", "preprocessing_diff"]
+__all__ = [
+    "IMAGE_TOKEN_ID",
+    "PREPROCESSING_KEYS",
+    "preprocessing_settings",
+    "read_tower_preprocessing",
+    "VisionSpec",
+    "preprocessing_diff",
+]
 
 IMAGE_TOKEN_ID = -200
 """Default placeholder id in ``input_ids`` where an example's image goes (LLaVA's IMAGE_TOKEN_INDEX).
 It is expanded to the connector's output tokens at evaluation; being negative, it can never
 collide with a vocabulary id."""
 
-PREPROCESSING_KEYS = ("do_resize", "size", "resample", "do_center_crop", "crop_size", "do_rescale",
-                      "rescale_factor", "do_normalize", "image_mean", "image_std", "do_convert_rgb")
+PREPROCESSING_KEYS = (
+    "do_resize",
+    "size",
+    "resample",
+    "do_center_crop",
+    "crop_size",
+    "do_rescale",
+    "rescale_factor",
+    "do_normalize",
+    "image_mean",
+    "image_std",
+    "do_convert_rgb",
+)
 """The image-processor settings that change the pixels a tower sees."""
 
 
@@ -62,8 +80,14 @@ class VisionSpec:
 
     FIELDS = {"tower", "preprocessing", "image_token_id", "feature_layer", "drop_cls"}
 
-    def __init__(self, tower: str, preprocessing: Mapping[str, Any], image_token_id: int,
-                 feature_layer: int | None, drop_cls: bool | None):
+    def __init__(
+        self,
+        tower: str,
+        preprocessing: Mapping[str, Any],
+        image_token_id: int,
+        feature_layer: int | None,
+        drop_cls: bool | None,
+    ):
         self.tower = tower
         self.preprocessing = dict(preprocessing)
         self.image_token_id = image_token_id
@@ -71,13 +95,14 @@ class VisionSpec:
         self.drop_cls = drop_cls
 
     @classmethod
-    def parse(cls, raw: Any, where: str) -> "VisionSpec":
+    def parse(cls, raw: Any, where: str) -> VisionSpec:
         if not isinstance(raw, dict):
             raise InvalidInput("vision must be an object {tower, preprocessing, image_token_id}", path=where)
         unexpected = sorted(set(raw) - cls.FIELDS)
         if unexpected:
-            raise InvalidInput(f"unexpected field vision.{unexpected[0]}; known: {', '.join(sorted(cls.FIELDS))}",
-                               path=where)
+            raise InvalidInput(
+                f"unexpected field vision.{unexpected[0]}; known: {', '.join(sorted(cls.FIELDS))}", path=where
+            )
         tower = raw.get("tower")
         if not isinstance(tower, str) or not tower.strip() or len(tower) > 512:
             raise InvalidInput("vision.tower must name the vision tower the images were prepared for", path=where)
@@ -96,8 +121,11 @@ class VisionSpec:
         return cls(tower, preprocessing_settings(pre), token, layer, drop)
 
     def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"tower": self.tower, "preprocessing": self.preprocessing,
-                             "image_token_id": self.image_token_id}
+        d: dict[str, Any] = {
+            "tower": self.tower,
+            "preprocessing": self.preprocessing,
+            "image_token_id": self.image_token_id,
+        }
         if self.feature_layer is not None:
             d["feature_layer"] = self.feature_layer
         if self.drop_cls is not None:

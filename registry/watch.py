@@ -16,13 +16,13 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
 
-from registry.audit import pair_findings
 from registry.entities import EvalSetEntity
 from registry.errors import EvalboardError
+from registry.policy import enqueue_checkpoints
 from registry.scanner import discover, scan
 from registry.store import Registry
 from registry.tracks import Track
@@ -52,7 +52,7 @@ def file_state(checkpoint: Path, track: Track) -> FileState | None:
 class WatchEvent:
     path: str
     action: str
-    """'enqueued', 'already-queued', 'invalid', 'refused'."""
+    """'enqueued', 'already-queued', 'already-evaluated' (`registry.policy`), 'invalid', 'refused'."""
     detail: str = ""
     job_id: int | None = None
 
@@ -73,6 +73,8 @@ class Watcher:
     settle_seconds: float = 5.0
     max_attempts: int = 3
     options: dict = field(default_factory=dict)
+    models: Mapping[str, str] | None = None
+    """Base model id -> local folder, so the audit can check widths (`Settings.models`)."""
     clock: Callable[[], float] = time.monotonic
     polls: int = 0
     _pending: dict[Path, _Seen] = field(default_factory=dict)
@@ -105,6 +107,10 @@ class Watcher:
             seen = self._pending.get(path)
             if seen is None or seen.state != state:
                 self._pending[path] = _Seen(state, now)  # new or still being written
+                if seen is not None or self.polls > 1:  # not for what was there when watching began
+                    log.info(
+                        "settling %s: its files changed; complete once unchanged for %g s", path, self.settle_seconds
+                    )
                 continue
             if now - seen.since < self.settle_seconds:
                 continue
@@ -122,24 +128,26 @@ class Watcher:
         if not ck.is_valid:
             # A truncated file that stopped growing for a while: look again when it changes.
             return self._log(WatchEvent(str(path), "invalid", ck.reason or "invalid"))
-        refusals = [f.message for f in pair_findings(self.registry, ck, self.evalset) if f.severity == "error"]
-        if refusals:
-            return self._log(WatchEvent(str(path), "refused", "; ".join(refusals)))
-        try:
-            job, created = self.registry.enqueue_job(checkpoint_id=ck.id, evalset_id=self.evalset.id,
-                                                     max_attempts=self.max_attempts, options=self.options)
-        except EvalboardError as e:
-            return self._log(WatchEvent(str(path), "refused", str(e)))
-        return self._log(WatchEvent(str(path), "enqueued" if created else "already-queued", job_id=job.id))
+        (decision,) = enqueue_checkpoints(
+            self.registry, [ck], self.evalset, models=self.models, max_attempts=self.max_attempts, options=self.options
+        )
+        job_id = decision.job.id if decision.job is not None else None
+        return self._log(WatchEvent(str(path), decision.action, decision.detail, job_id=job_id))
 
     def _log(self, event: WatchEvent) -> WatchEvent:
-        level = logging.INFO if event.action in ("enqueued", "already-queued") else logging.WARNING
-        log.log(level, "%s %s%s", event.action, event.path, f": {event.detail}" if event.detail else
-                f" (job {event.job_id})")
+        level = logging.INFO if event.action in ("enqueued", "already-queued", "already-evaluated") else logging.WARNING
+        log.log(
+            level,
+            "%s %s%s",
+            event.action,
+            event.path,
+            f": {event.detail}" if event.detail else f" (job {event.job_id})" if event.job_id is not None else "",
+        )
         return event
 
-    def run(self, *, interval: float, should_stop: Callable[[], bool],
-            on_event: Callable[[WatchEvent], None] | None = None) -> None:
+    def run(
+        self, *, interval: float, should_stop: Callable[[], bool], on_event: Callable[[WatchEvent], None] | None = None
+    ) -> None:
         while not should_stop():
             for event in self.poll():
                 if on_event is not None:

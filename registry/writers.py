@@ -19,16 +19,24 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 from registry.errors import InvalidInput
 from registry.token_space import TokenSpace
 from registry.trainable_rows import META_FILENAME, TOKEN_SPACE_FILENAME, parse_step
 
-__all__ = ["save_trainable_rows", "save_rows_of_model", "rows_of_model", "save_connector", "atomic_folder",
-           "atomic_file", "ROWS_FORMATS"]
+__all__ = [
+    "save_trainable_rows",
+    "save_rows_of_model",
+    "rows_of_model",
+    "save_connector",
+    "atomic_folder",
+    "atomic_file",
+    "ROWS_FORMATS",
+]
 
 ROWS_FORMATS = ("safetensors", "pt")
 EMBED_KEY, LM_HEAD_KEY = "embed_tokens", "lm_head"
@@ -111,8 +119,7 @@ def _check_step(final: Path, step: int | None) -> None:
         raise InvalidInput(f"step must be a non-negative integer, got {step!r}", path=final)
     named = parse_step(final.name)
     if step is not None and named is not None and named != step:
-        raise InvalidInput(f"step {step} disagrees with the name {final.name}; name it checkpoint_{step}",
-                           path=final)
+        raise InvalidInput(f"step {step} disagrees with the name {final.name}; name it checkpoint_{step}", path=final)
 
 
 def _cpu_rows(label: str, t: Any, n_rows: int | None, where: Path):
@@ -121,8 +128,9 @@ def _cpu_rows(label: str, t: Any, n_rows: int | None, where: Path):
     if not isinstance(t, torch.Tensor):
         raise InvalidInput(f"{label} must be a tensor, got {type(t).__name__}", path=where)
     if t.dim() != 2 or not t.is_floating_point():
-        raise InvalidInput(f"{label}: expected a 2-D floating-point [rows, hidden] tensor, got {t.dtype} "
-                           f"{tuple(t.shape)}", path=where)
+        raise InvalidInput(
+            f"{label}: expected a 2-D floating-point [rows, hidden] tensor, got {t.dtype} {tuple(t.shape)}", path=where
+        )
     if n_rows is not None and t.shape[0] != n_rows:
         raise InvalidInput(f"{label}: expected {n_rows} rows, got {tuple(t.shape)}", path=where)
     # A private, contiguous CPU copy: safetensors refuses views and shared storage.
@@ -157,14 +165,20 @@ def save_trainable_rows(
     embed = _cpu_rows("embedding rows", embed, None, final)
     end = start + embed.shape[0]
     if start < 0 or end > token_space.vocab_size_total:
-        raise InvalidInput(f"rows [{start}, {end}) fall outside the token space's {token_space.vocab_size_total} "
-                           "rows", path=final)
+        raise InvalidInput(
+            f"rows [{start}, {end}) fall outside the token space's {token_space.vocab_size_total} rows", path=final
+        )
     head = _cpu_rows("lm_head rows", lm_head, embed.shape[0], final) if lm_head is not None else None
     if head is not None and head.shape[1] != embed.shape[1]:
         raise InvalidInput(f"lm_head rows are {head.shape[1]} wide, embedding rows {embed.shape[1]}", path=final)
     tensors = {EMBED_KEY: embed} if head is None else {EMBED_KEY: embed, LM_HEAD_KEY: head}
-    meta: dict[str, Any] = {"base_model": base_model, "row_start": start, "row_end": end,
-                            "hidden_size": int(embed.shape[1]), "dtype": str(embed.dtype).removeprefix("torch.")}
+    meta: dict[str, Any] = {
+        "base_model": base_model,
+        "row_start": start,
+        "row_end": end,
+        "hidden_size": int(embed.shape[1]),
+        "dtype": str(embed.dtype).removeprefix("torch."),
+    }
     if step is not None:
         meta["step"] = step
     if head is None:
@@ -198,9 +212,11 @@ def rows_of_model(model: Any, token_space: TokenSpace, *, row_start: int | None 
     end = token_space.vocab_size_total
     for label, w in (("input embedding", emb), ("lm_head", head)):
         if w is not None and w.shape[0] < end:
-            raise InvalidInput(f"the model's {label} has {w.shape[0]} rows but the token space needs "
-                               f"vocab_size_total={end}; resize it to the token space before training "
-                               "(evaluator.rows.prepare_for_token_space)")
+            raise InvalidInput(
+                f"the model's {label} has {w.shape[0]} rows but the token space needs "
+                f"vocab_size_total={end}; resize it to the token space before training "
+                "(evaluator.rows.prepare_for_token_space)"
+            )
     tied = head is None or head is emb or (head.data_ptr() == emb.data_ptr() and head.shape == emb.shape)
     with _no_grad():
         rows = emb[start:end].detach().to("cpu", copy=True)
@@ -232,8 +248,18 @@ def save_rows_of_model(
     defaults to the id the model was loaded from (``model.config._name_or_path``)."""
     base = base_model or getattr(getattr(model, "config", None), "_name_or_path", None)
     embed, head = rows_of_model(model, token_space, row_start=row_start)
-    return save_trainable_rows(ckpt_dir, token_space, embed=embed, lm_head=head, base_model=base or "",
-                               step=step, row_start=row_start, fmt=fmt, trainer=trainer, overwrite=overwrite)
+    return save_trainable_rows(
+        ckpt_dir,
+        token_space,
+        embed=embed,
+        lm_head=head,
+        base_model=base or "",
+        step=step,
+        row_start=row_start,
+        fmt=fmt,
+        trainer=trainer,
+        overwrite=overwrite,
+    )
 
 
 # --- Track A ------------------------------------------------------------------------------------
@@ -274,10 +300,18 @@ def save_connector(
     heads = {k.removeprefix("module.").split(".", 1)[0] for k in clean}
     missing = [m for m in CONNECTOR_MODULES if m not in heads]
     if missing:
-        raise InvalidInput(f"connector has no {missing[0]} weights (found modules {', '.join(sorted(heads))}; "
-                           "expected keys starting with resampler. and projector.)", path=final)
-    obj: dict[str, Any] = {"step": step, "connector": clean, "base_llm": base_llm, "vision_tower": vision_tower,
-                           "config": dict(config or {})}
+        raise InvalidInput(
+            f"connector has no {missing[0]} weights (found modules {', '.join(sorted(heads))}; "
+            "expected keys starting with resampler. and projector.)",
+            path=final,
+        )
+    obj: dict[str, Any] = {
+        "step": step,
+        "connector": clean,
+        "base_llm": base_llm,
+        "vision_tower": vision_tower,
+        "config": dict(config or {}),
+    }
     if optimizer is not None:
         obj["optimizer"] = optimizer
     with atomic_file(final, overwrite=overwrite) as tmp:

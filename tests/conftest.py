@@ -120,7 +120,11 @@ def quick_demo(tmp_path_factory):
     import sys
 
     workdir = tmp_path_factory.mktemp("quick-demo") / "ws"
-    proc = subprocess.run([sys.executable, "-m", "evalboard.cli", "demo", "--workdir", str(workdir), "--no-serve",
-                           "--quick"], capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-m", "evalboard.cli", "demo", "--workdir", str(workdir), "--no-serve", "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return workdir, proc

@@ -13,22 +13,34 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-UTILISATION = {"useful_flops", "achieved_flops_per_s", "matmul_peak_flops_per_s", "fraction_of_peak",
-               "plain_forward_fraction_of_peak", "swap_over_bandwidth_bound"}
+UTILISATION = {
+    "useful_flops",
+    "achieved_flops_per_s",
+    "matmul_peak_flops_per_s",
+    "fraction_of_peak",
+    "plain_forward_fraction_of_peak",
+    "swap_over_bandwidth_bound",
+}
 
 CASES = {
     "scan": (["--runs", "2", "--per-run", "5"], {"first_scan_s", "rescan_s", "checkpoints"}),
-    "eval_throughput": (["--preset", "tiny", "--examples", "6", "--naive-examples", "4"],
-                        {"tokens_per_s_ratio", "peak_mem_ratio", "max_abs_loss_diff", "swap_to_load_ratio", "device",
-                         *UTILISATION}),
-    "dashboard": (["--runs", "4", "--checkpoints", "3", "--selected", "2", "--repeats", "1"],
-                  {"compare_render_s", "runs_render_s", "compare_cold_render_s"}),
+    "eval_throughput": (
+        ["--preset", "tiny", "--examples", "6", "--naive-examples", "4"],
+        {"tokens_per_s_ratio", "peak_mem_ratio", "max_abs_loss_diff", "swap_to_load_ratio", "device", *UTILISATION},
+    ),
+    "dashboard": (
+        ["--runs", "4", "--checkpoints", "3", "--selected", "2", "--repeats", "1"],
+        {"compare_render_s", "runs_render_s", "compare_cold_render_s"},
+    ),
     "queue": (["--jobs", "40", "--claimers", "2"], {"sqlite_claims_per_s", "postgres_claims_per_s", "duplicates"}),
-    "callback_save": (["--hidden", "32", "--new-rows", "64", "--saves", "2", "--seq", "16"],
-                      {"save_s_median", "write_s_median", "registry_s_median", "train_step_s_median", "all_enqueued"}),
-    "track_a_sweep": (["--checkpoints", "3", "--images", "8", "--image-size", "32", "--tower-hidden", "32",
-                       "--tower-layers", "1"],
-                      {"tower_forwards_per_image", "trackA_sweep_speedup", "max_abs_loss_diff"}),
+    "callback_save": (
+        ["--hidden", "32", "--new-rows", "64", "--saves", "2", "--seq", "16"],
+        {"save_s_median", "write_s_median", "registry_s_median", "train_step_s_median", "all_enqueued"},
+    ),
+    "track_a_sweep": (
+        ["--checkpoints", "3", "--images", "8", "--image-size", "32", "--tower-hidden", "32", "--tower-layers", "1"],
+        {"tower_forwards_per_image", "trackA_sweep_speedup", "max_abs_loss_diff"},
+    ),
 }
 
 
@@ -36,8 +48,13 @@ CASES = {
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_benchmark_script_prints_its_figures(name):
     args, keys = CASES[name]
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), *args], capture_output=True,
-                          text=True, timeout=600, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     figures = json.loads(proc.stdout.strip().splitlines()[-1])
     assert keys <= set(figures), sorted(figures)
@@ -61,9 +78,14 @@ def test_benchmark_script_prints_its_figures(name):
 def test_gpu_check_runs_at_the_tiny_preset_and_writes_its_json(tmp_path):
     """benchmarks/gpu_check.sh is what the first GPU runs; at the tiny preset it runs anywhere."""
     out = tmp_path / "gpu_check.json"
-    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--preset", "tiny", "--out", str(out)],
-                          capture_output=True, text=True, timeout=600, cwd=ROOT,
-                          env={**os.environ, "PYTHON": sys.executable})
+    proc = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--preset", "tiny", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+        env={**os.environ, "PYTHON": sys.executable},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     printed = json.loads(proc.stdout.strip().splitlines()[-1])
     assert json.loads(out.read_text()) == printed
@@ -95,8 +117,15 @@ def test_useful_decoder_flops_match_torchs_flop_counter():
 
     from benchmarks._utilisation import DecoderDims, counted_flops, useful_flops
 
-    config = Qwen3Config(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, head_dim=16)
+    config = Qwen3Config(
+        vocab_size=97,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+    )
     model = Qwen3ForCausalLM(config).eval()
     ids = torch.randint(0, 97, (3, 20))
     with torch.no_grad():

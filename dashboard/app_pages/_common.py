@@ -19,7 +19,8 @@ TTL = 300  # seconds; the data version invalidates sooner when anything changes
 
 @st.cache_resource(show_spinner=False)
 def _registry(url: str) -> Registry:
-    return data.open_registry(Settings.from_env())
+    """One registry connection per URL (`registry_url()`), shared by the pages."""
+    return Registry(url)
 
 
 def settings() -> Settings:
@@ -89,5 +90,4 @@ def empty_state(message: str, command: str | None = None) -> None:
 def csv_download(df: pd.DataFrame, filename: str, label: str = "Download CSV", key: str | None = None) -> None:
     from dashboard.report import safe_csv
 
-    st.download_button(label, safe_csv(df), file_name=filename, mime="text/csv", key=key,
-                       icon=":material/download:")
+    st.download_button(label, safe_csv(df), file_name=filename, mime="text/csv", key=key, icon=":material/download:")

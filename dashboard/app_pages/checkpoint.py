@@ -22,8 +22,12 @@ if cks.empty:
 run_names = dict(zip(runs["run_id"], runs["run"]))
 run_ids = [r for r in runs.sort_values("run")["run_id"] if r in set(cks["run_id"])]
 query_ck = st.query_params.get("checkpoint")
-if query_ck and query_ck.isdigit() and int(query_ck) in set(cks["checkpoint_id"]) \
-        and "checkpoint_run" not in st.session_state:
+if (
+    query_ck
+    and query_ck.isdigit()
+    and int(query_ck) in set(cks["checkpoint_id"])
+    and "checkpoint_run" not in st.session_state
+):
     st.session_state["checkpoint_run"] = int(cks.loc[cks["checkpoint_id"] == int(query_ck), "run_id"].iloc[0])
     st.session_state["checkpoint_id"] = int(query_ck)
 
@@ -36,8 +40,12 @@ if "checkpoint_run" not in st.session_state:  # open on a run that has results
 col_run, col_ck = st.columns(2)
 run_id = col_run.selectbox("Run", run_ids, format_func=lambda r: run_names.get(r, f"run {r}"), key="checkpoint_run")
 mine = cks[cks["run_id"] == run_id].sort_values("step")
-labels = {int(r.checkpoint_id): f"step {r.step}" + ("" if r.status == "valid" else " (invalid)")
-          + ("" if int(r.checkpoint_id) in evaluated else " · not evaluated") for r in mine.itertuples()}
+labels = {
+    int(r.checkpoint_id): f"step {r.step}"
+    + ("" if r.status == "valid" else " (invalid)")
+    + ("" if int(r.checkpoint_id) in evaluated else " · not evaluated")
+    for r in mine.itertuples()
+}
 ids = list(labels)
 if st.session_state.get("checkpoint_id") not in ids:  # a new run: its latest evaluated (else valid) checkpoint
     valid = mine.loc[mine["status"] == "valid", "checkpoint_id"].astype(int).tolist()
@@ -51,12 +59,25 @@ if ck.status != "valid":
     st.error(f"This checkpoint is invalid: {c.md(ck.reason or 'no reason recorded')}")
 
 st.subheader("Metadata")
-st.dataframe(pd.DataFrame([
-    ("run", run_names.get(ck.run_id)), ("path", ck.path), ("step", ck.step), ("track", ck.track),
-    ("status", ck.status), ("base model", ck.base_model), ("content hash", ck.content_hash),
-    ("rows", f"{ck.row_start}–{ck.row_end}" if ck.row_start is not None else None),
-    ("ships token_space.json", ck.has_token_space), ("registered", ck.registered_at),
-], columns=["field", "value"]).astype({"value": str}), hide_index=True, width="stretch")
+st.dataframe(
+    pd.DataFrame(
+        [
+            ("run", run_names.get(ck.run_id)),
+            ("path", ck.path),
+            ("step", ck.step),
+            ("track", ck.track),
+            ("status", ck.status),
+            ("base model", ck.base_model),
+            ("content hash", ck.content_hash),
+            ("rows", f"{ck.row_start}–{ck.row_end}" if ck.row_start is not None else None),
+            ("ships token_space.json", ck.has_token_space),
+            ("registered", ck.registered_at),
+        ],
+        columns=["field", "value"],
+    ).astype({"value": str}),
+    hide_index=True,
+    width="stretch",
+)
 if ck.meta:
     with st.expander("Checkpoint metadata (JSON)"):
         st.json(ck.meta)
@@ -68,8 +89,12 @@ if files.empty:
 else:
     if "size" in files.columns:
         files["size_mib"] = files["size"].astype(float) / 2**20
-    st.dataframe(files, hide_index=True, width="stretch",
-                 column_config={"size_mib": st.column_config.NumberColumn("size (MiB)", format="%.3f")})
+    st.dataframe(
+        files,
+        hide_index=True,
+        width="stretch",
+        column_config={"size_mib": st.column_config.NumberColumn("size (MiB)", format="%.3f")},
+    )
 
 st.subheader("Token space")
 space_id = ck.token_space_id
@@ -79,25 +104,41 @@ if space_id is None:
 if space_id:
     ts = reg.get_token_space(id=int(space_id))
     origin = "checkpoint" if ck.token_space_id else "run-level token_space.json"
-    st.caption(f"ABI hash `{ts.abi_hash[:16]}` ({origin}); text vocabulary {ts.text_vocab_size}, "
-               f"total {ts.vocab_size_total}")
+    st.caption(
+        f"ABI hash `{ts.abi_hash[:16]}` ({origin}); text vocabulary {ts.text_vocab_size}, total {ts.vocab_size_total}"
+    )
     from registry.token_space import TokenSpace
 
     space = TokenSpace.from_dict(ts.spec)
-    st.dataframe(pd.DataFrame([{"range": r.name, "rows": r.describe(), "size": r.size, "codec": r.codec,
-                                "codec version": r.codec_version} for r in space.modalities]),
-                 hide_index=True, width="stretch")
+    st.dataframe(
+        pd.DataFrame(
+            [
+                {
+                    "range": r.name,
+                    "rows": r.describe(),
+                    "size": r.size,
+                    "codec": r.codec,
+                    "codec version": r.codec_version,
+                }
+                for r in space.modalities
+            ]
+        ),
+        hide_index=True,
+        width="stretch",
+    )
 else:
     st.info("No token space known for this checkpoint (neither its own token_space.json nor its run's).")
 
 st.subheader("Eval history")
 history = results[results["checkpoint_id"] == ck_id]
 if history.empty:
-    c.empty_state("Not evaluated yet. Queue it on the Queue page, or run",
-                  "evalboard eval --evalset NAME CHECKPOINT_DIR...")
+    c.empty_state(
+        "Not evaluated yet. Queue it on the Queue page, or run", "evalboard eval --evalset NAME CHECKPOINT_DIR..."
+    )
 else:
-    wide = history.pivot_table(index=["result_id", "evalset", "source", "created_at"], columns="task",
-                               values="loss", aggfunc="first")
+    wide = history.pivot_table(
+        index=["result_id", "evalset", "source", "created_at"], columns="task", values="loss", aggfunc="first"
+    )
     wide = wide[data.task_order(wide.columns)].reset_index().sort_values("created_at", ascending=False)
     st.dataframe(wide.drop(columns="result_id"), hide_index=True, width="stretch")
     latest = history.sort_values("result_id").iloc[-1]
@@ -119,8 +160,12 @@ else:
     else:
         result_evalset = dict(zip(with_examples["result_id"].astype(int), with_examples["evalset"]))
         result_path = dict(zip(with_examples["result_id"].astype(int), with_examples["per_example_path"]))
-        choice = st.selectbox("Result", list(result_evalset), key="checkpoint_result",
-                              format_func=lambda i: f"{result_evalset.get(i, '?')} (result {i})")
+        choice = st.selectbox(
+            "Result",
+            list(result_evalset),
+            key="checkpoint_result",
+            format_func=lambda i: f"{result_evalset.get(i, '?')} (result {i})",
+        )
         per_ex = data.load_per_example(result_path[choice])
         if per_ex is None:
             st.warning("The per-example file is missing on disk.")
@@ -144,10 +189,14 @@ else:
     flagged = analysis.flagged_rows(trend)
     if not flagged.empty:
         ranges = ", ".join(f"{r.range}/{r.matrix}" for r in flagged.itertuples())
-        st.error(f"Dead (all-zero) or non-finite rows in this checkpoint ({c.md(ranges)}): see the zero_rows / "
-                 "nonfinite_rows columns.")
+        st.error(
+            f"Dead (all-zero) or non-finite rows in this checkpoint ({c.md(ranges)}): see the zero_rows / "
+            "nonfinite_rows columns."
+        )
     else:
         st.success("No dead (all-zero) or non-finite rows in this checkpoint.")
     if base_zero := analysis.base_zero_rows(trend):
-        st.caption(f"The row base\\_text is the frozen base's text rows, for scale: its {base_zero} all-zero "
-                   "rows (typically padding) are context, not a problem of this checkpoint.")
+        st.caption(
+            f"The row base\\_text is the frozen base's text rows, for scale: its {base_zero} all-zero "
+            "rows (typically padding) are context, not a problem of this checkpoint."
+        )

@@ -52,8 +52,11 @@ def run_matrix(runs: pd.DataFrame, evalsets: pd.DataFrame, findings: pd.DataFram
             applies = es in sets and _applies(letters.get(r.run_id, set()), sets[es])
             row[es] = _worst(mine.loc[mine["evalset"] == es, "severity"]) if applies else "n/a"
         own = mine[mine["evalset"].isna()]
-        row[RUN_TS] = "n/a" if r.token_space_id is None or pd.isna(r.token_space_id) else \
-            _worst(own.loc[own["code"].str.startswith(_RUN_TS_CODES), "severity"])
+        row[RUN_TS] = (
+            "n/a"
+            if r.token_space_id is None or pd.isna(r.token_space_id)
+            else _worst(own.loc[own["code"].str.startswith(_RUN_TS_CODES), "severity"])
+        )
         row[CHECKPOINTS] = _worst(own.loc[~own["code"].str.startswith(_RUN_TS_CODES), "severity"])
         rows.append(row)
     return pd.DataFrame(rows)
@@ -69,8 +72,11 @@ def checkpoint_matrix(run_id: int) -> pd.DataFrame:
     for ck in reg.list_checkpoints(run_id=run_id):
         row = {"step": ck.step, "status": ck.status}
         for es in sets:
-            row[es.name] = _worst(pd.Series([f.severity for f in pair_findings(reg, ck, es)], dtype=object)) \
-                if _applies({ck.track}, es) else "n/a"
+            row[es.name] = (
+                _worst(pd.Series([f.severity for f in pair_findings(reg, ck, es)], dtype=object))
+                if _applies({ck.track}, es)
+                else "n/a"
+            )
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -82,8 +88,10 @@ def styled(matrix: pd.DataFrame, cells: list[str]):
 st.subheader("Matrix")
 granularity = st.radio("Rows", ["runs", "checkpoints of one run"], horizontal=True, key="compat_rows")
 if evalsets.empty:
-    st.info("No eval sets registered, so only the run-level token spaces are checked. Add one with "
-            "`evalboard evalset add PATH`.")
+    st.info(
+        "No eval sets registered, so only the run-level token spaces are checked. Add one with "
+        "`evalboard evalset add PATH`."
+    )
 if granularity == "runs":
     matrix = run_matrix(runs, evalsets, findings)
     cells = [col for col in matrix.columns if col not in ("run", "track")]
@@ -96,21 +104,28 @@ if matrix.empty:
     st.info("No rows to show.")
 else:
     st.dataframe(styled(matrix, cells), hide_index=True, width="stretch")
-    st.caption("green: compatible · amber: warnings (versions differ, token space not shipped) · "
-               "red: numbers would be wrong, evaluation is refused · grey: not applicable")
+    st.caption(
+        "green: compatible · amber: warnings (versions differ, token space not shipped) · "
+        "red: numbers would be wrong, evaluation is refused · grey: not applicable"
+    )
 
 st.subheader("Findings")
 if findings.empty:
     st.success("The audit found nothing to report.")
 else:
-    severities = st.multiselect("Severity", ["error", "warning", "info"], default=["error", "warning"],
-                                key="compat_severity")
+    severities = st.multiselect(
+        "Severity", ["error", "warning", "info"], default=["error", "warning"], key="compat_severity"
+    )
     shown = findings[findings["severity"].isin(severities)]
     if len(shown) <= 100:  # a static table wraps each message: nothing of a finding is cut off
         st.table(shown.set_index("severity"))
     else:
-        st.dataframe(shown, hide_index=True, width="stretch",
-                     column_config={"message": st.column_config.TextColumn(width="large")})
+        st.dataframe(
+            shown,
+            hide_index=True,
+            width="stretch",
+            column_config={"message": st.column_config.TextColumn(width="large")},
+        )
         st.caption("Long messages are cut in this table: hover a cell, or download the CSV, to read them whole.")
     c.csv_download(findings, "audit_findings.csv", key="compat_csv")
 
@@ -133,9 +148,22 @@ else:
     if not changes:
         st.success("Identical ABI and versions.")
     else:
-        st.dataframe(pd.DataFrame([{"field": ch.field, "severity": ch.severity, "A": str(ch.this),
-                                    "B": str(ch.other), "message": ch.message} for ch in changes]),
-                     hide_index=True, width="stretch")
+        st.dataframe(
+            pd.DataFrame(
+                [
+                    {
+                        "field": ch.field,
+                        "severity": ch.severity,
+                        "A": str(ch.this),
+                        "B": str(ch.other),
+                        "message": ch.message,
+                    }
+                    for ch in changes
+                ]
+            ),
+            hide_index=True,
+            width="stretch",
+        )
     side = pd.DataFrame({"A": pd.Series(space_a.to_dict()).map(str), "B": pd.Series(space_b.to_dict()).map(str)})
     with st.expander("Side by side"):
         st.dataframe(side, width="stretch")

@@ -13,8 +13,7 @@ st.title("Export")
 url, version = c.registry_url(), c.version()
 runs = c.runs(url, version)
 if runs.empty:
-    c.empty_state("No runs registered yet, so there is nothing to export. Register runs with",
-                  "evalboard scan PATH")
+    c.empty_state("No runs registered yet, so there is nothing to export. Register runs with", "evalboard scan PATH")
     st.stop()
 
 results = c.results(url, version)
@@ -22,10 +21,16 @@ names = sorted(runs["run"])
 with_results = sorted(results["run"].unique()) if not results.empty else []
 chosen = st.multiselect("Runs", names, default=with_results[:10], key="export_runs")
 ALL = "all eval sets"
-evalset = st.selectbox("Eval set", [ALL, *sorted(results["evalset"].unique())] if not results.empty else [ALL],
-                       key="export_evalset")
-fmt = st.radio("Format", report.FORMATS, horizontal=True, key="export_format",
-               format_func={"html": "HTML (interactive)", "md": "Markdown", "csv": "CSV"}.get)
+evalset = st.selectbox(
+    "Eval set", [ALL, *sorted(results["evalset"].unique())] if not results.empty else [ALL], key="export_evalset"
+)
+fmt = st.radio(
+    "Format",
+    report.FORMATS,
+    horizontal=True,
+    key="export_format",
+    format_func={"html": "HTML (interactive)", "md": "Markdown", "csv": "CSV"}.get,
+)
 
 if st.button("Build report", type="primary", key="export_build", disabled=not chosen):
     try:
@@ -40,10 +45,18 @@ if st.button("Build report", type="primary", key="export_build", disabled=not ch
 payload = st.session_state.get("export_payload")
 if payload:
     name = st.session_state["export_filename"]
-    st.download_button(f"Download {name}", payload, file_name=name, mime=st.session_state["export_mime"],
-                       key="export_download", icon=":material/download:")
-    st.caption(f"{len(payload.encode()) / 1024:.0f} KiB · the same file: "
-               f"`evalboard export --runs NAME... --format {name.rsplit('.', 1)[1]} --out {name}`")
+    st.download_button(
+        f"Download {name}",
+        payload,
+        file_name=name,
+        mime=st.session_state["export_mime"],
+        key="export_download",
+        icon=":material/download:",
+    )
+    st.caption(
+        f"{len(payload.encode()) / 1024:.0f} KiB · the same file: "
+        f"`evalboard export --runs NAME... --format {name.rsplit('.', 1)[1]} --out {name}`"
+    )
     if name.endswith(".md"):
         with st.expander("Preview"):
             st.code(payload, language="markdown")

@@ -37,9 +37,11 @@ first = next((i for i, run_id in enumerate(names) if names[run_id] in evaluated)
 run_id = st.selectbox("Run", list(names), index=first, format_func=names.get, key="rowstats_run")
 stats = run_stats(url, version, run_id)
 if not stats:
-    c.empty_state("No row statistics for this run yet; the evaluator computes them for each checkpoint it "
-                  "evaluates. Queue its checkpoints on the Queue page, or run",
-                  "evalboard eval --evalset NAME CHECKPOINT_DIR...")
+    c.empty_state(
+        "No row statistics for this run yet; the evaluator computes them for each checkpoint it "
+        "evaluates. Queue its checkpoints on the Queue page, or run",
+        "evalboard eval --evalset NAME CHECKPOINT_DIR...",
+    )
     st.stop()
 
 if analysis.is_module_stats(stats):
@@ -59,10 +61,12 @@ if analysis.is_module_stats(stats):
         st.info("No drift recorded (it needs two consecutive checkpoints with statistics).")
     else:
         left, right = st.columns(2)
-        left.plotly_chart(charts.module_trend(module_drift, "relative_update", "relative update per module"),
-                          key="modstats_update")
-        right.plotly_chart(charts.module_trend(module_drift, "cosine", "cosine to the previous checkpoint"),
-                           key="modstats_cosine")
+        left.plotly_chart(
+            charts.module_trend(module_drift, "relative_update", "relative update per module"), key="modstats_update"
+        )
+        right.plotly_chart(
+            charts.module_trend(module_drift, "cosine", "cosine to the previous checkpoint"), key="modstats_cosine"
+        )
     with st.expander("All statistics"):
         st.dataframe(modules, hide_index=True, width="stretch")
         c.csv_download(modules, "connector_stats.csv", key="modstats_csv")
@@ -76,8 +80,10 @@ else:
     st.error(f"Dead or non-finite rows in this run's checkpoints at {flagged['step'].nunique()} steps:")
     st.dataframe(flagged, hide_index=True, width="stretch")
 if base_zero := analysis.base_zero_rows(trend):
-    st.caption(f"The frozen base's text rows include {base_zero} all-zero rows (typically padding rows). "
-               "They are context for the norms below, not a problem of these checkpoints.")
+    st.caption(
+        f"The frozen base's text rows include {base_zero} all-zero rows (typically padding rows). "
+        "They are context for the norms below, not a problem of these checkpoints."
+    )
 
 st.subheader("Norms across steps")
 left, right = st.columns(2)
@@ -91,8 +97,7 @@ hist = stats[step].get("histograms") or {}
 if hist.get("edges") and hist.get("counts"):
     left, right = st.columns(2)
     left.plotly_chart(charts.norm_histograms(hist["edges"], hist["counts"], "embed"), key="rowstats_hist_embed")
-    right.plotly_chart(charts.norm_histograms(hist["edges"], hist["counts"], "lm_head"),
-                       key="rowstats_hist_lm_head")
+    right.plotly_chart(charts.norm_histograms(hist["edges"], hist["counts"], "lm_head"), key="rowstats_hist_lm_head")
 else:
     st.info("This checkpoint's statistics have no histograms.")
 

@@ -39,31 +39,52 @@ if since:
     shown = shown[shown["updated_at"] >= cutoff]
 
 loss_cols = [col for col in shown.columns if col.startswith(("latest ", "best "))]
-loss_cols = [col for col in loss_cols if col.startswith("best ")] + [col for col in loss_cols if col.startswith("latest ")]
-columns = ["run", "track", "checkpoints", "evaluated", *loss_cols, "latest_step", "token_space", "base_model",
-           "invalid", "last_evaluated", "path"]  # `updated_at` (the filter above) stays in the CSV
+loss_cols = [col for col in loss_cols if col.startswith("best ")] + [
+    col for col in loss_cols if col.startswith("latest ")
+]
+columns = [
+    "run",
+    "track",
+    "checkpoints",
+    "evaluated",
+    *loss_cols,
+    "latest_step",
+    "token_space",
+    "base_model",
+    "invalid",
+    "last_evaluated",
+    "path",
+]  # `updated_at` (the filter above) stays in the CSV
 if shown["training_run"].notna().any():  # recorded by the training callbacks (evalboard.integrations)
     columns.insert(columns.index("last_evaluated") + 1, "training_run")
 # A column with one value for every run shown says nothing per row: it goes into the caption, so
 # the table fits (the CSV keeps every column).
-same = {col: shown[col].iloc[0] for col in ("base_model", "token_space", "track", "invalid")
-        if len(shown) > 1 and shown[col].nunique(dropna=False) == 1}
+same = {
+    col: shown[col].iloc[0]
+    for col in ("base_model", "token_space", "track", "invalid")
+    if len(shown) > 1 and shown[col].nunique(dropna=False) == 1
+}
 labels = {"base_model": "base model", "token_space": "token space", "track": "track", "invalid": "invalid checkpoints"}
-st.caption(f"{len(shown)} of {len(table)} runs" + "".join(f" · {labels[k]}: {'—' if pd.isna(v) else v}"
-                                                          for k, v in same.items())
-           + " · a dash: no result on that task, or not known (a Track A run has no token space)")
+st.caption(
+    f"{len(shown)} of {len(table)} runs"
+    + "".join(f" · {labels[k]}: {'—' if pd.isna(v) else v}" for k, v in same.items())
+    + " · a dash: no result on that task, or not known (a Track A run has no token space)"
+)
 display = shown[[col for col in columns if col not in same]].copy()
 # Shown as text, so a missing value reads as a dash rather than "None"; fixed-width numbers and
 # ISO times still sort correctly as text. The CSV keeps the raw values.
 for col in loss_cols:
     display[col] = display[col].map(lambda v: "—" if pd.isna(v) else f"{v:8.4f}")
 display["last_evaluated"] = display["last_evaluated"].map(
-    lambda t: "—" if pd.isna(t) else pd.Timestamp(t).strftime("%Y-%m-%d %H:%M"))
+    lambda t: "—" if pd.isna(t) else pd.Timestamp(t).strftime("%Y-%m-%d %H:%M")
+)
 for col in ("base_model", "token_space", "path"):
     if col in display.columns:
         display[col] = display[col].astype(object).where(display[col].notna(), "—")
 st.dataframe(
-    display, hide_index=True, width="stretch",
+    display,
+    hide_index=True,
+    width="stretch",
     column_config={
         "run": st.column_config.TextColumn("run", pinned=True),
         "track": st.column_config.TextColumn("track", width="small"),
@@ -72,15 +93,17 @@ st.dataframe(
         "checkpoints": st.column_config.NumberColumn("ckpts", help="registered checkpoints", width="small"),
         "invalid": st.column_config.NumberColumn("invalid", width="small"),
         "latest_step": st.column_config.NumberColumn("latest step", format="%d", width="small"),
-        "evaluated": st.column_config.NumberColumn("evaluated", help="checkpoints with an eval result",
-                                                   width="small"),
+        "evaluated": st.column_config.NumberColumn("evaluated", help="checkpoints with an eval result", width="small"),
         "last_evaluated": st.column_config.TextColumn("last evaluated"),
-        "training_run": st.column_config.LinkColumn("training", display_text="MLflow run",
-                                                    help="the training's MLflow run (loss curves)"),
+        "training_run": st.column_config.LinkColumn(
+            "training", display_text="MLflow run", help="the training's MLflow run (loss curves)"
+        ),
         **{col: st.column_config.TextColumn(col, width="small") for col in loss_cols},
     },
 )
 c.csv_download(shown[[*columns, "updated_at"]], "runs.csv", key="runs_csv")
 if not loss_cols:
-    c.empty_state("No eval results yet. Queue evaluations on the Queue page, or from the shell:",
-                  "evalboard eval --evalset NAME CHECKPOINT_DIR...")
+    c.empty_state(
+        "No eval results yet. Queue evaluations on the Queue page, or from the shell:",
+        "evalboard eval --evalset NAME CHECKPOINT_DIR...",
+    )

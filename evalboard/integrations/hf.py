@@ -19,8 +19,9 @@ starts one) is recorded on the evalboard run; each evaluation's MLflow run is ta
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from transformers import TrainerCallback
 
@@ -61,8 +62,9 @@ class EvalboardCallback(TrainerCallback):
         trainer_settings: Mapping[str, Any] | None = None,
     ):
         if (token_space is None) == (format is None):
-            raise InvalidInput("EvalboardCallback: give token_space (trainable rows) or format= (e.g. a "
-                               "ConnectorFormat), exactly one")
+            raise InvalidInput(
+                "EvalboardCallback: give token_space (trainable rows) or format= (e.g. a ConnectorFormat), exactly one"
+            )
         if format is None:
             space = token_space if isinstance(token_space, TokenSpace) else TokenSpace.load(token_space)
             format = RowsFormat(space, base_model=base_model, fmt=rows_format, trainer=trainer_settings)
@@ -83,8 +85,14 @@ class EvalboardCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
             return
-        self.publisher = Publisher(self.run_dir or Path(args.output_dir), self.evalset, self.format,
-                                   settings=self.settings, max_examples=self.max_examples, priority=self.priority)
+        self.publisher = Publisher(
+            self.run_dir or Path(args.output_dir),
+            self.evalset,
+            self.format,
+            settings=self.settings,
+            max_examples=self.max_examples,
+            priority=self.priority,
+        )
         self.publisher.open()  # an unknown eval set fails here, before the first step
         self.publisher.link_training_run()
 
@@ -105,8 +113,9 @@ class EvalboardCallback(TrainerCallback):
                 self._save(state, model)
             for event in self.publisher.retry_failed():
                 if event.action == "error":
-                    log.warning("step %d was saved to %s but could not be queued: %s", event.step, event.path,
-                                event.detail)
+                    log.warning(
+                        "step %d was saved to %s but could not be queued: %s", event.step, event.path, event.detail
+                    )
         finally:
             self.publisher.close()
 

@@ -14,8 +14,9 @@ Only global rank 0 writes. With an `MLFlowLogger`, its run is recorded as the tr
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from lightning.pytorch import Callback
 
@@ -57,8 +58,10 @@ class EvalboardLightningCallback(Callback):
         trainer_settings: Mapping[str, Any] | None = None,
     ):
         if (token_space is None) == (format is None):
-            raise InvalidInput("EvalboardLightningCallback: give token_space (trainable rows) or format= "
-                               "(e.g. a ConnectorFormat), exactly one")
+            raise InvalidInput(
+                "EvalboardLightningCallback: give token_space (trainable rows) or format= "
+                "(e.g. a ConnectorFormat), exactly one"
+            )
         for name, n in (("every_n_steps", every_n_steps), ("every_n_epochs", every_n_epochs)):
             if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
                 raise InvalidInput(f"EvalboardLightningCallback: {name} must be a positive integer, got {n!r}")
@@ -83,9 +86,15 @@ class EvalboardLightningCallback(Callback):
     def on_train_start(self, trainer, pl_module) -> None:
         if not trainer.is_global_zero:
             return
-        self.publisher = Publisher(self.run_dir or Path(trainer.default_root_dir), self.evalset, self.format,
-                                   settings=self.settings, max_examples=self.max_examples, priority=self.priority,
-                                   training_run=_mlflow_logger_run(trainer))
+        self.publisher = Publisher(
+            self.run_dir or Path(trainer.default_root_dir),
+            self.evalset,
+            self.format,
+            settings=self.settings,
+            max_examples=self.max_examples,
+            priority=self.priority,
+            training_run=_mlflow_logger_run(trainer),
+        )
         self.publisher.open()
         self.publisher.link_training_run(self.publisher.training_run)
 

@@ -17,9 +17,10 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Protocol
 
 from registry.errors import EvalboardError, Incompatible
 from registry.settings import Settings
@@ -27,8 +28,15 @@ from registry.store import Registry
 from registry.token_space import TokenSpace
 from registry.trainable_rows import TOKEN_SPACE_FILENAME
 
-__all__ = ["SaveEvent", "Queued", "RowsFormat", "ConnectorFormat", "Publisher", "register_and_enqueue",
-           "active_mlflow_run"]
+__all__ = [
+    "SaveEvent",
+    "Queued",
+    "RowsFormat",
+    "ConnectorFormat",
+    "Publisher",
+    "register_and_enqueue",
+    "active_mlflow_run",
+]
 
 log = logging.getLogger("evalboard.integrations")
 
@@ -40,7 +48,8 @@ class SaveEvent:
     step: int
     path: str
     action: str
-    """'enqueued', 'already-queued' (this content was queued before), 'invalid' (registered as
+    """'enqueued', 'already-queued' (this content was queued before), 'already-evaluated' (a
+    result for this content reached MLflow; not queued again), 'invalid' (registered as
     invalid, with its reason), 'refused' (the audit refuses it on the eval set) or 'error' (the
     registry failed; retried at train end)."""
     detail: str = ""
@@ -63,26 +72,31 @@ class Queued:
     job_id: int | None = None
 
 
-def register_and_enqueue(reg: Registry, path: str | Path, evalset, *, models: Mapping[str, str] | None = None,
-                         max_attempts: int = 3, options: Mapping[str, Any] | None = None,
-                         priority: int = 0) -> Queued:
-    """The enqueue policy for a checkpoint a training process just wrote: register it, skip it
-    when invalid or when the audit refuses it on ``evalset``, else queue it (once per content: a
-    second call for the same bytes returns the first job)."""
-    from registry import queue
-    from registry.audit import refusals
+def register_and_enqueue(
+    reg: Registry,
+    path: str | Path,
+    evalset,
+    *,
+    models: Mapping[str, str] | None = None,
+    max_attempts: int = 3,
+    options: Mapping[str, Any] | None = None,
+    priority: int = 0,
+) -> Queued:
+    """Register a checkpoint a training process just wrote, then apply the enqueue policy
+    (`registry.policy`): skip it when invalid, refused by the audit on ``evalset`` or already
+    evaluated, else queue it (once per content: a second call for the same bytes returns the
+    first job)."""
+    from registry.policy import enqueue_checkpoints
     from registry.scanner import scan
 
     scan(reg, [path])
     ck = reg.get_checkpoint(path=os.path.realpath(path))
     if not ck.is_valid:
         return Queued("invalid", ck.reason or "invalid", ck.id)
-    refused = refusals(reg, [ck], evalset, models=models).get(ck.id)
-    if refused:
-        return Queued("refused", "; ".join(f.message for f in refused), ck.id)
-    job, created = queue.enqueue(reg, checkpoint_id=ck.id, evalset_id=evalset.id, max_attempts=max_attempts,
-                                 options=dict(options or {}), priority=priority)
-    return Queued("enqueued" if created else "already-queued", "", ck.id, job.id)
+    (d,) = enqueue_checkpoints(
+        reg, [ck], evalset, models=models, max_attempts=max_attempts, options=dict(options or {}), priority=priority
+    )
+    return Queued(d.action, d.detail, ck.id, d.job.id if d.job is not None else None)
 
 
 def active_mlflow_run() -> tuple[str, str] | None:
@@ -121,8 +135,10 @@ class RowsFormat:
         existing = run_dir / TOKEN_SPACE_FILENAME
         if existing.exists():
             if TokenSpace.load(existing).abi_hash != self.token_space.abi_hash:
-                raise Incompatible("holds a token space with another ABI than this training's; save into "
-                                   "another run folder", path=existing)
+                raise Incompatible(
+                    "holds a token space with another ABI than this training's; save into another run folder",
+                    path=existing,
+                )
             return
         with atomic_file(existing) as tmp:
             self.token_space.save(tmp)
@@ -133,8 +149,16 @@ class RowsFormat:
     def write(self, model: Any, path: Path, step: int) -> Path:
         from registry.writers import save_rows_of_model
 
-        return save_rows_of_model(model, path, self.token_space, base_model=self.base_model, step=step,
-                                  fmt=self.fmt, trainer=self.trainer, overwrite=True)
+        return save_rows_of_model(
+            model,
+            path,
+            self.token_space,
+            base_model=self.base_model,
+            step=step,
+            fmt=self.fmt,
+            trainer=self.trainer,
+            overwrite=True,
+        )
 
 
 @dataclass(frozen=True)
@@ -157,8 +181,15 @@ class ConnectorFormat:
     def write(self, model: Any, path: Path, step: int) -> Path:
         from registry.writers import save_connector
 
-        return save_connector(path, self.connector(model), step=step, base_llm=self.base_llm,
-                              vision_tower=self.vision_tower, config=self.config, overwrite=True)
+        return save_connector(
+            path,
+            self.connector(model),
+            step=step,
+            base_llm=self.base_llm,
+            vision_tower=self.vision_tower,
+            config=self.config,
+            overwrite=True,
+        )
 
 
 @dataclass
@@ -184,7 +215,7 @@ class Publisher:
 
     def open(self) -> None:
         """Connect, find the eval set and prepare the run folder: raises before training starts."""
-        from evalboard.cli_eval import resolve_evalset
+        from evalboard.cli_common import resolve_evalset
 
         if self._reg is not None:
             return
@@ -243,13 +274,27 @@ class Publisher:
         options = {"max_examples": self.max_examples} if self.max_examples else {}
         try:
             self.link_training_run(self.training_run)
-            q = register_and_enqueue(self._reg, path, self._es, models=self.settings.models,
-                                     max_attempts=self.max_attempts, options=options, priority=self.priority)
+            q = register_and_enqueue(
+                self._reg,
+                path,
+                self._es,
+                models=self.settings.models,
+                max_attempts=self.max_attempts,
+                options=options,
+                priority=self.priority,
+            )
         except EvalboardError as e:
             q = Queued("error", str(e))
-        event = SaveEvent(step, str(path), q.action, q.detail, q.checkpoint_id, q.job_id, write_seconds,
-                          time.perf_counter() - start)
-        level = logging.INFO if q.action in ("enqueued", "already-queued") else logging.WARNING
-        log.log(level, "step %d: %s %s%s", step, event.action, path,
-                f": {event.detail}" if event.detail else f" (job {event.job_id})")
+        event = SaveEvent(
+            step, str(path), q.action, q.detail, q.checkpoint_id, q.job_id, write_seconds, time.perf_counter() - start
+        )
+        level = logging.INFO if q.action in ("enqueued", "already-queued", "already-evaluated") else logging.WARNING
+        log.log(
+            level,
+            "step %d: %s %s%s",
+            step,
+            event.action,
+            path,
+            f": {event.detail}" if event.detail else f" (job {event.job_id})",
+        )
         return event

@@ -1,6 +1,6 @@
 """The evaluator's half of each checkpoint track, by letter (the registry's half: registry/tracks).
 
-    get(letter)   the EvalTrack that loads, applies, feeds and describes checkpoints of that track
+get(letter)   the EvalTrack that loads, applies, feeds and describes checkpoints of that track
 """
 
 from __future__ import annotations

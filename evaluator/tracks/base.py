@@ -14,9 +14,10 @@ Adding a track: a module here with an `EvalTrack` subclass, listed in evaluator/
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from torch import nn
 
@@ -54,8 +55,8 @@ class Applied:
 class TrackInputs:
     """The examples in the form `evaluate_loss` takes, and how to feed a batch of them."""
 
-    examples: list["Example"]
-    inputs: "InputsFn | None" = None
+    examples: list[Example]
+    inputs: InputsFn | None = None
     placeholder_id: int | None = None
 
 
@@ -67,39 +68,40 @@ class EvalTrack(ABC):
     """File name of its statistics document among an evaluation's artifacts."""
 
     @abstractmethod
-    def load(self, ev: "Evaluator", ck: "CheckpointEntity") -> Any:
+    def load(self, ev: Evaluator, ck: CheckpointEntity) -> Any:
         """Read and validate the registered checkpoint's files; refuse if they changed on disk."""
 
     @abstractmethod
-    def apply(self, ev: "Evaluator", ck: "CheckpointEntity", loaded: Any, device: "torch.device",
-              options: "EvalOptions") -> Applied:
+    def apply(
+        self, ev: Evaluator, ck: CheckpointEntity, loaded: Any, device: torch.device, options: EvalOptions
+    ) -> Applied:
         """Make the resident model(s) ready on ``device`` and apply the checkpoint."""
 
     @abstractmethod
-    def inputs(self, ev: "Evaluator", applied: Applied, es: "EvalSetEntity",
-               max_examples: int | None) -> TrackInputs:
+    def inputs(self, ev: Evaluator, applied: Applied, es: EvalSetEntity, max_examples: int | None) -> TrackInputs:
         """The eval set's examples (a deterministic subset when ``max_examples``) for this track."""
 
     @abstractmethod
-    def statistics(self, ev: "Evaluator", ck: "CheckpointEntity", loaded: Any, *,
-                   base_dir: Path | None) -> dict[str, Any]:
+    def statistics(self, ev: Evaluator, ck: CheckpointEntity, loaded: Any, *, base_dir: Path | None) -> dict[str, Any]:
         """The statistics document of a loaded checkpoint (drift against the run's previous one)."""
 
     @abstractmethod
-    def model_params(self, ck: "CheckpointEntity", token_space_hash: str | None) -> dict[str, str]:
+    def model_params(self, ck: CheckpointEntity, token_space_hash: str | None) -> dict[str, str]:
         """Parameters of the checkpoint's MLflow LoggedModel."""
 
-    def stats_base(self, ev: "Evaluator", ck: "CheckpointEntity", loaded: Any) -> Path | None:
+    def stats_base(self, ev: Evaluator, ck: CheckpointEntity, loaded: Any) -> Path | None:
         """The local folder of the frozen model the statistics compare against (None: not needed)."""
         return None
 
-    def materialize(self, ev: "Evaluator", ck: "CheckpointEntity", out_dir: Path, dtype: "torch.dtype | None") -> str:
+    def materialize(self, ev: Evaluator, ck: CheckpointEntity, out_dir: Path, dtype: torch.dtype | None) -> str:
         """Write a full, standalone model snapshot of the checkpoint; returns a one-line summary."""
         from registry.errors import InvalidInput
 
-        raise InvalidInput(f"cannot be materialized: a {self.model_type} checkpoint is not part of a "
-                           "save_pretrained model", path=ck.path)
+        raise InvalidInput(
+            f"cannot be materialized: a {self.model_type} checkpoint is not part of a save_pretrained model",
+            path=ck.path,
+        )
 
-    def load_for_stats(self, ev: "Evaluator", ck: "CheckpointEntity") -> Any:
+    def load_for_stats(self, ev: Evaluator, ck: CheckpointEntity) -> Any:
         """What `statistics` needs, without a model (default: `load`)."""
         return self.load(ev, ck)

@@ -26,7 +26,6 @@ from registry.connector import ConnectorCheckpoint
 from registry.errors import Incompatible, InvalidInput
 from registry.evalset import EvalSet
 from registry.files import verify_files
-from registry.vision import VisionSpec
 
 if TYPE_CHECKING:
     from evaluator.service import EvalOptions, Evaluator
@@ -35,25 +34,33 @@ if TYPE_CHECKING:
 __all__ = ["ConnectorEval", "builder_for"]
 
 
-def builder_for(ev: "Evaluator", ck: "CheckpointEntity", loaded: ConnectorCheckpoint,
-                fallback: str | None) -> str:
+def builder_for(ev: Evaluator, ck: CheckpointEntity, loaded: ConnectorCheckpoint, fallback: str | None) -> str:
     """The checkpoint's own builder, else the configured one (run, then "*"), else ``fallback``."""
     run_name = ev.reg.get_run(id=ck.run_id).name
     spec = loaded.builder or ev.settings.connector_builder_for(run_name) or fallback
     if not spec:
         from evaluator.connectors import REFERENCE_BUILDERS
 
-        raise InvalidInput("names no connector builder: set connector_builder in its metadata, "
-                           "EVALBOARD_CONNECTOR_BUILDER (per run or for all), or pass --connector-builder "
-                           f"(reference builders: {', '.join(REFERENCE_BUILDERS)})", path=ck.path)
+        raise InvalidInput(
+            "names no connector builder: set connector_builder in its metadata, "
+            "EVALBOARD_CONNECTOR_BUILDER (per run or for all), or pass --connector-builder "
+            f"(reference builders: {', '.join(REFERENCE_BUILDERS)})",
+            path=ck.path,
+        )
     return spec
 
 
 class _Context:
     """What the inputs builder needs: the connector, the tower and its settings."""
 
-    def __init__(self, connector: torch.nn.Module, tower: ResidentTower, settings: VisionSettings,
-                 builder: str, out_tokens: int | None = None):
+    def __init__(
+        self,
+        connector: torch.nn.Module,
+        tower: ResidentTower,
+        settings: VisionSettings,
+        builder: str,
+        out_tokens: int | None = None,
+    ):
         self.connector = connector
         self.tower = tower
         self.settings = settings
@@ -66,15 +73,16 @@ class ConnectorEval(EvalTrack):
     stats_artifact = "connector_stats.json"
     model_type = "vision-connector"
 
-    def load(self, ev: "Evaluator", ck: "CheckpointEntity") -> ConnectorCheckpoint:
+    def load(self, ev: Evaluator, ck: CheckpointEntity) -> ConnectorCheckpoint:
         verify_files(ck.path, ck.files)
         loaded = ConnectorCheckpoint.load(ck.path)
         if loaded.content_hash != ck.content_hash:
             raise InvalidInput("changed on disk since registration; rescan it with `evalboard scan`", path=ck.path)
         return loaded
 
-    def apply(self, ev: "Evaluator", ck: "CheckpointEntity", loaded: Any, device: torch.device,
-              options: "EvalOptions") -> Applied:
+    def apply(
+        self, ev: Evaluator, ck: CheckpointEntity, loaded: Any, device: torch.device, options: EvalOptions
+    ) -> Applied:
         from evaluator.base_model import resolve_base_model
         from registry.tracks.connector import model_hidden_size
 
@@ -91,17 +99,22 @@ class ConnectorEval(EvalTrack):
         tower = ev.ensure_tower(loaded.vision_tower, device)
         settings = tower.resolve(loaded.feature_layer, loaded.drop_cls)
         connector = connector.to(device)
-        prepare = (f"connector {Path(ck.path).name} built by {spec} ({loaded.n_params} parameters) on "
-                   f"{tower.describe()}, features from hidden layer {settings.feature_layer}"
-                   f"{', CLS dropped' if settings.drop_cls else ''}")
-        params = {"connector_builder": spec, "vision_tower": loaded.vision_tower,
-                  "vision_tower_hash": tower.content_hash, "vision_feature_layer": settings.feature_layer,
-                  "vision_drop_cls": settings.drop_cls}
+        prepare = (
+            f"connector {Path(ck.path).name} built by {spec} ({loaded.n_params} parameters) on "
+            f"{tower.describe()}, features from hidden layer {settings.feature_layer}"
+            f"{', CLS dropped' if settings.drop_cls else ''}"
+        )
+        params = {
+            "connector_builder": spec,
+            "vision_tower": loaded.vision_tower,
+            "vision_tower_hash": tower.content_hash,
+            "vision_feature_layer": settings.feature_layer,
+            "vision_drop_cls": settings.drop_cls,
+        }
         pad = resident.model.config.pad_token_id
         return Applied(resident.model, loaded, pad, None, prepare, params, _Context(connector, tower, settings, spec))
 
-    def inputs(self, ev: "Evaluator", applied: Applied, es: "EvalSetEntity",
-               max_examples: int | None) -> TrackInputs:
+    def inputs(self, ev: Evaluator, applied: Applied, es: EvalSetEntity, max_examples: int | None) -> TrackInputs:
         from evaluator.service import subset_examples
 
         ctx: _Context = applied.context
@@ -112,8 +125,11 @@ class ConnectorEval(EvalTrack):
             if loaded.content_hash != es.content_hash:
                 raise InvalidInput("eval set changed on disk since registration; re-register it", path=es.path)
             if loaded.vision is None:
-                raise InvalidInput("has no images (no 'vision' section in its manifest); a connector checkpoint "
-                                   "needs an image eval set", path=es.path)
+                raise InvalidInput(
+                    "has no images (no 'vision' section in its manifest); a connector checkpoint "
+                    "needs an image eval set",
+                    path=es.path,
+                )
             ev.examples_cache[key] = (loaded.vision, list(loaded.examples))
         vision, examples = ev.examples_cache[key]
         if max_examples:
@@ -122,16 +138,16 @@ class ConnectorEval(EvalTrack):
         n_out = self._out_tokens(ctx, features)
         expanded = [_expand(e, vision.image_token_id, n_out) for e in examples]
         rows = [index[e.image_sha256, e.image_size] for e in examples]
-        return TrackInputs(expanded, _inputs_fn(ctx, features, rows, vision.image_token_id),
-                           vision.image_token_id)
+        return TrackInputs(expanded, _inputs_fn(ctx, features, rows, vision.image_token_id), vision.image_token_id)
 
     def _out_tokens(self, ctx: _Context, features: torch.Tensor) -> int:
         with torch.no_grad():
             probe = features[:1].to(ctx.tower.device, torch.float32)
             return int(ctx.connector(probe).shape[1])
 
-    def _features(self, ev: "Evaluator", ctx: _Context, es: "EvalSetEntity",
-                  examples: list[Any]) -> tuple[torch.Tensor, dict[tuple, int]]:
+    def _features(
+        self, ev: Evaluator, ctx: _Context, es: EvalSetEntity, examples: list[Any]
+    ) -> tuple[torch.Tensor, dict[tuple, int]]:
         """``[unique images, patches, width]`` on the CPU, and (image sha, size) -> row."""
         tower, settings = ctx.tower, ctx.settings
         unique: dict[tuple, int] = {}
@@ -165,12 +181,13 @@ class ConnectorEval(EvalTrack):
                 cache.evict()
         shapes = {tuple(r.shape) for r in rows if r is not None}
         if len(shapes) != 1:
-            raise Incompatible(f"vision tower {tower.path} gave features of different shapes {sorted(shapes)} for the "
-                               f"images of eval set {es.name!r}; its image processor must resize every image alike")
+            raise Incompatible(
+                f"vision tower {tower.path} gave features of different shapes {sorted(shapes)} for the "
+                f"images of eval set {es.name!r}; its image processor must resize every image alike"
+            )
         return torch.stack([r for r in rows if r is not None]), unique
 
-    def statistics(self, ev: "Evaluator", ck: "CheckpointEntity", loaded: Any, *,
-                   base_dir: Path | None) -> dict[str, Any]:
+    def statistics(self, ev: Evaluator, ck: CheckpointEntity, loaded: Any, *, base_dir: Path | None) -> dict[str, Any]:
         from evaluator.stats import connector_stats
 
         previous = None
@@ -182,36 +199,55 @@ class ConnectorEval(EvalTrack):
                 ev.log.warning("no drift for %s: previous checkpoint %s unreadable: %s", ck.path, prev.path, e)
         return connector_stats(loaded.state, step=ck.step, previous=previous)
 
-    def model_params(self, ck: "CheckpointEntity", token_space_hash: str | None) -> dict[str, str]:
+    def model_params(self, ck: CheckpointEntity, token_space_hash: str | None) -> dict[str, str]:
         meta = ck.meta or {}
-        return {"step": str(ck.step or 0), "base_model": ck.base_model or "",
-                "vision_tower": str(meta.get("vision_tower") or ""), "n_params": str(meta.get("n_params") or "")}
+        return {
+            "step": str(ck.step or 0),
+            "base_model": ck.base_model or "",
+            "vision_tower": str(meta.get("vision_tower") or ""),
+            "n_params": str(meta.get("n_params") or ""),
+        }
 
 
-def _check_widths(connector: torch.nn.Module, spec: str, loaded: ConnectorCheckpoint, ck: "CheckpointEntity",
-                  tower_width: int, hidden: int) -> None:
+def _check_widths(
+    connector: torch.nn.Module,
+    spec: str,
+    loaded: ConnectorCheckpoint,
+    ck: CheckpointEntity,
+    tower_width: int,
+    hidden: int,
+) -> None:
     """A probe forward on zeros: the connector takes the tower's width and gives the LLM's."""
     probe = torch.zeros(1, 4, tower_width)
     try:
         with torch.no_grad():
             out = connector(probe)
     except Exception as e:  # noqa: BLE001 - the user's module: report what does not fit
-        raise Incompatible(f"connector built by {spec} does not take the {tower_width}-wide features of vision "
-                           f"tower {loaded.vision_tower} (hidden size {tower_width}): {type(e).__name__}: "
-                           f"{str(e).splitlines()[0] if str(e) else ''}", path=ck.path) from None
+        raise Incompatible(
+            f"connector built by {spec} does not take the {tower_width}-wide features of vision "
+            f"tower {loaded.vision_tower} (hidden size {tower_width}): {type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}",
+            path=ck.path,
+        ) from None
     if not isinstance(out, torch.Tensor) or out.dim() != 3:
-        raise Incompatible(f"connector built by {spec} returned {type(out).__name__} "
-                           f"{tuple(getattr(out, 'shape', ()))}; expected [batch, tokens, {hidden}]", path=ck.path)
+        raise Incompatible(
+            f"connector built by {spec} returned {type(out).__name__} "
+            f"{tuple(getattr(out, 'shape', ()))}; expected [batch, tokens, {hidden}]",
+            path=ck.path,
+        )
     if out.shape[-1] != hidden:
-        raise Incompatible(f"connector built by {spec} produces {out.shape[-1]}-wide embeddings but the LLM "
-                           f"{loaded.base_llm} has hidden size {hidden}", path=ck.path)
+        raise Incompatible(
+            f"connector built by {spec} produces {out.shape[-1]}-wide embeddings but the LLM "
+            f"{loaded.base_llm} has hidden size {hidden}",
+            path=ck.path,
+        )
 
 
 def _expand(e: Any, placeholder: int, n: int) -> Example:
     """The example with its placeholder repeated ``n`` times (labels -100 there)."""
     at = e.input_ids.index(placeholder)
-    ids = [*e.input_ids[:at], *[placeholder] * n, *e.input_ids[at + 1:]]
-    labels = [*e.labels[:at], *[IGNORE_INDEX] * n, *e.labels[at + 1:]]
+    ids = [*e.input_ids[:at], *[placeholder] * n, *e.input_ids[at + 1 :]]
+    labels = [*e.labels[:at], *[IGNORE_INDEX] * n, *e.labels[at + 1 :]]
     return Example(e.example_id, e.task, ids, labels)
 
 

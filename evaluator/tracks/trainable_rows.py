@@ -9,8 +9,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from evaluator.batching import Example
-from evaluator.rows import TokenSpaceSizes
-from evaluator.rows import TrainableRows as RowsTensors
+from evaluator.rows import RowTensors, TokenSpaceSizes
 from evaluator.tracks.base import Applied, EvalTrack, TrackInputs
 from registry.errors import InvalidInput
 from registry.evalset import EvalSet
@@ -30,7 +29,7 @@ class TrainableRowsEval(EvalTrack):
     stats_artifact = "row_stats.json"
     model_type = "trainable-rows"
 
-    def token_space(self, ev: "Evaluator", ck: "CheckpointEntity") -> TokenSpace:
+    def token_space(self, ev: Evaluator, ck: CheckpointEntity) -> TokenSpace:
         ts_id = ck.token_space_id
         if ts_id is None:
             ts_id = ev.reg.get_run(id=ck.run_id).token_space_id
@@ -39,7 +38,7 @@ class TrainableRowsEval(EvalTrack):
         ent = ev.reg.get_token_space(id=ts_id)
         return TokenSpace.from_dict(ent.spec, source=ent.first_path)
 
-    def load(self, ev: "Evaluator", ck: "CheckpointEntity") -> tuple[TrainableRows, TokenSpace]:
+    def load(self, ev: Evaluator, ck: CheckpointEntity) -> tuple[TrainableRows, TokenSpace]:
         space = self.token_space(ev, ck)
         verify_files(ck.path, ck.files)
         rows = TrainableRows.load(ck.path, run_token_space=space)
@@ -47,17 +46,18 @@ class TrainableRowsEval(EvalTrack):
             raise InvalidInput("changed on disk since registration; rescan it with `evalboard scan`", path=ck.path)
         return rows, space
 
-    def apply(self, ev: "Evaluator", ck: "CheckpointEntity", loaded: Any, device: torch.device,
-              options: "EvalOptions") -> Applied:
+    def apply(
+        self, ev: Evaluator, ck: CheckpointEntity, loaded: Any, device: torch.device, options: EvalOptions
+    ) -> Applied:
         rows, space = loaded
         resident = ev.ensure_base(rows.base_model, device)
         sizes = TokenSpaceSizes(space.text_vocab_size, space.vocab_size_total, space.resolved_pad_id())
-        report = resident.apply(sizes, RowsTensors(rows.embed, rows.lm_head, rows.row_start, rows.row_end,
-                                                   source=ck.path))
+        report = resident.apply(
+            sizes, RowTensors(rows.embed, rows.lm_head, rows.row_start, rows.row_end, source=ck.path)
+        )
         return Applied(resident.model, loaded, sizes.pad_token_id, space.abi_hash, report.describe(), context=space)
 
-    def inputs(self, ev: "Evaluator", applied: Applied, es: "EvalSetEntity",
-               max_examples: int | None) -> TrackInputs:
+    def inputs(self, ev: Evaluator, applied: Applied, es: EvalSetEntity, max_examples: int | None) -> TrackInputs:
         space: TokenSpace = applied.context
         key = (es.content_hash, space.abi_hash)
         if key not in ev.examples_cache:
@@ -71,21 +71,27 @@ class TrainableRowsEval(EvalTrack):
         examples = ev.examples_cache[key]
         return TrackInputs(subset_examples(examples, max_examples) if max_examples else examples)
 
-    def stats_base(self, ev: "Evaluator", ck: "CheckpointEntity", loaded: Any) -> Path | None:
+    def stats_base(self, ev: Evaluator, ck: CheckpointEntity, loaded: Any) -> Path | None:
         from evaluator.base_model import resolve_base_model
 
         rows, _ = loaded
         return resolve_base_model(rows.base_model, ev.settings.models)
 
-    def statistics(self, ev: "Evaluator", ck: "CheckpointEntity", loaded: Any, *,
-                   base_dir: Path | None) -> dict[str, Any]:
+    def statistics(self, ev: Evaluator, ck: CheckpointEntity, loaded: Any, *, base_dir: Path | None) -> dict[str, Any]:
         from evaluator.stats import checkpoint_row_stats
 
         rows, space = loaded
-        return checkpoint_row_stats(rows.embed, rows.lm_head, rows.row_start, space, step=ck.step,
-                                    base_dir=base_dir, previous=self._previous_rows(ev, ck, space))
+        return checkpoint_row_stats(
+            rows.embed,
+            rows.lm_head,
+            rows.row_start,
+            space,
+            step=ck.step,
+            base_dir=base_dir,
+            previous=self._previous_rows(ev, ck, space),
+        )
 
-    def _previous_rows(self, ev: "Evaluator", ck: "CheckpointEntity", space: TokenSpace):
+    def _previous_rows(self, ev: Evaluator, ck: CheckpointEntity, space: TokenSpace):
         prev = ev.previous_checkpoint(ck)
         if prev is None:
             return None
@@ -96,7 +102,7 @@ class TrainableRowsEval(EvalTrack):
             return None
         return prev.step, rows.embed, rows.lm_head
 
-    def materialize(self, ev: "Evaluator", ck: "CheckpointEntity", out_dir: Path, dtype: torch.dtype | None) -> str:
+    def materialize(self, ev: Evaluator, ck: CheckpointEntity, out_dir: Path, dtype: torch.dtype | None) -> str:
         """Base + patched rows as a ``save_pretrained`` folder, with the token space beside it."""
         import json
         import shutil
@@ -109,24 +115,46 @@ class TrainableRowsEval(EvalTrack):
         base = load_base(base_path, "cpu", dtype=dtype or _saved_dtype(base_path))
         resident = ResidentModel(base)
         sizes = TokenSpaceSizes(space.text_vocab_size, space.vocab_size_total, space.resolved_pad_id())
-        resident.apply(sizes, RowsTensors(rows.embed, rows.lm_head, rows.row_start, rows.row_end, source=ck.path))
+        resident.apply(sizes, RowTensors(rows.embed, rows.lm_head, rows.row_start, rows.row_end, source=ck.path))
         out_dir.mkdir(parents=True, exist_ok=True)
         resident.model.save_pretrained(out_dir, safe_serialization=True)
-        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
-                     "generation_config.json"):
+        for name in (
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "special_tokens_map.json",
+            "vocab.json",
+            "merges.txt",
+            "generation_config.json",
+        ):
             src = Path(base_path) / name
             if src.exists() and not (out_dir / name).exists():
                 shutil.copy2(src, out_dir / name)
         space.save(out_dir / "token_space.json")
-        (out_dir / "evalboard_materialized.json").write_text(json.dumps({
-            "checkpoint": ck.path, "checkpoint_hash": ck.content_hash, "base_model": rows.base_model,
-            "base_path": str(base_path), "token_space_hash": space.abi_hash, "row_start": rows.row_start,
-            "row_end": rows.row_end}, indent=2) + "\n")
+        (out_dir / "evalboard_materialized.json").write_text(
+            json.dumps(
+                {
+                    "checkpoint": ck.path,
+                    "checkpoint_hash": ck.content_hash,
+                    "base_model": rows.base_model,
+                    "base_path": str(base_path),
+                    "token_space_hash": space.abi_hash,
+                    "row_start": rows.row_start,
+                    "row_end": rows.row_end,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
         return f"materialized {ck.path} into {out_dir}"
 
-    def model_params(self, ck: "CheckpointEntity", token_space_hash: str | None) -> dict[str, str]:
-        return {"step": str(ck.step or 0), "base_model": ck.base_model or "", "row_start": str(ck.row_start or 0),
-                "row_end": str(ck.row_end or 0), "token_space_hash": token_space_hash or ""}
+    def model_params(self, ck: CheckpointEntity, token_space_hash: str | None) -> dict[str, str]:
+        return {
+            "step": str(ck.step or 0),
+            "base_model": ck.base_model or "",
+            "row_start": str(ck.row_start or 0),
+            "row_end": str(ck.row_end or 0),
+            "token_space_hash": token_space_hash or "",
+        }
 
 
 def _saved_dtype(base_path: Path) -> torch.dtype:

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Hashable, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from registry.findings import Finding
 
@@ -32,7 +33,7 @@ class Registration:
     content_hash: str
     files: list[dict[str, Any]]
     base_model: str | None
-    token_space: "TokenSpace | None" = None
+    token_space: TokenSpace | None = None
     token_space_path: str | None = None
     row_start: int | None = None
     row_end: int | None = None
@@ -101,7 +102,7 @@ class Track(ABC):
     # --- reading ----------------------------------------------------------------------------
 
     @abstractmethod
-    def register(self, path: Path, *, run_token_space: "TokenSpace | None") -> Registration:
+    def register(self, path: Path, *, run_token_space: TokenSpace | None) -> Registration:
         """Read and validate ``path``; raises EvalboardError naming the file."""
 
     @abstractmethod
@@ -110,20 +111,21 @@ class Track(ABC):
 
     # --- audit ------------------------------------------------------------------------------
 
-    def run_findings(self, ctx: "_Context", run: "RunEntity", checkpoints: list["CheckpointEntity"]) -> list[Finding]:
+    def run_findings(self, ctx: _Context, run: RunEntity, checkpoints: list[CheckpointEntity]) -> list[Finding]:
         """Findings about this track's valid checkpoints of one run."""
         return []
 
     @abstractmethod
-    def pair_findings(self, ctx: "_Context", ck: "CheckpointEntity", es: "EvalSetEntity",
-                      run_name: str | None) -> list[Finding]:
+    def pair_findings(
+        self, ctx: _Context, ck: CheckpointEntity, es: EvalSetEntity, run_name: str | None
+    ) -> list[Finding]:
         """Can valid checkpoint ``ck`` be evaluated on ``es``? Error-level findings mean no."""
 
     @abstractmethod
-    def accepts_evalset(self, es: "EvalSetEntity") -> bool:
+    def accepts_evalset(self, es: EvalSetEntity) -> bool:
         """Whether ``es`` is the kind of eval set this track evaluates (the audit only pairs those)."""
 
-    def evalset_group(self, ctx: "_Context", ck: "CheckpointEntity") -> Hashable:
+    def evalset_group(self, ctx: _Context, ck: CheckpointEntity) -> Hashable:
         """Checkpoints of one run in the same group get one finding per eval set, not one each."""
         return None
 

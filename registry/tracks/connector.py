@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 import re
 from collections import defaultdict
+from collections.abc import Hashable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Hashable
+from typing import TYPE_CHECKING, Any
 
 from registry.connector import LLAVA_FILES, ConnectorCheckpoint, is_llava_folder
 from registry.findings import Finding, checkpoint_label
@@ -69,85 +70,139 @@ class ConnectorTrack(Track):
     def inspects_file(self, path: Path) -> bool:
         return path.suffix in (".pt", ".bin", ".pth", ".safetensors")
 
-    def register(self, path: Path, *, run_token_space: "TokenSpace | None") -> Registration:
+    def register(self, path: Path, *, run_token_space: TokenSpace | None) -> Registration:
         ck = ConnectorCheckpoint.load(path)
         return Registration(
-            step=ck.step, content_hash=ck.content_hash, files=[f.to_dict() for f in ck.files],
+            step=ck.step,
+            content_hash=ck.content_hash,
+            files=[f.to_dict() for f in ck.files],
             base_model=ck.base_llm,
-            meta={**dict(ck.meta), "vision_tower": ck.vision_tower, "n_params": ck.n_params,
-                  "has_optimizer": ck.has_optimizer, "layout": ck.layout,
-                  "modules": {m: {k: list(s) for k, s in p.items()} for m, p in ck.modules.items()},
-                  "input_width": ck.input_width, "output_width": ck.output_width,
-                  "connector_builder": ck.builder, "vision_feature_layer": ck.feature_layer,
-                  "vision_drop_cls": ck.drop_cls})
+            meta={
+                **dict(ck.meta),
+                "vision_tower": ck.vision_tower,
+                "n_params": ck.n_params,
+                "has_optimizer": ck.has_optimizer,
+                "layout": ck.layout,
+                "modules": {m: {k: list(s) for k, s in p.items()} for m, p in ck.modules.items()},
+                "input_width": ck.input_width,
+                "output_width": ck.output_width,
+                "connector_builder": ck.builder,
+                "vision_feature_layer": ck.feature_layer,
+                "vision_drop_cls": ck.drop_cls,
+            },
+        )
 
     def inspect(self, path: Path) -> dict[str, Any]:
         return ConnectorCheckpoint.load(path).summary()
 
     # --- audit ------------------------------------------------------------------------------
 
-    def accepts_evalset(self, es: "EvalSetEntity") -> bool:
+    def accepts_evalset(self, es: EvalSetEntity) -> bool:
         return "vision" in (es.manifest or {})
 
-    def evalset_group(self, ctx: "_Context", ck: "CheckpointEntity") -> Hashable:
+    def evalset_group(self, ctx: _Context, ck: CheckpointEntity) -> Hashable:
         return (ck.meta or {}).get("vision_tower")
 
-    def run_findings(self, ctx: "_Context", run: "RunEntity", checkpoints: list["CheckpointEntity"]) -> list[Finding]:
+    def run_findings(self, ctx: _Context, run: RunEntity, checkpoints: list[CheckpointEntity]) -> list[Finding]:
         out: list[Finding] = []
         towers: dict[str, list[str]] = defaultdict(list)
         for ck in checkpoints:
             towers[str((ck.meta or {}).get("vision_tower"))].append(str(ck.step))
         if len(towers) > 1:
-            out.append(Finding("error", "vision-tower-differs",
-                               f"run {run.name!r} mixes vision towers: " +
-                               "; ".join(f"{t} at steps {', '.join(s)}" for t, s in sorted(towers.items())),
-                               run.name, detail={"vision_towers": sorted(towers)}))
+            out.append(
+                Finding(
+                    "error",
+                    "vision-tower-differs",
+                    f"run {run.name!r} mixes vision towers: "
+                    + "; ".join(f"{t} at steps {', '.join(s)}" for t, s in sorted(towers.items())),
+                    run.name,
+                    detail={"vision_towers": sorted(towers)},
+                )
+            )
         for ck in checkpoints:
             out += self._width_findings(ctx, run.name, ck)
         return out
 
-    def _width_findings(self, ctx: "_Context", run_name: str | None, ck: "CheckpointEntity") -> list[Finding]:
+    def _width_findings(self, ctx: _Context, run_name: str | None, ck: CheckpointEntity) -> list[Finding]:
         meta = ck.meta or {}
         label = checkpoint_label(ck.path)
         out = []
         llm_w = model_hidden_size(ctx.models.get(ck.base_model or ""))
         out_w = meta.get("output_width")
         if llm_w is not None and out_w is not None and out_w != llm_w:
-            out.append(Finding("error", "connector-output-width",
-                               f"{label} produces {out_w}-wide embeddings but the LLM {ck.base_model} has hidden "
-                               f"size {llm_w}", run_name, ck.path, detail={"connector": out_w, "llm": llm_w}))
+            out.append(
+                Finding(
+                    "error",
+                    "connector-output-width",
+                    f"{label} produces {out_w}-wide embeddings but the LLM {ck.base_model} has hidden size {llm_w}",
+                    run_name,
+                    ck.path,
+                    detail={"connector": out_w, "llm": llm_w},
+                )
+            )
         tower = meta.get("vision_tower")
         tower_w = model_hidden_size(ctx.models.get(tower or ""))
         in_w = meta.get("input_width")
         if tower_w is not None and in_w is not None and in_w != tower_w:
-            out.append(Finding("error", "connector-input-width",
-                               f"{label} takes {in_w}-wide features but the vision tower {tower} has hidden size "
-                               f"{tower_w}", run_name, ck.path, detail={"connector": in_w, "tower": tower_w}))
+            out.append(
+                Finding(
+                    "error",
+                    "connector-input-width",
+                    f"{label} takes {in_w}-wide features but the vision tower {tower} has hidden size {tower_w}",
+                    run_name,
+                    ck.path,
+                    detail={"connector": in_w, "tower": tower_w},
+                )
+            )
         return out
 
-    def pair_findings(self, ctx: "_Context", ck: "CheckpointEntity", es: "EvalSetEntity",
-                      run_name: str | None) -> list[Finding]:
+    def pair_findings(
+        self, ctx: _Context, ck: CheckpointEntity, es: EvalSetEntity, run_name: str | None
+    ) -> list[Finding]:
         label = checkpoint_label(ck.path)
         raw = (es.manifest or {}).get("vision")
         if raw is None:
-            return [Finding("error", "evalset-kind", f"eval set {es.name!r} has no images (no 'vision' section in "
-                            f"its manifest); {label} is a vision connector and needs an image eval set",
-                            run_name, ck.path, es.name)]
+            return [
+                Finding(
+                    "error",
+                    "evalset-kind",
+                    f"eval set {es.name!r} has no images (no 'vision' section in "
+                    f"its manifest); {label} is a vision connector and needs an image eval set",
+                    run_name,
+                    ck.path,
+                    es.name,
+                )
+            ]
         spec = VisionSpec.parse(raw, es.path)
         tower = (ck.meta or {}).get("vision_tower")
         out = self._width_findings(ctx, run_name, ck)
         if spec.tower != tower:
-            out.append(Finding("error", "evalset-tower-mismatch",
-                               f"eval set {es.name!r} was made for vision tower {spec.tower}, {label} plugs into "
-                               f"{tower}", run_name, ck.path, es.name,
-                               {"evalset": spec.tower, "checkpoint": tower}))
+            out.append(
+                Finding(
+                    "error",
+                    "evalset-tower-mismatch",
+                    f"eval set {es.name!r} was made for vision tower {spec.tower}, {label} plugs into {tower}",
+                    run_name,
+                    ck.path,
+                    es.name,
+                    {"evalset": spec.tower, "checkpoint": tower},
+                )
+            )
             return out
         tower_pre = read_tower_preprocessing(ctx.models.get(tower or "", "")) if ctx.models.get(tower or "") else None
         if tower_pre is not None and spec.preprocessing:
             diff = preprocessing_diff(spec.preprocessing, tower_pre)
             if diff:
-                out.append(Finding("error", "evalset-preprocessing-mismatch",
-                                   f"eval set {es.name!r} was made for other preprocessing than tower {tower}'s "
-                                   f"image processor (eval set vs tower): " + "; ".join(diff),
-                                   run_name, ck.path, es.name, {"differences": diff}))
+                out.append(
+                    Finding(
+                        "error",
+                        "evalset-preprocessing-mismatch",
+                        f"eval set {es.name!r} was made for other preprocessing than tower {tower}'s "
+                        f"image processor (eval set vs tower): " + "; ".join(diff),
+                        run_name,
+                        ck.path,
+                        es.name,
+                        {"differences": diff},
+                    )
+                )
         return out

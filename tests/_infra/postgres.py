@@ -58,15 +58,25 @@ def start_postgres(base_dir: str | Path | None = None) -> PgServer:
     bin_dir = _find_bin_dir() or _install_postgres()
     root = os.geteuid() == 0
     folder = Path(tempfile.mkdtemp(prefix="evalboard-pg-", dir=base_dir))
-    server = PgServer(base_dir=folder, port=_free_port(), bin_dir=bin_dir,
-                      run_as="postgres" if root else None)
+    server = PgServer(base_dir=folder, port=_free_port(), bin_dir=bin_dir, run_as="postgres" if root else None)
     try:
         _prepare_folder(server)
-        _run(server, "initdb", "-D", str(server.data_dir), "-A", "trust", "-U", "postgres",
-             "--no-sync", "-E", "UTF8")
+        _run(server, "initdb", "-D", str(server.data_dir), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8")
         options = f"-p {server.port} -k {server.data_dir} {SERVER_OPTIONS}"
-        _run(server, "pg_ctl", "-D", str(server.data_dir), "-l", str(folder / "server.log"),
-             "-o", options, "-w", "-t", "60", "start")
+        _run(
+            server,
+            "pg_ctl",
+            "-D",
+            str(server.data_dir),
+            "-l",
+            str(folder / "server.log"),
+            "-o",
+            options,
+            "-w",
+            "-t",
+            "60",
+            "start",
+        )
         create_database(server.url_for("postgres"), DATABASE)
     except BaseException as e:
         log = _tail(folder / "server.log")

@@ -11,8 +11,9 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from evalboard.fixtures import Workspace, make_token_space, write_trainable_rows
 from registry.token_space import TokenSpace
@@ -73,25 +74,30 @@ def copy_workspace(ws: Workspace, dest: Path) -> Workspace:
 
 def cli_env(home: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment of a CLI subprocess: its own EVALBOARD_HOME, no inherited DB/MLflow URLs."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("EVALBOARD_DB", "EVALBOARD_MODELS", "MLFLOW_TRACKING_URI")}
+    env = {k: v for k, v in os.environ.items() if k not in ("EVALBOARD_DB", "EVALBOARD_MODELS", "MLFLOW_TRACKING_URI")}
     env["EVALBOARD_HOME"] = str(home)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     env.update(extra or {})
     return env
 
 
-def run_cli(args: Sequence[str], *, home: Path, cwd: Path | None = None,
-            env: Mapping[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_cli(
+    args: Sequence[str],
+    *,
+    home: Path,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 300,
+) -> subprocess.CompletedProcess:
     """`python -m evalboard.cli ARGS` as a real process (what a user's shell runs), by default
     in the folder that holds `home` (which the CLI creates on first use)."""
     cwd = cwd or home.parent
     cwd.mkdir(parents=True, exist_ok=True)
     return subprocess.run(
         [sys.executable, "-m", "evalboard.cli", *map(str, args)],
-        capture_output=True, text=True, cwd=str(cwd), env=cli_env(home, env), timeout=timeout,
+        capture_output=True,
+        text=True,
+        cwd=str(cwd),
+        env=cli_env(home, env),
+        timeout=timeout,
     )
-
-
-
-

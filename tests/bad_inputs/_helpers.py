@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 import sqlite3
 import subprocess
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from tests._infra.workspace import run_cli
 
@@ -24,8 +25,9 @@ def models_env(ws) -> dict[str, str]:
     return {"EVALBOARD_MODELS": f"{ws.base_model}={ws.base_dir}"}
 
 
-def cli(args: Sequence[Any], *, home: Path, env: Mapping[str, str] | None = None,
-        timeout: float = TIMEOUT) -> subprocess.CompletedProcess:
+def cli(
+    args: Sequence[Any], *, home: Path, env: Mapping[str, str] | None = None, timeout: float = TIMEOUT
+) -> subprocess.CompletedProcess:
     return run_cli([str(a) for a in args], home=home, env=env, timeout=timeout)
 
 

@@ -83,8 +83,9 @@ def test_evalset_names_are_bounded(tmp_path) -> None:
     from tests._infra.workspace import small_token_space
 
     es = tmp_path / "es"
-    write_evalset(es, "short", [Example("a2t-0", "a2t", [1, 260, 2, 10], [IGNORE_INDEX] * 2 + [2, 10])],
-                  small_token_space())
+    write_evalset(
+        es, "short", [Example("a2t-0", "a2t", [1, 260, 2, 10], [IGNORE_INDEX] * 2 + [2, 10])], small_token_space()
+    )
     edit_json(es / "manifest.json", name="n" * 5000)
     home = tmp_path / "home"
     refusal(cli(["evalset", "add", es], home=home, timeout=60), es / "manifest.json", "name is 5000 characters long")
@@ -95,8 +96,9 @@ def test_evalset_names_are_bounded(tmp_path) -> None:
 def local_base(workspace, tmp_path):
     """A checkpoint whose base_model is the local folder of the workspace's base, registered."""
     run = workspace.root / "outputs" / "local_base_run"
-    ck = write_rows(run / "checkpoint_100", workspace.token_space, step=100, base_model=str(workspace.base_dir),
-                    hidden_size=64)
+    ck = write_rows(
+        run / "checkpoint_100", workspace.token_space, step=100, base_model=str(workspace.base_dir), hidden_size=64
+    )
     home = tmp_path / "home"
     scan(home, run)
     return ck, home
@@ -105,8 +107,12 @@ def local_base(workspace, tmp_path):
 def test_a_local_folder_as_base_model_is_refused_unless_allowed(workspace, local_base) -> None:
     ck, home = local_base
     before = state(home)
-    reason = refusal(cli(["stats", ck, "--json"], home=home, env=models_env(workspace), timeout=120),
-                     str(workspace.base_dir), "is a local folder", "EVALBOARD_MODELS")
+    reason = refusal(
+        cli(["stats", ck, "--json"], home=home, env=models_env(workspace), timeout=120),
+        str(workspace.base_dir),
+        "is a local folder",
+        "EVALBOARD_MODELS",
+    )
     assert "*=" in reason
     assert state(home) == before
     allowed = {"EVALBOARD_MODELS": f"*={workspace.base_dir.parent}"}

@@ -41,14 +41,18 @@ def _models_fifo(tmp: Path) -> Path:
     return f
 
 
-@pytest.mark.parametrize("make, says", [(_models_folder, "is a directory"), (_models_not_utf8, "is not UTF-8"),
-                                        (_models_fifo, "named pipe")], ids=["folder", "not-utf8", "fifo"])
+@pytest.mark.parametrize(
+    "make, says",
+    [(_models_folder, "is a directory"), (_models_not_utf8, "is not UTF-8"), (_models_fifo, "named pipe")],
+    ids=["folder", "not-utf8", "fifo"],
+)
 def test_evalboard_models_that_cannot_be_read(run, tmp_path, make, says) -> None:
     home, _ = run
     target = make(tmp_path)
     before = state(home)
-    refusal(cli(["runs"], home=home, env={"EVALBOARD_MODELS": str(target)}, timeout=60), target,
-            "EVALBOARD_MODELS", says)
+    refusal(
+        cli(["runs"], home=home, env={"EVALBOARD_MODELS": str(target)}, timeout=60), target, "EVALBOARD_MODELS", says
+    )
     assert state(home) == before
 
 
@@ -61,8 +65,16 @@ def test_a_bad_device_is_refused_before_anything_is_registered(tmp_path, device)
     refusal(cli(["worker", "--once", "--device", device], home=home, timeout=60), "--device")
 
 
-@pytest.mark.parametrize("command", [["stats", HUGE_ID], ["materialize", HUGE_ID, "--out", "snapshot"],
-                                     ["jobs", "retry", HUGE_ID], ["jobs", "cancel", HUGE_ID]], ids=lambda c: c[0])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["stats", HUGE_ID],
+        ["materialize", HUGE_ID, "--out", "snapshot"],
+        ["jobs", "retry", HUGE_ID],
+        ["jobs", "cancel", HUGE_ID],
+    ],
+    ids=lambda c: c[0],
+)
 def test_an_id_too_large_for_the_registry(run, command) -> None:
     home, _ = run
     before = state(home)
@@ -79,8 +91,11 @@ def test_export_out_naming_a_folder_or_an_impossible_path(run, tmp_path) -> None
     folder.mkdir()
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
-    for out, says in ((folder, "names a folder"), (blocker / "sub" / "report.html", "is not a folder"),
-                      (tmp_path / ("x" * 300 + ".html"), "longer than 255 bytes")):
+    for out, says in (
+        (folder, "names a folder"),
+        (blocker / "sub" / "report.html", "is not a folder"),
+        (tmp_path / ("x" * 300 + ".html"), "longer than 255 bytes"),
+    ):
         refusal(cli(["export", "--run", "run_a", "--out", out], home=home, timeout=60), out, "--out", says)
     assert sorted(p.name for p in folder.iterdir()) == []
     assert blocker.read_text() == "x"

@@ -6,7 +6,6 @@ contents never appear as one series."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -47,8 +46,9 @@ def test_a_parquet_symlink_leaving_the_folder_is_refused(escaping) -> None:
 def test_the_same_escape_through_the_manifest_is_refused_the_same_way(escaping) -> None:
     es, link, home = escaping  # the manifest lists part-00000.parquet, the link
     before = state(home)
-    refusal(cli(["evalset", "add", es], home=home, timeout=60), es, "part-00000.parquet",
-            "lies outside the eval-set folder")
+    refusal(
+        cli(["evalset", "add", es], home=home, timeout=60), es, "part-00000.parquet", "lies outside the eval-set folder"
+    )
     assert state(home) == before
 
 
@@ -68,8 +68,9 @@ def test_a_replaced_evalset_is_a_new_version_with_its_own_series(workspace, tmp_
             assert proc.returncode == 0 and "replaced" in proc.stderr, proc.stderr
         else:
             assert cli(["evalset", "add", es_dir], home=home, env=env).returncode == 0
-        proc = cli(["eval", ck, "--evalset", "synthetic-a2t-i2t", "--max-examples", "2", "--no-eval-json"],
-                   home=home, env=env)
+        proc = cli(
+            ["eval", ck, "--evalset", "synthetic-a2t-i2t", "--max-examples", "2", "--no-eval-json"], home=home, env=env
+        )
         assert proc.returncode == 0, proc.stderr[-2000:]
     with Registry(f"sqlite:///{home / 'registry.db'}") as reg:
         sets = {e.name: e for e in reg.list_evalsets()}

@@ -49,8 +49,11 @@ def test_import_eval_against_an_unusable_mlflow_store_registers_no_run(scanned, 
     fresh.mkdir()
     (fresh / "eval_step50.json").write_text(json.dumps({"step": 50, "loss": {"all": 2.5}}))
     before = state(home)
-    refusal(cli(["import-eval", fresh / "eval_step50.json"], home=home, env=broken),
-            broken["MLFLOW_TRACKING_URI"], "cannot be used")
+    refusal(
+        cli(["import-eval", fresh / "eval_step50.json"], home=home, env=broken),
+        broken["MLFLOW_TRACKING_URI"],
+        "cannot be used",
+    )
     assert state(home) == before
 
 
@@ -79,8 +82,12 @@ def test_eval_whose_mlflow_server_fails_after_computing_records_nothing(scanned)
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    down = {**env, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
-            "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+    down = {
+        **env,
+        "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}",
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
+    }
     ck = ws.checkpoints["stage3_token_lm_iter5"][0]
     before = registry_snapshot(home)
     proc = cli(["eval", ck, "--evalset", EVALSET], home=home, env=down)

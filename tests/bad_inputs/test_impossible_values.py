@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests._infra.workspace import HIDDEN, write_rows
+from tests._infra.workspace import write_rows
 from tests.bad_inputs._helpers import cli, edit_json, invalid_reason, models_env, refusal, scan, state
 
 ROWS = 128
@@ -31,8 +31,10 @@ RESULTS = {
     "infinite-loss": ({"step": 100, "loss(all)": 2.0, "loss(a2t)": "INF"}, "must be a number"),
     "overflowing-loss": ('{"step": 100, "loss": {"all": 1e999}}', "not finite"),
     "negative-tokens": ({"step": 100, "loss": {"all": 2.0}, "tokens": {"all": -5}}, "tokens.all -5 is outside"),
-    "zero-examples": ({"step": 100, "loss": {"all": 2.0, "a2t": 2.0}, "examples": {"all": 4, "a2t": 0}},
-                      "examples.a2t is 0"),
+    "zero-examples": (
+        {"step": 100, "loss": {"all": 2.0, "a2t": 2.0}, "examples": {"all": 4, "a2t": 0}},
+        "examples.a2t is 0",
+    ),
 }
 
 
@@ -66,8 +68,13 @@ def no_lm_head_and_no_tying_declared(d: Path):
     return ck, ck / "trainable_rows.pt", "does not declare tied embeddings"
 
 
-CHECKPOINTS = [rows_as_floats, row_range_as_floats, rows_of_width_zero, hidden_size_zero,
-               no_lm_head_and_no_tying_declared]
+CHECKPOINTS = [
+    rows_as_floats,
+    row_range_as_floats,
+    rows_of_width_zero,
+    hidden_size_zero,
+    no_lm_head_and_no_tying_declared,
+]
 
 
 @pytest.fixture(scope="module")

@@ -45,8 +45,11 @@ def test_runs_still_splits_on_commas_and_says_which_names_are_unknown(runs) -> N
     home, tmp = runs
     out = tmp / "never.md"
     before = state(home)
-    refusal(cli(["export", "--runs", "a,b", "--format", "md", "--out", out], home=home, timeout=60),
-            "unknown runs: a, b", "known: a,b, plain")
+    refusal(
+        cli(["export", "--runs", "a,b", "--format", "md", "--out", out], home=home, timeout=60),
+        "unknown runs: a, b",
+        "known: a,b, plain",
+    )
     assert not out.exists() and state(home) == before
 
 

@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 
 from evalboard.fixtures import write_connector_checkpoint
-from registry.evalset import IGNORE_INDEX, write_evalset
-from registry.evalset import Example
+from registry.evalset import IGNORE_INDEX, Example, write_evalset
 from tests._infra.workspace import small_token_space, write_rows
 from tests.bad_inputs._helpers import cli, invalid_reason, refusal, scan, state
 
@@ -85,8 +84,14 @@ def eval_result_is_a_fifo(d: Path):
     return f, f, FIFO
 
 
-CASES = [rows_file_is_a_fifo, rows_json_is_a_fifo, token_space_is_a_fifo, connector_is_a_fifo,
-         rows_file_is_a_socket, eval_result_is_a_fifo]
+CASES = [
+    rows_file_is_a_fifo,
+    rows_json_is_a_fifo,
+    token_space_is_a_fifo,
+    connector_is_a_fifo,
+    rows_file_is_a_socket,
+    eval_result_is_a_fifo,
+]
 
 
 @pytest.fixture(scope="module")

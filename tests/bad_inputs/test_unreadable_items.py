@@ -56,14 +56,14 @@ def vocab_size_too_large(d: Path):
 
 def step_too_large(d: Path):
     ck = _ckpt(d)
-    f = edit_json(ck / "trainable_rows.json", step=None)
+    edit_json(ck / "trainable_rows.json", step=None)
     target = ck.with_name(f"checkpoint_{BIG}")
     ck.rename(target)
     return target, target, "larger than 2147483647"
 
 
 def step_too_large_in_json(d: Path):
-    ck = _ckpt(d)
+    _ckpt(d)
     (d / "checkpoint_100").rename(d / "ckpt_free")
     target = d / "checkpoint_best"  # no step in the name: the JSON's step is the only one
     (d / "ckpt_free").rename(target)
@@ -90,8 +90,17 @@ def eval_result_with_huge_step(d: Path):
     return f, f, "step"
 
 
-CASES = [deep_json, row_index_is_a_string, name_is_a_list, row_ranges_hold_strings, vocab_size_too_large,
-         step_too_large, step_too_large_in_json, connector_step_too_large, eval_result_with_huge_step]
+CASES = [
+    deep_json,
+    row_index_is_a_string,
+    name_is_a_list,
+    row_ranges_hold_strings,
+    vocab_size_too_large,
+    step_too_large,
+    step_too_large_in_json,
+    connector_step_too_large,
+    eval_result_with_huge_step,
+]
 
 
 @pytest.fixture(scope="module")
@@ -158,9 +167,11 @@ def test_the_token_space_reader_checks_types_and_ranges_in_one_place(tmp_path: P
     from registry.token_space import TokenSpace
 
     good = small_token_space().to_dict()
-    for change, says in (({"text_vocab_size": 256.0}, "text_vocab_size must be an integer"),
-                         ({"vocab_size_total": BIG}, "is outside"),
-                         ({"pad_token_id": "0"}, "pad_token_id must be an integer"),
-                         ({"tokenizer": {"name": ["x"], "version": "1"}}, "tokenizer.name must be a string")):
+    for change, says in (
+        ({"text_vocab_size": 256.0}, "text_vocab_size must be an integer"),
+        ({"vocab_size_total": BIG}, "is outside"),
+        ({"pad_token_id": "0"}, "pad_token_id must be an integer"),
+        ({"tokenizer": {"name": ["x"], "version": "1"}}, "tokenizer.name must be a string"),
+    ):
         with pytest.raises(InvalidInput, match=says):
             TokenSpace.from_dict({**good, **change}, source="inline")

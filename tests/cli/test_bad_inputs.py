@@ -14,10 +14,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch
@@ -65,8 +65,9 @@ def _edit_meta(ck: Path, **changes) -> Path:
 
 
 def _write_token_space_dict(ck: Path, modalities: dict) -> Path:
-    (ck / "token_space.json").write_text(json.dumps(
-        {"text_vocab_size": TEXT_VOCAB, "vocab_size_total": TOTAL, "modalities": modalities}, indent=2))
+    (ck / "token_space.json").write_text(
+        json.dumps({"text_vocab_size": TEXT_VOCAB, "vocab_size_total": TOTAL, "modalities": modalities}, indent=2)
+    )
     return ck
 
 
@@ -102,16 +103,19 @@ def truncated_pt(d: Path) -> Path:
 def lfs_pointer_pt(d: Path) -> Path:
     d.mkdir(parents=True)
     target = d / "checkpoint_9.pt"
-    target.write_text("version https://git-lfs.github.com/spec/v1\n"
-                      "oid sha256:4d7a214614ab2935c943f9e0ff69d22eadbb8f32b1258daaa5e2ca24d17e2393\n"
-                      "size 12345678\n")
+    target.write_text(
+        "version https://git-lfs.github.com/spec/v1\n"
+        "oid sha256:4d7a214614ab2935c943f9e0ff69d22eadbb8f32b1258daaa5e2ca24d17e2393\n"
+        "size 12345678\n"
+    )
     return target
 
 
 def html_page_pt(d: Path) -> Path:
     ck = _ckpt(d)
-    (ck / "trainable_rows.pt").write_text("<!DOCTYPE html>\n<html><head><title>404 Not Found</title></head>"
-                                          "<body>Not Found</body></html>\n")
+    (ck / "trainable_rows.pt").write_text(
+        "<!DOCTYPE html>\n<html><head><title>404 Not Found</title></head><body>Not Found</body></html>\n"
+    )
     return ck
 
 
@@ -128,7 +132,7 @@ def safetensors_header_not_json(d: Path) -> Path:
     f = ck / "trainable_rows.safetensors"
     data = f.read_bytes()
     n = int.from_bytes(data[:8], "little")
-    f.write_bytes(data[:8] + b"{" + b"\xff" * (n - 1) + data[8 + n:])
+    f.write_bytes(data[:8] + b"{" + b"\xff" * (n - 1) + data[8 + n :])
     return ck
 
 
@@ -176,14 +180,16 @@ def unexpected_json_field(d: Path) -> Path:
 def duplicate_json_keys(d: Path) -> Path:
     ck = _ckpt(d)
     (ck / "trainable_rows.json").write_text(
-        '{"base_model": "demo/Qwen3-tiny-Base", "row_start": 256, "row_end": 384, "row_start": 300}\n')
+        '{"base_model": "demo/Qwen3-tiny-Base", "row_start": 256, "row_end": 384, "row_start": 300}\n'
+    )
     return ck
 
 
 def json_with_nan(d: Path) -> Path:
     ck = _ckpt(d)
     (ck / "trainable_rows.json").write_text(
-        '{"base_model": "demo/Qwen3-tiny-Base", "row_start": 256, "row_end": 384, "hidden_size": NaN}\n')
+        '{"base_model": "demo/Qwen3-tiny-Base", "row_start": 256, "row_end": 384, "hidden_size": NaN}\n'
+    )
     return ck
 
 
@@ -195,13 +201,11 @@ def json_with_bom(d: Path) -> Path:
 
 
 def overlapping_ranges(d: Path) -> Path:
-    return _write_token_space_dict(_ckpt(d), {"audio": {"start": 256, "end": 320},
-                                              "image": {"start": 300, "end": 384}})
+    return _write_token_space_dict(_ckpt(d), {"audio": {"start": 256, "end": 320}, "image": {"start": 300, "end": 384}})
 
 
 def range_past_vocab(d: Path) -> Path:
-    return _write_token_space_dict(_ckpt(d), {"audio": {"start": 256, "end": 320},
-                                              "image": {"start": 320, "end": 400}})
+    return _write_token_space_dict(_ckpt(d), {"audio": {"start": 256, "end": 320}, "image": {"start": 320, "end": 400}})
 
 
 def rows_past_token_space(d: Path) -> Path:
@@ -216,8 +220,7 @@ def step_disagrees_with_folder(d: Path) -> Path:
 
 
 def connector_without_projector(d: Path) -> Path:
-    return write_connector_checkpoint(d / "checkpoint_11.pt", step=11,
-                                      state={"resampler.queries": torch.randn(8, 32)})
+    return write_connector_checkpoint(d / "checkpoint_11.pt", step=11, state={"resampler.queries": torch.randn(8, 32)})
 
 
 def _raw_evalset(d: Path, rows: list[tuple[list[int], list[int]]], *, manifest_text: str | None = None) -> Path:
@@ -227,14 +230,20 @@ def _raw_evalset(d: Path, rows: list[tuple[list[int], list[int]]], *, manifest_t
 
     d.mkdir(parents=True)
     ts = small_token_space()
-    pq.write_table(pa.table({
-        "example_id": pa.array([f"a2t-{i}" for i in range(len(rows))], pa.string()),
-        "task": pa.array(["a2t"] * len(rows), pa.string()),
-        "input_ids": pa.array([r[0] for r in rows], pa.list_(pa.int64())),
-        "labels": pa.array([r[1] for r in rows], pa.list_(pa.int64())),
-    }), d / "data.parquet")
-    manifest = manifest_text or json.dumps({"name": d.name, "token_space_hash": ts.abi_hash,
-                                            "token_space": ts.to_dict()}, indent=2)
+    pq.write_table(
+        pa.table(
+            {
+                "example_id": pa.array([f"a2t-{i}" for i in range(len(rows))], pa.string()),
+                "task": pa.array(["a2t"] * len(rows), pa.string()),
+                "input_ids": pa.array([r[0] for r in rows], pa.list_(pa.int64())),
+                "labels": pa.array([r[1] for r in rows], pa.list_(pa.int64())),
+            }
+        ),
+        d / "data.parquet",
+    )
+    manifest = manifest_text or json.dumps(
+        {"name": d.name, "token_space_hash": ts.abi_hash, "token_space": ts.to_dict()}, indent=2
+    )
     (d / "manifest.json").write_text(manifest)
     return d
 
@@ -260,8 +269,9 @@ def evalset_nothing_scored(d: Path) -> Path:
 
 def evalset_manifest_duplicate_key(d: Path) -> Path:
     ts = small_token_space()
-    return _raw_evalset(d, [_OK], manifest_text=(
-        f'{{"name": "first", "token_space_hash": "{ts.abi_hash}", "name": "second"}}'))
+    return _raw_evalset(
+        d, [_OK], manifest_text=(f'{{"name": "first", "token_space_hash": "{ts.abi_hash}", "name": "second"}}')
+    )
 
 
 def eval_step_without_overall_loss(d: Path) -> Path:
@@ -294,23 +304,47 @@ J = "checkpoint_100/trainable_rows.json"
 S = "checkpoint_100/token_space.json"
 
 CASES = [
-    Case("pickle-runs-code", pickle_runs_code, "checkpoint_7.pt",
-         ("refused to unpickle", "'posix.system'", "would run code")),
-    Case("pickle-custom-class", pickle_custom_class, "checkpoint_8.pt",
-         ("refused to unpickle", f"'{__name__}.CustomConfig'")),
+    Case(
+        "pickle-runs-code",
+        pickle_runs_code,
+        "checkpoint_7.pt",
+        ("refused to unpickle", "'posix.system'", "would run code"),
+    ),
+    Case(
+        "pickle-custom-class",
+        pickle_custom_class,
+        "checkpoint_8.pt",
+        ("refused to unpickle", f"'{__name__}.CustomConfig'"),
+    ),
     Case("empty-pt", empty_pt, T, ("empty (0 bytes)",)),
     Case("truncated-pt", truncated_pt, T, ("truncated or corrupt",)),
     Case("git-lfs-pointer-pt", lfs_pointer_pt, "checkpoint_9.pt", ("Git-LFS pointer", "git lfs pull")),
     Case("html-page-pt", html_page_pt, T, ("HTML",)),
-    Case("safetensors-header-too-long", safetensors_header_too_long, "checkpoint_100/trainable_rows.safetensors",
-         ("header length 1000000000 does not fit",)),
-    Case("safetensors-header-not-json", safetensors_header_not_json, "checkpoint_100/trainable_rows.safetensors",
-         ("header is not valid JSON",)),
-    Case("wrong-row-count", wrong_row_count, T,
-         (f"input-embedding rows: expected ({ROWS}, hidden) for rows [256, 384), file has ({ROWS - 1}, {HIDDEN})",)),
+    Case(
+        "safetensors-header-too-long",
+        safetensors_header_too_long,
+        "checkpoint_100/trainable_rows.safetensors",
+        ("header length 1000000000 does not fit",),
+    ),
+    Case(
+        "safetensors-header-not-json",
+        safetensors_header_not_json,
+        "checkpoint_100/trainable_rows.safetensors",
+        ("header is not valid JSON",),
+    ),
+    Case(
+        "wrong-row-count",
+        wrong_row_count,
+        T,
+        (f"input-embedding rows: expected ({ROWS}, hidden) for rows [256, 384), file has ({ROWS - 1}, {HIDDEN})",),
+    ),
     Case("wrong-hidden-size", wrong_hidden_size, T, (f"expected ({ROWS}, {HIDDEN}), file has ({ROWS}, 8)",)),
-    Case("lm-head-hidden-differs-from-embed", lm_head_hidden_differs, T,
-         (f"lm_head rows: expected ({ROWS}, {HIDDEN}) like the embedding rows, file has ({ROWS}, 8)",)),
+    Case(
+        "lm-head-hidden-differs-from-embed",
+        lm_head_hidden_differs,
+        T,
+        (f"lm_head rows: expected ({ROWS}, {HIDDEN}) like the embedding rows, file has ({ROWS}, 8)",),
+    ),
     Case("nan-rows", nan_rows, T, ("input-embedding rows contain NaN/Inf in 1 rows (first: token id 259)",)),
     Case("inf-rows", inf_rows, T, ("lm_head rows contain NaN/Inf in 2 rows (first: token id 266)",)),
     Case("missing-rows-file", missing_rows_file, "checkpoint_100", ("has no trainable_rows.pt",)),
@@ -321,25 +355,61 @@ CASES = [
     Case("json-with-bom", json_with_bom, S, ("byte-order mark",)),
     Case("overlapping-modality-ranges", overlapping_ranges, S, ("audio range 256–319 overlaps image range 300–383",)),
     Case("range-past-vocab", range_past_vocab, S, ("image range 320–399 runs past vocab_size_total 384",)),
-    Case("rows-past-token-space", rows_past_token_space, T,
-         ("row range [256, 400) runs past the token space's vocab_size_total 384",)),
-    Case("step-disagrees-with-folder", step_disagrees_with_folder, "checkpoint_100",
-         ("step 200 in trainable_rows.json disagrees with the folder name checkpoint_100",)),
-    Case("connector-without-projector", connector_without_projector, "checkpoint_11.pt",
-         ("connector has no projector weights",)),
+    Case(
+        "rows-past-token-space",
+        rows_past_token_space,
+        T,
+        ("row range [256, 400) runs past the token space's vocab_size_total 384",),
+    ),
+    Case(
+        "step-disagrees-with-folder",
+        step_disagrees_with_folder,
+        "checkpoint_100",
+        ("step 200 in trainable_rows.json disagrees with the folder name checkpoint_100",),
+    ),
+    Case(
+        "connector-without-projector",
+        connector_without_projector,
+        "checkpoint_11.pt",
+        ("connector has no projector weights",),
+    ),
     Case("evalset-empty", evalset_empty, "data.parquet", ("the eval set is empty",), kind="evalset"),
-    Case("evalset-token-out-of-range", evalset_token_out_of_range, "data.parquet",
-         (f"example 'a2t-1' has token id {TOTAL}, outside the token space [0, {TOTAL})",), kind="evalset"),
-    Case("evalset-length-mismatch", evalset_length_mismatch, "data.parquet",
-         ("input_ids has 5 tokens but labels has 4",), kind="evalset"),
-    Case("evalset-nothing-scored", evalset_nothing_scored, "data.parquet", ("has no scored position",),
-         kind="evalset"),
-    Case("evalset-manifest-duplicate-key", evalset_manifest_duplicate_key, "manifest.json",
-         ("duplicate JSON key 'name'",), kind="evalset"),
-    Case("eval-step-without-overall-loss", eval_step_without_overall_loss, "eval_step100.json",
-         ("no overall loss",), kind="eval_result"),
-    Case("symlink-leaving-tree", symlink_leaving_tree, "checkpoint_500",
-         ("symlink leaves the scanned tree", "outside/checkpoint_500"), inspectable=False),
+    Case(
+        "evalset-token-out-of-range",
+        evalset_token_out_of_range,
+        "data.parquet",
+        (f"example 'a2t-1' has token id {TOTAL}, outside the token space [0, {TOTAL})",),
+        kind="evalset",
+    ),
+    Case(
+        "evalset-length-mismatch",
+        evalset_length_mismatch,
+        "data.parquet",
+        ("input_ids has 5 tokens but labels has 4",),
+        kind="evalset",
+    ),
+    Case("evalset-nothing-scored", evalset_nothing_scored, "data.parquet", ("has no scored position",), kind="evalset"),
+    Case(
+        "evalset-manifest-duplicate-key",
+        evalset_manifest_duplicate_key,
+        "manifest.json",
+        ("duplicate JSON key 'name'",),
+        kind="evalset",
+    ),
+    Case(
+        "eval-step-without-overall-loss",
+        eval_step_without_overall_loss,
+        "eval_step100.json",
+        ("no overall loss",),
+        kind="eval_result",
+    ),
+    Case(
+        "symlink-leaving-tree",
+        symlink_leaving_tree,
+        "checkpoint_500",
+        ("symlink leaves the scanned tree", "outside/checkpoint_500"),
+        inspectable=False,
+    ),
 ]
 INSPECTABLE = [c for c in CASES if c.inspectable]
 EVALSETS = [c for c in CASES if c.kind == "evalset"]
@@ -405,15 +475,18 @@ def inspect_runs(bad_tree: BadTree, scanned_registry) -> InspectRuns:
     independent and mostly spend their time importing torch)."""
     before = scanned_registry.snapshot()
     with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 1)) as pool:
-        futures = {c.id: pool.submit(run_cli, ["inspect", bad_tree.targets[c.id]], home=bad_tree.home, env=SAFE_ENV)
-                   for c in INSPECTABLE}
+        futures = {
+            c.id: pool.submit(run_cli, ["inspect", bad_tree.targets[c.id]], home=bad_tree.home, env=SAFE_ENV)
+            for c in INSPECTABLE
+        }
         procs = {case_id: f.result() for case_id, f in futures.items()}
     return InspectRuns(procs, before, scanned_registry.snapshot())
 
 
 @pytest.mark.parametrize("case", INSPECTABLE, ids=lambda c: c.id)
 def test_inspect_refuses_with_one_line_and_the_scan_records_the_same_reason(
-        case: Case, bad_tree: BadTree, inspect_runs: InspectRuns, scanned_registry) -> None:
+    case: Case, bad_tree: BadTree, inspect_runs: InspectRuns, scanned_registry
+) -> None:
     target = bad_tree.targets[case.id]
     proc = inspect_runs.procs[case.id]
     reason = _one_line_error(proc, bad_tree.root / f"case_{case.id}" / case.names)
@@ -436,7 +509,9 @@ def test_the_symlink_leaving_the_tree_is_registered_invalid(bad_tree: BadTree, s
     assert "symlink leaves the scanned tree" in ck.reason
     assert str(bad_tree.root / "outside") not in ck.reason  # the target is outside the tree …
     assert str(bad_tree.root.parent / "outside" / "checkpoint_500") in ck.reason  # … and named
-    assert not any(c.path.startswith(str(bad_tree.root.parent / "outside")) for c in scanned_registry.list_checkpoints())
+    assert not any(
+        c.path.startswith(str(bad_tree.root.parent / "outside")) for c in scanned_registry.list_checkpoints()
+    )
 
 
 def test_the_scan_goes_on_past_every_bad_input(bad_tree: BadTree, scanned_registry) -> None:
@@ -451,8 +526,7 @@ def test_the_scan_goes_on_past_every_bad_input(bad_tree: BadTree, scanned_regist
 
 
 @pytest.mark.parametrize("case", EVALSETS, ids=lambda c: c.id)
-def test_evalset_add_refuses_and_leaves_the_registry_unchanged(
-        case: Case, bad_tree: BadTree, scanned_registry) -> None:
+def test_evalset_add_refuses_and_leaves_the_registry_unchanged(case: Case, bad_tree: BadTree, scanned_registry) -> None:
     target = bad_tree.targets[case.id]
     before = scanned_registry.snapshot()
     assert before["checkpoints"]  # a non-empty registry, so "unchanged" means something

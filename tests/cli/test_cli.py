@@ -79,11 +79,38 @@ def _inspect_json(path: Path, home: Path) -> dict:
 def test_inspect_json_of_a_track_b_checkpoint(session_ws: Workspace, home: Path) -> None:
     ck = session_ws.checkpoints[B_RUN][1]
     summary = _inspect_json(ck, home)
-    assert {k: summary[k] for k in ("kind", "track", "path", "step", "base_model", "row_start", "row_end", "rows",
-                                    "hidden_size", "dtype", "tied", "embed_shape", "lm_head_shape")} == {
-        "kind": "checkpoint", "track": "B", "path": str(ck), "step": 200, "base_model": session_ws.base_model,
-        "row_start": 256, "row_end": 384, "rows": 128, "hidden_size": 64, "dtype": "float32", "tied": False,
-        "embed_shape": [128, 64], "lm_head_shape": [128, 64]}
+    assert {
+        k: summary[k]
+        for k in (
+            "kind",
+            "track",
+            "path",
+            "step",
+            "base_model",
+            "row_start",
+            "row_end",
+            "rows",
+            "hidden_size",
+            "dtype",
+            "tied",
+            "embed_shape",
+            "lm_head_shape",
+        )
+    } == {
+        "kind": "checkpoint",
+        "track": "B",
+        "path": str(ck),
+        "step": 200,
+        "base_model": session_ws.base_model,
+        "row_start": 256,
+        "row_end": 384,
+        "rows": 128,
+        "hidden_size": 64,
+        "dtype": "float32",
+        "tied": False,
+        "embed_shape": [128, 64],
+        "lm_head_shape": [128, 64],
+    }
     assert summary["token_space_hash"] == session_ws.token_space.abi_hash
     assert summary["modalities"] == {"audio": [256, 320], "image": [320, 384]}
     assert {f["name"] for f in summary["files"]} == {"trainable_rows.pt", "trainable_rows.json", "token_space.json"}
@@ -115,8 +142,13 @@ def test_inspect_json_of_a_connector_checkpoint(session_ws: Workspace, home: Pat
     path = session_ws.checkpoints[A_RUN][2]
     summary = _inspect_json(path, home)
     assert {k: summary[k] for k in ("kind", "track", "step", "base_model", "vision_tower", "has_optimizer")} == {
-        "kind": "checkpoint", "track": "A", "step": 3675, "base_model": session_ws.base_model,
-        "vision_tower": "demo/vit-tiny", "has_optimizer": True}
+        "kind": "checkpoint",
+        "track": "A",
+        "step": 3675,
+        "base_model": session_ws.base_model,
+        "vision_tower": "demo/vit-tiny",
+        "has_optimizer": True,
+    }
     assert set(summary["modules"]) == {"resampler", "projector"}
     assert summary["modules"]["projector"]["projector.0.weight"] == [64, 32]
 
@@ -128,8 +160,9 @@ def test_inspect_json_of_an_eval_result(session_ws: Workspace, home: Path) -> No
 
 
 def test_inspect_without_json_prints_one_field_per_line(session_ws: Workspace, home: Path) -> None:
-    result = CliRunner().invoke(app, ["inspect", str(session_ws.checkpoints[B_RUN][0])],
-                                env={"EVALBOARD_HOME": str(home), "COLUMNS": "300"})
+    result = CliRunner().invoke(
+        app, ["inspect", str(session_ws.checkpoints[B_RUN][0])], env={"EVALBOARD_HOME": str(home), "COLUMNS": "300"}
+    )
     assert result.exit_code == 0
     fields = dict(line.split(": ", 1) for line in result.stdout.splitlines())
     assert {k.strip() for k in fields} >= {"track", "step", "base_model", "row_start", "row_end", "token_space_hash"}
@@ -177,8 +210,14 @@ def test_evalset_add_then_list(session_ws: Workspace, home: Path) -> None:
     listed = runner.invoke(app, ["evalset", "list", "--json"], env=env)
     assert listed.exit_code == 0
     (row,) = json.loads(listed.stdout)
-    assert row == {"name": EVALSET, "n_examples": 16, "tasks": ["a2t", "i2t"], "content_hash": record["content_hash"],
-                   "token_space_hash": session_ws.token_space.abi_hash, "path": str(path)}
+    assert row == {
+        "name": EVALSET,
+        "n_examples": 16,
+        "tasks": ["a2t", "i2t"],
+        "content_hash": record["content_hash"],
+        "token_space_hash": session_ws.token_space.abi_hash,
+        "path": str(path),
+    }
 
 
 def test_evalset_add_under_a_taken_name_is_refused(session_ws: Workspace, home: Path, tmp_path: Path) -> None:
@@ -205,7 +244,12 @@ def test_user_strings_with_brackets_are_printed_literally(tmp_path):
     bad.mkdir(parents=True)
     (bad / "trainable_rows.pt").write_bytes(b"")
     env = {**__import__("os").environ, "EVALBOARD_HOME": str(tmp_path / "home")}
-    proc = subprocess.run([sys.executable, "-m", "evalboard.cli", "scan", str(tmp_path)], capture_output=True,
-                          text=True, env=env, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "evalboard.cli", "scan", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "[bold]run[/bold]/checkpoint_1" in proc.stderr

@@ -6,9 +6,17 @@ import math
 from pathlib import Path
 
 import pandas as pd
+
 PAGES = ["runs", "compare", "checkpoint", "compatibility", "row_stats", "queue", "export"]
-TITLES = {"runs": "Runs", "compare": "Compare runs", "checkpoint": "Checkpoint", "compatibility": "Compatibility",
-          "row_stats": "Weight statistics", "queue": "Queue", "export": "Export"}
+TITLES = {
+    "runs": "Runs",
+    "compare": "Compare runs",
+    "checkpoint": "Checkpoint",
+    "compatibility": "Compatibility",
+    "row_stats": "Weight statistics",
+    "queue": "Queue",
+    "export": "Export",
+}
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -17,23 +25,52 @@ def page_path(name: str) -> str:
 
 
 def summary(mean: float, count: int = 64, zero: int = 0, nonfinite: int = 0) -> dict:
-    return {"count": count, "mean": mean, "std": mean / 10, "min": mean * 0.7, "p5": mean * 0.8, "p50": mean,
-            "p95": mean * 1.2, "max": mean * 1.4, "zero_rows": zero, "nonfinite_rows": nonfinite,
-            "unchanged_rows": 0}
+    return {
+        "count": count,
+        "mean": mean,
+        "std": mean / 10,
+        "min": mean * 0.7,
+        "p5": mean * 0.8,
+        "p50": mean,
+        "p95": mean * 1.2,
+        "max": mean * 1.4,
+        "zero_rows": zero,
+        "nonfinite_rows": nonfinite,
+        "unchanged_rows": 0,
+    }
 
 
 def row_stats(step: int, i: int, previous: int | None) -> dict:
-    ranges = {name: {"embed": summary(0.16 + 0.02 * i + k * 0.01), "lm_head": summary(0.15 + 0.03 * i)}
-              for k, name in enumerate(("audio", "image"))}
+    ranges = {
+        name: {"embed": summary(0.16 + 0.02 * i + k * 0.01), "lm_head": summary(0.15 + 0.03 * i)}
+        for k, name in enumerate(("audio", "image"))
+    }
     edges = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5]
-    counts = {f"{n}/{m}": [0, 5 + i, 30, 20, 9 - i]
-              for n in ("audio", "image", "base_text") for m in ("embed", "lm_head")}
-    drift = None if previous is None else {"previous_step": previous, "ranges": {
-        name: {"embed": {"mean_cosine": 0.9 + 0.03 * i, "mean_norm_change": 0.01},
-               "lm_head": {"mean_cosine": 0.88 + 0.03 * i, "mean_norm_change": 0.02}} for name in ("audio", "image")}}
+    counts = {
+        f"{n}/{m}": [0, 5 + i, 30, 20, 9 - i] for n in ("audio", "image", "base_text") for m in ("embed", "lm_head")
+    }
+    drift = (
+        None
+        if previous is None
+        else {
+            "previous_step": previous,
+            "ranges": {
+                name: {
+                    "embed": {"mean_cosine": 0.9 + 0.03 * i, "mean_norm_change": 0.01},
+                    "lm_head": {"mean_cosine": 0.88 + 0.03 * i, "mean_norm_change": 0.02},
+                }
+                for name in ("audio", "image")
+            },
+        }
+    )
     # the base's text rows hold one all-zero padding row, as Qwen's do: context, never an alarm
-    return {"step": step, "ranges": ranges, "base_text": {"embed": summary(0.5, 256, zero=1), "lm_head": summary(0.45, 256, zero=1)},
-            "drift": drift, "histograms": {"edges": edges, "counts": counts}}
+    return {
+        "step": step,
+        "ranges": ranges,
+        "base_text": {"embed": summary(0.5, 256, zero=1), "lm_head": summary(0.45, 256, zero=1)},
+        "drift": drift,
+        "histograms": {"edges": edges, "counts": counts},
+    }
 
 
 def populate(reg, out_dir: Path) -> None:
@@ -51,16 +88,28 @@ def populate(reg, out_dir: Path) -> None:
                 losses["i2t"] += 0.6  # a regression
             losses["all"] = (losses["a2t"] + losses["i2t"]) / 2
             per_example = out_dir / f"per_example_{ck.id}.parquet"
-            rows = [{"example_id": f"{t}-{k:04d}", "task": t, "loss": losses[t] + math.sin(k + i) / 4, "tokens": 6}
-                    for t in ("a2t", "i2t") for k in range(8)]
+            rows = [
+                {"example_id": f"{t}-{k:04d}", "task": t, "loss": losses[t] + math.sin(k + i) / 4, "tokens": 6}
+                for t in ("a2t", "i2t")
+                for k in range(8)
+            ]
             pd.DataFrame(rows).to_parquet(per_example)
             reg.add_eval_result(
-                checkpoint_id=ck.id, run_id=run.id, evalset_id=evalset.id, evalset_hash=evalset.content_hash,
-                checkpoint_hash=ck.content_hash, step=ck.step, source="evaluator",
+                checkpoint_id=ck.id,
+                run_id=run.id,
+                evalset_id=evalset.id,
+                evalset_hash=evalset.content_hash,
+                checkpoint_hash=ck.content_hash,
+                step=ck.step,
+                source="evaluator",
                 metrics={t: {"loss": v, "tokens": 48, "examples": 8} for t, v in losses.items()},
                 mlflow_run_id=f"mlflowrun{ck.id}",
-                extra={"per_example_path": str(per_example), "mlflow_experiment_id": "7",
-                       "mlflow_model_id": f"m-{ck.id}", "tokens_seen": ck.step * 4096},
+                extra={
+                    "per_example_path": str(per_example),
+                    "mlflow_experiment_id": "7",
+                    "mlflow_model_id": f"m-{ck.id}",
+                    "tokens_seen": ck.step * 4096,
+                },
             )
             reg.put_row_stats(checkpoint_id=ck.id, stats=row_stats(ck.step, i, previous))
             previous = ck.step

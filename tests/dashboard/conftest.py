@@ -46,5 +46,3 @@ def empty(tmp_path, monkeypatch) -> str:
     monkeypatch.setenv("EVALBOARD_DB", url)
     monkeypatch.setenv("EVALBOARD_HOME", str(tmp_path / "home"))
     return url
-
-

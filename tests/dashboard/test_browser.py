@@ -23,8 +23,15 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 SCREENSHOTS = ROOT / "test-output" / "screenshots"
 XSS_NAME = '<img src=x onerror="window.__xss=1">'
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run",
-                 "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--no-first-run",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def _unavailable(reason: str):
@@ -79,8 +86,14 @@ def server(populated, tmp_path):
     with Registry(populated) as reg, reg.engine.begin() as conn:
         conn.execute(update(M.Run).where(M.Run.name == "stage3_token_lm_wide_image").values(name=XSS_NAME))
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "evalboard.cli", "dashboard", "--port", str(port)], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ.copy())
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "evalboard.cli", "dashboard", "--port", str(port)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=os.environ.copy(),
+    )
     try:
         base = f"http://127.0.0.1:{port}"
         _wait_healthy(f"{base}/_stcore/health", proc)
@@ -103,9 +116,13 @@ def test_every_page_in_chromium(server, tmp_path):
 
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
-        ctx = p.chromium.launch_persistent_context(str(tmp_path / "profile"), executable_path=executable,
-                                                   headless=True, args=CHROMIUM_ARGS,
-                                                   viewport={"width": 1400, "height": 1000})
+        ctx = p.chromium.launch_persistent_context(
+            str(tmp_path / "profile"),
+            executable_path=executable,
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport={"width": 1400, "height": 1000},
+        )
         try:
             page = ctx.new_page()
             for name in PAGES:
@@ -113,10 +130,12 @@ def test_every_page_in_chromium(server, tmp_path):
                 page.locator("h1", has_text=TITLES[name]).first.wait_for(state="visible", timeout=60_000)
                 # the script run is over when the app says so; then charts draw client-side
                 page.locator('[data-testid="stApp"][data-test-script-state="notRunning"]').wait_for(
-                    state="attached", timeout=60_000)
+                    state="attached", timeout=60_000
+                )
                 page.wait_for_load_state("networkidle")  # lazily loaded widget code
-                page.wait_for_function("document.querySelectorAll('[data-testid^=\"stSkeleton\"]').length === 0",
-                                       timeout=30_000)
+                page.wait_for_function(
+                    "document.querySelectorAll('[data-testid^=\"stSkeleton\"]').length === 0", timeout=30_000
+                )
                 charts = page.locator('[data-testid="stPlotlyChart"]')
                 for i in range(charts.count()):
                     charts.nth(i).locator(".main-svg").first.wait_for(state="attached", timeout=30_000)

@@ -15,10 +15,19 @@ def _results(n_runs: int = 3, n_steps: int = 4) -> pd.DataFrame:
         for s in range(n_steps):
             rid += 1
             for task, base in (("all", 3.0), ("a2t", 2.5)):
-                rows.append({"result_id": rid, "run_id": r, "run": f"run{r}", "checkpoint_id": rid,
-                             "step": 100 * (s + 1),
-                             "tokens_seen": 1000.0 * (s + 1), "evalset": "es", "task": task,
-                             "loss": base - 0.1 * s + 0.01 * r + (0.5 if (r, s) == (2, 3) else 0)})
+                rows.append(
+                    {
+                        "result_id": rid,
+                        "run_id": r,
+                        "run": f"run{r}",
+                        "checkpoint_id": rid,
+                        "step": 100 * (s + 1),
+                        "tokens_seen": 1000.0 * (s + 1),
+                        "evalset": "es",
+                        "task": task,
+                        "loss": base - 0.1 * s + 0.01 * r + (0.5 if (r, s) == (2, 3) else 0),
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -115,12 +124,23 @@ def test_row_health_is_about_the_checkpoints_rows():
 
 
 def test_run_parameters_show_nested_trainer_settings_and_only_differences():
-    runs = pd.DataFrame({"run_id": [1, 2], "run": ["a", "b"], "track": ["B", "B"], "base_model": ["m", "m"],
-                         "token_space": ["t", "t"]})
-    cks = pd.DataFrame({"run_id": [1, 2], "checkpoint_id": [10, 20], "step": [5, 5], "status": ["valid", "valid"],
-                        "row_start": [8, 8], "row_end": [16, 16]})
-    meta = {10: {"dtype": "float32", "trainer": {"lr": 0.01, "steps": 5, "optimizer": "Adam"}},
-            20: {"dtype": "float32", "trainer": {"lr": 0.03, "steps": 5, "optimizer": "Adam"}}}
+    runs = pd.DataFrame(
+        {"run_id": [1, 2], "run": ["a", "b"], "track": ["B", "B"], "base_model": ["m", "m"], "token_space": ["t", "t"]}
+    )
+    cks = pd.DataFrame(
+        {
+            "run_id": [1, 2],
+            "checkpoint_id": [10, 20],
+            "step": [5, 5],
+            "status": ["valid", "valid"],
+            "row_start": [8, 8],
+            "row_end": [16, 16],
+        }
+    )
+    meta = {
+        10: {"dtype": "float32", "trainer": {"lr": 0.01, "steps": 5, "optimizer": "Adam"}},
+        20: {"dtype": "float32", "trainer": {"lr": 0.03, "steps": 5, "optimizer": "Adam"}},
+    }
     params = analysis.run_parameters(runs, cks, meta)
     assert params.loc[0, "meta.trainer.lr"] == 0.01
     assert list(analysis.differences_only(params).columns) == ["run", "meta.trainer.lr"]

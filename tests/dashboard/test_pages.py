@@ -226,8 +226,14 @@ def test_new_results_show_up_without_restart(populated):
     with Registry(populated) as reg:
         run = reg.get_run(name="stage3_token_lm_iter5")
         ck = next(c for c in reg.list_checkpoints(run_id=run.id) if c.step == 300)
-        reg.add_eval_result(checkpoint_id=ck.id, run_id=run.id, evalset_id=reg.list_evalsets()[0].id, step=300,
-                            source="evaluator", metrics={"all": {"loss": 0.5, "tokens": 1, "examples": 1}})
+        reg.add_eval_result(
+            checkpoint_id=ck.id,
+            run_id=run.id,
+            evalset_id=reg.list_evalsets()[0].id,
+            step=300,
+            source="evaluator",
+            metrics={"all": {"loss": 0.5, "tokens": 1, "examples": 1}},
+        )
     at.run()
     after = float(at.dataframe[0].value.set_index("run").loc["stage3_token_lm_iter5", "best all"])
     assert before > 1 and after == pytest.approx(0.5)

@@ -83,13 +83,31 @@ def test_script_in_run_name_is_escaped_everywhere(populated, tmp_path):
 def test_cli_export_writes_checked_files(populated, tmp_path):
     for fmt in ("html", "md", "csv"):
         out = tmp_path / f"report.{fmt}"
-        proc = subprocess.run([sys.executable, "-m", "evalboard.cli", "export", "--runs",
-                               "stage3_token_lm_iter5,stage3_token_lm_wide_image", "--format", fmt,
-                               "--out", str(out)], capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "evalboard.cli",
+                "export",
+                "--runs",
+                "stage3_token_lm_iter5,stage3_token_lm_wide_image",
+                "--format",
+                fmt,
+                "--out",
+                str(out),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert proc.returncode == 0, proc.stderr
         text = out.read_text()
         assert "stage3" in text
     assert out.read_text().startswith("run,step")
-    bad = subprocess.run([sys.executable, "-m", "evalboard.cli", "export", "--runs", "missing", "--out",
-                          str(tmp_path / "x.html")], capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [sys.executable, "-m", "evalboard.cli", "export", "--runs", "missing", "--out", str(tmp_path / "x.html")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 2 and "unknown runs: missing" in bad.stderr and "Traceback" not in bad.stderr

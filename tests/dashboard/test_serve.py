@@ -34,8 +34,14 @@ def assert_port_freed(port: int, timeout: float = 20) -> None:
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_stop_signal_stops_the_server_too(empty, tmp_path, signum) -> None:
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "evalboard.cli", "dashboard", "--port", str(port)], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ.copy())
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "evalboard.cli", "dashboard", "--port", str(port)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=os.environ.copy(),
+    )
     try:
         _wait_healthy(f"http://127.0.0.1:{port}/_stcore/health", proc)
         assert listening(port)

@@ -60,12 +60,17 @@ def test_after_the_demo_every_command_works_inside_its_workspace(quick_demo, tmp
     assert f"workspace: {workdir}" in proc.stderr and "mlflow ui --backend-store-uri" in proc.stderr
     assert proc.stderr.count("image range 640–799") == 1  # the mismatch paragraph is printed once
     assert "INFO mlflow" not in proc.stderr and "Creating initial MLflow database" not in proc.stderr
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("EVALBOARD_") and k != "MLFLOW_TRACKING_URI"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EVALBOARD_") and k != "MLFLOW_TRACKING_URI"}
 
     def cli(*args, cwd=workdir):
-        done = subprocess.run([sys.executable, "-m", "evalboard.cli", *map(str, args)], cwd=cwd, env=env,
-                              capture_output=True, text=True, timeout=300)
+        done = subprocess.run(
+            [sys.executable, "-m", "evalboard.cli", *map(str, args)],
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert done.returncode == 0, (args, done.stderr[-2000:])
         return done
 

@@ -12,7 +12,7 @@ import torch
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from evaluator.batching import IGNORE_INDEX, Example
-from evaluator.rows import TokenSpaceSizes, TrainableRows
+from evaluator.rows import RowTensors, TokenSpaceSizes
 
 TEXT_VOCAB = 512
 AUDIO = (512, 576)
@@ -53,18 +53,16 @@ def save_tiny_qwen3(path: Path, rows: int = TEXT_VOCAB, *, tie: bool = False, se
 
 def random_rows(
     seed: int, row_start: int = TEXT_VOCAB, row_end: int = VOCAB_TOTAL, *, tied: bool = False
-) -> TrainableRows:
+) -> RowTensors:
     """Trained-looking rows (larger than the init, so they change the losses)."""
     g = torch.Generator().manual_seed(seed)
     shape = (row_end - row_start, HIDDEN)
     embed = torch.randn(shape, generator=g) * 0.5
     lm_head = None if tied else torch.randn(shape, generator=g) * 0.5
-    return TrainableRows(embed, lm_head, row_start, row_end, source=f"rows-{seed}")
+    return RowTensors(embed, lm_head, row_start, row_end, source=f"rows-{seed}")
 
 
-def make_example(
-    example_id: str, task: str, length: int, scored: int, rng: random.Random
-) -> Example:
+def make_example(example_id: str, task: str, length: int, scored: int, rng: random.Random) -> Example:
     """A modality prompt followed by `scored` text tokens at the end, which are the labels."""
     lo, hi = AUDIO if task == "a2t" else IMAGE
     prompt = [rng.randrange(lo, hi) for _ in range(length - scored)]
@@ -92,9 +90,7 @@ def reference_losses(model, examples: list[Example]) -> tuple[dict[str, float], 
     per_example: dict[str, float] = {}
     sums: dict[str, list[float]] = {}
     for ex in examples:
-        out = model(
-            input_ids=torch.tensor([ex.input_ids]), labels=torch.tensor([ex.labels])
-        )
+        out = model(input_ids=torch.tensor([ex.input_ids]), labels=torch.tensor([ex.labels]))
         n = sum(1 for label in ex.labels[1:] if label != IGNORE_INDEX)
         per_example[ex.example_id] = out.loss.item()
         for name in (ex.task, "all"):

@@ -38,9 +38,13 @@ class EvalEnv:
         """Environment for a CLI subprocess that sees the same registry, MLflow store and models."""
         import os
 
-        return {**os.environ, "EVALBOARD_HOME": str(self.home), "EVALBOARD_DB": self.settings.db_url,
-                "MLFLOW_TRACKING_URI": self.mlflow_uri,
-                "EVALBOARD_MODELS": f"{BASE_ID}={self.root / 'models' / 'tiny-qwen3'}"}
+        return {
+            **os.environ,
+            "EVALBOARD_HOME": str(self.home),
+            "EVALBOARD_DB": self.settings.db_url,
+            "MLFLOW_TRACKING_URI": self.mlflow_uri,
+            "EVALBOARD_MODELS": f"{BASE_ID}={self.root / 'models' / 'tiny-qwen3'}",
+        }
 
 
 @pytest.fixture

@@ -181,9 +181,7 @@ def test_other_errors_are_not_retried(model, examples):
 
 def test_progress_reports_tokens_done(model, examples):
     seen = []
-    report = evaluate_loss(
-        model, examples, max_tokens_per_batch=200, progress=lambda d, t: seen.append((d, t))
-    )
+    report = evaluate_loss(model, examples, max_tokens_per_batch=200, progress=lambda d, t: seen.append((d, t)))
     assert len(seen) == report.batches
     assert [d for d, _ in seen] == sorted(d for d, _ in seen)
     assert seen[-1] == (report.n_tokens, report.n_tokens)

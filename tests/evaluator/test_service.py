@@ -39,8 +39,8 @@ def reference_losses(env, ck) -> dict[str, tuple[float, int]]:
         new_e = mean_e.repeat(total, 1)
         new_h = mean_h.repeat(total, 1)
         new_e[:text], new_h[:text] = old_e[:text], old_h[:text]
-        new_e[rows.row_start:rows.row_end] = rows.embed
-        new_h[rows.row_start:rows.row_end] = rows.lm_head
+        new_e[rows.row_start : rows.row_end] = rows.embed
+        new_h[rows.row_start : rows.row_end] = rows.lm_head
         model.resize_token_embeddings(total)
         model.get_input_embeddings().weight.copy_(new_e)
         model.get_output_embeddings().weight.copy_(new_h)
@@ -66,7 +66,7 @@ def test_losses_match_the_plain_reference(eval_env):
         assert per_example[ex_id].tokens == n
     for task in ("a2t", "i2t", "all"):
         items = [v for k, v in ref.items() if task == "all" or k.startswith(task)]
-        expected = sum(l * n for l, n in items) / sum(n for _, n in items)
+        expected = sum(loss * n for loss, n in items) / sum(n for _, n in items)
         assert abs(outcome.result.losses[task] - expected) < 1e-4, task
         assert outcome.result.tokens[task] == sum(n for _, n in items)
         assert outcome.result.examples[task] == len(items)
@@ -75,12 +75,17 @@ def test_losses_match_the_plain_reference(eval_env):
 def test_swapping_rows_on_a_resident_base_equals_fresh_loads(eval_env):
     cks = [eval_env.checkpoint(RUN, s) for s in (100, 200, 300)]
     resident = Evaluator(eval_env.reg, eval_env.settings)
-    swapped = [resident.evaluate(c, eval_env.evalset, EvalOptions(device="cpu", log_to_mlflow=False,
-                                                                 write_eval_json=False)).result.losses
-               for c in cks]
+    swapped = [
+        resident.evaluate(
+            c, eval_env.evalset, EvalOptions(device="cpu", log_to_mlflow=False, write_eval_json=False)
+        ).result.losses
+        for c in cks
+    ]
     assert resident.loads == 1
     for c, losses in zip(cks, swapped):
-        fresh = Evaluator(eval_env.reg, eval_env.settings).compute(c, eval_env.evalset, EvalOptions(device="cpu"))[0]
+        fresh = (
+            Evaluator(eval_env.reg, eval_env.settings).compute(c, eval_env.evalset, EvalOptions(device="cpu")).result
+        )
         for task, value in fresh.losses.items():
             assert abs(losses[task] - value) < 1e-6
     assert len({round(s["all"], 6) for s in swapped}) == 3  # the checkpoints really differ
@@ -104,8 +109,14 @@ def test_mlflow_runs_models_datasets_and_artifacts(eval_env):
     assert tags["evalboard.checkpoint_hash"] == ck.content_hash
     assert tags["evalboard.evalset_hash"] == eval_env.evalset.content_hash
     params = run.data.params
-    for key in ("evalboard_version", "torch_version", "transformers_version", "device", "dtype",
-                "max_tokens_per_batch"):
+    for key in (
+        "evalboard_version",
+        "torch_version",
+        "transformers_version",
+        "device",
+        "dtype",
+        "max_tokens_per_batch",
+    ):
         assert key in params, key
     assert params["device"] == "cpu" and params["dtype"] == "float32"
     # dataset: digest is the eval set's hash (MLflow keeps 36 characters)
@@ -147,8 +158,9 @@ def test_max_examples_is_a_deterministic_subset_recorded_in_mlflow(eval_env):
     assert sorted(e.example_id for e in a) == sorted(e.example_id for e in b)
     assert sum(e.task == "a2t" for e in a) == 3 and sum(e.task == "i2t" for e in a) == 3
     ck = eval_env.checkpoint(RUN, 100)
-    out = Evaluator(eval_env.reg, eval_env.settings).evaluate(ck, eval_env.evalset,
-                                                              EvalOptions(device="cpu", max_examples=3))
+    out = Evaluator(eval_env.reg, eval_env.settings).evaluate(
+        ck, eval_env.evalset, EvalOptions(device="cpu", max_examples=3)
+    )
     assert out.result.examples["all"] == 6
     run = MlflowClient(eval_env.mlflow_uri).get_run(out.mlflow["run_id"])
     assert run.data.params["max_examples"] == "3"
@@ -171,7 +183,8 @@ def test_token_space_mismatch_is_refused_unless_allowed(eval_env):
     assert eval_env.reg.snapshot() == before
     assert _mlflow_run_count(eval_env.mlflow_uri) == 0
     out = Evaluator(eval_env.reg, eval_env.settings).evaluate(
-        ck, eval_env.evalset, EvalOptions(device="cpu", allow_mismatch=True))
+        ck, eval_env.evalset, EvalOptions(device="cpu", allow_mismatch=True)
+    )
     from mlflow.tracking import MlflowClient
 
     run = MlflowClient(eval_env.mlflow_uri).get_run(out.mlflow["run_id"])
@@ -201,8 +214,9 @@ def test_missing_base_model_is_a_clear_error(eval_env, monkeypatch):
 
 
 def _cli(env, *args, check_rc=None):
-    proc = subprocess.run([sys.executable, "-m", "evalboard.cli", *args], capture_output=True, text=True,
-                          env=env.env(), timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "evalboard.cli", *args], capture_output=True, text=True, env=env.env(), timeout=300
+    )
     if check_rc is not None:
         assert proc.returncode == check_rc, proc.stderr
     return proc
@@ -218,8 +232,14 @@ def test_cli_refusals_exit_2_with_one_line_and_log_nothing(eval_env):
     space = TokenSpace.load(eval_env.root / "outputs" / RUN / "token_space.json")
     rows = torch.zeros(space.vocab_size_total - space.text_vocab_size, 64)
     rows[3, 5] = math.nan
-    bad = write_trainable_rows(eval_env.root / "outputs" / RUN / "checkpoint_900", space,
-                               base_model="demo/Qwen3-tiny-Base", hidden_size=64, step=900, rows=rows)
+    bad = write_trainable_rows(
+        eval_env.root / "outputs" / RUN / "checkpoint_900",
+        space,
+        base_model="demo/Qwen3-tiny-Base",
+        hidden_size=64,
+        step=900,
+        rows=rows,
+    )
     cases = [
         ([str(eval_env.root / "outputs" / OTHER / "checkpoint_100")], "image range"),
         ([str(bad)], "NaN"),
@@ -237,8 +257,7 @@ def test_cli_eval_json_and_materialize_gives_the_same_logits(eval_env, tmp_path)
 
     ck = eval_env.checkpoint(RUN, 300)
     eval_env.reg.close()
-    proc = _cli(eval_env, "eval", ck.path, "--evalset", "synthetic-a2t-i2t", "--json", "--device", "cpu",
-                check_rc=0)
+    proc = _cli(eval_env, "eval", ck.path, "--evalset", "synthetic-a2t-i2t", "--json", "--device", "cpu", check_rc=0)
     [row] = json.loads(proc.stdout)
     assert row["step"] == 300 and set(row["losses"]) == {"all", "a2t", "i2t"}
     out = tmp_path / "full"
@@ -299,6 +318,19 @@ def test_import_eval_backfills_mlflow_once(eval_env):
     assert len(runs) == 1
     hist = client.get_metric_history(runs[0].info.run_id, "loss_a2t")
     assert [(m.step, m.value) for m in hist] == [(300, 2.3606)]
+    # linked like an evaluated result: the never-evaluated checkpoint got its external LoggedModel
+    from registry.store import Registry
+
+    with Registry(eval_env.settings.db_url) as reg:
+        (result,) = [r for r in reg.list_eval_results() if r.path == str(path)]
+        ck = reg.get_checkpoint(id=result.checkpoint_id)
+    assert result.mlflow_run_id == runs[0].info.run_id
+    (model,) = client.search_logged_models([exp.experiment_id])
+    assert (
+        model.tags["evalboard.checkpoint_hash"] == ck.content_hash and model.tags["mlflow.model.isExternal"] == "true"
+    )
+    assert [m.model_id for m in client.get_run(runs[0].info.run_id).inputs.model_inputs] == [model.model_id]
+    assert {m.key for m in client.get_logged_model(model.model_id).metrics or []} >= {"loss_a2t", "loss_all"}
 
 
 def test_a_queued_job_for_an_evaluated_pair_reuses_the_result_unless_forced(eval_env):

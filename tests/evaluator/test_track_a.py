@@ -15,8 +15,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from evalboard.fixtures import (build_tiny_base, build_tiny_vision_tower, image_examples, make_image_evalset,
-                                TinyBaseSpec, write_connector_checkpoint)
+from evalboard.fixtures import (
+    TinyBaseSpec,
+    build_tiny_base,
+    build_tiny_vision_tower,
+    image_examples,
+    make_image_evalset,
+    write_connector_checkpoint,
+)
 
 BASE_ID = "demo/Qwen3-tiny-Base"
 TOWER_ID = "test/siglip-tiny"
@@ -33,9 +39,17 @@ def track_a_ws(tmp_path_factory) -> Path:
     build_tiny_base(root / "models" / "tiny-qwen3", TinyBaseSpec(output_scale=4.0))
     tower = build_tiny_vision_tower(root / "models" / "siglip-tiny")
     for i, step in enumerate(STEPS):
-        write_connector_checkpoint(root / "outputs" / RUN / f"checkpoint_{step}.pt", step=step, vision_dim=32,
-                                   llm_dim=64, n_queries=6, num_heads=4, base_llm=BASE_ID, vision_tower=TOWER_ID,
-                                   seed=10 + i)
+        write_connector_checkpoint(
+            root / "outputs" / RUN / f"checkpoint_{step}.pt",
+            step=step,
+            vision_dim=32,
+            llm_dim=64,
+            n_queries=6,
+            num_heads=4,
+            base_llm=BASE_ID,
+            vision_tower=TOWER_ID,
+            seed=10 + i,
+        )
     _write_llava(root / "outputs" / LLAVA_RUN / "checkpoint-500")
     make_image_evalset(root / "evalsets" / EVALSET, EVALSET, tower=TOWER_ID, tower_dir=tower, n=10)
     return root
@@ -48,10 +62,19 @@ def _write_llava(folder: Path, *, hidden: int = 64, mm_hidden: int = 32) -> Path
     torch.manual_seed(3)
     proj = ProjectorConnector([mm_hidden, hidden, hidden])
     torch.save({f"model.{k}": v for k, v in proj.state_dict().items()}, folder / "mm_projector.bin")
-    (folder / "config.json").write_text(json.dumps({
-        "_name_or_path": BASE_ID, "mm_vision_tower": TOWER_ID, "mm_projector_type": "mlp2x_gelu",
-        "mm_hidden_size": mm_hidden, "hidden_size": hidden, "mm_vision_select_layer": -1,
-        "mm_vision_select_feature": "patch"}))
+    (folder / "config.json").write_text(
+        json.dumps(
+            {
+                "_name_or_path": BASE_ID,
+                "mm_vision_tower": TOWER_ID,
+                "mm_projector_type": "mlp2x_gelu",
+                "mm_hidden_size": mm_hidden,
+                "hidden_size": hidden,
+                "mm_vision_select_layer": -1,
+                "mm_vision_select_feature": "patch",
+            }
+        )
+    )
     return folder
 
 
@@ -68,8 +91,13 @@ class Env:
     def env(self) -> dict[str, str]:
         import os
 
-        return {**os.environ, "EVALBOARD_HOME": str(self.settings.home), "EVALBOARD_DB": self.settings.db_url,
-                "MLFLOW_TRACKING_URI": self.settings.mlflow_uri, "EVALBOARD_MODELS": _models(self.root)}
+        return {
+            **os.environ,
+            "EVALBOARD_HOME": str(self.settings.home),
+            "EVALBOARD_DB": self.settings.db_url,
+            "MLFLOW_TRACKING_URI": self.settings.mlflow_uri,
+            "EVALBOARD_MODELS": _models(self.root),
+        }
 
     def counts(self) -> tuple[int, int, int]:
         from mlflow.tracking import MlflowClient
@@ -95,8 +123,12 @@ def env(track_a_ws, mlflow_template, tmp_path, monkeypatch) -> Env:
     home = tmp_path / "home"
     home.mkdir()
     shutil.copy(mlflow_template, home / "mlflow.db")
-    for k, v in {"EVALBOARD_HOME": str(home), "EVALBOARD_DB": f"sqlite:///{home / 'registry.db'}",
-                 "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}", "EVALBOARD_MODELS": _models(root)}.items():
+    for k, v in {
+        "EVALBOARD_HOME": str(home),
+        "EVALBOARD_DB": f"sqlite:///{home / 'registry.db'}",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
+        "EVALBOARD_MODELS": _models(root),
+    }.items():
         monkeypatch.setenv(k, v)
     settings = Settings.from_env()
     reg = Registry(settings=settings)
@@ -106,8 +138,9 @@ def env(track_a_ws, mlflow_template, tmp_path, monkeypatch) -> Env:
     reg.close()
 
 
-def _reference(root: Path, ck_path: Path, *, feature_layer: int = -2, drop_cls: bool = False,
-               llava: bool = False) -> dict[str, tuple[float, int]]:
+def _reference(
+    root: Path, ck_path: Path, *, feature_layer: int = -2, drop_cls: bool = False, llava: bool = False
+) -> dict[str, tuple[float, int]]:
     """Per example (loss, scored tokens), one example at a time, written without the evaluator."""
     from PIL import Image
     from transformers import AutoImageProcessor, AutoModelForCausalLM, SiglipVisionModel
@@ -120,8 +153,9 @@ def _reference(root: Path, ck_path: Path, *, feature_layer: int = -2, drop_cls: 
     processor = AutoImageProcessor.from_pretrained(root / "models" / "siglip-tiny")
     if llava:
         state = {k.removeprefix("model."): v for k, v in torch.load(ck_path / "mm_projector.bin").items()}
-        connector = build_connector("evaluator.connectors:llava_projector", state,
-                                    {"mm_projector_type": "mlp2x_gelu"}, ck_path)
+        connector = build_connector(
+            "evaluator.connectors:llava_projector", state, {"mm_projector_type": "mlp2x_gelu"}, ck_path
+        )
     else:
         obj = torch.load(ck_path, weights_only=True)
         connector = build_connector(obj["config"]["connector_builder"], obj["connector"], obj["config"], ck_path)
@@ -129,15 +163,16 @@ def _reference(root: Path, ck_path: Path, *, feature_layer: int = -2, drop_cls: 
     out = {}
     with torch.no_grad():
         for ex in es.examples:
-            pixels = processor(images=[Image.open(io.BytesIO(ex.image)).convert("RGB")],
-                               return_tensors="pt")["pixel_values"]
+            pixels = processor(images=[Image.open(io.BytesIO(ex.image)).convert("RGB")], return_tensors="pt")[
+                "pixel_values"
+            ]
             feats = tower(pixel_values=pixels, output_hidden_states=True).hidden_states[feature_layer]
             feats = feats[:, 1:] if drop_cls else feats
             image = connector(feats)[0]
             at = ex.input_ids.index(-200)
             emb = model.get_input_embeddings()
-            pieces = [emb(torch.tensor(ex.input_ids[:at])), image, emb(torch.tensor(ex.input_ids[at + 1:]))]
-            labels = ex.labels[:at] + [-100] * image.shape[0] + ex.labels[at + 1:]
+            pieces = [emb(torch.tensor(ex.input_ids[:at])), image, emb(torch.tensor(ex.input_ids[at + 1 :]))]
+            labels = ex.labels[:at] + [-100] * image.shape[0] + ex.labels[at + 1 :]
             loss = model(inputs_embeds=torch.cat(pieces)[None], labels=torch.tensor([labels])).loss
             n = sum(1 for x in labels[1:] if x != -100)
             out[ex.example_id] = (float(loss), n)
@@ -205,9 +240,13 @@ def test_a_sweep_runs_the_tower_once_per_image_and_matches_an_uncached_run(env):
     # a new process with the same disk cache: no tower forward either
     cached, again = _evaluate(env, env.ck(200), evaluator=Evaluator(env.reg, env.settings), force=True)
     assert next(iter(cached.towers.values())).images_forwarded == 0
-    uncached_settings = Settings(home=env.settings.home / "nocache", db_url=env.settings.db_url,
-                                 mlflow_uri=env.settings.mlflow_uri, models=env.settings.models,
-                                 vision_cache_bytes=0)
+    uncached_settings = Settings(
+        home=env.settings.home / "nocache",
+        db_url=env.settings.db_url,
+        mlflow_uri=env.settings.mlflow_uri,
+        models=env.settings.models,
+        vision_cache_bytes=0,
+    )
     plain, fresh = _evaluate(env, env.ck(200), evaluator=Evaluator(env.reg, uncached_settings), force=True)
     assert next(iter(plain.towers.values())).images_forwarded == 10
     assert [e.loss for e in fresh.report.examples] == [e.loss for e in second.report.examples]
@@ -226,8 +265,7 @@ def test_changed_preprocessing_misses_the_cache(env):
     cfg_path.write_text(json.dumps(cfg))
     with pytest.raises(Exception, match="other preprocessing"):
         _evaluate(env, env.ck(100), evaluator=Evaluator(env.reg, env.settings), force=True)
-    ev2, out = _evaluate(env, env.ck(100), evaluator=Evaluator(env.reg, env.settings), force=True,
-                         allow_mismatch=True)
+    ev2, out = _evaluate(env, env.ck(100), evaluator=Evaluator(env.reg, env.settings), force=True, allow_mismatch=True)
     assert next(iter(ev2.towers.values())).images_forwarded == 10  # a miss, not stale features
 
 
@@ -260,15 +298,24 @@ def test_feature_cache_is_bounded(tmp_path):
 def test_audit_names_widths_towers_and_eval_set_kind(env):
     from registry.audit import audit, pair_findings
 
-    write_connector_checkpoint(env.root / "outputs" / RUN / "checkpoint_400.pt", step=400, vision_dim=32, llm_dim=48,
-                               n_queries=6, base_llm=BASE_ID, vision_tower="other/tower")
+    write_connector_checkpoint(
+        env.root / "outputs" / RUN / "checkpoint_400.pt",
+        step=400,
+        vision_dim=32,
+        llm_dim=48,
+        n_queries=6,
+        base_llm=BASE_ID,
+        vision_tower="other/tower",
+    )
     from registry.scanner import scan
 
     scan(env.reg, [env.root / "outputs"])
     findings = audit(env.reg, models=env.settings.models)
     codes = {f.code: f.message for f in findings}
-    assert "produces 48-wide embeddings but the LLM demo/Qwen3-tiny-Base has hidden size 64" in \
-        codes["connector-output-width"]
+    assert (
+        "produces 48-wide embeddings but the LLM demo/Qwen3-tiny-Base has hidden size 64"
+        in codes["connector-output-width"]
+    )
     assert "mixes vision towers" in codes["vision-tower-differs"] and "other/tower" in codes["vision-tower-differs"]
     es = env.reg.get_evalset(name=EVALSET)
     errs = pair_findings(env.reg, env.ck(400), es, models=env.settings.models)
@@ -279,8 +326,14 @@ def test_audit_names_widths_towers_and_eval_set_kind(env):
 
 
 def _cli(env: Env, *args: str, extra_env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "evalboard.cli", *args], capture_output=True, text=True,
-                          env={**env.env(), **(extra_env or {})}, timeout=300, cwd=env.root)
+    return subprocess.run(
+        [sys.executable, "-m", "evalboard.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**env.env(), **(extra_env or {})},
+        timeout=300,
+        cwd=env.root,
+    )
 
 
 def _one_line_refusal(proc: subprocess.CompletedProcess, *needles: str) -> None:
@@ -294,8 +347,9 @@ def _one_line_refusal(proc: subprocess.CompletedProcess, *needles: str) -> None:
 
 def _bad_connector(env: Env, name: str, **kw) -> Path:
     path = env.root / "outputs" / "bad" / name
-    write_connector_checkpoint(path, step=int(name.split("_")[1].split(".")[0]), base_llm=BASE_ID,
-                               vision_tower=TOWER_ID, n_queries=6, **kw)
+    write_connector_checkpoint(
+        path, step=int(name.split("_")[1].split(".")[0]), base_llm=BASE_ID, vision_tower=TOWER_ID, n_queries=6, **kw
+    )
     return path
 
 
@@ -314,11 +368,18 @@ def _state(**changes):
 
 BAD_CONNECTORS = {
     "missing-key": (dict(state=_state(projector__2__bias=None)), ("missing keys", "projector.2.bias")),
-    "extra-key": (dict(state=_state(projector__9__weight=torch.zeros(2, 2))), ("unexpected keys", "projector.9.weight")),
-    "builder-does-not-import": (dict(config={"connector_builder": "no_such_pkg.mod:build"}),
-                                ("no_such_pkg.mod:build", "does not import")),
-    "builder-wrong-widths": (dict(config={"connector_builder": "tests.evaluator.test_track_a:narrow_builder"}),
-                             ("produces 16-wide embeddings", "hidden size 64")),
+    "extra-key": (
+        dict(state=_state(projector__9__weight=torch.zeros(2, 2))),
+        ("unexpected keys", "projector.9.weight"),
+    ),
+    "builder-does-not-import": (
+        dict(config={"connector_builder": "no_such_pkg.mod:build"}),
+        ("no_such_pkg.mod:build", "does not import"),
+    ),
+    "builder-wrong-widths": (
+        dict(config={"connector_builder": "tests.evaluator.test_track_a:narrow_builder"}),
+        ("produces 16-wide embeddings", "hidden size 64"),
+    ),
     "llm-width-mismatch": (dict(llm_dim=48), ("48-wide embeddings", "hidden size 64")),
     "tower-width-mismatch": (dict(vision_dim=16), ("16-wide features", "hidden size 32")),
 }
@@ -345,8 +406,14 @@ def test_bad_connector_checkpoints_are_refused_in_one_line(env, case):
     scan(env.reg, [path])
     before = env.counts()
     if case == "builder-wrong-widths":  # the module from this test file
-        proc = _cli(env, "eval", str(path), "--evalset", EVALSET,
-                    extra_env={"PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+        proc = _cli(
+            env,
+            "eval",
+            str(path),
+            "--evalset",
+            EVALSET,
+            extra_env={"PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+        )
     else:
         proc = _cli(env, "eval", str(path), "--evalset", EVALSET)
     _one_line_refusal(proc, str(path), *needles)
@@ -356,8 +423,14 @@ def test_bad_connector_checkpoints_are_refused_in_one_line(env, case):
 @pytest.mark.slow
 def test_missing_tower_is_refused_in_one_line(env):
     before = env.counts()
-    proc = _cli(env, "eval", env.ck(100).path, "--evalset", EVALSET,
-                extra_env={"EVALBOARD_MODELS": f"{BASE_ID}={env.root / 'models' / 'tiny-qwen3'}"})
+    proc = _cli(
+        env,
+        "eval",
+        env.ck(100).path,
+        "--evalset",
+        EVALSET,
+        extra_env={"EVALBOARD_MODELS": f"{BASE_ID}={env.root / 'models' / 'tiny-qwen3'}"},
+    )
     _one_line_refusal(proc, TOWER_ID, "not available locally")
     assert env.counts() == before
 
@@ -367,13 +440,24 @@ def test_image_eval_sets_with_bad_images_or_no_placeholder_are_refused(env, tmp_
 
     good = image_examples(3, seed=1)
     cases = {
-        "no-placeholder": ([Example(e.example_id, e.task, [x for x in e.input_ids if x != -200] + [5],
-                                    e.labels[:1] + e.labels[2:] + [-100], e.image) for e in good],
-                           "0 image placeholders"),
-        "unreadable-image": ([Example(e.example_id, e.task, e.input_ids, e.labels, e.image[:40]) for e in good],
-                             "not a readable image"),
-        "missing-image": ([Example(e.example_id, e.task, e.input_ids, e.labels, None) for e in good],
-                          "image is null"),
+        "no-placeholder": (
+            [
+                Example(
+                    e.example_id,
+                    e.task,
+                    [x for x in e.input_ids if x != -200] + [5],
+                    e.labels[:1] + e.labels[2:] + [-100],
+                    e.image,
+                )
+                for e in good
+            ],
+            "0 image placeholders",
+        ),
+        "unreadable-image": (
+            [Example(e.example_id, e.task, e.input_ids, e.labels, e.image[:40]) for e in good],
+            "not a readable image",
+        ),
+        "missing-image": ([Example(e.example_id, e.task, e.input_ids, e.labels, None) for e in good], "image is null"),
     }
     for name, (examples, needle) in cases.items():
         with pytest.raises(Exception) as info:
@@ -400,13 +484,33 @@ def test_image_path_outside_the_eval_set_or_missing_is_refused(tmp_path):
     (tmp_path / "outside.png").write_bytes(image_examples(1)[0].image)
     (d / "manifest.json").write_text(json.dumps({"name": "x", "vision": {"tower": TOWER_ID}}))
     for path, needle in (("../outside.png", "outside the eval-set folder"), ("nope.png", "does not exist")):
-        pq.write_table(pa.table({"example_id": ["a"], "task": ["i2t"], "input_ids": [[1, -200, 2, 7]],
-                                 "labels": [[-100, -100, -100, 7]], "image_path": [path]}), d / "data.parquet")
+        pq.write_table(
+            pa.table(
+                {
+                    "example_id": ["a"],
+                    "task": ["i2t"],
+                    "input_ids": [[1, -200, 2, 7]],
+                    "labels": [[-100, -100, -100, 7]],
+                    "image_path": [path],
+                }
+            ),
+            d / "data.parquet",
+        )
         with pytest.raises(InvalidInput, match=needle):
             EvalSet.load(d)
     (d / "img.png").write_bytes(image_examples(1)[0].image)
-    pq.write_table(pa.table({"example_id": ["a"], "task": ["i2t"], "input_ids": [[1, -200, 2, 7]],
-                             "labels": [[-100, -100, -100, 7]], "image_path": ["img.png"]}), d / "data.parquet")
+    pq.write_table(
+        pa.table(
+            {
+                "example_id": ["a"],
+                "task": ["i2t"],
+                "input_ids": [[1, -200, 2, 7]],
+                "labels": [[-100, -100, -100, 7]],
+                "image_path": ["img.png"],
+            }
+        ),
+        d / "data.parquet",
+    )
     es = EvalSet.load(d)
     assert any(f.name == "img.png" for f in es.files)
     before = es.content_hash

@@ -58,9 +58,12 @@ def stack(assets, tmp_path, monkeypatch) -> Stack:
     home = root / "home"
     home.mkdir()
     shutil.copy(assets.mlflow_template, home / "mlflow.db")
-    env = {"EVALBOARD_HOME": str(home), "EVALBOARD_DB": f"sqlite:///{home / 'registry.db'}",
-           "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
-           "EVALBOARD_MODELS": f"{BASE_ID}={assets.base_dir}"}
+    env = {
+        "EVALBOARD_HOME": str(home),
+        "EVALBOARD_DB": f"sqlite:///{home / 'registry.db'}",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
+        "EVALBOARD_MODELS": f"{BASE_ID}={assets.base_dir}",
+    }
     for k, v in env.items():  # the training side (the Trainer's MLflowCallback) reads the environment
         monkeypatch.setenv(k, v)
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "training")
@@ -105,7 +108,11 @@ def train_examples(assets: Assets, n_per_task: int = 16, length: int = 32) -> li
     for ex in task.examples(n_per_task, seed=1, prefix=(6, 12), tasks=task.TRAIN_TASKS, score_modality=True):
         ids, labels = ex.input_ids[:length], ex.labels[:length]
         fill = length - len(ids)
-        out.append({"input_ids": torch.tensor(ids + [pad] * fill),
-                    "attention_mask": torch.tensor([1] * len(ids) + [0] * fill),
-                    "labels": torch.tensor(labels + [IGNORE_INDEX] * fill)})
+        out.append(
+            {
+                "input_ids": torch.tensor(ids + [pad] * fill),
+                "attention_mask": torch.tensor([1] * len(ids) + [0] * fill),
+                "labels": torch.tensor(labels + [IGNORE_INDEX] * fill),
+            }
+        )
     return out

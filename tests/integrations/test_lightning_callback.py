@@ -35,18 +35,31 @@ def test_every_n_steps_is_queued_and_evaluated_linked_to_the_mlflow_logger_run(a
 
     run_dir = stack.root / "outputs" / "lightning_rows"
     logger = MLFlowLogger(experiment_name="training", tracking_uri=stack.settings.mlflow_uri)
-    callback = EvalboardLightningCallback(EVALSET, assets.space, every_n_steps=2, run_dir=run_dir,
-                                          base_model=BASE_ID, settings=stack.settings)
-    trainer = pl.Trainer(max_steps=5, accelerator="cpu", logger=logger, callbacks=[callback],
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         log_every_n_steps=1, default_root_dir=str(stack.root / "lightning"))
+    callback = EvalboardLightningCallback(
+        EVALSET, assets.space, every_n_steps=2, run_dir=run_dir, base_model=BASE_ID, settings=stack.settings
+    )
+    trainer = pl.Trainer(
+        max_steps=5,
+        accelerator="cpu",
+        logger=logger,
+        callbacks=[callback],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        log_every_n_steps=1,
+        default_root_dir=str(stack.root / "lightning"),
+    )
     data = torch.utils.data.DataLoader(train_examples(assets), batch_size=8, shuffle=True)
     module = RowsModule(rows_model(assets))
     trainer.fit(module, data)
 
     assert [(e.step, e.action) for e in callback.events] == [(2, "enqueued"), (4, "enqueued"), (5, "enqueued")]
-    assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoint_2", "checkpoint_4", "checkpoint_5",
-                                                          "token_space.json"]
+    assert sorted(p.name for p in run_dir.iterdir()) == [
+        "checkpoint_2",
+        "checkpoint_4",
+        "checkpoint_5",
+        "token_space.json",
+    ]
     cks = stack.reg.list_checkpoints()
     assert sorted(c.step for c in cks) == [2, 4, 5] and all(c.is_valid for c in cks)
     run = stack.reg.get_run(path=str(run_dir))

@@ -21,8 +21,12 @@ class _WithConnector(torch.nn.Module):
 
 def test_a_connector_is_saved_registered_and_refused_on_a_token_only_evalset(stack):
     model = _WithConnector()
-    fmt = ConnectorFormat(lambda m: m.connector, base_llm=BASE_ID, vision_tower="demo/vit-tiny",
-                          config={"connector_builder": "evaluator.connectors:perceiver_resampler", "num_heads": 4})
+    fmt = ConnectorFormat(
+        lambda m: m.connector,
+        base_llm=BASE_ID,
+        vision_tower="demo/vit-tiny",
+        config={"connector_builder": "evaluator.connectors:perceiver_resampler", "num_heads": 4},
+    )
     pub = Publisher(stack.root / "outputs" / "align", EVALSET, fmt, settings=stack.settings)
     try:
         event = pub.save(model, 10)
@@ -38,13 +42,14 @@ def test_a_connector_is_saved_registered_and_refused_on_a_token_only_evalset(sta
 
 def test_saving_a_step_again_replaces_it_and_queues_the_new_content(assets, stack):
     model = rows_model(assets)
-    pub = Publisher(stack.root / "outputs" / "again", EVALSET, RowsFormat(assets.space, base_model=BASE_ID),
-                    settings=stack.settings)
+    pub = Publisher(
+        stack.root / "outputs" / "again", EVALSET, RowsFormat(assets.space, base_model=BASE_ID), settings=stack.settings
+    )
     try:
         first = pub.save(model, 3)
         assert pub.save(model, 3).action == "already-queued"  # same bytes: the same job
         with torch.no_grad():
-            model.get_input_embeddings().weight[assets.space.text_vocab_size:] += 1.0
+            model.get_input_embeddings().weight[assets.space.text_vocab_size :] += 1.0
         second = pub.save(model, 3)
     finally:
         pub.close()

@@ -35,5 +35,7 @@ def test_saved_rows_evaluate_to_the_in_memory_losses(assets, stack):
     for task, loss in direct.items():
         assert abs(via_files[task] - loss) <= 1e-5, (task, via_files[task], loss)
     # and the rows are not their initial values: the comparison would catch rows not copied
-    assert abs(direct["all"] - evaluate_loss(rows_model(assets).eval(),
-                                             EvalSet.load(assets.evalset_dir).examples).loss()) > 1e-3
+    assert (
+        abs(direct["all"] - evaluate_loss(rows_model(assets).eval(), EvalSet.load(assets.evalset_dir).examples).loss())
+        > 1e-3
+    )

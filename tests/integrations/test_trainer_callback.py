@@ -18,9 +18,21 @@ from tests.integrations.conftest import BASE_ID, EVALSET, rows_model, train_exam
 def _args(out: Path, **kw):
     from transformers import TrainingArguments
 
-    base = dict(output_dir=str(out), max_steps=6, save_steps=2, per_device_train_batch_size=8, learning_rate=1e-2,
-                weight_decay=0.0, logging_steps=1, use_cpu=True, disable_tqdm=True, save_only_model=True,
-                report_to=["mlflow"], dataloader_num_workers=0, seed=0)
+    base = dict(
+        output_dir=str(out),
+        max_steps=6,
+        save_steps=2,
+        per_device_train_batch_size=8,
+        learning_rate=1e-2,
+        weight_decay=0.0,
+        logging_steps=1,
+        use_cpu=True,
+        disable_tqdm=True,
+        save_only_model=True,
+        report_to=["mlflow"],
+        dataloader_num_workers=0,
+        seed=0,
+    )
     base.update(kw)
     return TrainingArguments(**base)
 
@@ -53,8 +65,14 @@ def test_every_save_is_queued_and_evaluated_linked_to_the_training_run(assets, s
     assert [e.step for e in events] == [2, 4, 6]
     assert {e.action for e in events} == {"enqueued"}, [(e.step, e.action, e.detail) for e in events]
     # next to the Trainer's own checkpoints, in the seed format
-    assert {p.name for p in out.iterdir()} >= {"checkpoint_2", "checkpoint_4", "checkpoint_6", "checkpoint-2",
-                                               "checkpoint-6", "token_space.json"}
+    assert {p.name for p in out.iterdir()} >= {
+        "checkpoint_2",
+        "checkpoint_4",
+        "checkpoint_6",
+        "checkpoint-2",
+        "checkpoint-6",
+        "token_space.json",
+    }
     rows = [TrainableRows.load(out / f"checkpoint_{s}") for s in (2, 4, 6)]
     assert all(r.step == s and r.base_model == BASE_ID for r, s in zip(rows, (2, 4, 6)))
     assert not torch.equal(rows[0].embed, rows[-1].embed)  # the rows trained between saves
@@ -101,8 +119,15 @@ def test_instead_of_the_trainers_checkpoints_and_the_last_step_saved_at_train_en
 
     out = stack.root / "outputs" / "rows_only"
     rows_dir = stack.root / "outputs" / "evalboard_rows"
-    callback = EvalboardCallback(EVALSET, assets.space, base_model=BASE_ID, settings=stack.settings,
-                                 run_dir=rows_dir, keep_trainer_checkpoints=False, rows_format="pt")
+    callback = EvalboardCallback(
+        EVALSET,
+        assets.space,
+        base_model=BASE_ID,
+        settings=stack.settings,
+        run_dir=rows_dir,
+        keep_trainer_checkpoints=False,
+        rows_format="pt",
+    )
     args = _args(out, save_steps=4, max_steps=6, report_to=[], save_strategy="steps")
     trainer = Trainer(model=rows_model(assets), args=args, train_dataset=train_examples(assets), callbacks=[callback])
     trainer.train()
@@ -117,8 +142,12 @@ def test_an_unknown_evalset_fails_before_the_first_step(assets, stack):
     from transformers import Trainer
 
     callback = EvalboardCallback("no-such-evalset", assets.space, base_model=BASE_ID, settings=stack.settings)
-    trainer = Trainer(model=rows_model(assets), args=_args(stack.root / "out", max_steps=1, report_to=[]),
-                      train_dataset=train_examples(assets, n_per_task=2), callbacks=[callback])
+    trainer = Trainer(
+        model=rows_model(assets),
+        args=_args(stack.root / "out", max_steps=1, report_to=[]),
+        train_dataset=train_examples(assets, n_per_task=2),
+        callbacks=[callback],
+    )
     with pytest.raises(NotFound, match="no-such-evalset"):
         trainer.train()
     assert trainer.state.global_step == 0 and stack.reg.list_checkpoints() == []

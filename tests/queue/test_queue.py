@@ -124,8 +124,9 @@ def test_poison_job_fails_after_max_attempts_with_its_last_error(registry, jobs)
     for attempt in range(1, 4):
         job = queue.claim(registry, worker_id="w", lease_seconds=30)
         assert job.id == job_id and job.attempts == attempt
-        after = queue.fail(registry, job_id=job.id, token=job.fencing_token,
-                           error=StoreError(f"connection reset on attempt {attempt}"))
+        after = queue.fail(
+            registry, job_id=job.id, token=job.fencing_token, error=StoreError(f"connection reset on attempt {attempt}")
+        )
         assert after.status == ("failed" if attempt == 3 else "queued")
     assert queue.claim(registry, worker_id="w") is None
     job = registry.get_job(id=job_id)
@@ -135,8 +136,12 @@ def test_poison_job_fails_after_max_attempts_with_its_last_error(registry, jobs)
 def test_non_retryable_error_fails_at_once(registry, jobs):
     (job_id,) = jobs(1, max_attempts=5)
     job = queue.claim(registry, worker_id="w")
-    after = queue.fail(registry, job_id=job.id, token=job.fencing_token,
-                       error=UnsafePickle("needs more than weights_only=True", path="/x/trainable_rows.pt"))
+    after = queue.fail(
+        registry,
+        job_id=job.id,
+        token=job.fencing_token,
+        error=UnsafePickle("needs more than weights_only=True", path="/x/trainable_rows.pt"),
+    )
     assert after.status == "failed" and after.attempts == 1
     assert after.last_error.startswith("UnsafePickle: /x/trainable_rows.pt: needs more")
 
@@ -166,8 +171,9 @@ def test_release_on_sigterm_does_not_count_an_attempt(registry, jobs):
     back = queue.release(registry, job_id=job.id, token=job.fencing_token, reason="SIGTERM")
     assert back.status == "queued" and back.attempts == 0
     again = queue.claim(registry, worker_id="w")
-    failed = queue.release(registry, job_id=again.id, token=again.fencing_token, reason="CUDA error",
-                           count_attempt=True)
+    failed = queue.release(
+        registry, job_id=again.id, token=again.fencing_token, reason="CUDA error", count_attempt=True
+    )
     assert failed.status == "failed" and failed.last_error == "CUDA error"
 
 
@@ -204,8 +210,9 @@ def test_outbox_keeps_the_result_until_it_is_logged(registry, jobs):
     job = queue.claim(registry, worker_id="w")
     with pytest.raises(InvalidInput, match="needs the result"):
         queue.complete(registry, job_id=job.id, token=job.fencing_token, outbox=True)
-    kept = queue.complete(registry, job_id=job.id, token=job.fencing_token, result={"losses": {"all": 1.5}},
-                          outbox=True)
+    kept = queue.complete(
+        registry, job_id=job.id, token=job.fencing_token, result={"losses": {"all": 1.5}}, outbox=True
+    )
     assert kept.status == "done" and kept.outbox_state == "pending" and kept.mlflow_run_id is None
     assert [j.id for j in queue.outbox_pending(registry)] == [job_id]
     flush = queue.claim_outbox(registry, worker_id="flusher", lease_seconds=30)

@@ -13,22 +13,36 @@ from registry.errors import InvalidInput
 
 
 def _state() -> dict[str, torch.Tensor]:
-    return {"resampler.queries": torch.randn(8, 32), "resampler.attn.out_proj.weight": torch.randn(32, 32),
-            "projector.0.weight": torch.randn(64, 32), "projector.0.bias": torch.zeros(64)}
+    return {
+        "resampler.queries": torch.randn(8, 32),
+        "resampler.attn.out_proj.weight": torch.randn(32, 32),
+        "projector.0.weight": torch.randn(64, 32),
+        "projector.0.bias": torch.zeros(64),
+    }
 
 
 def test_the_documented_schema(tmp_path: Path) -> None:
-    path = write_connector_checkpoint(tmp_path / "checkpoint_3675.pt", step=3675, base_llm="Qwen/Qwen3-8B-Base",
-                                      vision_tower="google/siglip-so400m")
+    path = write_connector_checkpoint(
+        tmp_path / "checkpoint_3675.pt", step=3675, base_llm="Qwen/Qwen3-8B-Base", vision_tower="google/siglip-so400m"
+    )
     ck = ConnectorCheckpoint.load(path)
-    assert (ck.step, ck.base_llm, ck.vision_tower, ck.has_optimizer) == (3675, "Qwen/Qwen3-8B-Base",
-                                                                       "google/siglip-so400m", True)
+    assert (ck.step, ck.base_llm, ck.vision_tower, ck.has_optimizer) == (
+        3675,
+        "Qwen/Qwen3-8B-Base",
+        "google/siglip-so400m",
+        True,
+    )
     assert set(ck.modules) == {"resampler", "projector"}
     assert ck.modules["projector"]["projector.0.weight"] == (64, 32)
     # the reference PerceiverConnector(32 -> 64, 8 queries): queries, attention in/out, projector 0 and 2
     assert ck.n_params == 8 * 32 + (96 * 32 + 96) + (32 * 32 + 32) + (64 * 32 + 64) + (64 * 64 + 64)
-    assert ck.meta == {"n_queries": 8, "vision_dim": 32, "llm_dim": 64, "num_heads": 4,
-                       "connector_builder": "evaluator.connectors:perceiver_resampler"}
+    assert ck.meta == {
+        "n_queries": 8,
+        "vision_dim": 32,
+        "llm_dim": 64,
+        "num_heads": 4,
+        "connector_builder": "evaluator.connectors:perceiver_resampler",
+    }
     assert (ck.input_width, ck.output_width, ck.builder) == (32, 64, "evaluator.connectors:perceiver_resampler")
     summary = ck.summary()
     assert (summary["track"], summary["step"], summary["base_model"]) == ("A", 3675, "Qwen/Qwen3-8B-Base")
@@ -41,11 +55,16 @@ def test_top_level_module_dicts_with_optimizer_state_and_nested_pointers(tmp_pat
         "resampler": {k.removeprefix("resampler."): v for k, v in state.items() if k.startswith("resampler.")},
         "projector": {k.removeprefix("projector."): v for k, v in state.items() if k.startswith("projector.")},
         "global_step": 2450,
-        "optimizer_state_dict": {"state": {0: {"exp_avg": torch.zeros(8, 32), "step": torch.tensor(2450.0)}},
-                                 "param_groups": [{"lr": 1e-4, "betas": (0.9, 0.95), "params": [0, 1, 2, 3]}]},
+        "optimizer_state_dict": {
+            "state": {0: {"exp_avg": torch.zeros(8, 32), "step": torch.tensor(2450.0)}},
+            "param_groups": [{"lr": 1e-4, "betas": (0.9, 0.95), "params": [0, 1, 2, 3]}],
+        },
         "scheduler": {"last_epoch": 2450},
-        "config": {"base_model": {"name": "Qwen/Qwen3-8B-Base", "revision": "abc123"},
-                   "vision_encoder": "google/siglip-so400m", "lr": 1e-4},
+        "config": {
+            "base_model": {"name": "Qwen/Qwen3-8B-Base", "revision": "abc123"},
+            "vision_encoder": "google/siglip-so400m",
+            "lr": 1e-4,
+        },
     }
     torch.save(obj, tmp_path / "checkpoint_2450.pt")
     ck = ConnectorCheckpoint.load(tmp_path / "checkpoint_2450.pt")
@@ -68,18 +87,33 @@ def test_step_comes_from_the_name_when_the_file_has_none(tmp_path: Path) -> None
     assert ConnectorCheckpoint.load(tmp_path / "checkpoint_1225.pt").step == 1225
 
 
-@pytest.mark.parametrize("obj, message", [
-    ({"connector": {}, "base_llm": "t", "vision_tower": "v"}, "connector state dict is empty"),
-    ({"step": 1, "base_llm": "t", "vision_tower": "v"}, "missing field 'connector'"),
-    ({"connector": _state(), "vision_tower": "v"}, "missing field 'base_llm'"),
-    ({"connector": _state(), "base_llm": "t"}, "missing field 'vision_tower'"),
-    ({"connector": _state(), "base_llm": "t", "vision_tower": "v", "step": 6}, "step 6 inside the file disagrees"),
-    ({"connector": _state(), "base_llm": "t", "vision_tower": "v", "lora": {}}, "unexpected top-level entry 'lora'"),
-    ({"connector": {**_state(), "projector.0.weight": torch.full((2, 2), float("nan"))}, "base_llm": "t",
-      "vision_tower": "v"}, "connector weight 'projector.0.weight' contains NaN/Inf"),
-    ({"connector": {"resampler.q": torch.ones(1), "projector.w": [1, 2]}, "base_llm": "t", "vision_tower": "v"},
-     "connector entry 'projector.w' is a list, expected a tensor"),
-], ids=["empty", "no-connector", "no-llm", "no-vision", "step-vs-name", "unexpected", "nan", "not-a-tensor"])
+@pytest.mark.parametrize(
+    "obj, message",
+    [
+        ({"connector": {}, "base_llm": "t", "vision_tower": "v"}, "connector state dict is empty"),
+        ({"step": 1, "base_llm": "t", "vision_tower": "v"}, "missing field 'connector'"),
+        ({"connector": _state(), "vision_tower": "v"}, "missing field 'base_llm'"),
+        ({"connector": _state(), "base_llm": "t"}, "missing field 'vision_tower'"),
+        ({"connector": _state(), "base_llm": "t", "vision_tower": "v", "step": 6}, "step 6 inside the file disagrees"),
+        (
+            {"connector": _state(), "base_llm": "t", "vision_tower": "v", "lora": {}},
+            "unexpected top-level entry 'lora'",
+        ),
+        (
+            {
+                "connector": {**_state(), "projector.0.weight": torch.full((2, 2), float("nan"))},
+                "base_llm": "t",
+                "vision_tower": "v",
+            },
+            "connector weight 'projector.0.weight' contains NaN/Inf",
+        ),
+        (
+            {"connector": {"resampler.q": torch.ones(1), "projector.w": [1, 2]}, "base_llm": "t", "vision_tower": "v"},
+            "connector entry 'projector.w' is a list, expected a tensor",
+        ),
+    ],
+    ids=["empty", "no-connector", "no-llm", "no-vision", "step-vs-name", "unexpected", "nan", "not-a-tensor"],
+)
 def test_invalid_connector_checkpoints(tmp_path: Path, obj: dict, message: str) -> None:
     path = tmp_path / "checkpoint_7.pt"
     torch.save(obj, path)

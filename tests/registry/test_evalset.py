@@ -31,8 +31,11 @@ def test_write_then_load(tmp_path: Path, token_space: TokenSpace) -> None:
 @pytest.mark.parametrize("which", ["folder", "manifest", "parquet"])
 def test_load_from_folder_manifest_or_parquet(tmp_path: Path, token_space: TokenSpace, which: str) -> None:
     es = make_evalset(tmp_path / "es", "synthetic", token_space, n_per_task=2)
-    path = {"folder": tmp_path / "es", "manifest": tmp_path / "es" / "manifest.json",
-            "parquet": tmp_path / "es" / "part-00000.parquet"}[which]
+    path = {
+        "folder": tmp_path / "es",
+        "manifest": tmp_path / "es" / "manifest.json",
+        "parquet": tmp_path / "es" / "part-00000.parquet",
+    }[which]
     assert EvalSet.load(path).content_hash == es.content_hash
 
 
@@ -78,14 +81,18 @@ def _manifest(tmp_path: Path, space: TokenSpace, **changes) -> Path:
     return path
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"name": None}, "missing field 'name'"),
-    ({"token_space_hash": None, "token_space": None}, "missing field 'token_space_hash'"),
-    ({"token_space_hash": "0" * 64}, "token_space_hash 000000000000… does not match its inline token_space"),
-    ({"tokenizer": "x"}, "unexpected field 'tokenizer'"),
-    ({"files": ["../elsewhere.parquet"]}, "file 'elsewhere.parquet' lies outside the eval-set folder"),
-    ({"files": ["missing.parquet"]}, "lists 'missing.parquet', which does not exist"),
-], ids=["no-name", "no-hash", "hash-vs-inline", "unexpected", "escaping-file", "missing-file"])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"name": None}, "missing field 'name'"),
+        ({"token_space_hash": None, "token_space": None}, "missing field 'token_space_hash'"),
+        ({"token_space_hash": "0" * 64}, "token_space_hash 000000000000… does not match its inline token_space"),
+        ({"tokenizer": "x"}, "unexpected field 'tokenizer'"),
+        ({"files": ["../elsewhere.parquet"]}, "file 'elsewhere.parquet' lies outside the eval-set folder"),
+        ({"files": ["missing.parquet"]}, "lists 'missing.parquet', which does not exist"),
+    ],
+    ids=["no-name", "no-hash", "hash-vs-inline", "unexpected", "escaping-file", "missing-file"],
+)
 def test_invalid_manifests(tmp_path: Path, token_space: TokenSpace, changes: dict, message: str) -> None:
     path = _manifest(tmp_path, token_space, **changes)
     with pytest.raises(InvalidInput) as e:
@@ -93,13 +100,19 @@ def test_invalid_manifests(tmp_path: Path, token_space: TokenSpace, changes: dic
     assert message in str(e.value) and str(path) in str(e.value)
 
 
-@pytest.mark.parametrize("examples, message", [
-    ([Example("a", "a2t", [1, 2], [IGNORE_INDEX, 2]), Example("a", "a2t", [1, 2], [IGNORE_INDEX, 2])],
-     "example 'a' appears twice"),
-    ([Example("a", "a2t", [], [])], "example 'a' has no tokens"),
-    ([Example("a", "a2t", [1, -3, 2], [IGNORE_INDEX, IGNORE_INDEX, 2])], "has token id -3"),
-    ([Example("a", "a2t", [1, 2, 3], [IGNORE_INDEX, IGNORE_INDEX, 999])], "has label 999, outside the token space"),
-], ids=["duplicate-id", "no-tokens", "negative-id", "label-outside"])
+@pytest.mark.parametrize(
+    "examples, message",
+    [
+        (
+            [Example("a", "a2t", [1, 2], [IGNORE_INDEX, 2]), Example("a", "a2t", [1, 2], [IGNORE_INDEX, 2])],
+            "example 'a' appears twice",
+        ),
+        ([Example("a", "a2t", [], [])], "example 'a' has no tokens"),
+        ([Example("a", "a2t", [1, -3, 2], [IGNORE_INDEX, IGNORE_INDEX, 2])], "has token id -3"),
+        ([Example("a", "a2t", [1, 2, 3], [IGNORE_INDEX, IGNORE_INDEX, 999])], "has label 999, outside the token space"),
+    ],
+    ids=["duplicate-id", "no-tokens", "negative-id", "label-outside"],
+)
 def test_the_writer_refuses_invalid_examples(tmp_path: Path, token_space: TokenSpace, examples, message) -> None:
     with pytest.raises(InvalidInput, match=message):
         write_evalset(tmp_path / "es", "bad", examples, token_space)

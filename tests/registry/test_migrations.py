@@ -77,8 +77,14 @@ with Registry(sys.argv[1]) as registry:
 
 def test_concurrent_first_startup(db_url: str) -> None:
     children = [
-        subprocess.Popen([sys.executable, "-c", _CHILD, db_url], cwd=REPO_ROOT, text=True,
-                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        subprocess.Popen(
+            [sys.executable, "-c", _CHILD, db_url],
+            cwd=REPO_ROOT,
+            text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         for _ in range(4)
     ]
     for child in children:

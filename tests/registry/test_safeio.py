@@ -17,17 +17,21 @@ class Payload:
         return (os.system, ("echo ran > ran.txt",))
 
 
-@pytest.mark.parametrize("raw, message", [
-    (b'{"a": 1, "a": 2}', "duplicate JSON key 'a'"),
-    (b'{"a": {"b": 1, "b": 1}}', "duplicate JSON key 'b'"),
-    (b'{"a": NaN}', "JSON contains NaN"),
-    (b'{"a": -Infinity}', "JSON contains -Infinity"),
-    (b'\xef\xbb\xbf{"a": 1}', "byte-order mark"),
-    (b"", "is empty, expected a JSON object"),
-    (b'{"a": 1,}', "invalid JSON at line 1 column 9"),
-    (b'{"a": "\xff"}', "is not UTF-8 text (byte 7)"),
-    (b"[1, 2]", "expected a JSON object, found array"),
-], ids=["duplicate", "nested-duplicate", "nan", "infinity", "bom", "empty", "trailing-comma", "not-utf8", "array"])
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        (b'{"a": 1, "a": 2}', "duplicate JSON key 'a'"),
+        (b'{"a": {"b": 1, "b": 1}}', "duplicate JSON key 'b'"),
+        (b'{"a": NaN}', "JSON contains NaN"),
+        (b'{"a": -Infinity}', "JSON contains -Infinity"),
+        (b'\xef\xbb\xbf{"a": 1}', "byte-order mark"),
+        (b"", "is empty, expected a JSON object"),
+        (b'{"a": 1,}', "invalid JSON at line 1 column 9"),
+        (b'{"a": "\xff"}', "is not UTF-8 text (byte 7)"),
+        (b"[1, 2]", "expected a JSON object, found array"),
+    ],
+    ids=["duplicate", "nested-duplicate", "nan", "infinity", "bom", "empty", "trailing-comma", "not-utf8", "array"],
+)
 def test_read_json_is_strict(tmp_path: Path, raw: bytes, message: str) -> None:
     path = tmp_path / "x.json"
     path.write_bytes(raw)
@@ -66,22 +70,26 @@ def test_sniff(tmp_path: Path) -> None:
     assert sniff_tensor_file(tmp_path / "legacy.pt") == "torch-legacy"
     assert sniff_tensor_file(tmp_path / "b.bin") == "safetensors"
     (tmp_path / "c.pt").write_bytes(b"\x00garbage" * 4)
-    with pytest.raises(InvalidInput, match=r"is not a PyTorch or safetensors file \(starts with b'\\x00garbage', 32 bytes\)"):
+    with pytest.raises(
+        InvalidInput, match=r"is not a PyTorch or safetensors file \(starts with b'\\x00garbage', 32 bytes\)"
+    ):
         sniff_tensor_file(tmp_path / "c.pt")
 
 
 @pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
 def test_load_tensors_round_trips_both_torch_formats(tmp_path: Path, legacy: bool) -> None:
     t = torch.arange(6.0).reshape(2, 3)
-    torch.save({"w": t, "step": 3, "nested": {"b": t * 2}}, tmp_path / "a.pt",
-               _use_new_zipfile_serialization=not legacy)
+    torch.save(
+        {"w": t, "step": 3, "nested": {"b": t * 2}}, tmp_path / "a.pt", _use_new_zipfile_serialization=not legacy
+    )
     loaded = load_tensors(tmp_path / "a.pt")
     assert torch.equal(loaded["w"], t) and loaded["step"] == 3 and torch.equal(loaded["nested"]["b"], t * 2)
 
 
 @pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
 def test_pickled_code_is_refused_even_when_torch_is_told_to_allow_it(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, legacy: bool) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, legacy: bool
+) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     torch.save({"x": Payload()}, tmp_path / "evil.pt", _use_new_zipfile_serialization=not legacy)

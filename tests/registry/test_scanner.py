@@ -62,15 +62,26 @@ def test_the_standard_tree(session_ws: Workspace, registry, monkeypatch: pytest.
     ws = session_ws
     summary = scan(registry, [ws.root])
     assert summary.to_dict() | {"invalid_items": None} == {
-        "found": 10, "new": 10, "updated": 0, "unchanged": 0, "invalid": 1, "runs": 3, "evalsets": 1,
-        "results_imported": 2, "invalid_items": None}
+        "found": 10,
+        "new": 10,
+        "updated": 0,
+        "unchanged": 0,
+        "invalid": 1,
+        "runs": 3,
+        "evalsets": 1,
+        "results_imported": 2,
+        "invalid_items": None,
+    }
 
     checkpoints = {c.path: c for c in registry.list_checkpoints()}
     assert set(checkpoints) == _all_checkpoints(ws)
     (broken,) = ws.broken
     bad = checkpoints[str(broken)]
     assert bad.status == "invalid" and bad.step == 400
-    assert bad.reason == f"{broken / 'trainable_rows.pt'}: is truncated or corrupt (the zip archive has no central directory)"
+    assert (
+        bad.reason
+        == f"{broken / 'trainable_rows.pt'}: is truncated or corrupt (the zip archive has no central directory)"
+    )
     assert summary.invalid_items == [{"path": str(broken), "reason": bad.reason}]
     assert all(c.status == "valid" for p, c in checkpoints.items() if p != str(broken))
     tracks = {Path(p).parent.name: c.track for p, c in checkpoints.items()}
@@ -88,8 +99,10 @@ def test_the_standard_tree(session_ws: Workspace, registry, monkeypatch: pytest.
     assert len(mismatches) == 1
     (f,) = mismatches
     assert (f.severity, f.run, f.evalset) == ("error", WIDE_RUN, "synthetic-a2t-i2t")
-    assert (f"image range 320–415 (96 rows) in {WIDE_RUN}/checkpoint_100 (checkpoint token space), "
-            "320–383 (64 rows) in eval set 'synthetic-a2t-i2t'") in f.message
+    assert (
+        f"image range 320–415 (96 rows) in {WIDE_RUN}/checkpoint_100 (checkpoint token space), "
+        "320–383 (64 rows) in eval set 'synthetic-a2t-i2t'"
+    ) in f.message
     assert f"vocab_size_total 416 in {WIDE_RUN}/checkpoint_100 (checkpoint token space), 384 in eval set" in f.message
     assert "(and 2 more checkpoints of this run, steps 100–300)" in f.message
     assert f.detail["changes"] == ["vocab_size_total", "range:image"]
@@ -195,13 +208,20 @@ def test_discovery_sorts_what_it_finds(session_ws: Workspace) -> None:
     found = discover(session_ws.root)
     runs = {p.name: r for p, r in found.runs.items()}
     assert set(runs) == {B_RUN, WIDE_RUN, A_RUN}
-    assert [p.name for p, t in sorted(runs[B_RUN].checkpoints)] == ["checkpoint_100", "checkpoint_200",
-                                                                    "checkpoint_300", "checkpoint_400"]
+    assert [p.name for p, t in sorted(runs[B_RUN].checkpoints)] == [
+        "checkpoint_100",
+        "checkpoint_200",
+        "checkpoint_300",
+        "checkpoint_400",
+    ]
     assert {t.letter for _, t in runs[B_RUN].checkpoints} == {"B"}
     assert runs[B_RUN].token_space == session_ws.runs[B_RUN] / "token_space.json"
     assert [p.name for p in runs[B_RUN].eval_jsons] == ["eval_step300.json"]
-    assert sorted(p.name for p, _ in runs[A_RUN].checkpoints) == ["checkpoint_1225.pt", "checkpoint_2450.pt",
-                                                                  "checkpoint_3675.pt"]
+    assert sorted(p.name for p, _ in runs[A_RUN].checkpoints) == [
+        "checkpoint_1225.pt",
+        "checkpoint_2450.pt",
+        "checkpoint_3675.pt",
+    ]
     assert {t.letter for _, t in runs[A_RUN].checkpoints} == {"A"}
     assert found.evalsets == [Path(session_ws.evalsets["synthetic-a2t-i2t"])]
     assert not any("models" in str(p) for p in found.runs)  # the base model folder is not a run
@@ -228,7 +248,8 @@ def test_imported_eval_results_are_linked_to_their_checkpoint(session_ws: Worksp
 
 
 def test_an_eval_result_written_after_the_first_scan_links_to_its_unchanged_checkpoint(
-        workspace: Workspace, sqlite_registry) -> None:
+    workspace: Workspace, sqlite_registry
+) -> None:
     from registry.eval_result import EvalResult
 
     scan(sqlite_registry, [workspace.root])
@@ -254,5 +275,7 @@ def test_a_trainers_own_checkpoint_next_to_ours_is_not_registered(registry, tmp_
     (run / "checkpoint-4").mkdir()
     summary = scan(registry, [run])
     assert {c.path: c.status for c in registry.list_checkpoints()} == {
-        str(run / "checkpoint_2"): "valid", str(run / "checkpoint-4"): "invalid"}
+        str(run / "checkpoint_2"): "valid",
+        str(run / "checkpoint-4"): "invalid",
+    }
     assert summary.invalid == 1

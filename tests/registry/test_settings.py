@@ -20,12 +20,14 @@ def test_defaults_live_under_home() -> None:
 
 
 def test_environment_overrides(tmp_path: Path) -> None:
-    settings = Settings.from_env({
-        "EVALBOARD_HOME": str(tmp_path / "h"),
-        "EVALBOARD_DB": "postgresql://u@db/evalboard",
-        "MLFLOW_TRACKING_URI": "http://mlflow:5000",
-        "EVALBOARD_MODELS": "Qwen/Qwen3-8B-Base=/models/qwen3, tiny = /models/tiny",
-    })
+    settings = Settings.from_env(
+        {
+            "EVALBOARD_HOME": str(tmp_path / "h"),
+            "EVALBOARD_DB": "postgresql://u@db/evalboard",
+            "MLFLOW_TRACKING_URI": "http://mlflow:5000",
+            "EVALBOARD_MODELS": "Qwen/Qwen3-8B-Base=/models/qwen3, tiny = /models/tiny",
+        }
+    )
     assert settings.db_url == "postgresql://u@db/evalboard"
     assert settings.mlflow_uri == "http://mlflow:5000"
     assert settings.models == {"Qwen/Qwen3-8B-Base": "/models/qwen3", "tiny": "/models/tiny"}

@@ -22,26 +22,44 @@ def _files(size: int = 10, mtime_ns: int = 1) -> list[dict]:
 
 def _token_space(registry: Registry, abi_hash: str = HASH_A, path: str = "/runs/r1/token_space.json"):
     return registry.upsert_token_space(
-        abi_hash=abi_hash, text_vocab_size=151_643, vocab_size_total=151_643 + 16_384,
-        spec={"ranges": {"audio": [151_643, 167_027]}}, codec_versions={"audio": "1.0"},
-        tokenizer_version="qwen3", path=path,
+        abi_hash=abi_hash,
+        text_vocab_size=151_643,
+        vocab_size_total=151_643 + 16_384,
+        spec={"ranges": {"audio": [151_643, 167_027]}},
+        codec_versions={"audio": "1.0"},
+        tokenizer_version="qwen3",
+        path=path,
     )
 
 
 def _checkpoint(registry: Registry, run_id: int, step: int, **overrides):
-    fields = dict(step=step, track="B", status="valid", content_hash=f"{step:064d}", files=_files(),
-                  base_model="Qwen/Qwen3-8B-Base", has_token_space=True, row_start=151_643,
-                  row_end=167_027, meta={"dtype": "bfloat16"})
+    fields = dict(
+        step=step,
+        track="B",
+        status="valid",
+        content_hash=f"{step:064d}",
+        files=_files(),
+        base_model="Qwen/Qwen3-8B-Base",
+        has_token_space=True,
+        row_start=151_643,
+        row_end=167_027,
+        meta={"dtype": "bfloat16"},
+    )
     fields.update(overrides)
     return registry.upsert_checkpoint(path=f"/runs/r1/checkpoint_{step}", run_id=run_id, **fields)
 
 
-def _evalset(registry: Registry, name: str = "dev", path: str = "/evalsets/dev", content_hash: str = HASH_A,
-             **kwargs):
+def _evalset(registry: Registry, name: str = "dev", path: str = "/evalsets/dev", content_hash: str = HASH_A, **kwargs):
     return registry.register_evalset(
-        name=name, path=path, content_hash=content_hash, token_space_hash=HASH_A,
-        manifest={"token_space_hash": HASH_A}, tasks={"a2t": {"examples": 3, "scored_tokens": 30}},
-        n_examples=3, files=_files(), **kwargs,
+        name=name,
+        path=path,
+        content_hash=content_hash,
+        token_space_hash=HASH_A,
+        manifest={"token_space_hash": HASH_A},
+        tasks={"a2t": {"examples": 3, "scored_tokens": 30}},
+        n_examples=3,
+        files=_files(),
+        **kwargs,
     )
 
 
@@ -172,8 +190,13 @@ def test_delete_checkpoint_keeps_results_and_drops_dependents(registry: Registry
     evalset, _ = _evalset(registry)
     registry.put_row_stats(checkpoint_id=checkpoint.id, stats={"audio": {"mean_norm": 1.0}})
     registry.enqueue_job(checkpoint_id=checkpoint.id, evalset_id=evalset.id)
-    result = registry.add_eval_result(checkpoint_id=checkpoint.id, run_id=run.id, source="evaluator",
-                                      checkpoint_hash=checkpoint.content_hash, metrics={"all": {"loss": 2.5}})
+    result = registry.add_eval_result(
+        checkpoint_id=checkpoint.id,
+        run_id=run.id,
+        source="evaluator",
+        checkpoint_hash=checkpoint.content_hash,
+        metrics={"all": {"loss": 2.5}},
+    )
 
     registry.delete_checkpoint(id=checkpoint.id)
 
@@ -229,8 +252,14 @@ def test_evalset_same_content_under_another_name_is_refused(registry: Registry) 
 def test_results_are_appended_and_found_latest_first(registry: Registry, run) -> None:
     checkpoint, _ = _checkpoint(registry, run.id, 100)
     evalset, _ = _evalset(registry)
-    common = dict(checkpoint_id=checkpoint.id, run_id=run.id, evalset_id=evalset.id, step=100,
-                  checkpoint_hash=checkpoint.content_hash, evalset_hash=evalset.content_hash)
+    common = dict(
+        checkpoint_id=checkpoint.id,
+        run_id=run.id,
+        evalset_id=evalset.id,
+        step=100,
+        checkpoint_hash=checkpoint.content_hash,
+        evalset_hash=evalset.content_hash,
+    )
     metrics = {"all": {"loss": 2.0, "tokens": 30, "examples": 3}, "a2t": {"loss": 2.0, "tokens": 30, "examples": 3}}
     imported = registry.add_eval_result(source="import", metrics=metrics, path="/runs/r1/eval_step100.json", **common)
     first = registry.add_eval_result(source="evaluator", metrics=metrics, **common)
@@ -238,8 +267,10 @@ def test_results_are_appended_and_found_latest_first(registry: Registry, run) ->
 
     assert imported.loss_all == 2.0 and second.loss_all == 1.5
     assert registry.find_eval_result(checkpoint_hash=checkpoint.content_hash, evalset_hash=HASH_A) == second
-    assert registry.find_eval_result(checkpoint_hash=checkpoint.content_hash, evalset_hash=HASH_A,
-                                     source="import") == imported
+    assert (
+        registry.find_eval_result(checkpoint_hash=checkpoint.content_hash, evalset_hash=HASH_A, source="import")
+        == imported
+    )
     assert registry.find_eval_result(checkpoint_hash=HASH_C, evalset_hash=HASH_A) is None
     assert [r.id for r in registry.list_eval_results(run_ids=[run.id])] == [imported.id, first.id, second.id]
     assert registry.list_eval_results(run_ids=[run.id + 1]) == []
@@ -276,8 +307,9 @@ def test_enqueue_deduplicates_unless_forced(registry: Registry, run) -> None:
     again, created = registry.enqueue_job(checkpoint_id=checkpoint.id, evalset_id=evalset.id)
     assert (again, created) == (job, False)
 
-    forced, created = registry.enqueue_job(checkpoint_id=checkpoint.id, evalset_id=evalset.id, force=True,
-                                           options={"batch_size": 4})
+    forced, created = registry.enqueue_job(
+        checkpoint_id=checkpoint.id, evalset_id=evalset.id, force=True, options={"batch_size": 4}
+    )
     assert created and forced.id != job.id and forced.options == {"batch_size": 4, "force": True}
     assert [j.id for j in registry.list_jobs(status="queued")] == [job.id, forced.id]
     assert registry.get_job(id=forced.id) == forced
@@ -297,7 +329,9 @@ def test_failed_job_does_not_block_a_new_one(registry: Registry, run) -> None:
 def test_invalid_checkpoint_cannot_be_enqueued(registry: Registry, run) -> None:
     checkpoint, _ = _checkpoint(registry, run.id, 100, status="invalid", reason="token_space.json missing")
     evalset, _ = _evalset(registry)
-    with pytest.raises(InvalidInput, match=r"checkpoint_100 cannot be evaluated: it is invalid \(token_space.json missing\)"):
+    with pytest.raises(
+        InvalidInput, match=r"checkpoint_100 cannot be evaluated: it is invalid \(token_space.json missing\)"
+    ):
         registry.enqueue_job(checkpoint_id=checkpoint.id, evalset_id=evalset.id)
     with pytest.raises(NotFound, match="no eval set with id"):
         registry.enqueue_job(checkpoint_id=checkpoint.id, evalset_id=evalset.id + 1)
@@ -325,8 +359,10 @@ def test_snapshot_sees_every_change(registry: Registry, run) -> None:
 def test_sqlite_pragmas(tmp_path) -> None:
     with Registry(f"sqlite:///{tmp_path / 'sub' / 'r.db'}") as registry:
         with registry.engine.connect() as connection:
-            values = [connection.exec_driver_sql(f"PRAGMA {name}").scalar()
-                      for name in ("journal_mode", "busy_timeout", "foreign_keys", "synchronous")]
+            values = [
+                connection.exec_driver_sql(f"PRAGMA {name}").scalar()
+                for name in ("journal_mode", "busy_timeout", "foreign_keys", "synchronous")
+            ]
     assert values == ["wal", 30000, 1, 1]  # synchronous 1 = NORMAL
 
 
@@ -404,7 +440,11 @@ def test_sqlite_read_transactions_do_not_take_the_write_lock(tmp_path) -> None:
     """A dashboard reading must not queue behind (or block) a worker's write transaction."""
     with Registry(f"sqlite:///{tmp_path / 'r.db'}") as registry:
         with registry.engine.begin() as writer:  # holds the write lock (BEGIN IMMEDIATE)
-            writer.execute(text("INSERT INTO token_spaces (abi_hash, text_vocab_size, vocab_size_total, "
-                                "spec, codec_versions, first_path) VALUES ('x', 1, 2, '{}', '{}', 'p')"))
+            writer.execute(
+                text(
+                    "INSERT INTO token_spaces (abi_hash, text_vocab_size, vocab_size_total, "
+                    "spec, codec_versions, first_path) VALUES ('x', 1, 2, '{}', '{}', 'p')"
+                )
+            )
             assert registry.counts()["token_spaces"] == 0  # a reader still gets through
         assert registry.counts()["token_spaces"] == 1

@@ -31,8 +31,12 @@ def token_space_dicts(draw) -> dict[str, Any]:
     for name in names:
         cursor += draw(st.integers(1, 1000))
         size = draw(st.integers(2, 50_000))
-        modalities[name] = {"start": cursor, "end": cursor + size,
-                            "codec": f"{name}-codec", "codec_version": draw(st.sampled_from(["1.0", "2.1"]))}
+        modalities[name] = {
+            "start": cursor,
+            "end": cursor + size,
+            "codec": f"{name}-codec",
+            "codec_version": draw(st.sampled_from(["1.0", "2.1"])),
+        }
         cursor += size
     return {
         "text_vocab_size": text,
@@ -74,9 +78,12 @@ def _load_bytes(raw: bytes) -> TokenSpace:
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(data=token_space_dicts(), rngs=st.tuples(st.randoms(), st.randoms()),
-       layouts=st.tuples(st.sampled_from(LAYOUTS), st.sampled_from(LAYOUTS)),
-       trailers=st.tuples(st.sampled_from(["", "\n", "\n\n  "]), st.sampled_from(["", "\n", " \t\n"])))
+@given(
+    data=token_space_dicts(),
+    rngs=st.tuples(st.randoms(), st.randoms()),
+    layouts=st.tuples(st.sampled_from(LAYOUTS), st.sampled_from(LAYOUTS)),
+    trailers=st.tuples(st.sampled_from(["", "\n", "\n\n  "]), st.sampled_from(["", "\n", " \t\n"])),
+)
 def test_abi_hash_ignores_key_order_and_whitespace(data, rngs, layouts, trailers) -> None:
     raws = [_serialise(data, rng, layout, trailer) for rng, layout, trailer in zip(rngs, layouts, trailers)]
     a, b = (_load_bytes(raw) for raw in raws)
@@ -125,30 +132,48 @@ def test_versions_and_descriptions_are_not_part_of_the_abi() -> None:
     assert make_token_space(256, pad_token_id=1).abi_hash != base.abi_hash
 
 
-@pytest.mark.parametrize("modalities", [
-    {"audio": [256, 320], "image": [320, 384]},
-    {"audio": {"start": 256, "size": 64}, "image": {"start": 320, "size": 64}},
-    {"audio": {"offset": 256, "stop": 320}, "image": {"start": 320, "end": 384, "size": 64}},
-    [{"name": "image", "start": 320, "end": 384}, {"name": "audio", "start": 256, "end": 320}],
-], ids=["start-end-lists", "start-size", "offset-stop", "list-of-objects"])
+@pytest.mark.parametrize(
+    "modalities",
+    [
+        {"audio": [256, 320], "image": [320, 384]},
+        {"audio": {"start": 256, "size": 64}, "image": {"start": 320, "size": 64}},
+        {"audio": {"offset": 256, "stop": 320}, "image": {"start": 320, "end": 384, "size": 64}},
+        [{"name": "image", "start": 320, "end": 384}, {"name": "audio", "start": 256, "end": 320}],
+    ],
+    ids=["start-end-lists", "start-size", "offset-stop", "list-of-objects"],
+)
 def test_range_forms_are_equivalent(modalities) -> None:
     canonical = make_token_space(256)
-    data = {"text_vocab_size": 256, "vocab_size_total": 384, "modalities": modalities,
-            "special_tokens": {"pad": 0}, "pad_token_id": 0}
+    data = {
+        "text_vocab_size": 256,
+        "vocab_size_total": 384,
+        "modalities": modalities,
+        "special_tokens": {"pad": 0},
+        "pad_token_id": 0,
+    }
     ts = TokenSpace.from_dict(data)
-    assert [(r.name, r.start, r.end) for r in sorted(ts.modalities, key=lambda r: r.start)] == \
-        [("audio", 256, 320), ("image", 320, 384)]
+    assert [(r.name, r.start, r.end) for r in sorted(ts.modalities, key=lambda r: r.start)] == [
+        ("audio", 256, 320),
+        ("image", 320, 384),
+    ]
     assert ts.abi_hash == canonical.abi_hash
 
 
 def test_field_aliases_are_accepted_but_not_twice() -> None:
-    ts = TokenSpace.from_dict({"base_vocab_size": 256, "total_vocab_size": 384,
-                               "modality_ranges": {"audio": [256, 320], "image": [320, 384]},
-                               "special_tokens": {"pad": 0}, "pad_id": 0})
+    ts = TokenSpace.from_dict(
+        {
+            "base_vocab_size": 256,
+            "total_vocab_size": 384,
+            "modality_ranges": {"audio": [256, 320], "image": [320, 384]},
+            "special_tokens": {"pad": 0},
+            "pad_id": 0,
+        }
+    )
     assert ts.abi_hash == make_token_space(256).abi_hash
     with pytest.raises(InvalidInput, match=r"aliases of 'vocab_size_total'; give only one"):
-        TokenSpace.from_dict({"text_vocab_size": 256, "vocab_size_total": 384, "vocab_size": 384,
-                              "modalities": {"audio": [256, 384]}})
+        TokenSpace.from_dict(
+            {"text_vocab_size": 256, "vocab_size_total": 384, "vocab_size": 384, "modalities": {"audio": [256, 384]}}
+        )
 
 
 def test_save_then_load_round_trips(tmp_path: Path) -> None:
@@ -177,31 +202,58 @@ def test_diff_reports_versions_as_warnings_and_missing_ranges_as_errors() -> Non
     changes = {c.field: c for c in a.diff(b, "ckpt", "eval set")}
     assert changes["codec:image"].severity == "warning"
     assert changes["codec:image"].message == "image codec vqgan_f16@2.1 in ckpt, vqgan_f16@2.2 in eval set"
-    assert changes["tokenizer"].message == ("tokenizer Qwen/Qwen3-8B-Base@2025.04 in ckpt, "
-                                            "Qwen/Qwen3-8B-Base@2025.06 in eval set")
-    audio_only = TokenSpace.from_dict({"text_vocab_size": 256, "vocab_size_total": 384,
-                                       "modalities": {"audio": [256, 320]}, "special_tokens": {"pad": 0},
-                                       "pad_token_id": 0})
+    assert changes["tokenizer"].message == (
+        "tokenizer Qwen/Qwen3-8B-Base@2025.04 in ckpt, Qwen/Qwen3-8B-Base@2025.06 in eval set"
+    )
+    audio_only = TokenSpace.from_dict(
+        {
+            "text_vocab_size": 256,
+            "vocab_size_total": 384,
+            "modalities": {"audio": [256, 320]},
+            "special_tokens": {"pad": 0},
+            "pad_token_id": 0,
+        }
+    )
     missing = {c.field: c for c in a.diff(audio_only, "A", "B")}["range:image"]
     assert missing.message == "image range 320–383 in A, absent in B"
     assert missing.severity == "error"
 
 
-@pytest.mark.parametrize("data, message", [
-    ({"vocab_size_total": 384, "modalities": {"audio": [256, 384]}},
-     "missing field 'text_vocab_size' (accepted names: text_vocab_size / text_vocab"),
-    ({"text_vocab_size": 256, "vocab_size_total": 384, "modalities": {"audio": [256, 384]}, "colour": "red"},
-     "unexpected field 'colour'; known fields:"),
-    ({"text_vocab_size": 256, "vocab_size_total": 384, "modalities": {"audio": [200, 384]}},
-     "audio range 200–383 starts inside the text vocabulary (text_vocab_size 256)"),
-    ({"text_vocab_size": 256, "vocab_size_total": 384, "modalities": {"audio": [300, 300]}},
-     "audio range [300, 300) is empty or reversed"),
-    ({"text_vocab_size": 256, "vocab_size_total": 384, "modalities": {"audio": {"start": 256, "end": 320, "size": 32}}},
-     "modality 'audio' size 32 disagrees with [start, end) = [256, 320)"),
-    ({"text_vocab_size": 256, "vocab_size_total": 384, "modalities": {"audio": [256, 384]}, "pad_token_id": 384},
-     "pad_token_id 384 is outside [0, 384)"),
-    ({"text_vocab_size": 256, "vocab_size_total": 384, "modalities": {}}, "defines no modality ranges"),
-], ids=["missing", "unexpected", "inside-text", "empty-range", "size-disagrees", "pad-outside", "no-ranges"])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (
+            {"vocab_size_total": 384, "modalities": {"audio": [256, 384]}},
+            "missing field 'text_vocab_size' (accepted names: text_vocab_size / text_vocab",
+        ),
+        (
+            {"text_vocab_size": 256, "vocab_size_total": 384, "modalities": {"audio": [256, 384]}, "colour": "red"},
+            "unexpected field 'colour'; known fields:",
+        ),
+        (
+            {"text_vocab_size": 256, "vocab_size_total": 384, "modalities": {"audio": [200, 384]}},
+            "audio range 200–383 starts inside the text vocabulary (text_vocab_size 256)",
+        ),
+        (
+            {"text_vocab_size": 256, "vocab_size_total": 384, "modalities": {"audio": [300, 300]}},
+            "audio range [300, 300) is empty or reversed",
+        ),
+        (
+            {
+                "text_vocab_size": 256,
+                "vocab_size_total": 384,
+                "modalities": {"audio": {"start": 256, "end": 320, "size": 32}},
+            },
+            "modality 'audio' size 32 disagrees with [start, end) = [256, 320)",
+        ),
+        (
+            {"text_vocab_size": 256, "vocab_size_total": 384, "modalities": {"audio": [256, 384]}, "pad_token_id": 384},
+            "pad_token_id 384 is outside [0, 384)",
+        ),
+        ({"text_vocab_size": 256, "vocab_size_total": 384, "modalities": {}}, "defines no modality ranges"),
+    ],
+    ids=["missing", "unexpected", "inside-text", "empty-range", "size-disagrees", "pad-outside", "no-ranges"],
+)
 def test_invalid_token_spaces_say_what_is_wrong(data, message) -> None:
     with pytest.raises(InvalidInput) as e:
         TokenSpace.from_dict(data, source="runs/x/token_space.json")

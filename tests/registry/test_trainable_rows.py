@@ -50,18 +50,28 @@ def test_safetensors_rows_are_accepted(tmp_path: Path, token_space: TokenSpace) 
     assert "trainable_rows.safetensors" in {f.name for f in rows.files}
 
 
-@pytest.mark.parametrize("embed_key, lm_head_key", [
-    ("model.embed_tokens.weight", "lm_head.weight"),
-    ("embed_tokens.weight", "lm_head.weight"),
-    ("input_embeddings", "output_embeddings"),
-    ("module.model.embed_tokens.weight", "module.lm_head.weight"),
-    ("embed_tokens_rows", "lm_head_rows"),
-    ("base_model.model.model.embed_tokens.weight", "base_model.model.lm_head.weight"),
-])
+@pytest.mark.parametrize(
+    "embed_key, lm_head_key",
+    [
+        ("model.embed_tokens.weight", "lm_head.weight"),
+        ("embed_tokens.weight", "lm_head.weight"),
+        ("input_embeddings", "output_embeddings"),
+        ("module.model.embed_tokens.weight", "module.lm_head.weight"),
+        ("embed_tokens_rows", "lm_head_rows"),
+        ("base_model.model.model.embed_tokens.weight", "base_model.model.lm_head.weight"),
+    ],
+)
 def test_key_variants(tmp_path: Path, token_space: TokenSpace, embed_key: str, lm_head_key: str) -> None:
     embed, head = _rows(4), _rows(5)
-    ck = write_rows(tmp_path / "checkpoint_1", token_space, step=1, rows=embed, lm_head_rows=head,
-                    embed_key=embed_key, lm_head_key=lm_head_key)
+    ck = write_rows(
+        tmp_path / "checkpoint_1",
+        token_space,
+        step=1,
+        rows=embed,
+        lm_head_rows=head,
+        embed_key=embed_key,
+        lm_head_key=lm_head_key,
+    )
     rows = TrainableRows.load(ck)
     assert (rows.embed_key, rows.lm_head_key) == (embed_key, lm_head_key)
     assert torch.equal(rows.embed, embed) and torch.equal(rows.lm_head, head)
@@ -85,17 +95,24 @@ def test_tied_embeddings_need_no_lm_head(tmp_path: Path, token_space: TokenSpace
 
 
 def test_missing_lm_head_when_not_tied_is_refused(tmp_path: Path, token_space: TokenSpace) -> None:
-    ck = write_rows(tmp_path / "checkpoint_3", token_space, step=3, lm_head_key=None,
-                    extra_meta={"tie_word_embeddings": False})
-    with pytest.raises(InvalidInput, match="has no lm_head rows and trainable_rows.json says the embeddings are not tied"):
+    ck = write_rows(
+        tmp_path / "checkpoint_3", token_space, step=3, lm_head_key=None, extra_meta={"tie_word_embeddings": False}
+    )
+    with pytest.raises(
+        InvalidInput, match="has no lm_head rows and trainable_rows.json says the embeddings are not tied"
+    ):
         TrainableRows.load(ck)
 
 
-@pytest.mark.parametrize("row_ranges", [
-    [256, 384],
-    {"embed_tokens": [256, 384], "lm_head": [256, 384]},
-    {"embed_tokens": {"start": 256, "end": 384}, "lm_head": {"start": 256, "end": 384}},
-], ids=["pair", "per-matrix", "per-matrix-objects"])
+@pytest.mark.parametrize(
+    "row_ranges",
+    [
+        [256, 384],
+        {"embed_tokens": [256, 384], "lm_head": [256, 384]},
+        {"embed_tokens": {"start": 256, "end": 384}, "lm_head": {"start": 256, "end": 384}},
+    ],
+    ids=["pair", "per-matrix", "per-matrix-objects"],
+)
 def test_row_ranges_form(tmp_path: Path, token_space: TokenSpace, row_ranges) -> None:
     ck = write_rows(tmp_path / "checkpoint_4", token_space, step=4)
     _rewrite_meta(ck, {"base_model_id": BASE_MODEL, "row_ranges": row_ranges, "global_step": 4})
@@ -121,15 +138,15 @@ def test_without_token_space_it_loads_with_a_warning(tmp_path: Path, token_space
 
 def test_the_run_token_space_is_checked_when_the_checkpoint_has_none(tmp_path: Path, token_space: TokenSpace) -> None:
     ck = write_rows(tmp_path / "checkpoint_5", token_space, step=5, ship_token_space=False)
-    narrower = TokenSpace.from_dict({"text_vocab_size": 256, "vocab_size_total": 320,
-                                     "modalities": {"audio": [256, 320]}})
+    narrower = TokenSpace.from_dict(
+        {"text_vocab_size": 256, "vocab_size_total": 320, "modalities": {"audio": [256, 320]}}
+    )
     with pytest.raises(Incompatible, match=r"row range \[256, 384\) runs past the token space's vocab_size_total 320"):
         TrainableRows.load(ck, run_token_space=narrower)
 
 
 def test_integer_rows_are_refused(tmp_path: Path, token_space: TokenSpace) -> None:
-    ck = write_rows(tmp_path / "checkpoint_6", token_space, step=6,
-                    rows=torch.zeros(ROWS, HIDDEN, dtype=torch.int64))
+    ck = write_rows(tmp_path / "checkpoint_6", token_space, step=6, rows=torch.zeros(ROWS, HIDDEN, dtype=torch.int64))
     with pytest.raises(InvalidInput, match="input-embedding rows have dtype torch.int64, expected a floating-point"):
         TrainableRows.load(ck)
 
@@ -151,9 +168,15 @@ def test_content_hash_follows_the_bytes_not_the_folder(tmp_path: Path, token_spa
     assert ha == hb != hc
 
 
-@pytest.mark.parametrize("name, step", [
-    ("checkpoint_7000", 7000), ("checkpoint-7000", 7000), ("checkpoint_3675.pt", 3675), ("ckpt_12", 12),
-    ("final", None),
-])
+@pytest.mark.parametrize(
+    "name, step",
+    [
+        ("checkpoint_7000", 7000),
+        ("checkpoint-7000", 7000),
+        ("checkpoint_3675.pt", 3675),
+        ("ckpt_12", 12),
+        ("final", None),
+    ],
+)
 def test_parse_step(name: str, step: int | None) -> None:
     assert parse_step(name) == step

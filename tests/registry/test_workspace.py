@@ -34,8 +34,14 @@ def test_found_from_a_subfolder_with_paths_relative_to_it(tmp_path: Path) -> Non
 
 def test_environment_overrides_the_workspace(tmp_path: Path) -> None:
     root = _ws(tmp_path)
-    s = Settings.from_env({"EVALBOARD_DB": "postgresql://u@db/x", "MLFLOW_TRACKING_URI": "http://mlflow:5000",
-                           "EVALBOARD_MODELS": "a=/m/a"}, cwd=root)
+    s = Settings.from_env(
+        {
+            "EVALBOARD_DB": "postgresql://u@db/x",
+            "MLFLOW_TRACKING_URI": "http://mlflow:5000",
+            "EVALBOARD_MODELS": "a=/m/a",
+        },
+        cwd=root,
+    )
     assert (s.db_url, s.mlflow_uri, s.models) == ("postgresql://u@db/x", "http://mlflow:5000", {"a": "/m/a"})
     assert s.artifact_location == (root / ".evalboard" / "mlartifacts").as_uri()  # still the workspace's
     assert s.origins["registry"] == "env EVALBOARD_DB"
@@ -49,12 +55,15 @@ def test_no_workspace_keeps_the_defaults_and_artifacts_never_go_to_mlruns(tmp_pa
     assert find_workspace(tmp_path) is None
 
 
-@pytest.mark.parametrize(("text", "match"), [
-    ("[registry]\nurl = 3\n", r"\[registry\] url must be a non-empty string"),
-    ("[mlflow]\ntracking = 'x'\n", r"unknown key 'tracking' in \[mlflow\]; known: artifact_location, tracking_uri"),
-    ("[nope]\n", r"unknown section \[nope\]"),
-    ("[registry\n", "is not valid TOML"),
-])
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("[registry]\nurl = 3\n", r"\[registry\] url must be a non-empty string"),
+        ("[mlflow]\ntracking = 'x'\n", r"unknown key 'tracking' in \[mlflow\]; known: artifact_location, tracking_uri"),
+        ("[nope]\n", r"unknown section \[nope\]"),
+        ("[registry\n", "is not valid TOML"),
+    ],
+)
 def test_a_bad_config_names_the_file_and_the_problem(tmp_path: Path, text: str, match: str) -> None:
     ws = Workspace(tmp_path)
     ws.home.mkdir()
@@ -86,8 +95,12 @@ def test_info_and_runs_say_which_workspace_and_registry(tmp_path: Path) -> None:
 
 
 def test_init_writes_a_config_that_commands_find(tmp_path: Path) -> None:
-    proc = run_cli(["init", str(tmp_path / "new"), "--model", "org/base=/models/base"], home=tmp_path / "unused",
-                   cwd=tmp_path, env={"EVALBOARD_WORKSPACE": ""})
+    proc = run_cli(
+        ["init", str(tmp_path / "new"), "--model", "org/base=/models/base"],
+        home=tmp_path / "unused",
+        cwd=tmp_path,
+        env={"EVALBOARD_WORKSPACE": ""},
+    )
     assert proc.returncode == 0, proc.stderr
     assert Settings.from_env({}, cwd=tmp_path / "new").models == {"org/base": "/models/base"}
     again = run_cli(["init", str(tmp_path / "new")], home=tmp_path / "unused", cwd=tmp_path)

@@ -34,8 +34,16 @@ def test_rows_round_trip_through_the_scanner(reg, tmp_path, fmt, tied):
     n = space.vocab_size_total - space.text_vocab_size
     embed, head = torch.randn(n, 16), torch.randn(n, 16)
     run = Path(os.path.realpath(tmp_path)) / "run"
-    ck = save_trainable_rows(run / "checkpoint_100", space, embed=embed, lm_head=None if tied else head,
-                             base_model=BASE, step=100, fmt=fmt, trainer={"lr": 1e-3})
+    ck = save_trainable_rows(
+        run / "checkpoint_100",
+        space,
+        embed=embed,
+        lm_head=None if tied else head,
+        base_model=BASE,
+        step=100,
+        fmt=fmt,
+        trainer={"lr": 1e-3},
+    )
     summary = scan(reg, [run])
     assert summary.invalid == 0 and summary.new == 1
     entity = reg.get_checkpoint(path=str(ck))
@@ -53,8 +61,14 @@ def test_connector_round_trip_through_the_scanner(reg, tmp_path):
 
     module = PerceiverConnector(32, 64, 8, 4)
     run = Path(os.path.realpath(tmp_path)) / "align"
-    path = save_connector(run / "checkpoint_7.pt", module, step=7, base_llm=BASE, vision_tower="demo/vit-tiny",
-                          config={"connector_builder": "evaluator.connectors:perceiver_resampler", "num_heads": 4})
+    path = save_connector(
+        run / "checkpoint_7.pt",
+        module,
+        step=7,
+        base_llm=BASE,
+        vision_tower="demo/vit-tiny",
+        config={"connector_builder": "evaluator.connectors:perceiver_resampler", "num_heads": 4},
+    )
     scan(reg, [run])
     entity = reg.get_checkpoint(path=str(path))
     loaded = ConnectorCheckpoint.load(path)
@@ -68,25 +82,35 @@ def test_bad_arguments_fail_before_anything_is_written(tmp_path):
     space = make_token_space(256)
     n = space.vocab_size_total - space.text_vocab_size
     with pytest.raises(InvalidInput, match="disagrees with the name checkpoint_100"):
-        save_trainable_rows(tmp_path / "checkpoint_100", space, embed=torch.randn(n, 8), lm_head=None,
-                            base_model=BASE, step=200)
+        save_trainable_rows(
+            tmp_path / "checkpoint_100", space, embed=torch.randn(n, 8), lm_head=None, base_model=BASE, step=200
+        )
     with pytest.raises(InvalidInput, match="lm_head rows: expected 128 rows"):
-        save_trainable_rows(tmp_path / "checkpoint_1", space, embed=torch.randn(n, 8), lm_head=torch.randn(3, 8),
-                            base_model=BASE, step=1)
+        save_trainable_rows(
+            tmp_path / "checkpoint_1",
+            space,
+            embed=torch.randn(n, 8),
+            lm_head=torch.randn(3, 8),
+            base_model=BASE,
+            step=1,
+        )
     with pytest.raises(InvalidInput, match="fall outside"):
-        save_trainable_rows(tmp_path / "checkpoint_2", space, embed=torch.randn(n + 1, 8), lm_head=None,
-                            base_model=BASE, step=2)
+        save_trainable_rows(
+            tmp_path / "checkpoint_2", space, embed=torch.randn(n + 1, 8), lm_head=None, base_model=BASE, step=2
+        )
     with pytest.raises(InvalidInput, match="no projector weights"):
-        save_connector(tmp_path / "checkpoint_3.pt", {"resampler.q": torch.zeros(2, 2)}, step=3, base_llm=BASE,
-                       vision_tower="t")
+        save_connector(
+            tmp_path / "checkpoint_3.pt", {"resampler.q": torch.zeros(2, 2)}, step=3, base_llm=BASE, vision_tower="t"
+        )
     assert list(tmp_path.iterdir()) == []
 
 
 def test_existing_checkpoint_is_kept_unless_overwrite(tmp_path):
     space = make_token_space(256)
     n = space.vocab_size_total - space.text_vocab_size
-    first = save_trainable_rows(tmp_path / "checkpoint_5", space, embed=torch.zeros(n, 8), lm_head=None,
-                                base_model=BASE, step=5)
+    first = save_trainable_rows(
+        tmp_path / "checkpoint_5", space, embed=torch.zeros(n, 8), lm_head=None, base_model=BASE, step=5
+    )
     with pytest.raises(InvalidInput, match="already exists"):
         save_trainable_rows(first, space, embed=torch.ones(n, 8), lm_head=None, base_model=BASE, step=5)
     assert torch.equal(TrainableRows.load(first).embed, torch.zeros(n, 8))

@@ -28,9 +28,16 @@ def workspace(tmp_path_factory) -> Workspace:
         run_dir.mkdir(parents=True, exist_ok=True)
         ws.token_space.save(run_dir / "token_space.json")
         ws.checkpoints[f"fault_run_{r}"] = [
-            write_trainable_rows(run_dir / f"checkpoint_{(s + 1) * 10}", ws.token_space, base_model=ws.base_model,
-                                 hidden_size=64, step=(s + 1) * 10, seed=5000 + r * 100 + s)
-            for s in range(FAULT_STEPS)]
+            write_trainable_rows(
+                run_dir / f"checkpoint_{(s + 1) * 10}",
+                ws.token_space,
+                base_model=ws.base_model,
+                hidden_size=64,
+                step=(s + 1) * 10,
+                seed=5000 + r * 100 + s,
+            )
+            for s in range(FAULT_STEPS)
+        ]
     return ws
 
 
@@ -58,8 +65,12 @@ def make_stack(tmp_path: Path, db_url: str, ws: Workspace, mlflow_uri: str | Non
     home = Path(os.path.realpath(tmp_path)) / "home"
     home.mkdir(parents=True, exist_ok=True)
     mlflow_uri = mlflow_uri or f"sqlite:///{home / 'mlflow.db'}"
-    env = {"EVALBOARD_HOME": str(home), "EVALBOARD_DB": db_url, "MLFLOW_TRACKING_URI": mlflow_uri,
-           "EVALBOARD_MODELS": f"{ws.base_model}={ws.base_dir}"}
+    env = {
+        "EVALBOARD_HOME": str(home),
+        "EVALBOARD_DB": db_url,
+        "MLFLOW_TRACKING_URI": mlflow_uri,
+        "EVALBOARD_MODELS": f"{ws.base_model}={ws.base_dir}",
+    }
     settings = Settings.from_env(env)
     reg = Registry(db_url)
     register_evalset(reg, ws.evalsets[EVALSET])

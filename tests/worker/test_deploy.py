@@ -24,18 +24,38 @@ def test_slurm_script_runs_the_worker_with_its_arguments(tmp_path):
     fake = tmp_path / "evalboard"
     fake.write_text('#!/bin/bash\necho "$@" > "$EVALBOARD_HOME/args"\n')
     fake.chmod(0o755)
-    env = {"PATH": "/usr/bin:/bin", "EVALBOARD_DB": "postgresql://x@h/db", "MLFLOW_TRACKING_URI": "http://h:5000",
-           "EVALBOARD_MODELS": "a=/m", "EVALBOARD": str(fake), "EVALBOARD_HOME": str(tmp_path)}
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "EVALBOARD_DB": "postgresql://x@h/db",
+        "MLFLOW_TRACKING_URI": "http://h:5000",
+        "EVALBOARD_MODELS": "a=/m",
+        "EVALBOARD": str(fake),
+        "EVALBOARD_HOME": str(tmp_path),
+    }
     done = subprocess.run(["bash", str(DEPLOY / "slurm_workers.sbatch"), "--max-jobs", "5"], env=env)
     assert done.returncode == 0
-    assert (tmp_path / "args").read_text().split() == ["worker", "--device", "cuda:0", "--once", "--lease-seconds",
-                                                         "120", "--max-jobs", "5"]
+    assert (tmp_path / "args").read_text().split() == [
+        "worker",
+        "--device",
+        "cuda:0",
+        "--once",
+        "--lease-seconds",
+        "120",
+        "--max-jobs",
+        "5",
+    ]
 
 
 def test_systemd_unit_is_well_formed():
     unit = (DEPLOY / "evalboard-worker@.service").read_text()
-    for needed in ("[Unit]", "[Service]", "[Install]", "worker --device cuda:%i", "Restart=on-failure",
-                   "KillSignal=SIGTERM"):
+    for needed in (
+        "[Unit]",
+        "[Service]",
+        "[Install]",
+        "worker --device cuda:%i",
+        "Restart=on-failure",
+        "KillSignal=SIGTERM",
+    ):
         assert needed in unit
     if shutil.which("systemd-analyze") is None:
         pytest.skip("systemd-analyze not installed; checked the sections only")

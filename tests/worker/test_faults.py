@@ -5,7 +5,6 @@ none RUNNING after reconciliation, no job lost. On SQLite and on PostgreSQL."""
 from __future__ import annotations
 
 import signal
-import time
 
 import pytest
 
@@ -24,8 +23,12 @@ def test_sigkilled_workers_lose_no_job(tmp_path, db_url, workspace):
     es = stack.evalset()
     cks = [c for c in stack.reg.list_checkpoints() if c.is_valid]
     assert len(cks) == FAULT_RUNS * FAULT_STEPS == 40
-    ids = [queue.enqueue(stack.reg, checkpoint_id=c.id, evalset_id=es.id, max_attempts=KILLS + 3,
-                         options={"write_eval_json": False})[0].id for c in cks]
+    ids = [
+        queue.enqueue(
+            stack.reg, checkpoint_id=c.id, evalset_id=es.id, max_attempts=KILLS + 3, options={"write_eval_json": False}
+        )[0].id
+        for c in cks
+    ]
     from mlflow.tracking import MlflowClient
 
     MlflowClient(stack.settings.mlflow_uri).search_experiments()  # create the MLflow store once, not 4x at once
@@ -36,6 +39,7 @@ def test_sigkilled_workers_lose_no_job(tmp_path, db_url, workspace):
     killed_jobs: set[int] = set()
     try:
         for k in range(KILLS):
+
             def running_job_of_a_live_worker():
                 live = {str(p.pid): p for p in procs if p.poll() is None}
                 for job in stack.reg.list_jobs(status="running"):
@@ -44,21 +48,27 @@ def test_sigkilled_workers_lose_no_job(tmp_path, db_url, workspace):
                         return job, live[pid]
                 return None
 
-            job, victim = wait_until(running_job_of_a_live_worker, timeout=120, what=f"a job in flight (kill {k + 1})",
-                                     interval=0.02)
+            job, victim = wait_until(
+                running_job_of_a_live_worker, timeout=120, what=f"a job in flight (kill {k + 1})", interval=0.02
+            )
             victim.send_signal(signal.SIGKILL)
             victim.wait(30)
             killed_jobs.add(job.id)
             procs.append(start_worker(stack.env, logs / f"worker-{N_WORKERS + k}.log"))
-        wait_until(lambda: all(j.status == "done" for j in stack.reg.list_jobs()), timeout=240,
-                   what="all 40 jobs done", interval=0.2)
+        wait_until(
+            lambda: all(j.status == "done" for j in stack.reg.list_jobs()),
+            timeout=240,
+            what="all 40 jobs done",
+            interval=0.2,
+        )
     finally:
         for p in procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
         codes = [p.wait(60) for p in procs]
-    assert codes.count(-signal.SIGKILL) == KILLS and all(c == 0 for c in codes if c != -signal.SIGKILL), \
-        "\n".join(f.read_text()[-3000:] for f in sorted(logs.iterdir()))
+    assert codes.count(-signal.SIGKILL) == KILLS and all(c == 0 for c in codes if c != -signal.SIGKILL), "\n".join(
+        f.read_text()[-3000:] for f in sorted(logs.iterdir())
+    )
 
     jobs = stack.reg.list_jobs()
     assert sorted(j.id for j in jobs) == sorted(ids) and {j.status for j in jobs} == {"done"}
@@ -81,6 +91,7 @@ def _finished_run_ids(uri: str) -> dict[int, str]:
 
     client = MlflowClient(uri)
     exps = [e.experiment_id for e in client.search_experiments(max_results=1000)]
-    runs = client.search_runs(exps, "attributes.status = 'FINISHED' and tags.`evalboard.job_id` LIKE '%'",
-                              max_results=1000)
+    runs = client.search_runs(
+        exps, "attributes.status = 'FINISHED' and tags.`evalboard.job_id` LIKE '%'", max_results=1000
+    )
     return {int(r.data.tags["evalboard.job_id"]): r.info.run_id for r in runs}

@@ -37,10 +37,25 @@ class MlflowServer:
         mlflow_bin = shutil.which("mlflow", path=os.path.dirname(sys.executable)) or "mlflow"
         log = open(self.root / "mlflow-server.log", "ab")
         self.proc = subprocess.Popen(
-            [mlflow_bin, "server", "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
-             "--artifacts-destination", str(self.root / "artifacts"), "--host", "127.0.0.1",
-             "--port", str(self.port), "--workers", "1"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.root)
+            [
+                mlflow_bin,
+                "server",
+                "--backend-store-uri",
+                f"sqlite:///{self.root / 'mlflow.db'}",
+                "--artifacts-destination",
+                str(self.root / "artifacts"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--workers",
+                "1",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=self.root,
+        )
         wait_until(self.healthy, timeout=90, what="mlflow server /health", interval=0.2)
 
     def healthy(self) -> bool:
@@ -70,8 +85,9 @@ def mlflow_server(tmp_path):
 def test_result_is_kept_while_mlflow_is_down_and_logged_once_after(tmp_path, workspace, mlflow_server, monkeypatch):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # fail fast instead of backing off for minutes
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
-    stack = make_stack(tmp_path / "stack", f"sqlite:///{tmp_path / 'registry.db'}", workspace,
-                       mlflow_uri=mlflow_server.uri)
+    stack = make_stack(
+        tmp_path / "stack", f"sqlite:///{tmp_path / 'registry.db'}", workspace, mlflow_uri=mlflow_server.uri
+    )
     first, second = enqueue_run(stack, workspace, options={"write_eval_json": False})
     computes: Counter[int] = Counter()
     seen_while_down = {}

@@ -29,47 +29,101 @@ def test_watch_enqueues_each_checkpoint_once_and_only_when_complete(sqlite_stack
     stack = sqlite_stack
     staging = tmp_path / "staging"
     for step in (10, 20):
-        write_trainable_rows(staging / f"checkpoint_{step}", workspace.token_space, base_model=workspace.base_model,
-                             hidden_size=64, step=step, seed=900 + step)
+        write_trainable_rows(
+            staging / f"checkpoint_{step}",
+            workspace.token_space,
+            base_model=workspace.base_model,
+            hidden_size=64,
+            step=step,
+            seed=900 + step,
+        )
     run = Path(os.path.realpath(tmp_path)) / "outputs" / "live_run"
     run.mkdir(parents=True)
     workspace.token_space.save(run / "token_space.json")
     log = tmp_path / "watch.log"
-    proc = subprocess.Popen([sys.executable, "-m", "evalboard.cli", "watch", str(run.parent), "--evalset", EVALSET,
-                             "--interval", "0.2", "--settle-seconds", "1.5"], cwd=str(tmp_path),
-                            env=child_env(stack.env), stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "evalboard.cli",
+            "watch",
+            str(run.parent),
+            "--evalset",
+            EVALSET,
+            "--interval",
+            "0.2",
+            "--settle-seconds",
+            "1.5",
+        ],
+        cwd=str(tmp_path),
+        env=child_env(stack.env),
+        stdout=open(log, "wb"),
+        stderr=subprocess.STDOUT,
+    )
     try:
         wait_until(lambda: "watching" in log.read_text(), timeout=60, what="the watcher to start")
         # 1. a checkpoint that appears at once (renamed into place, as careful trainers do)
         shutil.copytree(staging / "checkpoint_10", run / ".tmp_checkpoint_10")
         os.rename(run / ".tmp_checkpoint_10", run / "checkpoint_10")
-        wait_until(lambda: _jobs_by_path(stack.reg).get(str(run / "checkpoint_10")), timeout=60,
-                   what="checkpoint_10 enqueued")
-        # 2. one written slowly, in pieces, with pauses shorter than the settle time
+        wait_until(
+            lambda: _jobs_by_path(stack.reg).get(str(run / "checkpoint_10")), timeout=60, what="checkpoint_10 enqueued"
+        )
+        # 2. one written slowly, in pieces: after each, the watcher has seen it change and not queued it
         slow = run / "checkpoint_20"
         slow.mkdir()
         src = staging / "checkpoint_20"
+
+        def seen_changes() -> int:
+            return log.read_text().count(f"settling {slow}:")
+
         (slow / "trainable_rows.json").write_bytes((src / "trainable_rows.json").read_bytes())
         data = (src / "trainable_rows.pt").read_bytes()
         piece = len(data) // 6 + 1
         with open(slow / "trainable_rows.pt", "wb") as f:
             for i in range(0, len(data), piece):
-                f.write(data[i:i + piece])
+                before = seen_changes()
+                f.write(data[i : i + piece])
                 f.flush()
-                time.sleep(0.5)
+                wait_until(
+                    lambda seen=before: seen_changes() > seen,
+                    timeout=30,
+                    what="the watcher to see a piece",
+                    interval=0.02,
+                )
                 assert str(slow) not in _jobs_by_path(stack.reg), "enqueued while still being written"
-        time.sleep(0.5)
-        assert str(slow) not in _jobs_by_path(stack.reg)
+        before = seen_changes()
         (slow / "token_space.json").write_bytes((src / "token_space.json").read_bytes())
         written = time.time()
+        wait_until(lambda: seen_changes() > before, timeout=30, what="the watcher to see token_space.json")
         wait_until(lambda: _jobs_by_path(stack.reg).get(str(slow)), timeout=60, what="checkpoint_20 enqueued")
-        job = next(j for j in stack.reg.list_jobs()
-                   if stack.reg.get_checkpoint(id=j.checkpoint_id).path == str(slow))
+        job = next(j for j in stack.reg.list_jobs() if stack.reg.get_checkpoint(id=j.checkpoint_id).path == str(slow))
         assert job.enqueued_at.timestamp() >= written + 1.0  # after the files settled, not before
         ck = stack.reg.get_checkpoint(path=str(slow))
         assert ck.is_valid and {f["name"] for f in ck.files} >= {"trainable_rows.pt", "token_space.json"}
-        # a few more polls change nothing: each checkpoint enqueued exactly once
-        time.sleep(2.5)
+        # 3. another watcher over the same folder handles both again: each is still enqueued once
+        again = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "evalboard.cli",
+                "watch",
+                str(run.parent),
+                "--evalset",
+                EVALSET,
+                "--interval",
+                "0.1",
+                "--settle-seconds",
+                "0.2",
+                "--once",
+            ],
+            cwd=str(tmp_path),
+            env=child_env(stack.env),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert again.stderr.count("already-queued") == 2, again.stderr[-3000:]
         assert _jobs_by_path(stack.reg) == {str(run / "checkpoint_10"): 1, str(slow): 1}
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -107,8 +161,14 @@ def test_a_slowly_written_checkpoint_leaves_no_entry_and_no_job_until_settled(sq
     than the settle time): nothing at all is registered, valid or invalid, and nothing is queued
     until the files have stopped changing for `settle_seconds`. Fake clock: no sleeping."""
     now = [0.0]
-    src = write_trainable_rows(tmp_path / "staging" / "checkpoint_30", workspace.token_space,
-                               base_model=workspace.base_model, hidden_size=64, step=30, seed=31)
+    src = write_trainable_rows(
+        tmp_path / "staging" / "checkpoint_30",
+        workspace.token_space,
+        base_model=workspace.base_model,
+        hidden_size=64,
+        step=30,
+        seed=31,
+    )
     run = Path(os.path.realpath(tmp_path)) / "slow_run"
     run.mkdir()
     workspace.token_space.save(run / "token_space.json")
@@ -119,7 +179,7 @@ def test_a_slowly_written_checkpoint_leaves_no_entry_and_no_job_until_settled(sq
     with open(ck / "trainable_rows.pt", "wb") as f:
         (ck / "trainable_rows.json").write_bytes((src / "trainable_rows.json").read_bytes())
         for i in range(0, len(data), len(data) // 8 + 1):
-            f.write(data[i:i + len(data) // 8 + 1])
+            f.write(data[i : i + len(data) // 8 + 1])
             f.flush()
             assert w.poll() == []
             assert sqlite_stack.reg.list_checkpoints() == [] and sqlite_stack.reg.list_jobs() == []

@@ -21,8 +21,20 @@ def enqueue_run(stack, ws, run: str = RUN, **kw) -> list[int]:
     stack.scan(ws.runs[run])
     es = stack.evalset()
     run_id = stack.reg.get_run(path=str(ws.runs[run])).id
-    return [queue.enqueue(stack.reg, checkpoint_id=c.id, evalset_id=es.id, **kw)[0].id
-            for c in stack.reg.list_checkpoints(run_id=run_id)]
+    return [
+        queue.enqueue(stack.reg, checkpoint_id=c.id, evalset_id=es.id, **kw)[0].id
+        for c in stack.reg.list_checkpoints(run_id=run_id)
+    ]
+
+
+def inject(monkeypatch, batch_fn) -> None:
+    """Fault injection: the evaluator's loss loop runs `batch_fn` per batch (it shrinks batches on
+    out-of-memory, refuses non-finite losses and lets device errors through, as in production)."""
+    from functools import partial
+
+    from evaluator import loss, service
+
+    monkeypatch.setattr(service, "evaluate_loss", partial(loss.evaluate_loss, batch_fn=batch_fn))
 
 
 def worker(stack, hooks=None, **config) -> Worker:
@@ -45,10 +57,10 @@ def test_worker_runs_every_job_once_with_one_base_load(stack, workspace, caplog)
     results = [r for r in stack.reg.list_eval_results() if r.source == "evaluator"]
     assert sorted(r.extra["job_id"] for r in results) == sorted(ids)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("job ")]
-    assert len(lines) == len(ids) and all("all=" in line and "a2t=" in line and "mlflow run" in line
-                                          for line in lines)
-    assert any("no GPU visible; running on the CPU" in r.getMessage() for r in caplog.records) \
-        or torch.cuda.is_available()
+    assert len(lines) == len(ids) and all("all=" in line and "a2t=" in line and "mlflow run" in line for line in lines)
+    assert (
+        any("no GPU visible; running on the CPU" in r.getMessage() for r in caplog.records) or torch.cuda.is_available()
+    )
 
 
 def _fake_oom(kind: str):
@@ -58,7 +70,7 @@ def _fake_oom(kind: str):
 
 
 @pytest.mark.parametrize("kind", ["torch", "runtime"])
-def test_out_of_memory_shrinks_the_batch_and_the_result_is_unchanged(sqlite_stack, workspace, kind):
+def test_out_of_memory_shrinks_the_batch_and_the_result_is_unchanged(sqlite_stack, workspace, kind, monkeypatch):
     stack = sqlite_stack
     first, second = enqueue_run(stack, workspace)
     assert worker(stack, max_jobs=1).run() == 0  # the reference, un-injected
@@ -74,7 +86,8 @@ def test_out_of_memory_shrinks_the_batch_and_the_result_is_unchanged(sqlite_stac
     ref = stack.reg.get_job(id=first)
     again, _ = queue.enqueue(stack.reg, checkpoint_id=ref.checkpoint_id, evalset_id=ref.evalset_id, force=True)
     queue.cancel(stack.reg, job_id=second)
-    assert worker(stack, hooks=WorkerHooks(batch_fn=oom_on_big_batches)).run() == 0
+    inject(monkeypatch, oom_on_big_batches)
+    assert worker(stack).run() == 0
     injected = stack.reg.get_job(id=again.id)
     assert injected.status == "done" and calls["n"] > 1
     by_job = {r.extra["job_id"]: r for r in stack.reg.list_eval_results() if r.source == "evaluator"}
@@ -87,7 +100,7 @@ def test_out_of_memory_shrinks_the_batch_and_the_result_is_unchanged(sqlite_stac
     assert int(params["oom_retries"]) > 0
 
 
-def test_non_finite_loss_fails_the_job_as_invalid_and_logs_nothing(sqlite_stack, workspace):
+def test_non_finite_loss_fails_the_job_as_invalid_and_logs_nothing(sqlite_stack, workspace, monkeypatch):
     stack = sqlite_stack
     (job_id, *_) = enqueue_run(stack, workspace, max_attempts=3)
 
@@ -95,7 +108,8 @@ def test_non_finite_loss_fails_the_job_as_invalid_and_logs_nothing(sqlite_stack,
         nll, rows = batch_nll(model, batch, **kw)
         return torch.full_like(nll, math.nan), rows
 
-    assert worker(stack, hooks=WorkerHooks(batch_fn=nan_nll), max_jobs=1).run() == 0
+    inject(monkeypatch, nan_nll)
+    assert worker(stack, max_jobs=1).run() == 0
     job = stack.reg.get_job(id=job_id)
     assert job.status == "failed" and job.attempts == 1  # invalid input: not retried
     assert job.last_error.startswith("InvalidInput:") and "non-finite loss" in job.last_error
@@ -103,16 +117,18 @@ def test_non_finite_loss_fails_the_job_as_invalid_and_logs_nothing(sqlite_stack,
     assert [r for r in stack.reg.list_eval_results() if r.source == "evaluator"] == []
 
 
-@pytest.mark.parametrize("message", ["CUDA error: device-side assert triggered",
-                                     "CUDA error: an illegal memory access was encountered"])
-def test_unrecoverable_cuda_error_releases_the_job_and_exits_non_zero(sqlite_stack, workspace, message):
+@pytest.mark.parametrize(
+    "message", ["CUDA error: device-side assert triggered", "CUDA error: an illegal memory access was encountered"]
+)
+def test_unrecoverable_cuda_error_releases_the_job_and_exits_non_zero(sqlite_stack, workspace, message, monkeypatch):
     stack = sqlite_stack
     ids = enqueue_run(stack, workspace)
 
     def broken_device(model, batch, **kw):
         raise RuntimeError(message)
 
-    assert worker(stack, hooks=WorkerHooks(batch_fn=broken_device)).run() == EXIT_DEVICE_FAULT
+    inject(monkeypatch, broken_device)
+    assert worker(stack).run() == EXIT_DEVICE_FAULT
     jobs = [stack.reg.get_job(id=i) for i in ids]
     assert [j.status for j in jobs] == ["queued", "queued"]  # released, the other never claimed
     assert jobs[0].attempts == 1 and "unrecoverable device error" in jobs[0].last_error and jobs[1].attempts == 0
@@ -167,3 +183,34 @@ def test_reconciler_kills_runs_left_running_by_dead_attempts(sqlite_stack, works
     assert sorted(mlflow_runs_by_job(stack.settings.mlflow_uri)[job_id]) == ["FAILED", "FINISHED", "KILLED"]
     assert w.reconcile() == {"killed": [], "superseded": []}
     del mlflow
+
+
+def test_a_job_cancelled_from_the_dashboard_cannot_be_published_by_the_worker_that_held_it(sqlite_stack, workspace):
+    """A worker's lease runs out (it looks dead), the job goes back to the queue and is cancelled
+    on the dashboard; the worker, still alive, runs it anyway: the cancel bumped the fencing token,
+    so it publishes nothing (no MLflow run, no result) and the job stays cancelled."""
+    import time
+
+    from dashboard import data
+
+    stack = sqlite_stack
+    (job_id, other) = enqueue_run(stack, workspace)
+    queue.cancel(stack.reg, job_id=other)
+    held = queue.claim(stack.reg, worker_id="slow", lease_seconds=0.2)
+    assert held is not None and held.id == job_id
+    deadline = time.monotonic() + 30
+    while queue.reap_expired(stack.reg)["queued"] != [job_id]:
+        assert time.monotonic() < deadline, "the lease never expired"
+        time.sleep(0.05)
+    assert data.cancel_jobs(stack.reg, [job_id]) == 1
+    cancelled = stack.reg.get_job(id=job_id)
+    assert cancelled.status == "cancelled" and cancelled.fencing_token == held.fencing_token + 1
+
+    slow = worker(stack, worker_id="slow")
+    slow.device = torch.device("cpu")
+    assert slow.run_job(held) == 0 and slow.stats.lost == 1 and slow.stats.done == 0
+    with pytest.raises(queue.LeaseLost):
+        queue.complete(stack.reg, job_id=job_id, token=held.fencing_token)
+    assert stack.reg.get_job(id=job_id).status == "cancelled"
+    assert mlflow_runs_by_job(stack.settings.mlflow_uri).get(job_id, []) in ([], ["FAILED"])
+    assert [r for r in stack.reg.list_eval_results() if r.source == "evaluator"] == []

@@ -58,8 +58,10 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name="pk_runs"),
         sa.UniqueConstraint("path", name="uq_runs_path"),
         sa.ForeignKeyConstraint(
-            ["token_space_id"], ["token_spaces.id"],
-            name="fk_runs_token_space_id_token_spaces", ondelete="SET NULL",
+            ["token_space_id"],
+            ["token_spaces.id"],
+            name="fk_runs_token_space_id_token_spaces",
+            ondelete="SET NULL",
         ),
         _one_of("runs", "track", ("A", "B", "mixed", "unknown")),
     )
@@ -84,12 +86,12 @@ def upgrade() -> None:
         _ts("updated_at"),
         sa.PrimaryKeyConstraint("id", name="pk_checkpoints"),
         sa.UniqueConstraint("path", name="uq_checkpoints_path"),
+        sa.ForeignKeyConstraint(["run_id"], ["runs.id"], name="fk_checkpoints_run_id_runs", ondelete="CASCADE"),
         sa.ForeignKeyConstraint(
-            ["run_id"], ["runs.id"], name="fk_checkpoints_run_id_runs", ondelete="CASCADE"
-        ),
-        sa.ForeignKeyConstraint(
-            ["token_space_id"], ["token_spaces.id"],
-            name="fk_checkpoints_token_space_id_token_spaces", ondelete="SET NULL",
+            ["token_space_id"],
+            ["token_spaces.id"],
+            name="fk_checkpoints_token_space_id_token_spaces",
+            ondelete="SET NULL",
         ),
         _one_of("checkpoints", "track", ("A", "B")),
         _one_of("checkpoints", "status", ("valid", "invalid")),
@@ -131,15 +133,17 @@ def upgrade() -> None:
         _ts("created_at"),
         sa.PrimaryKeyConstraint("id", name="pk_eval_results"),
         sa.ForeignKeyConstraint(
-            ["checkpoint_id"], ["checkpoints.id"],
-            name="fk_eval_results_checkpoint_id_checkpoints", ondelete="SET NULL",
+            ["checkpoint_id"],
+            ["checkpoints.id"],
+            name="fk_eval_results_checkpoint_id_checkpoints",
+            ondelete="SET NULL",
         ),
+        sa.ForeignKeyConstraint(["run_id"], ["runs.id"], name="fk_eval_results_run_id_runs", ondelete="SET NULL"),
         sa.ForeignKeyConstraint(
-            ["run_id"], ["runs.id"], name="fk_eval_results_run_id_runs", ondelete="SET NULL"
-        ),
-        sa.ForeignKeyConstraint(
-            ["evalset_id"], ["evalsets.id"],
-            name="fk_eval_results_evalset_id_evalsets", ondelete="SET NULL",
+            ["evalset_id"],
+            ["evalsets.id"],
+            name="fk_eval_results_evalset_id_evalsets",
+            ondelete="SET NULL",
         ),
         _one_of("eval_results", "source", ("evaluator", "import")),
     )
@@ -159,8 +163,10 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name="pk_row_stats"),
         sa.UniqueConstraint("checkpoint_id", name="uq_row_stats_checkpoint_id"),
         sa.ForeignKeyConstraint(
-            ["checkpoint_id"], ["checkpoints.id"],
-            name="fk_row_stats_checkpoint_id_checkpoints", ondelete="CASCADE",
+            ["checkpoint_id"],
+            ["checkpoints.id"],
+            name="fk_row_stats_checkpoint_id_checkpoints",
+            ondelete="CASCADE",
         ),
     )
     op.create_table(
@@ -187,12 +193,16 @@ def upgrade() -> None:
         sa.Column("options", sa.JSON(), nullable=False),
         sa.PrimaryKeyConstraint("id", name="pk_eval_jobs"),
         sa.ForeignKeyConstraint(
-            ["checkpoint_id"], ["checkpoints.id"],
-            name="fk_eval_jobs_checkpoint_id_checkpoints", ondelete="CASCADE",
+            ["checkpoint_id"],
+            ["checkpoints.id"],
+            name="fk_eval_jobs_checkpoint_id_checkpoints",
+            ondelete="CASCADE",
         ),
         sa.ForeignKeyConstraint(
-            ["evalset_id"], ["evalsets.id"],
-            name="fk_eval_jobs_evalset_id_evalsets", ondelete="CASCADE",
+            ["evalset_id"],
+            ["evalsets.id"],
+            name="fk_eval_jobs_evalset_id_evalsets",
+            ondelete="CASCADE",
         ),
         _one_of("eval_jobs", "status", ("queued", "running", "done", "failed", "cancelled")),
         _one_of("eval_jobs", "outbox_state", ("none", "pending", "logged")),
@@ -202,6 +212,5 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    for table in ("eval_jobs", "row_stats", "eval_results", "evalsets", "checkpoints", "runs",
-                  "token_spaces"):
+    for table in ("eval_jobs", "row_stats", "eval_results", "evalsets", "checkpoints", "runs", "token_spaces"):
         op.drop_table(table)
