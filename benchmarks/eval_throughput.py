@@ -71,7 +71,7 @@ from evaluator.batching import (
     scored_targets,
 )
 from evaluator.loss import evaluate_loss
-from evaluator.rows import ResidentModel, TokenSpaceSizes, TrainableRows
+from evaluator.rows import ResidentModel, RowTensors, TokenSpaceSizes
 
 DENSE_BF16_PEAK = {"H100": 989e12, "H200": 989e12, "H100 PCIe": 756e12, "A100": 312e12}
 
@@ -193,11 +193,11 @@ def write_rows(folder: Path, hidden: int, seed: int, vocab: Vocab = QWEN_VOCAB) 
     return path
 
 
-def read_rows(path: Path, vocab: Vocab = QWEN_VOCAB) -> TrainableRows:
+def read_rows(path: Path, vocab: Vocab = QWEN_VOCAB) -> RowTensors:
     from safetensors.torch import load_file
 
     data = load_file(path)
-    return TrainableRows(data["embed_tokens"], data["lm_head"], vocab.text_rows, vocab.total, str(path))
+    return RowTensors(data["embed_tokens"], data["lm_head"], vocab.text_rows, vocab.total, str(path))
 
 
 def make_eval_set(n: int, min_len: int, max_len: int, seed: int, vocab: Vocab = QWEN_VOCAB) -> list[Example]:
@@ -677,7 +677,7 @@ def measure_track_a(
         ctx = applied.context
         fed = track.inputs(ev, applied, ws.es, None)
         log("Track A: evaluations with cached features ...")
-        seconds = min(ev.compute(ws.cks[1 + k], ws.es, options)[1].seconds for k in range(2))
+        seconds = min(ev.compute(ws.cks[1 + k], ws.es, options).report.seconds for k in range(2))
         model = applied.model
         feature = next(iter(ev.features_memory.values()))[None].to(device, torch.float32)
         connector_flops = counted_flops(lambda: ctx.connector(feature)) * len(fed.examples)

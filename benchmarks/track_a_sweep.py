@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> dict:
             for ck in cks:
                 if drop_features:
                     ev.features_memory.clear()
-                result, report, _ = ev.compute(ck, es, options)
+                report = ev.compute(ck, es, options).report
                 losses.append([e.loss for e in report.examples])
             elapsed = time.perf_counter() - start
             return elapsed, losses, sum(t.images_forwarded for t in ev.towers.values())
