@@ -21,7 +21,7 @@ import torch
 from evaluator.batching import IGNORE_INDEX, Batch, Example
 from evaluator.connectors import build_connector
 from evaluator.tracks.base import Applied, EvalTrack, TrackInputs
-from evaluator.vision import FeatureCache, ResidentTower, VisionSettings
+from evaluator.vision import ResidentTower, VisionSettings
 from registry.connector import ConnectorCheckpoint
 from registry.errors import Incompatible, InvalidInput
 from registry.evalset import EvalSet
@@ -59,13 +59,11 @@ class _Context:
         tower: ResidentTower,
         settings: VisionSettings,
         builder: str,
-        out_tokens: int | None = None,
     ):
         self.connector = connector
         self.tower = tower
         self.settings = settings
         self.builder = builder
-        self.out_tokens = out_tokens
 
 
 class ConnectorEval(EvalTrack):
@@ -267,7 +265,3 @@ def _inputs_fn(ctx: _Context, features: torch.Tensor, rows: list[int], placehold
         return {"inputs_embeds": embeds}
 
     return inputs
-
-
-def feature_cache_for(home: Path, max_bytes: int) -> FeatureCache | None:
-    return FeatureCache(home / "cache" / "vision", max_bytes) if max_bytes > 0 else None
