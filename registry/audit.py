@@ -11,7 +11,6 @@ the evaluator, the queue and the dashboard's Evaluate form refuse with.
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 
 from registry import tracks
 from registry.entities import CheckpointEntity, EvalSetEntity, RunEntity, TokenSpaceEntity
+from registry.files import read_model_config
 from registry.findings import SEVERITIES, Finding, checkpoint_label
 from registry.store import Registry
 from registry.token_space import TokenSpace
@@ -165,10 +165,8 @@ def refusals(
 
 def base_embedding_rows(model_dir: str | Path) -> int | None:
     """The base model's embedding rows from its config.json (no weights read)."""
-    cfg = Path(model_dir) / "config.json"
-    try:
-        data = json.loads(cfg.read_text())
-    except (OSError, ValueError):
+    data = read_model_config(model_dir)
+    if data is None:
         return None
     data = data.get("text_config", data)
     v = data.get("vocab_size")

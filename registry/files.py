@@ -83,3 +83,17 @@ def verify_files(base: str | Path, records: Iterable[Mapping[str, Any] | FileRec
                 "refusing to evaluate it; rescan with `evalboard scan` if the change is intended",
                 path=path,
             )
+
+
+def read_model_config(model_dir: str | Path | None) -> dict[str, Any] | None:
+    """A model folder's ``config.json`` as a dict (no weights read), or None when it is missing or
+    unreadable: callers use it for optional checks."""
+    import json
+
+    if not model_dir:
+        return None
+    try:
+        data = json.loads((Path(model_dir) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None

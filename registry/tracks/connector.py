@@ -9,7 +9,6 @@ the checkpoint's tower.
 
 from __future__ import annotations
 
-import json
 import re
 from collections import defaultdict
 from collections.abc import Hashable
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from registry.connector import LLAVA_FILES, ConnectorCheckpoint, is_llava_folder
+from registry.files import read_model_config
 from registry.findings import Finding, checkpoint_label
 from registry.tracks.base import Registration, Track
 from registry.vision import VisionSpec, preprocessing_diff, read_tower_preprocessing
@@ -33,11 +33,8 @@ _CKPT_FILE_RE = re.compile(r"^(?:checkpoint|ckpt)[-_]\d+\.(?:pt|bin)$")
 
 def model_hidden_size(model_dir: str | Path | None) -> int | None:
     """``hidden_size`` from a model folder's config.json (its text or vision config), no weights read."""
-    if not model_dir:
-        return None
-    try:
-        data = json.loads((Path(model_dir) / "config.json").read_text())
-    except (OSError, ValueError):
+    data = read_model_config(model_dir)
+    if data is None:
         return None
     for section in (data, data.get("text_config") or {}, data.get("vision_config") or {}):
         v = section.get("hidden_size") if isinstance(section, dict) else None
