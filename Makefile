@@ -41,6 +41,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/queue.py
 	$(BIN)/python benchmarks/track_a_sweep.py
 	$(BIN)/python benchmarks/callback_save.py
+	$(BIN)/python benchmarks/bootstrap.py
 
 clean:
 	rm -rf $(VENV) .evalboard .pytest_cache test-output

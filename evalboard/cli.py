@@ -323,9 +323,9 @@ def demo(
 def _register_commands() -> None:
     """Commands that live next to the package they drive (evaluator, queue, dashboard). A module
     that fails to import is an error, never a silently missing command."""
-    from evalboard import cli_dashboard, cli_eval, cli_queue
+    from evalboard import cli_compare, cli_dashboard, cli_eval, cli_queue
 
-    for module in (cli_eval, cli_queue, cli_dashboard):
+    for module in (cli_eval, cli_compare, cli_queue, cli_dashboard):
         module.register(app)
 
 

@@ -77,6 +77,8 @@ class ExampleLoss:
     """Mean NLL over the example's scored tokens (NaN when it has none)."""
     tokens: int
     """Scored tokens."""
+    nll_sum: float
+    """The exact NLL sum over the scored tokens (``loss * tokens`` up to rounding)."""
 
 
 @dataclass(frozen=True)
@@ -369,7 +371,7 @@ def _report(
     start: float,
 ) -> LossReport:
     per_example = [
-        ExampleLoss(ex.example_id, ex.task, s / c if c else math.nan, c) for ex, s, c in zip(examples, sums, counts)
+        ExampleLoss(ex.example_id, ex.task, s / c if c else math.nan, c, s) for ex, s, c in zip(examples, sums, counts)
     ]
     totals: dict[str, list[float]] = {}  # task -> [nll sum, tokens, examples]
     for ex, s, c in zip(examples, sums, counts):

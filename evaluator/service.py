@@ -25,6 +25,7 @@ from evaluator import tracks
 from evaluator.base_model import ResidentBase, load_base, parse_device, resolve_base_model
 from evaluator.loss import LossReport, evaluate_loss
 from evaluator.rows import ResidentModel
+from registry import per_example
 from registry.audit import overridable, pair_findings
 from registry.entities import CheckpointEntity, EvalSetEntity
 from registry.errors import EvalboardError, Incompatible, InvalidInput, TrackingError
@@ -380,9 +381,9 @@ class Evaluator:
         result_path = result.save(out_dir / eval_filename(ck.step or 0))
         artifacts[result_path.name] = str(result_path)
         if report is not None:
-            per_example = out_dir / "per_example_losses.parquet"
-            _write_per_example(report, per_example)
-            artifacts[per_example.name] = str(per_example)
+            examples_path = out_dir / per_example.ARTIFACT
+            _write_per_example(report, examples_path, ck, es, options.max_examples)
+            artifacts[examples_path.name] = str(examples_path)
         stats = computed.track.statistics(self, ck, computed.loaded, base_dir=self.base.path if self.base else None)
         if stats is not None:
             import json
@@ -395,7 +396,7 @@ class Evaluator:
             record = _with_tags(record, {"evalboard.fencing_token": str(job_token)})
         run = self.reg.get_run(id=ck.run_id)
         extra = {
-            "per_example_path": artifacts.get("per_example_losses.parquet"),
+            "per_example_path": artifacts.get(per_example.ARTIFACT),
             "max_examples": options.max_examples,
             "allow_mismatch": options.allow_mismatch,
             "result_dir": str(out_dir),
@@ -549,19 +550,20 @@ def _reproducibility(
     }
 
 
-def _write_per_example(report: LossReport, path: Path) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    table = pa.table(
-        {
-            "example_id": [e.example_id for e in report.examples],
-            "task": [e.task for e in report.examples],
-            "loss": [e.loss for e in report.examples],
-            "tokens": [e.tokens for e in report.examples],
-        }
+def _write_per_example(
+    report: LossReport, path: Path, ck: CheckpointEntity, es: EvalSetEntity, max_examples: int | None
+) -> None:
+    per_example.write(
+        path,
+        example_ids=[e.example_id for e in report.examples],
+        tasks=[e.task for e in report.examples],
+        nll_sums=[e.nll_sum for e in report.examples],
+        tokens=[e.tokens for e in report.examples],
+        evalset_hash=es.content_hash,
+        evalset_name=es.name,
+        subset=per_example.subset_rule(max_examples),
+        checkpoint_hash=ck.content_hash,
     )
-    pq.write_table(table, path)
 
 
 def _copy_next_to_checkpoint(source: Path, ckpt: Path, evalset_name: str) -> None:

@@ -37,6 +37,7 @@ CASES = {
         ["--hidden", "32", "--new-rows", "64", "--saves", "2", "--seq", "16"],
         {"save_s_median", "write_s_median", "registry_s_median", "train_step_s_median", "all_enqueued"},
     ),
+    "bootstrap": (["--examples", "500", "--iters", "100", "--repeats", "1"], {"bootstrap_s", "loss_interval_s"}),
     "track_a_sweep": (
         ["--checkpoints", "3", "--images", "8", "--image-size", "32", "--tower-hidden", "32", "--tower-layers", "1"],
         {"tower_forwards_per_image", "trackA_sweep_speedup", "max_abs_loss_diff"},
