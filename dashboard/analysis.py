@@ -1,20 +1,31 @@
 """Pure computations over the long results table (`dashboard.data.load_results`): best
 checkpoints, deltas against a baseline, regressions, parameter differences, example-by-example
 comparison, row-statistics tables. Shared by the pages and the exported reports.
+
+Intervals are never computed here: callers pass them in (a table from
+`dashboard.data.intervals_frame`, or a `paired` lookup built on `registry.comparison`), so the
+pages can cache them per result and the functions stay testable on plain tables.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
+if TYPE_CHECKING:
+    from dashboard.data import PairedDelta
+
 __all__ = [
+    "with_intervals",
     "best_checkpoints",
     "deltas_vs_baseline",
+    "deltas_vs_best",
+    "regression_candidates",
     "regressions",
+    "mark_regressions",
     "differences_only",
     "compare_examples",
     "row_stats_tables",
@@ -23,53 +34,199 @@ __all__ = [
 ]
 
 
+PairedLookup = Callable[[int, int], "PairedDelta | None"]
+"""``paired(a_result_id, b_result_id)``: the paired interval of ``loss(b) - loss(a)``, or None when
+it is not computed (too many runs shown). The pages pass a cached lookup, reports a plain one."""
+
+
+def with_intervals(results: pd.DataFrame, intervals: pd.DataFrame) -> pd.DataFrame:
+    """`results` with the `low` and `high` of each (result, task) loss's 95% interval (NaN where
+    the result has none). `intervals`: `dashboard.data.intervals_frame`."""
+    base = results.drop(columns=[c for c in ("low", "high") if c in results.columns])
+    return base.merge(intervals[["result_id", "task", "low", "high"]], on=["result_id", "task"], how="left")
+
+
 def best_checkpoints(results: pd.DataFrame, task: str = "all") -> pd.DataFrame:
     """Per run (and eval set), the checkpoint with the lowest loss on `task`, plus that
-    checkpoint's losses on every other task."""
+    checkpoint's losses on every other task; with `low {task}` / `high {task}` (the 95% interval)
+    after each loss when `results` carries intervals (`with_intervals`)."""
     cols = ["run", "evalset", "best step", "checkpoint_id", f"loss {task}", "evaluated checkpoints"]
     d = results[results["task"] == task]
     if d.empty:
         return pd.DataFrame(columns=cols)
     idx = d.groupby(["run_id", "evalset"])["loss"].idxmin()
-    best = d.loc[idx, ["run_id", "run", "evalset", "step", "checkpoint_id", "loss", "result_id"]]
+    best = d.loc[idx, ["run_id", "run", "evalset", "step", "checkpoint_id", "result_id"]]
     n = d.groupby(["run_id", "evalset"]).size().rename("evaluated checkpoints")
     best = best.merge(n, left_on=["run_id", "evalset"], right_index=True)
-    others = results[results["result_id"].isin(best["result_id"]) & (results["task"] != task)]
-    wide = others.pivot_table(index="result_id", columns="task", values="loss", aggfunc="first")
-    wide.columns = [f"loss {t}" for t in wide.columns]
+    mine = results[results["result_id"].isin(best["result_id"])]
+    values = ["loss", "low", "high"] if {"low", "high"} <= set(results.columns) else ["loss"]
+    wide = mine.pivot_table(index="result_id", columns="task", values=values, aggfunc="first", dropna=False)
+    tasks = [task] + sorted(t for t in mine["task"].unique() if t != task)
+    ordered = [(v, t) for t in tasks for v in values if (v, t) in wide.columns]
+    wide = wide[ordered]
+    wide.columns = [f"{v} {t}" for v, t in ordered]
     best = best.merge(wide, left_on="result_id", right_index=True, how="left")
-    best = best.rename(columns={"step": "best step", "loss": f"loss {task}"})
-    return best.drop(columns=["result_id", "run_id"]).sort_values(f"loss {task}").reset_index(drop=True)
+    best = best.rename(columns={"step": "best step"})
+    head = ["run", "evalset", "best step", "checkpoint_id"]
+    front = [f"{v} {t}" for v, t in ordered if t == task]
+    rest = [f"{v} {t}" for v, t in ordered if t != task]
+    best = best[head + front + ["evaluated checkpoints"] + rest]
+    return best.sort_values(f"loss {task}").reset_index(drop=True)
 
 
-def deltas_vs_baseline(results: pd.DataFrame, baseline_result_id: int) -> pd.DataFrame:
-    """Each run's best loss per task minus the baseline checkpoint's loss on that task (same eval
-    set as the baseline). Negative means better than the baseline."""
+DELTA_COLUMNS = ["run", "task", "best step", "loss", "Δ", "low", "high", "p", "significant", "interval"]
+
+
+def deltas_vs_baseline(
+    results: pd.DataFrame, baseline_result_id: int, paired: PairedLookup | None = None
+) -> pd.DataFrame:
+    """Each run's best checkpoint per task against the baseline checkpoint (same eval set): Δ =
+    loss − the baseline's (negative: better), and with `paired` its paired 95% interval (low,
+    high), p and whether the interval excludes zero; `interval` says why a row has none."""
     base = results[results["result_id"] == baseline_result_id]
     if base.empty:
-        return pd.DataFrame(columns=["run"])
+        return pd.DataFrame(columns=DELTA_COLUMNS)
     evalset = base["evalset"].iloc[0]
     base_loss = base.set_index("task")["loss"]
     d = results[(results["evalset"] == evalset) & results["task"].isin(base_loss.index)]
-    best = d.groupby(["run", "task"])["loss"].min().unstack()
-    delta = best - base_loss.reindex(best.columns)
-    delta.columns = [f"Δ {t}" for t in delta.columns]
-    best.columns = [f"best {t}" for t in best.columns]
-    return best.join(delta).reset_index()
+    best = d.loc[d.groupby(["run", "task"])["loss"].idxmin()]
+    rows = []
+    for r in best.itertuples(index=False):
+        row = {
+            "run": r.run,
+            "task": r.task,
+            "best step": r.step,
+            "loss": r.loss,
+            "Δ": r.loss - base_loss[r.task],
+            **_interval_columns(paired, baseline_result_id, int(r.result_id), r.task),
+        }
+        rows.append(row)
+    out = pd.DataFrame(rows, columns=DELTA_COLUMNS)
+    order = {t: i for i, t in enumerate(sorted(out["task"].unique(), key=lambda t: (t != "all", t)))}
+    return (
+        out.assign(_t=out["task"].map(order)).sort_values(["_t", "Δ"], kind="stable").drop(columns="_t")
+    ).reset_index(drop=True)
 
 
-def regressions(results: pd.DataFrame, threshold: float) -> pd.DataFrame:
-    """Checkpoints whose loss is worse than the run's best so far (earlier steps, same eval set
-    and task) by more than `threshold` (absolute loss units)."""
-    cols = ["run", "evalset", "task", "step", "loss", "previous best", "worse by"]
-    d = results[results["step"].notna()].sort_values(["run_id", "evalset", "task", "step"], kind="stable")
-    if d.empty:
+def deltas_vs_best(results: pd.DataFrame, paired: PairedLookup | None = None, task: str = "all") -> pd.DataFrame:
+    """Per eval set, `deltas_vs_baseline` against the overall best checkpoint (lowest loss on
+    `task`): how far each run's best is from it, with the paired interval. `baseline` names it."""
+    frames = []
+    for evalset, r in results.groupby("evalset", sort=True):
+        d = r[r["task"] == task]
+        if d.empty:
+            continue
+        best = d.loc[d["loss"].idxmin()]
+        table = deltas_vs_baseline(r, int(best["result_id"]), paired)
+        frames.append(table.assign(evalset=evalset, baseline=f"{best['run']} @ step {best['step']}"))
+    cols = ["evalset", "baseline", *DELTA_COLUMNS]
+    if not frames:
         return pd.DataFrame(columns=cols)
-    group = d.groupby(["run_id", "evalset", "task"], sort=False).ngroup()
-    prev_best = d["loss"].groupby(group).cummin().groupby(group).shift()
-    worse = d["loss"] - prev_best
-    flagged = d.assign(**{"previous best": prev_best, "worse by": worse})[worse > threshold]
-    return flagged[cols].sort_values("worse by", ascending=False).reset_index(drop=True)
+    return pd.concat(frames, ignore_index=True)[cols]
+
+
+def _interval_columns(paired: PairedLookup | None, a_id: int, b_id: int, task: str) -> dict[str, Any]:
+    """low, high, p, significant ("yes"/"no") and interval (why none) of one paired delta."""
+    empty = {"low": np.nan, "high": np.nan, "p": np.nan, "significant": None, "interval": None}
+    if paired is None:
+        return empty
+    found = paired(a_id, b_id)
+    if found is None:
+        return empty
+    d = found.tasks.get(task)
+    if d is None:
+        return {**empty, "interval": found.missing or f"no interval (task {task} not in both results)"}
+    return {
+        "Δ": d.delta,
+        "low": d.low,
+        "high": d.high,
+        "p": d.p_value,
+        "significant": "yes" if d.significant else "no",
+        "interval": None,
+    }
+
+
+REGRESSION_COLUMNS = [
+    "run",
+    "evalset",
+    "task",
+    "step",
+    "loss",
+    "previous best",
+    "previous best step",
+    "worse by",
+    "low",
+    "high",
+    "p",
+    "significant",
+    "interval",
+    "result_id",
+    "previous_result_id",
+]
+
+
+def regression_candidates(results: pd.DataFrame, paired: PairedLookup | None = None) -> pd.DataFrame:
+    """Checkpoints whose loss is worse than the run's best so far (earlier steps, same eval set
+    and task), each with the paired 95% interval of ``loss − previous best`` when `paired` gives
+    one. Only those whose interval excludes zero are regressions (`regressions`)."""
+    d = results[results["step"].notna() & results["loss"].notna()]
+    d = d.sort_values(["run_id", "evalset", "task", "step"], kind="stable").reset_index(drop=True)
+    if d.empty:
+        return pd.DataFrame(columns=REGRESSION_COLUMNS)
+    group = d.groupby(["run_id", "evalset", "task"], sort=False).ngroup().to_numpy()
+    loss = d["loss"].to_numpy(dtype=float)
+    previous = np.full(len(d), -1)
+    best = -1
+    for i in range(len(d)):
+        if i == 0 or group[i] != group[i - 1]:
+            best = -1
+        previous[i] = best
+        if best < 0 or loss[i] < loss[best]:
+            best = i
+    worse = (previous >= 0) & (loss > loss[np.maximum(previous, 0)])
+    rows = []
+    for i in np.flatnonzero(worse):
+        j = previous[i]
+        r, prev = d.iloc[i], d.iloc[j]
+        rows.append(
+            {
+                "run": r["run"],
+                "evalset": r["evalset"],
+                "task": r["task"],
+                "step": r["step"],
+                "loss": r["loss"],
+                "previous best": prev["loss"],
+                "previous best step": prev["step"],
+                "worse by": r["loss"] - prev["loss"],
+                **_interval_columns(paired, int(prev["result_id"]), int(r["result_id"]), r["task"]),
+                "result_id": int(r["result_id"]),
+                "previous_result_id": int(prev["result_id"]),
+            }
+        )
+    out = pd.DataFrame(rows, columns=REGRESSION_COLUMNS)
+    return out.sort_values("worse by", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def regressions(candidates: pd.DataFrame) -> pd.DataFrame:
+    """The regressions among `regression_candidates`: worse than the run's previous best with a
+    paired 95% interval that excludes zero (Δ > 0 and its low bound > 0), i.e. significant at 95%.
+    A point value that is worse but whose interval includes zero, or that has no interval, is
+    not flagged."""
+    flagged = candidates[_significantly_worse(candidates)]
+    return flagged.drop(columns=["significant", "interval", "result_id", "previous_result_id"]).reset_index(drop=True)
+
+
+def mark_regressions(results: pd.DataFrame, candidates: pd.DataFrame) -> pd.DataFrame:
+    """`results` with a boolean `regression` column: the (result, task) rows `regressions` flags
+    (what `dashboard.charts.loss_curves` marks)."""
+    flagged = candidates[_significantly_worse(candidates)]
+    keys = set(zip(flagged["result_id"].astype(int), flagged["task"]))
+    marks = [(int(r), t) in keys for r, t in zip(results["result_id"], results["task"])]
+    return results.assign(regression=marks)
+
+
+def _significantly_worse(candidates: pd.DataFrame) -> pd.Series:
+    return (candidates["worse by"] > 0) & (candidates["low"].astype(float) > 0)
 
 
 def differences_only(params: pd.DataFrame, key: str = "run") -> pd.DataFrame:

@@ -14,10 +14,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import plotly.colors as plotly_colors
 import plotly.graph_objects as go
 
 __all__ = [
     "loss_curves",
+    "INTERVAL_LABEL",
+    "REGRESSION_LABEL",
     "loss_distribution",
     "example_deltas",
     "row_norm_trend",
@@ -47,21 +50,38 @@ def _figure(traces: list[dict], **layout: Any) -> go.Figure:
     return go.Figure(data=traces, layout={**_LAYOUT, **layout}, _validate=False)
 
 
+INTERVAL_LABEL = "95% interval"
+REGRESSION_LABEL = "regression (significant at 95%)"
+_PALETTE = tuple(plotly_colors.qualitative.Plotly)
+
+
+def _rgba(hex_color: str, alpha: float) -> str:
+    r, g, b = plotly_colors.hex_to_rgb(hex_color)
+    return f"rgba({r},{g},{b},{alpha})"
+
+
 def loss_curves(
     df: pd.DataFrame, task: str, *, x: str = "step", x_title: str | None = None, mark_best: bool = True
 ) -> go.Figure:
     """Loss vs `x` for one task, one line per run, each run's best checkpoint marked.
 
-    `df` columns: run, `x`, loss, step, evalset (rows of other tasks are ignored).
+    `df` columns: run, `x`, loss, step, evalset (rows of other tasks are ignored). Optional:
+    `low` and `high`, the 95% interval of each loss (`dashboard.analysis.with_intervals`): each
+    run gets a shaded band (a polygon through its points' bounds, in the run's legend group and
+    colour) over the points that have one; points without stay bare. `regression` (bool): those
+    points are marked "regression (significant at 95%)".
     """
     d = df[(df["task"] == task) & df[x].notna()] if "task" in df.columns else df[df[x].notna()]
     traces: list[dict] = []
+    has_bands = {"low", "high"} <= set(d.columns)
     if not d.empty:
         d = d.sort_values(["run", x], kind="stable")
         runs = d["run"].to_numpy(dtype=object)
         xs = d[x].to_numpy(dtype=float)
         ys = d["loss"].to_numpy(dtype=float)
         steps = d["step"].astype("float").to_numpy()
+        lows = d["low"].to_numpy(dtype=float) if has_bands else None
+        highs = d["high"].to_numpy(dtype=float) if has_bands else None
         evalsets = d["evalset"].to_numpy(dtype=object) if "evalset" in d.columns else np.full(len(d), "")
         starts = np.flatnonzero(np.r_[True, runs[1:] != runs[:-1]])
         bounds = np.r_[starts, len(d)]
@@ -71,20 +91,33 @@ def loss_curves(
         for i, lo in enumerate(starts):
             hi = bounds[i + 1]
             name = esc(runs[lo])
+            color = _PALETTE[i % len(_PALETTE)]
             # Hover carries numbers only (the step as customdata); a per-point string list would
             # triple the payload and the serialisation time with hundreds of runs.
             where = esc(evalsets[lo]) if single_evalset else "%{text}"
+            hover = f"<b>{name}</b><br>step %{{customdata}} · {where}<br>loss %{{y:.4f}}<extra></extra>"
+            customdata: list = steps[lo:hi].tolist()
+            if lows is not None and highs is not None:
+                band = _band(xs[lo:hi], lows[lo:hi], highs[lo:hi], name, color)
+                if band is not None:
+                    traces.append(band)
+                    customdata = np.stack([steps[lo:hi], lows[lo:hi], highs[lo:hi]], axis=1).tolist()
+                    hover = (
+                        f"<b>{name}</b><br>step %{{customdata[0]}} · {where}<br>loss %{{y:.4f}} "
+                        f"[%{{customdata[1]:.4f}}, %{{customdata[2]:.4f}}]<extra></extra>"
+                    )
             trace = dict(
                 type="scattergl",
                 mode="lines+markers",
                 name=name,
+                legendgroup=name,
                 x=xs[lo:hi].tolist(),
                 y=ys[lo:hi].tolist(),
-                customdata=steps[lo:hi].tolist(),
-                marker=dict(size=4),
-                line=dict(width=1.5),
+                customdata=customdata,
+                marker=dict(size=4, color=color),
+                line=dict(width=1.5, color=color),
                 showlegend=show_legend,
-                hovertemplate=f"<b>{name}</b><br>step %{{customdata}} · {where}<br>loss %{{y:.4f}}<extra></extra>",
+                hovertemplate=hover,
             )
             if not single_evalset:
                 trace["text"] = [esc(e) for e in evalsets[lo:hi]]
@@ -107,11 +140,52 @@ def loss_curves(
                     hovertemplate="%{text}<br>loss %{y:.4f}<extra></extra>",
                 )
             )
-    return _figure(
-        traces,
+        if "regression" in d.columns:
+            flagged = d[d["regression"].fillna(False).astype(bool)]
+            if not flagged.empty:
+                traces.append(
+                    dict(
+                        type="scattergl",
+                        mode="markers",
+                        name=REGRESSION_LABEL,
+                        x=flagged[x].astype(float).tolist(),
+                        y=flagged["loss"].astype(float).tolist(),
+                        text=[
+                            f"{esc(r)}<br>step {s:.0f}" for r, s in zip(flagged["run"], flagged["step"].astype(float))
+                        ],
+                        marker=dict(symbol="x", size=11, color="#d62728"),
+                        hovertemplate=f"%{{text}}<br>loss %{{y:.4f}}<br>{REGRESSION_LABEL}<extra></extra>",
+                    )
+                )
+    layout: dict[str, Any] = dict(
         title=dict(text=f"loss ({esc(task)})"),
         xaxis=dict(title=dict(text=x_title or x.replace("_", " "))),
         yaxis=dict(title=dict(text="loss")),
+    )
+    if any(t.get("fill") for t in traces):
+        layout["legend"] = {**_LAYOUT["legend"], "title": dict(text=f"shaded: {INTERVAL_LABEL}")}
+    return _figure(traces, **layout)
+
+
+def _band(xs: np.ndarray, lows: np.ndarray, highs: np.ndarray, name: str, color: str) -> dict | None:
+    """The run's interval band: a closed polygon along the high bounds and back along the low
+    ones, over the points that have both; None when none has."""
+    keep = np.isfinite(lows) & np.isfinite(highs)
+    if not keep.any():
+        return None
+    bx, lo, hi = xs[keep].tolist(), lows[keep].tolist(), highs[keep].tolist()
+    return dict(
+        type="scatter",
+        mode="lines",
+        name=f"{name} {INTERVAL_LABEL}",
+        legendgroup=name,
+        showlegend=False,
+        x=bx + bx[::-1],
+        y=hi + lo[::-1],
+        fill="toself",
+        fillcolor=_rgba(color, 0.18),
+        line=dict(width=0, color=color),
+        hoverinfo="skip",
     )
 
 

@@ -1,8 +1,9 @@
 """Registry -> pandas DataFrames for the dashboard pages. No Streamlit here, so every function
 can be tested (and benchmarked) without a running app; pages add the caching.
 
-Pages never query MLflow while rendering: the registry's `eval_results` table is the source of
-truth for numbers, MLflow is only linked to. Loading reads only the
+The registry's `eval_results` table is the source of truth for point values; per-example losses
+(for intervals) come from each result's MLflow run through `registry.comparison`, cached on disk
+by run id (`<home>/cache/per_example`) and in the page caches by result id. Loading reads only the
 needed columns (the store's `*_table` methods, plain tuples rather than entity lists) because the
 Compare page may read tens of thousands of rows.
 """
@@ -10,7 +11,7 @@ Compare page may read tens of thousands of rows.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,6 +19,12 @@ from typing import Any
 
 import pandas as pd
 
+from registry import bootstrap, comparison
+from registry.bootstrap import DeltaInterval, LossInterval
+from registry.comparison import ResultExamples
+from registry.entities import EvalResultEntity
+from registry.errors import EvalboardError, Incompatible
+from registry.per_example import ExampleCache
 from registry.settings import Settings
 from registry.store import Registry
 
@@ -35,7 +42,17 @@ __all__ = [
     "load_checkpoint_meta",
     "result_extra",
     "load_row_stats",
-    "load_per_example",
+    "result_entities",
+    "may_have_examples",
+    "result_examples",
+    "examples_frame",
+    "ResultIntervals",
+    "result_intervals",
+    "PairedDelta",
+    "paired_delta",
+    "intervals_frame",
+    "missing_intervals",
+    "paired_frame",
     "load_jobs",
     "cancel_jobs",
     "retry_jobs",
@@ -298,16 +315,113 @@ def load_row_stats(reg: Registry, checkpoint_ids: Iterable[int]) -> dict[int, di
     return reg.row_stats_of(checkpoint_ids=checkpoint_ids)
 
 
-def load_per_example(path: str | None) -> pd.DataFrame | None:
-    """The evaluator's per-example Parquet (example_id, task, loss, tokens), or None when the
-    result has none or the file has gone (results outlive their files)."""
-    if not path or not Path(path).is_file():
+def result_entities(reg: Registry, run_ids: Iterable[int]) -> dict[int, EvalResultEntity]:
+    """{result id: result} of the given runs (one query): what `result_examples` needs."""
+    return {r.id: r for r in reg.list_eval_results(run_ids=[int(i) for i in run_ids])}
+
+
+def may_have_examples(results: pd.DataFrame) -> pd.Series:
+    """Rows of results that can carry per-example losses: evaluated (not imported) and logged to
+    MLflow or written locally. Whether they really do is for `result_examples` to find out."""
+    return (results["source"] != "import") & (results["mlflow_run_id"].notna() | results["per_example_path"].notna())
+
+
+def result_examples(result: EvalResultEntity, cache: ExampleCache | None) -> ResultExamples:
+    """`registry.comparison.load_examples` for a page: its MLflow run's artifact (through `cache`),
+    else the local file; a tracking server that does not answer or a damaged file becomes the
+    reason the result has no interval instead of an error on the page."""
+    try:
+        return comparison.load_examples(result, cache)
+    except EvalboardError as e:
+        return ResultExamples(result, None, f"no interval ({e})")
+
+
+def examples_frame(side: ResultExamples) -> pd.DataFrame | None:
+    """The per-example losses as a table (example_id, task, loss, tokens), or None without any."""
+    ex = side.examples
+    if ex is None:
         return None
-    df = pd.read_parquet(path)
-    missing = {"example_id", "task", "loss"} - set(df.columns)
-    if missing:
-        raise ValueError(f"{path}: per-example file lacks columns {sorted(missing)}")
-    return df
+    return pd.DataFrame({"example_id": ex.example_ids, "task": ex.tasks, "loss": ex.losses, "tokens": ex.tokens})
+
+
+@dataclass(frozen=True)
+class ResultIntervals:
+    """One result's loss interval per task ("all" included), or why it has none."""
+
+    result_id: int
+    tasks: Mapping[str, LossInterval]
+    missing: str | None = None
+
+
+def result_intervals(
+    side: ResultExamples, *, iters: int = bootstrap.DEFAULT_ITERS, seed: int = bootstrap.DEFAULT_SEED
+) -> ResultIntervals:
+    try:
+        found = comparison.loss_intervals_of(side, iters=iters, seed=seed)
+    except EvalboardError as e:
+        return ResultIntervals(side.result.id, {}, f"no interval ({e})")
+    if found is None:
+        return ResultIntervals(side.result.id, {}, side.missing or comparison.NO_INTERVAL_MISSING)
+    return ResultIntervals(side.result.id, found)
+
+
+@dataclass(frozen=True)
+class PairedDelta:
+    """``loss(b) - loss(a)`` per task with its paired interval, or why there is none: a result
+    without per-example losses ("no interval (imported)", ...) or a pair that cannot be made
+    (`incompatible`: the message names both eval-set hashes)."""
+
+    a_id: int
+    b_id: int
+    tasks: Mapping[str, DeltaInterval]
+    missing: str | None = None
+    incompatible: bool = False
+    iters: int = bootstrap.DEFAULT_ITERS
+    seed: int = bootstrap.DEFAULT_SEED
+
+
+def paired_delta(
+    a: ResultExamples,
+    b: ResultExamples,
+    *,
+    iters: int = bootstrap.DEFAULT_ITERS,
+    seed: int = bootstrap.DEFAULT_SEED,
+) -> PairedDelta:
+    """`registry.comparison.compare_results` for a page or a report: refusals become `missing`."""
+    ids = (a.result.id, b.result.id)
+    try:
+        cmp = comparison.compare_results(a, b, iters=iters, seed=seed)
+    except Incompatible as e:
+        return PairedDelta(*ids, {}, str(e), True, iters, seed)
+    if cmp.paired is None:
+        return PairedDelta(*ids, {}, cmp.missing, False, iters, seed)
+    return PairedDelta(*ids, dict(cmp.paired.tasks), None, False, iters, seed)
+
+
+def intervals_frame(intervals: Iterable[ResultIntervals]) -> pd.DataFrame:
+    """Long table of the loss intervals: result_id, task, low, high (results without one: no row)."""
+    rows = [(r.result_id, task, li.low, li.high) for r in intervals for task, li in r.tasks.items()]
+    df = pd.DataFrame(rows, columns=["result_id", "task", "low", "high"])
+    return df.astype({"result_id": "int64", "low": float, "high": float})
+
+
+def missing_intervals(intervals: Iterable[ResultIntervals]) -> dict[str, int]:
+    """Why results have no interval: reason -> how many ("no interval (imported)": 2)."""
+    out: dict[str, int] = {}
+    for r in intervals:
+        if r.missing is not None:
+            out[r.missing] = out.get(r.missing, 0) + 1
+    return out
+
+
+def paired_frame(p: PairedDelta) -> pd.DataFrame:
+    """One row per task: Δ (B − A), the interval's bounds, p and whether it excludes zero."""
+    cols = ["task", "loss A", "loss B", "Δ (B − A)", "low", "high", "p", "significant"]
+    rows = [
+        (t, d.loss_a, d.loss_b, d.delta, d.low, d.high, d.p_value, "yes" if d.significant else "no")
+        for t, d in p.tasks.items()
+    ]
+    return pd.DataFrame(rows, columns=cols)
 
 
 def mlflow_links(mlflow_run_id: str | None, extra: dict[str, Any] | None, base: str | None = None) -> dict[str, str]:

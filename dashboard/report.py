@@ -1,6 +1,12 @@
 """Reports of selected runs as self-contained HTML (interactive Plotly charts, plotly.js inlined),
-Markdown and CSV. Pure functions: `collect(reg, runs, evalset)` gathers a `Report`, the `to_*`
-functions render it; the Export page and `evalboard export` share them.
+Markdown and CSV. Pure functions: `collect(reg, runs, evalset, examples=...)` gathers a `Report`,
+the `to_*` functions render it; the Export page and `evalboard export` share them.
+
+Every loss carries its 95% bootstrap interval (`low`, `high`) when its result has per-example
+losses (read through `registry.comparison` from the result's MLflow run, via the `examples`
+cache), and a "vs best" table gives each run's best checkpoint against the overall best with the
+paired interval of the difference and p. Results without per-example losses (imported) keep
+their point values and say why there is no interval.
 
 Run names, eval-set names and task labels are user strings: HTML escapes them (tables with
 `escape=True`, text with `html.escape`, and figure strings are escaped by `dashboard.charts`);
@@ -19,7 +25,10 @@ from typing import Any
 import pandas as pd
 
 from dashboard import analysis, charts, data
+from registry import bootstrap
+from registry.comparison import ResultExamples
 from registry.errors import InvalidInput, NotFound
+from registry.per_example import ExampleCache
 from registry.store import Registry
 
 __all__ = ["Report", "collect", "to_html", "to_markdown", "to_csv", "neutralise_cell", "render", "FORMATS"]
@@ -36,6 +45,12 @@ class Report:
     runs_table: pd.DataFrame
     best: pd.DataFrame
     findings: pd.DataFrame
+    vs_best: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=analysis.DELTA_COLUMNS))
+    """Each run's best checkpoint against the overall best, with the paired 95% interval."""
+    no_interval: dict[str, int] = field(default_factory=dict)
+    """Why some results have no interval: reason -> how many."""
+    iters: int = bootstrap.DEFAULT_ITERS
+    seed: int = bootstrap.DEFAULT_SEED
     created_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
 
     @property
@@ -43,8 +58,18 @@ class Report:
         return data.task_order(self.results["task"]) if not self.results.empty else []
 
 
-def collect(reg: Registry, run_names: list[str], evalset: str | None = None) -> Report:
-    """Gather the report of `run_names` (on one eval set label, or all when None)."""
+def collect(
+    reg: Registry,
+    run_names: list[str],
+    evalset: str | None = None,
+    *,
+    examples: ExampleCache | None = None,
+    iters: int = bootstrap.DEFAULT_ITERS,
+    seed: int = bootstrap.DEFAULT_SEED,
+) -> Report:
+    """Gather the report of `run_names` (on one eval set label, or all when None). Per-example
+    losses come from each result's MLflow run through `examples` (`registry.comparison.example_cache`),
+    else from the local files the results name."""
     from registry.audit import audit
 
     runs = data.load_runs(reg)
@@ -68,6 +93,7 @@ def collect(reg: Registry, run_names: list[str], evalset: str | None = None) -> 
         [f.to_dict() for f in audit(reg) if f.run in set(run_names)],
         columns=["severity", "code", "message", "run", "checkpoint", "evalset", "detail"],
     )
+    results, vs_best, no_interval = _with_intervals(reg, results, ids, examples, iters, seed)
     return Report(
         runs=list(run_names),
         evalset=evalset,
@@ -75,7 +101,37 @@ def collect(reg: Registry, run_names: list[str], evalset: str | None = None) -> 
         runs_table=table,
         best=analysis.best_checkpoints(results),
         findings=findings.drop(columns="detail"),
+        vs_best=vs_best,
+        no_interval=no_interval,
+        iters=iters,
+        seed=seed,
     )
+
+
+def _with_intervals(
+    reg: Registry, results: pd.DataFrame, run_ids: list, examples: ExampleCache | None, iters: int, seed: int
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, int]]:
+    """(results with each loss's low/high, the vs-best table, why some results have none)."""
+    entities = data.result_entities(reg, run_ids)
+    sides: dict[int, ResultExamples] = {}
+
+    def side(result_id: int) -> ResultExamples:
+        if result_id not in sides:  # each result's per-example losses are read once
+            sides[result_id] = data.result_examples(entities[result_id], examples)
+        return sides[result_id]
+
+    def paired(a: int, b: int) -> data.PairedDelta | None:
+        if a not in entities or b not in entities:
+            return None
+        return data.paired_delta(side(a), side(b), iters=iters, seed=seed)
+
+    found = [
+        data.result_intervals(side(rid), iters=iters, seed=seed)
+        for rid in results["result_id"].astype(int).unique().tolist()
+        if rid in entities
+    ]
+    results = analysis.with_intervals(results, data.intervals_frame(found))
+    return results, analysis.deltas_vs_best(results, paired), data.missing_intervals(found)
 
 
 # -- CSV ---------------------------------------------------------------------------------------
@@ -102,7 +158,8 @@ def safe_csv(df: pd.DataFrame) -> str:
 
 
 def to_csv(report: Report) -> str:
-    """Long format: one line per (run, checkpoint, eval set, task)."""
+    """Long format: one line per (run, checkpoint, eval set, task); `low` and `high` are the 95%
+    interval of the loss (empty where the result has no per-example losses)."""
     cols = [
         "run",
         "step",
@@ -110,6 +167,8 @@ def to_csv(report: Report) -> str:
         "evalset",
         "task",
         "loss",
+        "low",
+        "high",
         "tokens",
         "examples",
         "source",
@@ -168,10 +227,14 @@ def to_markdown(report: Report) -> str:
     parts = [
         f"# evalboard report: {len(report.runs)} runs\n",
         f"Eval set: {md_escape(report.evalset or 'all')}  \nGenerated {report.created_at:%Y-%m-%d %H:%M} UTC\n",
+        md_escape(interval_note(report)) + "\n",
         "## Runs\n",
         md_table(_overview_columns(report)),
         "## Best checkpoint per run (by loss on all)\n",
         md_table(report.best),
+        "## Each run's best vs the overall best\n",
+        md_escape(VS_BEST_NOTE) + "\n",
+        md_table(_vs_best_columns(report)),
         "## Losses\n",
         md_table(_loss_wide(report)),
         "## Audit findings\n",
@@ -180,13 +243,41 @@ def to_markdown(report: Report) -> str:
     return "\n".join(parts)
 
 
+VS_BEST_NOTE = (
+    "Δ = the run's best loss minus the overall best checkpoint's (the baseline), per task; low / high: "
+    "the paired 95% interval of Δ (both scored on the same bootstrap draws of examples); p: the share "
+    "of draws whose sign flips; significant: the interval excludes zero."
+)
+
+
+def interval_note(report: Report) -> str:
+    """One sentence on how the intervals were made, and why some results have none."""
+    text = (
+        f"Intervals: low / high bound the 95% bootstrap interval of each loss (examples resampled "
+        f"with replacement, B={report.iters}, seed {report.seed})."
+    )
+    for reason, n in sorted(report.no_interval.items()):
+        text += f" {n} result{'s' if n > 1 else ''} without one: {reason}."
+    return text
+
+
+def _vs_best_columns(report: Report) -> pd.DataFrame:
+    table = report.vs_best
+    if "interval" in table.columns and table["interval"].isna().all():
+        table = table.drop(columns="interval")
+    return table
+
+
 def _loss_wide(report: Report) -> pd.DataFrame:
+    """One row per (run, step, eval set): `loss TASK` with its `low TASK` / `high TASK`."""
     r = report.results
     if r.empty:
         return pd.DataFrame(columns=["run", "step", "evalset"])
-    wide = r.pivot_table(index=["run", "step", "evalset"], columns="task", values="loss", aggfunc="last")
-    wide = wide[data.task_order(wide.columns)]
-    wide.columns = [f"loss {t}" for t in wide.columns]
+    values = [v for v in ("loss", "low", "high") if v in r.columns]
+    wide = r.pivot_table(index=["run", "step", "evalset"], columns="task", values=values, aggfunc="last", dropna=False)
+    ordered = [(v, t) for t in data.task_order(r["task"]) for v in values if (v, t) in wide.columns]
+    wide = wide[ordered]
+    wide.columns = [f"{v} {t}" for v, t in ordered]
     return wide.reset_index()
 
 
@@ -220,12 +311,16 @@ def to_html(report: Report) -> str:
 <h1>evalboard report</h1>
 <p>Runs: {run_list}<br>Eval set: {e(report.evalset or "all")}<br>
 Generated {report.created_at:%Y-%m-%d %H:%M} UTC</p>
+<p>{e(interval_note(report))}</p>
 <h2>Loss vs step</h2>
 {"".join(figures) or "<p><em>no eval results for these runs</em></p>"}
 <h2>Runs</h2>
 {_table_html(_overview_columns(report))}
 <h2>Best checkpoint per run (by loss on all)</h2>
 {_table_html(report.best)}
+<h2>Each run's best vs the overall best</h2>
+<p>{e(VS_BEST_NOTE)}</p>
+{_table_html(_vs_best_columns(report))}
 <h2>Losses</h2>
 {_table_html(_loss_wide(report))}
 <h2>Audit findings</h2>

@@ -71,6 +71,7 @@ def export(
 ) -> None:
     """Write a report of the given runs: losses per task and step, best checkpoints, audit findings."""
     from dashboard import report
+    from registry.comparison import example_cache
     from registry.errors import InvalidInput
     from registry.settings import Settings
     from registry.store import Registry
@@ -80,10 +81,12 @@ def export(
     if not runs and not run:
         raise InvalidInput("name the runs to export: --run NAME (repeatable) or --runs A,B")
     _check_out(out)
-    with Registry(settings=Settings.from_env()) as reg:
+    settings = Settings.from_env()
+    with Registry(settings=settings) as reg:
         names = [n.strip() for item in runs or [] for n in item.split(",") if n.strip()]
         names += [_run_name(reg, r) for r in run or []]
-        text = report.render(report.collect(reg, names, evalset), fmt)
+        examples = example_cache(settings.home, settings.mlflow_uri)
+        text = report.render(report.collect(reg, names, evalset, examples=examples), fmt)
     _write(out, text)
     sys.stderr.write(f"wrote {out} ({len(text.encode()) / 1024:.0f} KiB, {len(names)} runs)\n")
 

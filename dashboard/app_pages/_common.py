@@ -1,5 +1,6 @@
 """Streamlit glue shared by the pages: the registry connection, cached loaders keyed by the
-registry's data version (so new results appear on the next rerun), and safe text helpers.
+registry's data version (so new results appear on the next rerun), per-example losses and their
+intervals cached by result id (a result never changes once recorded), and safe text helpers.
 
 Names users control are shown through `st.dataframe`, `st.text`, `st.code` or markdown escaped
 with `md` — never through `unsafe_allow_html` or `st.html`.
@@ -7,14 +8,22 @@ with `md` — never through `unsafe_allow_html` or `st.html`.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import pandas as pd
 import streamlit as st
 
 from dashboard import data
+from registry import bootstrap
+from registry.comparison import ResultExamples, example_cache
+from registry.entities import EvalResultEntity
+from registry.per_example import ExampleCache
 from registry.settings import Settings
 from registry.store import Registry
 
 TTL = 300  # seconds; the data version invalidates sooner when anything changes
+ITERS, SEED = bootstrap.DEFAULT_ITERS, bootstrap.DEFAULT_SEED
+"""The pages' bootstrap: the same draws as `evalboard compare` and the reports by default."""
 
 
 @st.cache_resource(show_spinner=False)
@@ -33,6 +42,101 @@ def registry_url() -> str:
 
 def registry() -> Registry:
     return _registry(registry_url())
+
+
+@st.cache_resource(show_spinner=False)
+def _example_cache(home: str, tracking_uri: str) -> ExampleCache:
+    """One cache (and MLflow client) per evalboard home and tracking URI."""
+    return example_cache(home, tracking_uri)
+
+
+def examples_cache() -> ExampleCache:
+    """Per-example files of MLflow runs under `<home>/cache/per_example` (`registry.comparison`)."""
+    s = settings()
+    return _example_cache(str(s.home), s.mlflow_uri)
+
+
+@st.cache_resource(ttl=TTL, show_spinner=False, max_entries=32)
+def result_entities(url: str, version: tuple, run_ids: tuple[int, ...]) -> dict[int, EvalResultEntity]:
+    return data.result_entities(_registry(url), run_ids)
+
+
+@st.cache_resource(ttl=TTL, show_spinner=False, max_entries=1024)
+def _examples(url: str, result_id: int, _result: EvalResultEntity, _cache: ExampleCache) -> ResultExamples:
+    return data.result_examples(_result, _cache)
+
+
+def examples(url: str, result: EvalResultEntity) -> ResultExamples:
+    """A result's per-example losses (its MLflow artifact, else its local file), kept in memory
+    by result id; a failure to reach MLflow is kept only until the TTL."""
+    return _examples(url, result.id, result, examples_cache())
+
+
+@st.cache_data(ttl=3600, show_spinner=False, max_entries=20000)
+def _intervals(
+    url: str, result_id: int, iters: int, seed: int, missing: str | None, _side: ResultExamples
+) -> data.ResultIntervals:
+    # keyed by result id and the draws; `missing` is in the key so that a result whose losses
+    # were unreachable gets its interval once they are back
+    return data.result_intervals(_side, iters=iters, seed=seed)
+
+
+def intervals(
+    url: str, results: Iterable[EvalResultEntity], iters: int = ITERS, seed: int = SEED
+) -> list[data.ResultIntervals]:
+    """The loss intervals of `results`, each computed once per result id (and iters/seed)."""
+    out = []
+    cache = examples_cache()
+    for r in results:
+        side = _examples(url, r.id, r, cache)
+        out.append(_intervals(url, r.id, iters, seed, side.missing, side))
+    return out
+
+
+@st.cache_data(ttl=3600, show_spinner=False, max_entries=4096)
+def _paired(
+    url: str,
+    a_id: int,
+    b_id: int,
+    iters: int,
+    seed: int,
+    missing: tuple[str | None, str | None],
+    _a: ResultExamples,
+    _b: ResultExamples,
+) -> data.PairedDelta:
+    return data.paired_delta(_a, _b, iters=iters, seed=seed)
+
+
+def paired(
+    url: str, a: EvalResultEntity, b: EvalResultEntity, iters: int = ITERS, seed: int = SEED
+) -> data.PairedDelta:
+    """The paired interval of loss(b) − loss(a), computed once per pair of result ids."""
+    sa, sb = examples(url, a), examples(url, b)
+    return _paired(url, a.id, b.id, iters, seed, (sa.missing, sb.missing), sa, sb)
+
+
+def show_paired(p: data.PairedDelta, label_a: str, label_b: str) -> None:
+    """The interval of the whole delta B − A per task, or why there is none (a warning)."""
+    if not p.tasks:
+        st.warning(f"{md(label_b)} − {md(label_a)}: {md(p.missing or 'no interval')}")
+        return
+    st.caption(
+        f"{md(label_b)} − {md(label_a)}: paired bootstrap over the eval set's examples "
+        f"(B={p.iters}, seed {p.seed}); 95% interval of the loss difference, p = share of draws "
+        "whose sign flips; significant when the interval excludes zero"
+    )
+    table = data.paired_frame(p)
+    st.dataframe(
+        table,
+        hide_index=True,
+        width="stretch",
+        column_config={
+            **{col: st.column_config.NumberColumn(format="%.4f") for col in ("loss A", "loss B", "Δ (B − A)")},
+            "low": st.column_config.NumberColumn("95% low", format="%.4f"),
+            "high": st.column_config.NumberColumn("95% high", format="%.4f"),
+            "p": st.column_config.NumberColumn(format="%.4f"),
+        },
+    )
 
 
 def version() -> tuple:

@@ -1,6 +1,7 @@
 """Checkpoint: one checkpoint's metadata, files and sizes, token space, eval history across eval
-sets, per-example losses (distribution per task, worst examples), row-norm statistics and links
-to its MLflow run and LoggedModel."""
+sets, per-example losses (distribution per task, worst examples; read from the result's MLflow
+run), the paired 95% interval of its difference from another checkpoint with the examples that
+moved most, row-norm statistics and links to its MLflow run and LoggedModel."""
 
 from __future__ import annotations
 
@@ -154,25 +155,62 @@ else:
         st.caption("No MLflow run recorded for the latest result.")
 
     st.subheader("Per-example losses")
-    with_examples = history[history["per_example_path"].notna()].drop_duplicates("result_id")
-    if with_examples.empty:
-        st.info("The results of this checkpoint kept no per-example losses.")
+    mine = {r.id: r for r in reg.list_eval_results(checkpoint_id=ck_id)}
+    # those that can hold per-example losses first, newest first
+    ordered = history.assign(_none=~data.may_have_examples(history)).sort_values(
+        ["_none", "result_id"], ascending=[True, False]
+    )
+    result_evalset = {rid: es for rid, es in zip(ordered["result_id"].astype(int), ordered["evalset"]) if rid in mine}
+    choice = st.selectbox(
+        "Result",
+        list(result_evalset),
+        key="checkpoint_result",
+        format_func=lambda i: f"{result_evalset.get(i, '?')} (result {i})",
+    )
+    side = c.examples(url, mine[choice])
+    per_ex = data.examples_frame(side)
+    if per_ex is None:
+        st.info(f"This result has no per-example losses: {c.md(side.missing)}.")
     else:
-        result_evalset = dict(zip(with_examples["result_id"].astype(int), with_examples["evalset"]))
-        result_path = dict(zip(with_examples["result_id"].astype(int), with_examples["per_example_path"]))
-        choice = st.selectbox(
-            "Result",
-            list(result_evalset),
-            key="checkpoint_result",
-            format_func=lambda i: f"{result_evalset.get(i, '?')} (result {i})",
+        st.plotly_chart(charts.loss_distribution(per_ex), key="checkpoint_dist")
+        st.caption("Worst examples")
+        st.dataframe(per_ex.sort_values("loss", ascending=False).head(20), hide_index=True, width="stretch")
+
+    st.subheader("Against another checkpoint")
+    others = results[
+        (results["evalset"] == result_evalset[choice])
+        & results["checkpoint_id"].notna()
+        & (results["checkpoint_id"] != ck_id)
+    ].drop_duplicates("result_id")
+    if others.empty:
+        st.info("No other checkpoint has a result on this eval set.")
+    else:
+        others = others.assign(_other=others["run_id"] != ck.run_id).sort_values(["_other", "run", "step"])
+        other_labels = {int(r.result_id): f"{r.run} @ step {r.step}" for r in others.itertuples()}
+        before = (others["step"] < (ck.step if ck.step is not None else -1)).fillna(False).astype(bool)
+        earlier = others[~others["_other"].astype(bool) & before]
+        default = int((earlier.iloc[-1] if not earlier.empty else others.iloc[0])["result_id"])
+        if st.session_state.get("checkpoint_other") not in other_labels:  # the previous step of this run
+            st.session_state["checkpoint_other"] = default
+        other = st.selectbox(
+            "Compare with",
+            list(other_labels),
+            key="checkpoint_other",
+            format_func=other_labels.get,
+            help="B − A with B this checkpoint: negative means this checkpoint is better",
         )
-        per_ex = data.load_per_example(result_path[choice])
-        if per_ex is None:
-            st.warning("The per-example file is missing on disk.")
-        else:
-            st.plotly_chart(charts.loss_distribution(per_ex), key="checkpoint_dist")
-            st.caption("Worst examples")
-            st.dataframe(per_ex.sort_values("loss", ascending=False).head(20), hide_index=True, width="stretch")
+        other_ck = int(others.loc[others["result_id"] == other, "checkpoint_id"].iloc[0])
+        other_result = next(r for r in reg.list_eval_results(checkpoint_id=other_ck) if r.id == other)
+        here = f"step {ck.step}" if ck.step is not None else "this checkpoint"
+        c.show_paired(c.paired(url, other_result, mine[choice]), other_labels[other], here)
+        other_ex = data.examples_frame(c.examples(url, other_result))
+        if per_ex is not None and other_ex is not None:
+            joined, _ = analysis.compare_examples(other_ex, per_ex)
+            better, worse = st.columns(2)
+            better.caption(f"Most improved at {c.md(here)} (B − A most negative)")
+            better.dataframe(joined.head(10), hide_index=True)
+            worse.caption("Most worsened")
+            worse.dataframe(joined.tail(10).iloc[::-1], hide_index=True)
 
 st.subheader("Weight statistics")
 stats = data.load_row_stats(reg, [ck_id]).get(ck_id)

@@ -34,7 +34,7 @@ fmt = st.radio(
 
 if st.button("Build report", type="primary", key="export_build", disabled=not chosen):
     try:
-        rep = report.collect(c.registry(), chosen, None if evalset == ALL else evalset)
+        rep = report.collect(c.registry(), chosen, None if evalset == ALL else evalset, examples=c.examples_cache())
     except EvalboardError as e:
         st.error(c.md(e))
     else:

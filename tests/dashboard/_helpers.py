@@ -5,8 +5,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import pandas as pd
-
 PAGES = ["runs", "compare", "checkpoint", "compatibility", "row_stats", "queue", "export"]
 TITLES = {
     "runs": "Runs",
@@ -73,8 +71,38 @@ def row_stats(step: int, i: int, previous: int | None) -> dict:
     }
 
 
+def write_examples(path: Path, ck, evalset, means: dict[str, float], phase: int, per_task: int = 8) -> dict[str, float]:
+    """A format-2 per-example file (exact NLL sums, the eval set's hash) around `means` per task;
+    returns the token-weighted losses it holds per task and "all", as the evaluator records them."""
+    from registry import per_example
+
+    ids, tasks, sums, tokens = [], [], [], []
+    for task, mean in means.items():
+        for k in range(per_task):
+            ids.append(f"{task}-{k:04d}")
+            tasks.append(task)
+            tokens.append(6)
+            sums.append((mean + math.sin(k + phase) / 4) * 6)
+    per_example.write(
+        path,
+        example_ids=ids,
+        tasks=tasks,
+        nll_sums=sums,
+        tokens=tokens,
+        evalset_hash=evalset.content_hash,
+        evalset_name=evalset.name,
+        subset="all",
+        checkpoint_hash=ck.content_hash,
+    )
+    losses = {t: math.fsum(s for s, tt in zip(sums, tasks) if tt == t) / (6 * per_task) for t in means}
+    losses["all"] = math.fsum(sums) / sum(tokens)
+    return losses
+
+
 def populate(reg, out_dir: Path) -> None:
-    """Evaluator-style results for every valid Track B checkpoint, on the registered eval set."""
+    """Evaluator-style results for every valid Track B checkpoint, on the registered eval set, with
+    per-example files (format 2) next to them. Their MLflow run ids name no real run, so the
+    pages fall back to the local files, as they do when MLflow has not got a result."""
     evalset = reg.list_evalsets()[0]
     for run in reg.list_runs():
         if run.track != "B":
@@ -83,17 +111,11 @@ def populate(reg, out_dir: Path) -> None:
         previous = None
         for i, ck in enumerate(sorted(valid, key=lambda c: c.step)):
             offset = 0.1 * run.id
-            losses = {"a2t": 3.2 - 0.3 * i + offset, "i2t": 3.6 - 0.25 * i + offset}
+            means = {"a2t": 3.2 - 0.3 * i + offset, "i2t": 3.6 - 0.25 * i + offset}
             if run.name.endswith("wide_image") and i == 2:
-                losses["i2t"] += 0.6  # a regression
-            losses["all"] = (losses["a2t"] + losses["i2t"]) / 2
-            per_example = out_dir / f"per_example_{ck.id}.parquet"
-            rows = [
-                {"example_id": f"{t}-{k:04d}", "task": t, "loss": losses[t] + math.sin(k + i) / 4, "tokens": 6}
-                for t in ("a2t", "i2t")
-                for k in range(8)
-            ]
-            pd.DataFrame(rows).to_parquet(per_example)
+                means["i2t"] += 0.6  # a regression, far outside the noise
+            path = out_dir / f"per_example_{ck.id}.parquet"
+            losses = write_examples(path, ck, evalset, means, phase=i)
             reg.add_eval_result(
                 checkpoint_id=ck.id,
                 run_id=run.id,
@@ -102,10 +124,10 @@ def populate(reg, out_dir: Path) -> None:
                 checkpoint_hash=ck.content_hash,
                 step=ck.step,
                 source="evaluator",
-                metrics={t: {"loss": v, "tokens": 48, "examples": 8} for t, v in losses.items()},
+                metrics={t: {"loss": v, "tokens": 48 if t != "all" else 96, "examples": 8} for t, v in losses.items()},
                 mlflow_run_id=f"mlflowrun{ck.id}",
                 extra={
-                    "per_example_path": str(per_example),
+                    "per_example_path": str(path),
                     "mlflow_experiment_id": "7",
                     "mlflow_model_id": f"m-{ck.id}",
                     "tokens_seen": ck.step * 4096,

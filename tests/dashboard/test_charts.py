@@ -70,13 +70,15 @@ def test_analysis_best_regressions_deltas():
     best = analysis.best_checkpoints(res, "all")
     assert list(best["run"]) == ["run0", "run1", "run2"]
     assert best.set_index("run").loc["run2", "best step"] == 300
-    assert "loss a2t" in best.columns
-    flagged = analysis.regressions(res, 0.1)
-    assert set(zip(flagged["run"], flagged["step"])) == {("run2", 400)}
-    assert analysis.regressions(res, 1.0).empty
+    assert "loss a2t" in best.columns and "low all" not in best.columns  # no intervals given
+    candidates = analysis.regression_candidates(res)
+    assert set(zip(candidates["run"], candidates["step"])) == {("run2", 400)}
+    assert candidates["previous best step"].tolist() == [300, 300]
+    assert analysis.regressions(candidates).empty  # a worse point value without an interval is not flagged
     base_id = int(res[(res["run"] == "run0") & (res["step"] == 100)]["result_id"].iloc[0])
-    deltas = analysis.deltas_vs_baseline(res, base_id).set_index("run")
-    assert np.isclose(deltas.loc["run0", "Δ all"], -0.3)
+    deltas = analysis.deltas_vs_baseline(res, base_id).set_index(["run", "task"])
+    assert np.isclose(deltas.loc[("run0", "all"), "Δ"], -0.3)
+    assert deltas["low"].isna().all()
 
 
 def test_differences_only_and_examples():

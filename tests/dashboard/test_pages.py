@@ -36,9 +36,19 @@ def test_runs_table_and_filter(populated):
 
 
 def _chart_traces(at):
+    """Per loss chart, the names of its lines and markers (interval bands left out)."""
+    return [[t.get("name") for t in spec["data"] if not t.get("fill")] for spec in _specs(at, "compare_chart_")]
+
+
+def _bands(at):
+    """Per loss chart, the names of its shaded interval bands."""
+    return [[t.get("name") for t in spec["data"] if t.get("fill") == "toself"] for spec in _specs(at, "compare_chart_")]
+
+
+def _specs(at, prefix: str = ""):
     import json
 
-    return [[t.get("name") for t in json.loads(chart.proto.spec)["data"]] for chart in _plotly(at, "compare_chart_")]
+    return [json.loads(chart.proto.spec) for chart in _plotly(at, prefix)]
 
 
 def _plotly(at, prefix: str = ""):
@@ -49,20 +59,35 @@ def test_compare_choosing_runs_changes_charts(populated):
     at = run_page("compare")
     assert_ok(at, "Compare runs")
     runs = ["stage3_token_lm_iter5", "stage3_token_lm_wide_image"]
-    # three tasks (all, a2t, i2t), a line per run plus the best-checkpoint markers
+    # three tasks (all, a2t, i2t), a line per run plus the best-checkpoint markers; i2t also marks
+    # the regression planted in wide_image at its last step (significant at 95%)
     assert len(_plotly(at, "compare_chart_")) == 3
-    assert all(names == [*runs, "best checkpoint"] for names in _chart_traces(at))
+    all_, a2t, i2t = _chart_traces(at)
+    assert all_ == a2t == [*runs, "best checkpoint"]
+    assert i2t == [*runs, "best checkpoint", "regression (significant at 95%)"]
+    assert all(bands == [f"{r} 95% interval" for r in runs] for bands in _bands(at))
+    assert any("worse than their run's previous best, significant at 95%" in w.value for w in at.warning)
     at.multiselect(key="compare_runs").set_value(["stage3_token_lm_wide_image"]).run()
     assert_ok(at, "Compare runs")
-    assert all(names == ["stage3_token_lm_wide_image", "best checkpoint"] for names in _chart_traces(at))
-    # the regression planted in wide_image's i2t at its last step is flagged
-    assert any("worse than their run's previous best" in w.value for w in at.warning)
+    assert _chart_traces(at)[0] == ["stage3_token_lm_wide_image", "best checkpoint"]
+    assert all(bands == ["stage3_token_lm_wide_image 95% interval"] for bands in _bands(at))
     # filter + select all matching
     at.multiselect(key="compare_runs").set_value([]).run()
     at.text_input(key="compare_filter").input("ITER5").run()
     at.button(key="compare_select_all").click().run()
     assert at.multiselect(key="compare_runs").value == ["stage3_token_lm_iter5"]
     assert all(names == ["stage3_token_lm_iter5", "best checkpoint"] for names in _chart_traces(at))
+
+
+def test_compare_without_intervals_flags_no_regression(populated):
+    at = run_page("compare")
+    at.toggle(key="compare_intervals").set_value(False).run()
+    assert_ok(at, "Compare runs")
+    assert all(bands == [] for bands in _bands(at))
+    assert not at.warning  # a worse point value alone is never flagged
+    assert any("significant at 95%" in i.value for i in at.info)
+    deltas = next(d.value for d in at.dataframe if "Δ" in d.value.columns)
+    assert "low" not in deltas.columns
 
 
 def test_compare_example_by_example(populated):
@@ -94,6 +119,11 @@ def test_checkpoint_page_links_and_history(populated):
     assert any("/#/experiments/7/runs/mlflowrun" in u for u in urls), urls
     assert any("/#/experiments/7/models/m-" in u for u in urls), urls
     assert len(_plotly(at)) == 1  # per-example distribution
+    # against the run's previous evaluated step: the interval of the whole delta, per task
+    paired = next(d.value for d in at.dataframe if "Δ (B − A)" in d.value.columns)
+    assert list(paired["task"]) == ["all", "a2t", "i2t"]
+    assert (paired["low"] <= paired["Δ (B − A)"]).all() and (paired["Δ (B − A)"] <= paired["high"]).all()
+    assert set(paired["significant"]) <= {"yes", "no"}
 
 
 def test_compatibility_matrix_marks_mismatch(populated):
