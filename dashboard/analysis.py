@@ -90,22 +90,27 @@ def deltas_vs_baseline(
     base_loss = base.set_index("task")["loss"]
     d = results[(results["evalset"] == evalset) & results["task"].isin(base_loss.index)]
     best = d.loc[d.groupby(["run", "task"])["loss"].idxmin()]
-    rows = []
-    for r in best.itertuples(index=False):
-        row = {
-            "run": r.run,
-            "task": r.task,
-            "best step": r.step,
-            "loss": r.loss,
-            "Δ": r.loss - base_loss[r.task],
-            **_interval_columns(paired, baseline_result_id, int(r.result_id), r.task),
+    out = pd.DataFrame(
+        {
+            "run": best["run"].to_numpy(),
+            "task": best["task"].to_numpy(),
+            "best step": best["step"].to_numpy(),
+            "loss": best["loss"].to_numpy(dtype=float),
+            "Δ": (best["loss"] - best["task"].map(base_loss)).to_numpy(dtype=float),
         }
-        rows.append(row)
-    out = pd.DataFrame(rows, columns=DELTA_COLUMNS)
+    )
+    intervals = [
+        _interval_columns(paired, baseline_result_id, int(rid), task)
+        for rid, task in zip(best["result_id"], best["task"])
+        if paired is not None
+    ]
+    for col in ("low", "high", "p", "significant", "interval"):
+        out[col] = [i[col] for i in intervals] if paired is not None else _EMPTY_INTERVAL[col]
+    if paired is not None:  # the Δ of the per-example sums, the one its interval is about
+        out["Δ"] = [i.get("Δ", delta) for i, delta in zip(intervals, out["Δ"])]
     order = {t: i for i, t in enumerate(sorted(out["task"].unique(), key=lambda t: (t != "all", t)))}
-    return (
-        out.assign(_t=out["task"].map(order)).sort_values(["_t", "Δ"], kind="stable").drop(columns="_t")
-    ).reset_index(drop=True)
+    out = out.assign(_t=out["task"].map(order)).sort_values(["_t", "Δ"], kind="stable").drop(columns="_t")
+    return out[DELTA_COLUMNS].reset_index(drop=True)
 
 
 def deltas_vs_best(results: pd.DataFrame, paired: PairedLookup | None = None, task: str = "all") -> pd.DataFrame:
@@ -125,9 +130,12 @@ def deltas_vs_best(results: pd.DataFrame, paired: PairedLookup | None = None, ta
     return pd.concat(frames, ignore_index=True)[cols]
 
 
+_EMPTY_INTERVAL = {"low": np.nan, "high": np.nan, "p": np.nan, "significant": None, "interval": None}
+
+
 def _interval_columns(paired: PairedLookup | None, a_id: int, b_id: int, task: str) -> dict[str, Any]:
     """low, high, p, significant ("yes"/"no") and interval (why none) of one paired delta."""
-    empty = {"low": np.nan, "high": np.nan, "p": np.nan, "significant": None, "interval": None}
+    empty = dict(_EMPTY_INTERVAL)
     if paired is None:
         return empty
     found = paired(a_id, b_id)

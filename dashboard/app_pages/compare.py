@@ -81,6 +81,28 @@ def loss_figure(url: str, version: tuple, evalset: str, runs: tuple[str, ...], t
     return charts.loss_curves(r, task, x=x)
 
 
+@st.cache_data(ttl=c.TTL, show_spinner=False, max_entries=16)
+def example_options(url: str, version: tuple, evalset: str, runs: tuple[str, ...]) -> tuple[dict, dict]:
+    """({result id: "run @ step N"}, {result id: run id}) of the results that may hold per-example losses."""
+    sel = selection(url, version, evalset, runs)
+    rows = sel[data.may_have_examples(sel)].drop_duplicates("result_id").sort_values(["run", "step"])
+    ids = rows["result_id"].astype(int).tolist()
+    labels = dict(zip(ids, (f"{r} @ step {s}" for r, s in zip(rows["run"], rows["step"]))))
+    return labels, dict(zip(ids, rows["run_id"].astype(int).tolist()))
+
+
+@st.cache_data(ttl=c.TTL, show_spinner=False, max_entries=16)
+def delta_table(
+    url: str, version: tuple, evalset: str, runs: tuple[str, ...], baseline: int, with_intervals: bool
+) -> pd.DataFrame:
+    """Each run's best against the baseline checkpoint, with the paired intervals when shown."""
+    sel = selection(url, version, evalset, runs)
+    deltas = analysis.deltas_vs_baseline(sel, baseline, paired_lookup(url, version, sel) if with_intervals else None)
+    if not with_intervals:
+        return deltas.drop(columns=["low", "high", "p", "significant", "interval"])
+    return deltas.drop(columns="interval") if deltas["interval"].isna().all() else deltas
+
+
 counts = results.groupby("evalset")["result_id"].nunique().sort_values(ascending=False)
 evalset = st.selectbox(
     "Eval set", counts.index.tolist(), key="compare_evalset", format_func=lambda e: f"{e} ({counts.get(e, 0)} results)"
@@ -242,11 +264,7 @@ baseline = col_step.selectbox(
     format_func=lambda i: f"step {steps.get(i, '?')}" + (" (best)" if i == best_id else ""),
 )
 if baseline is not None:
-    deltas = analysis.deltas_vs_baseline(sel, baseline, paired_lookup(url, version, sel) if with_intervals else None)
-    if not with_intervals:
-        deltas = deltas.drop(columns=["low", "high", "p", "significant", "interval"])
-    elif deltas["interval"].isna().all():
-        deltas = deltas.drop(columns="interval")
+    deltas = delta_table(url, version, evalset, run_key, int(baseline), with_intervals)
     st.dataframe(
         deltas,
         hide_index=True,
@@ -260,28 +278,23 @@ if st.toggle("Differences only", value=True, key="compare_diff_only"):
 st.dataframe(params, hide_index=True, width="stretch")
 
 st.subheader("Example by example")
-with_examples = sel[data.may_have_examples(sel)].drop_duplicates("result_id").sort_values(["run", "step"])
-if with_examples.empty:
+ex_labels, run_of = example_options(url, version, evalset, run_key)
+if not ex_labels:
     st.info(
         "None of these results kept per-example losses (the evaluator logs them to MLflow; imported "
         "eval_step*.json files do not have them)."
     )
 else:
-    ex_labels = {int(r.result_id): f"{r.run} @ step {r.step}" for r in with_examples.itertuples()}
     ids = list(ex_labels)
     col_a, col_b = st.columns(2)
     a = col_a.selectbox("Checkpoint A", ids, format_func=ex_labels.get, key="compare_ex_a")
     b = col_b.selectbox("Checkpoint B", ids, index=min(1, len(ids) - 1), format_func=ex_labels.get, key="compare_ex_b")
     # only the two runs' results: choosing among hundreds of runs loads no more than these
-    run_of = dict(zip(with_examples["result_id"].astype(int), with_examples["run_id"].astype(int)))
     known = c.result_entities(url, version, tuple(sorted({run_of[a], run_of[b]})))
     side_a, side_b = c.examples(url, known[a]), c.examples(url, known[b])
     c.show_paired(c.paired(url, known[a], known[b]), ex_labels[a], ex_labels[b])
     ex_a, ex_b = data.examples_frame(side_a), data.examples_frame(side_b)
-    if ex_a is None or ex_b is None:
-        missing = side_a if ex_a is None else side_b
-        st.warning(f"{c.md(ex_labels[missing.result.id])}: per-example losses not available ({c.md(missing.missing)}).")
-    else:
+    if ex_a is not None and ex_b is not None:  # otherwise the warning above says what is missing
         joined, summary = analysis.compare_examples(ex_a, ex_b)
         st.dataframe(summary, hide_index=True)
         st.plotly_chart(charts.example_deltas(joined, ex_labels[a], ex_labels[b]), key="compare_ex_chart")

@@ -36,5 +36,14 @@ def test_compare_shows_the_evaluated_runs(demo_env):
     charts = [c for c in at.get("plotly_chart") if (c.key or "").startswith("compare_chart_")]
     assert len(charts) == 3  # all, a2t, i2t
     names = {t.get("name") for c in charts for t in json.loads(c.proto.spec)["data"]}
-    assert {"stage3_lr0.01", "stage3_lr0.03", "stage3_lr0.05"} <= names
+    runs = {"stage3_lr0.01", "stage3_lr0.03", "stage3_lr0.05"}
+    assert runs <= names
     assert "stage3_wide_image" not in names  # refused: never evaluated
+    # each evaluated run has its 95% interval band, read from the per-example losses in MLflow
+    for chart in charts:
+        bands = [t for t in json.loads(chart.proto.spec)["data"] if t.get("fill") == "toself"]
+        assert {t["name"] for t in bands} >= {f"{r} 95% interval" for r in runs}, chart.key
+        for band in bands:
+            n = len(band["y"]) // 2
+            highs, lows = band["y"][:n], band["y"][n:][::-1]
+            assert all(lo <= hi for lo, hi in zip(lows, highs)) and any(lo < hi for lo, hi in zip(lows, highs))
