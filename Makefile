@@ -32,6 +32,7 @@ test: $(STAMP) lint
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/scan.py
@@ -44,4 +45,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bootstrap.py
 
 clean:
-	rm -rf $(VENV) .evalboard .pytest_cache test-output
+	rm -rf $(VENV) .evalboard .pytest_cache .mypy_cache test-output

@@ -1,6 +1,7 @@
 """Reports of selected runs as self-contained HTML (interactive Plotly charts, plotly.js inlined),
-Markdown and CSV. Pure functions: `collect(reg, runs, evalset, examples=...)` gathers a `Report`,
-the `to_*` functions render it; the Export page and `evalboard export` share them.
+Markdown, CSV and PDF (the HTML printed by headless Chromium, `dashboard.pdf`).
+`collect(reg, runs, evalset, examples=...)` gathers a `Report`, the `to_*` functions render it;
+the Export page and `evalboard export` share them.
 
 Every loss carries its 95% bootstrap interval (`low`, `high`) when its result has per-example
 losses (read through `registry.comparison` from the result's MLflow run, via the `examples`
@@ -24,16 +25,16 @@ from typing import Any
 
 import pandas as pd
 
-from dashboard import analysis, charts, data
+from dashboard import analysis, charts, data, pdf
 from registry import bootstrap
 from registry.comparison import ResultExamples
 from registry.errors import InvalidInput, NotFound
 from registry.per_example import ExampleCache
 from registry.store import Registry
 
-__all__ = ["Report", "collect", "to_html", "to_markdown", "to_csv", "neutralise_cell", "render", "FORMATS"]
+__all__ = ["Report", "collect", "to_html", "to_markdown", "to_csv", "to_pdf", "neutralise_cell", "render", "FORMATS"]
 
-FORMATS = ("html", "md", "csv")
+FORMATS = ("html", "md", "csv", "pdf")
 _FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 
 
@@ -295,19 +296,21 @@ def _table_html(df: pd.DataFrame) -> str:
     return df.to_html(index=False, escape=True, na_rep="", float_format=lambda v: f"{v:.4f}", border=0)
 
 
-def to_html(report: Report) -> str:
-    """One self-contained page: plotly.js is inlined once, every chart stays interactive."""
+def to_html(report: Report, *, for_print: bool = False) -> str:
+    """One self-contained page: plotly.js is inlined once, every chart stays interactive.
+    `for_print`: the charts are static SVG of a fixed width instead (`_printable`)."""
     import plotly.io as pio
 
     e = html.escape
     figures = []
     for i, task in enumerate(report.tasks):
         fig = charts.loss_curves(report.results, task)
+        fig = _printable(fig) if for_print else fig
         figures.append(pio.to_html(fig, full_html=False, include_plotlyjs=(i == 0), validate=False, div_id=f"loss-{i}"))
     run_list = ", ".join(e(r) for r in report.runs)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
-<title>evalboard report</title><style>{_CSS}</style></head><body>
+<title>evalboard report</title><style>{_CSS}{_PRINT_CSS}</style></head><body>
 <h1>evalboard report</h1>
 <p>Runs: {run_list}<br>Eval set: {e(report.evalset or "all")}<br>
 Generated {report.created_at:%Y-%m-%d %H:%M} UTC</p>
@@ -329,7 +332,39 @@ Generated {report.created_at:%Y-%m-%d %H:%M} UTC</p>
 """
 
 
-def render(report: Report, fmt: str) -> str:
+def render(report: Report, fmt: str) -> str | bytes:
+    """The report as text (html, md, csv) or bytes (pdf)."""
     if fmt not in FORMATS:
         raise InvalidInput(f"unknown report format {fmt!r}; use one of {', '.join(FORMATS)}")
+    if fmt == "pdf":
+        return to_pdf(report).data
     return {"html": to_html, "md": to_markdown, "csv": to_csv}[fmt](report)
+
+
+# -- PDF ---------------------------------------------------------------------------------------
+
+# Chromium prints on Letter by default with 1 cm margins (A4 is narrower: 718 CSS px inside them);
+# a chart keeps the width it was drawn at, so it is drawn to fit either.
+_PRINT_WIDTH_PX = 700
+_PRINT_CSS = """@media print{body{margin:0;max-width:none}h1,h2{break-after:avoid}
+.plotly-graph-div,tr{break-inside:avoid}.modebar-container{display:none}table{font-size:11px}}"""
+
+
+def _printable(fig: Any) -> dict:
+    """`fig` for paper: SVG traces instead of WebGL ones and a fixed width. Plotly then draws it
+    while the page parses (nothing left for a timer), and it prints as vectors and text; a WebGL
+    canvas needs a GPU or a software fallback that headless Chromium may not have (the chart then
+    says "WebGL is not supported")."""
+    d = fig.to_dict()
+    for trace in d["data"]:
+        if trace.get("type") == "scattergl":
+            trace["type"] = "scatter"
+    d["layout"]["width"] = _PRINT_WIDTH_PX
+    return d
+
+
+def to_pdf(report: Report, *, chromium: str | None = None, timeout_s: float = pdf.DEFAULT_TIMEOUT_S) -> pdf.PrintedPdf:
+    """The HTML report laid out for paper (`to_html(for_print=True)`), printed by headless
+    Chromium; `pdf.ChromiumMissing` / `pdf.PrintFailed` when it cannot be."""
+    exe = chromium or pdf.find_chromium()  # before any rendering: a missing browser is said first
+    return pdf.print_html(to_html(report, for_print=True), chromium=exe, timeout_s=timeout_s)

@@ -13,8 +13,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tests._infra.debian import CHROMIUM_ARGS, chromium  # noqa: E402
 from tests.dashboard._helpers import PAGES, TITLES  # noqa: E402
-from tests.dashboard.test_browser import CHROMIUM_ARGS, _chromium, _free_port, _wait_healthy  # noqa: E402
+from tests.dashboard.test_browser import _free_port, _wait_healthy  # noqa: E402
 
 WIDTH = 1600
 MAIN_HEIGHT = "document.querySelector('[data-testid=\"stMain\"]').scrollHeight"
@@ -39,7 +40,7 @@ def main(workspace: Path, out: Path) -> None:
         base = f"http://127.0.0.1:{port}"
         _wait_healthy(f"{base}/_stcore/health", proc)
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=_chromium(), headless=True, args=CHROMIUM_ARGS)
+            browser = p.chromium.launch(executable_path=chromium(), headless=True, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": WIDTH, "height": 1000})
             for name in PAGES:
                 page.goto(f"{base}/{'' if name == 'runs' else name}", wait_until="domcontentloaded")

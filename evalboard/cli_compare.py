@@ -14,10 +14,8 @@ from registry.errors import NotFound
 
 
 def compare_cmd(
-    checkpoint_a: str = typer.Argument(
-        ..., metavar="CKPT_A", help="The baseline: a registered checkpoint's path or id."
-    ),
-    checkpoint_b: str = typer.Argument(..., metavar="CKPT_B", help="The checkpoint compared with it (path or id)."),
+    checkpoint_a: str = typer.Argument(..., help="The baseline: a registered checkpoint's path or id."),
+    checkpoint_b: str = typer.Argument(..., help="The checkpoint compared with it (path or id)."),
     evalset: str = typer.Option(..., "--evalset", help="Registered eval-set name both were evaluated on."),
     iters: int = typer.Option(
         bootstrap.DEFAULT_ITERS, "--iters", min=1, max=bootstrap.MAX_ITERS, help="Bootstrap draws (B)."
@@ -33,7 +31,7 @@ def compare_cmd(
     ),
     json_out: bool = typer.Option(False, "--json", help="Print the comparison as one JSON object."),
 ) -> None:
-    """Loss of CKPT_B minus loss of CKPT_A on an eval set, per task and for all, with a paired bootstrap
+    """Loss of CHECKPOINT_B minus loss of CHECKPOINT_A on an eval set, per task and for all, with a paired bootstrap
     95% interval: examples are resampled with replacement (stratified by task), the same draws for both
     checkpoints, and each draw's statistic is the token-weighted loss sum(nll)/sum(tokens). p = (c+1)/(B+1),
     c = draws whose delta does not have the observed sign. The per-example losses are read from each

@@ -65,12 +65,18 @@ def export(
     run: list[str] | None = typer.Option(
         None, "--run", help="One run name, taken as written (commas included), or a registry run id; repeat the option."
     ),
-    fmt: str = typer.Option("html", "--format", help="html (self-contained, interactive charts), md or csv."),
+    fmt: str = typer.Option(
+        "html",
+        "--format",
+        help="html (self-contained, interactive charts), md, csv, or pdf (printed by headless Chromium).",
+    ),
     out: Path = typer.Option(..., "--out", help="File to write."),
     evalset: str = typer.Option(None, "--evalset", help="Only results on this eval set (default: all)."),
 ) -> None:
-    """Write a report of the given runs: losses per task and step, best checkpoints, audit findings."""
-    from dashboard import report
+    """Write a report of the given runs: losses per task and step, best checkpoints, audit findings.
+    PDF: the HTML report printed by headless Chromium (chromium, chromium-browser or google-chrome
+    on PATH, or EVALBOARD_CHROMIUM)."""
+    from dashboard import pdf, report
     from registry.comparison import example_cache
     from registry.errors import InvalidInput
     from registry.settings import Settings
@@ -81,14 +87,27 @@ def export(
     if not runs and not run:
         raise InvalidInput("name the runs to export: --run NAME (repeatable) or --runs A,B")
     _check_out(out)
+    chromium = _pdf_step(pdf.find_chromium) if fmt == "pdf" else None
     settings = Settings.from_env()
     with Registry(settings=settings) as reg:
         names = [n.strip() for item in runs or [] for n in item.split(",") if n.strip()]
         names += [_run_name(reg, r) for r in run or []]
         examples = example_cache(settings.home, settings.mlflow_uri)
-        text = report.render(report.collect(reg, names, evalset, examples=examples), fmt)
-    _write(out, text)
-    sys.stderr.write(f"wrote {out} ({len(text.encode()) / 1024:.0f} KiB, {len(names)} runs)\n")
+        rep = report.collect(reg, names, evalset, examples=examples)
+    payload = _pdf_step(lambda: report.to_pdf(rep, chromium=chromium).data) if fmt == "pdf" else report.render(rep, fmt)
+    data = payload.encode() if isinstance(payload, str) else payload
+    _write(out, data)
+    sys.stderr.write(f"wrote {out} ({len(data) / 1024:.0f} KiB, {len(names)} runs)\n")
+
+
+def _pdf_step(step):
+    """`step()`, with a Chromium problem said as `evalboard export: ...` (one line, exit 2)."""
+    from dashboard import pdf
+
+    try:
+        return step()
+    except (pdf.ChromiumMissing, pdf.PrintFailed) as e:
+        raise type(e)(f"evalboard export: {e}") from None
 
 
 def _run_name(reg, ref: str) -> str:
@@ -123,14 +142,14 @@ def _check_out(out: Path) -> None:
         raise InvalidInput(f"--out cannot be used: {e.strerror or type(e).__name__}", path=out) from None
 
 
-def _write(out: Path, text: str) -> None:
+def _write(out: Path, data: bytes) -> None:
     """Write the whole report or nothing (a temporary file renamed into place)."""
     from registry.errors import InvalidInput
 
     tmp = out.with_name(f".{out.name}.tmp")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(text, encoding="utf-8")
+        tmp.write_bytes(data)
         tmp.replace(out)
     except OSError as e:
         if tmp.parent.is_dir():

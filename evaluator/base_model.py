@@ -16,10 +16,14 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from registry.errors import InvalidInput, NotFound
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 __all__ = [
     "ResidentBase",
@@ -131,7 +135,7 @@ def default_dtype(device: str | torch.device) -> torch.dtype:
 class ResidentBase:
     """A base model loaded once, frozen, in eval mode, on `device`."""
 
-    model: torch.nn.Module
+    model: PreTrainedModel
     path: Path
     device: torch.device
     dtype: torch.dtype
@@ -163,7 +167,7 @@ def load_base(path: str | Path, device: str | torch.device = "cpu", dtype: torch
     # No device_map: that needs `accelerate`, which we do not depend on; one .to() is enough.
     with quiet_loading():
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, low_cpu_mem_usage=True)
-    model.to(device)
+    model.to(device)  # type: ignore[arg-type]  # typeshed's functools.wraps (on PreTrainedModel.to) loses `self`
     model.eval()
     model.requires_grad_(False)
     base = ResidentBase(model, path, device, dtype, time.perf_counter() - start)

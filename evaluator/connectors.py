@@ -84,6 +84,15 @@ def _mlp_widths(state: Mapping[str, torch.Tensor], prefix: str, where: str) -> l
     return widths
 
 
+class _Resampler(nn.Module):
+    """Learned queries and the attention that pools the vision features onto them."""
+
+    def __init__(self, vision_dim: int, n_queries: int, num_heads: int):
+        super().__init__()
+        self.queries = nn.Parameter(torch.randn(n_queries, vision_dim) * 0.02)
+        self.attn = nn.MultiheadAttention(vision_dim, num_heads=num_heads, batch_first=True)
+
+
 class PerceiverConnector(nn.Module):
     """Learned queries attend over the vision features (the resampler), then an MLP projects each
     query to the LLM's width: ``[B, patches, vision_dim] -> [B, n_queries, llm_dim]``."""
@@ -94,9 +103,7 @@ class PerceiverConnector(nn.Module):
         super().__init__()
         if vision_dim % num_heads:
             raise Incompatible(f"vision width {vision_dim} is not divisible by num_heads={num_heads}")
-        self.resampler = nn.Module()
-        self.resampler.queries = nn.Parameter(torch.randn(n_queries, vision_dim) * 0.02)
-        self.resampler.attn = nn.MultiheadAttention(vision_dim, num_heads=num_heads, batch_first=True)
+        self.resampler = _Resampler(vision_dim, n_queries, num_heads)
         self.projector = _mlp(projector_widths or [vision_dim, llm_dim, llm_dim])
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
@@ -180,7 +187,7 @@ def load_builder(spec: str) -> Callable[..., nn.Module]:
             f"connector builder {spec!r} does not import: {type(e).__name__}: "
             f"{str(e).splitlines()[0] if str(e) else ''}"
         ) from None
-    fn = module
+    fn: Any = module
     for part in attr.split("."):
         fn = getattr(fn, part, None)
         if fn is None:

@@ -24,6 +24,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -41,6 +42,9 @@ from evaluator.batching import (
     scored_targets,
 )
 from registry.errors import Incompatible
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 __all__ = [
     "CPU_TOKEN_BUDGET",
@@ -64,7 +68,7 @@ ALL = "all"
 
 BatchNll = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 Progress = Callable[[int, int], None]
-InputsFn = Callable[[nn.Module, Batch], dict[str, torch.Tensor]]
+InputsFn = Callable[["PreTrainedModel", Batch], dict[str, torch.Tensor]]
 """The decoder's inputs for a batch: ``{"input_ids": ...}`` by default; a track that feeds the LLM
 more than token ids (a connector's image embeddings) returns ``{"inputs_embeds": ...}``."""
 
@@ -166,12 +170,12 @@ def default_vocab_block(hidden_size: int) -> int:
     return max(1024, min(32768, (128 << 20) // (4 * hidden_size)))
 
 
-def _decoder(model: nn.Module) -> nn.Module:
+def _decoder(model: PreTrainedModel) -> nn.Module:
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
     return decoder if decoder is not None else model.base_model
 
 
-def _check_plain_lm_head(model: nn.Module) -> None:
+def _check_plain_lm_head(model: PreTrainedModel) -> None:
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     for name in ("final_logit_softcapping", "logit_scale", "output_multiplier_scale"):
         if getattr(config, name, None) not in (None, 1, 1.0):
@@ -183,7 +187,7 @@ def _check_plain_lm_head(model: nn.Module) -> None:
 
 @torch.no_grad()
 def batch_nll(
-    model: nn.Module,
+    model: PreTrainedModel,
     batch: Batch,
     *,
     positions_per_chunk: int = 1024,
@@ -234,7 +238,7 @@ def is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
 
 
-def auto_token_budget(model: nn.Module, device: torch.device, max_length: int) -> int:
+def auto_token_budget(model: PreTrainedModel, device: torch.device, max_length: int) -> int:
     """Padded tokens per batch: fixed on CPU; on CUDA a conservative estimate from free memory.
 
     The estimate counts the activations alive during one decoder layer (residual, q/k/v, MLP
@@ -259,7 +263,7 @@ def auto_token_budget(model: nn.Module, device: torch.device, max_length: int) -
 
 @torch.no_grad()
 def evaluate_loss(
-    model: nn.Module,
+    model: PreTrainedModel,
     examples: Sequence[Example],
     *,
     max_tokens_per_batch: int | None = None,
@@ -292,7 +296,9 @@ def evaluate_loss(
     start = time.perf_counter()
     _check_plain_lm_head(model)
     device = next(model.parameters()).device
-    vocab = model.get_input_embeddings().weight.shape[0]
+    embedding = model.get_input_embeddings().weight
+    assert isinstance(embedding, torch.Tensor)  # nn.Module types attributes as Tensor | Module
+    vocab = embedding.shape[0]
     check_examples(examples, vocab, placeholder_id=placeholder_id)
     if pad_token_id is None:
         pad_token_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0

@@ -19,14 +19,18 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from torch import nn
 
 from evaluator.base_model import ResidentBase
 from registry.errors import EvalboardError, Incompatible, InvalidInput
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 __all__ = [
     "TokenSpaceSizes",
@@ -157,7 +161,14 @@ class PatchReport:
         return f"patched rows [{self.row_start}, {self.row_end}) of {head}{cast}"
 
 
-def _matrices(model: nn.Module) -> tuple[nn.Embedding, nn.Module]:
+class _LMHead(Protocol):
+    """An lm_head as `_matrices` checked it: a module (usually an nn.Linear) whose `weight` is a
+    tensor; `bias` and `out_features` are used where it has them."""
+
+    weight: torch.Tensor
+
+
+def _matrices(model: PreTrainedModel) -> tuple[nn.Embedding, _LMHead]:
     emb = model.get_input_embeddings()
     head = model.get_output_embeddings()
     if not isinstance(emb, nn.Embedding):
@@ -171,13 +182,13 @@ def _matrices(model: nn.Module) -> tuple[nn.Embedding, nn.Module]:
     return emb, head
 
 
-def _is_tied(emb: nn.Embedding, head: nn.Module) -> bool:
+def _is_tied(emb: nn.Embedding, head: _LMHead) -> bool:
     if head.weight is emb.weight:
         return True
     return head.weight.data_ptr() == emb.weight.data_ptr() and head.weight.shape == emb.weight.shape
 
 
-def _text_config(model: nn.Module):
+def _text_config(model: PreTrainedModel):
     config = model.config
     return config.get_text_config() if hasattr(config, "get_text_config") else config
 
@@ -202,7 +213,7 @@ def _mean_rows(weight: torch.Tensor, rows: int) -> torch.Tensor:
 
 @torch.no_grad()
 def prepare_for_token_space(
-    model: nn.Module, text_vocab_size: int, vocab_size_total: int, pad_token_id: int | None = None
+    model: PreTrainedModel, text_vocab_size: int, vocab_size_total: int, pad_token_id: int | None = None
 ) -> PrepareReport:
     """Resize the input embedding and lm_head to `vocab_size_total` rows, in place on `model`.
 
@@ -233,7 +244,7 @@ def prepare_for_token_space(
             f"rows from {previous[0]} on; a token space with text_vocab_size={text_vocab_size} "
             "needs a freshly loaded base"
         )
-    report = dict(
+    untouched = PrepareReport(
         text_vocab_size=text_vocab_size,
         vocab_size_total=vocab_size_total,
         rows_before=rows_before,
@@ -241,13 +252,15 @@ def prepare_for_token_space(
         dtype=str(emb.weight.dtype).removeprefix("torch."),
         pad_token_id=pad_token_id,
         config_says_tied=config_tied,
+        already_prepared=True,
+        reallocated=False,
+        reinitialised_rows=0,
+        added_rows=0,
+        removed_rows=0,
     )
     _set_pad_token_id(model, pad_token_id)
     if previous == (text_vocab_size, vocab_size_total) and rows_before == vocab_size_total:
-        return PrepareReport(
-            **report, already_prepared=True, reallocated=False,
-            reinitialised_rows=0, added_rows=0, removed_rows=0,
-        )  # fmt: skip
+        return untouched
 
     emb_init = _mean_rows(emb.weight, text_vocab_size)
     emb.weight = nn.Parameter(
@@ -263,7 +276,7 @@ def prepare_for_token_space(
             _resized(head.weight.data, text_vocab_size, vocab_size_total, head_init),
             requires_grad=False,
         )
-    if getattr(head, "bias", None) is not None:
+    if hasattr(head, "bias") and head.bias is not None:
         bias = head.bias.data
         head.bias = nn.Parameter(
             _resized(bias, text_vocab_size, vocab_size_total, _mean_rows(bias, text_vocab_size)),
@@ -274,8 +287,8 @@ def prepare_for_token_space(
     _set_vocab_size(model, vocab_size_total)
     setattr(model, _PREPARED_ATTR, (text_vocab_size, vocab_size_total))
     setattr(model, _INIT_ATTR, (emb_init, head_init))
-    done = PrepareReport(
-        **report,
+    done = replace(
+        untouched,
         already_prepared=False,
         reallocated=rows_before != vocab_size_total,
         reinitialised_rows=max(0, min(rows_before, vocab_size_total) - text_vocab_size),
@@ -285,14 +298,14 @@ def prepare_for_token_space(
     return done
 
 
-def _set_vocab_size(model: nn.Module, vocab_size: int) -> None:
+def _set_vocab_size(model: PreTrainedModel, vocab_size: int) -> None:
     model.config.vocab_size = vocab_size
     _text_config(model).vocab_size = vocab_size
     if hasattr(model, "vocab_size"):
         model.vocab_size = vocab_size
 
 
-def _set_pad_token_id(model: nn.Module, pad_token_id: int | None) -> None:
+def _set_pad_token_id(model: PreTrainedModel, pad_token_id: int | None) -> None:
     if pad_token_id is None:
         return
     model.config.pad_token_id = pad_token_id
@@ -312,7 +325,7 @@ def _check_rows(what: str, rows: torch.Tensor, expected: tuple[int, int]) -> Non
 
 @torch.no_grad()
 def patch_rows(
-    model: nn.Module,
+    model: PreTrainedModel,
     embed_rows: torch.Tensor,
     lm_head_rows: torch.Tensor | None,
     row_start: int,
@@ -377,14 +390,14 @@ def _same_values(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 @torch.no_grad()
-def snapshot_rows(model: nn.Module, row_start: int, row_end: int) -> RowTensors:
+def snapshot_rows(model: PreTrainedModel, row_start: int, row_end: int) -> RowTensors:
     """A copy of rows `[row_start, row_end)` of the embedding and lm_head (None when tied)."""
     emb, head = _matrices(model)
     lm_head = None if _is_tied(emb, head) else head.weight[row_start:row_end].clone()
     return RowTensors(emb.weight[row_start:row_end].clone(), lm_head, row_start, row_end, source="snapshot")
 
 
-def restore_rows(model: nn.Module, snapshot: RowTensors) -> PatchReport:
+def restore_rows(model: PreTrainedModel, snapshot: RowTensors) -> PatchReport:
     """Put back rows taken with `snapshot_rows`."""
     return patch_rows(model, snapshot.embed, snapshot.lm_head, snapshot.row_start, snapshot.row_end)
 
@@ -415,8 +428,8 @@ class ResidentModel:
     modality range that the new checkpoint does not cover are reset to the init row).
     """
 
-    def __init__(self, model: nn.Module | ResidentBase):
-        self.model: nn.Module = model.model if isinstance(model, ResidentBase) else model
+    def __init__(self, model: PreTrainedModel | ResidentBase):
+        self.model: PreTrainedModel = model.model if isinstance(model, ResidentBase) else model
         self.sizes: TokenSpaceSizes | None = None
         self.rows_source: str | None = None
 

@@ -271,7 +271,7 @@ class Evaluator:
             for c in self.reg.list_checkpoints(run_id=ck.run_id, status="valid", track=ck.track)
             if c.step is not None and c.step < ck.step
         ]
-        return max(earlier, key=lambda c: c.step) if earlier else None
+        return max(earlier, key=lambda c: c.step or 0) if earlier else None  # every step here is set
 
     # --- the evaluation ---------------------------------------------------------------------
 
@@ -373,6 +373,7 @@ class Evaluator:
         the checkpoint's folder (those are written by `publish`, after MLflow took the result)."""
         ck, es, options = computed.checkpoint, computed.evalset, computed.options
         result, report = computed.result, computed.report
+        assert ck.content_hash is not None  # `compute` refuses an invalid checkpoint, the only kind without one
         out_dir = self.settings.home / "results" / f"{ck.content_hash[:16]}-{es.content_hash[:16]}"
         if options.max_examples:
             out_dir = out_dir.with_name(out_dir.name + f"-n{options.max_examples}")

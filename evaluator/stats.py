@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -146,7 +147,7 @@ def checkpoint_row_stats(
     """The row-statistics document stored in the registry and logged to MLflow (README "Row statistics")."""
     matrices = {"embed": embed, "lm_head": lm_head if lm_head is not None else embed}
     base = None
-    init = {"embed": None, "lm_head": None}
+    init: dict[str, torch.Tensor | None] = {"embed": None, "lm_head": None}
     if base_dir is not None:
         b_embed, b_head = read_base_text_rows(base_dir, token_space.text_vocab_size)
         base = {"embed": b_embed, "lm_head": b_head if b_head is not None else b_embed}
@@ -214,10 +215,10 @@ def _histograms(matrices, base, ranges, row_start, token_space, bins) -> dict[st
 
 
 def connector_stats(
-    state: dict[str, torch.Tensor],
+    state: Mapping[str, torch.Tensor],
     *,
     step: int | None = None,
-    previous: tuple[int | None, dict[str, torch.Tensor]] | None = None,
+    previous: tuple[int | None, Mapping[str, torch.Tensor]] | None = None,
 ) -> dict[str, Any]:
     """Per-module parameter norms of a connector, and their drift against the previous checkpoint.
 

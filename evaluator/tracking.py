@@ -299,7 +299,7 @@ class Tracker:
         }
         if job_id is not None:
             tags[f"{TAG}job_id"] = str(job_id)
-        dataset = MetaDataset(
+        dataset = MetaDataset(  # type: ignore[abstract]  # mlflow leaves `profile` abstract; Dataset is no ABC
             source=_local_source(rec.evalset_path), name=rec.evalset_name, digest=rec.evalset_hash[:DIGEST_LEN]
         )
         run_id = self._start_run(exp_id, f"step{rec.step}:{rec.evalset_name}", tags)
@@ -380,7 +380,8 @@ class Tracker:
         return {"killed": killed, "superseded": superseded}
 
     def _all_runs(self, exp_ids: list[str], filter_string: str) -> list[Any]:
-        runs, token = [], None
+        runs: list[Any] = []
+        token: str | None = None
         while True:
             page = self.client.search_runs(exp_ids, filter_string, max_results=1000, page_token=token)
             runs.extend(page)
@@ -431,7 +432,7 @@ class Tracker:
         if evalset is not None:
             tags[f"{TAG}evalset"] = evalset.name
             tags[f"{TAG}evalset_hash"] = evalset.content_hash
-            dataset = MetaDataset(
+            dataset = MetaDataset(  # type: ignore[abstract]  # mlflow leaves `profile` abstract; Dataset is no ABC
                 source=_local_source(evalset.path), name=evalset.name, digest=evalset.content_hash[:DIGEST_LEN]
             )
         run_id = self._start_run(exp_id, f"import:{Path(source_path).name}", tags)

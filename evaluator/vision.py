@@ -19,9 +19,10 @@ import json
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -55,7 +56,8 @@ class ResidentTower:
     """A vision model loaded once, frozen, with its image processor."""
 
     model: torch.nn.Module
-    processor: object
+    processor: Callable[..., Any]
+    """The tower's image processor: images -> a batch with ``pixel_values``."""
     path: Path
     device: torch.device
     dtype: torch.dtype

@@ -27,13 +27,16 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from registry import queue
 from registry.entities import EvalJobEntity
 from registry.errors import EvalboardError, InvalidInput
 from registry.settings import Settings
 from registry.store import Registry
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["WorkerConfig", "WorkerHooks", "Worker", "is_unrecoverable_device_error", "EXIT_DEVICE_FAULT"]
 
@@ -192,7 +195,7 @@ class Worker:
         self._next_reconcile = 0.0
         self._next_outbox = 0.0
         self.stats = _Stats()
-        self.device = None
+        self.device: torch.device | None = None
 
     @property
     def evaluator(self):
@@ -465,6 +468,7 @@ class Worker:
         while (
             job := queue.claim_outbox(self.reg, worker_id=self.worker_id, lease_seconds=self.config.lease_seconds)
         ) is not None:
+            assert job.result is not None  # a pending outbox entry keeps its result (queue.complete)
             pub = Publication.from_dict(job.result)
             try:
                 with _Heartbeat(self.reg, job, self.config) as lease:

@@ -88,7 +88,8 @@ class Example:
 class EvalSet:
     path: str
     name: str
-    token_space_hash: str
+    token_space_hash: str | None
+    """None for an image eval set that names no token space."""
     manifest: Mapping[str, Any]
     files: tuple[FileRecord, ...]
     examples: tuple[Example, ...] = field(repr=False)
@@ -269,6 +270,7 @@ def _read_examples(files: Sequence[Path], root: Path, vision: VisionSpec | None)
             if images is None:
                 examples.append(Example(str(ex_id), task, ids, labels))
                 continue
+            assert image_col is not None  # `images` is read only from an image column
             data, source = _image_bytes(images[i], image_col, root, f, i)
             if source is not None:
                 image_files[source] = None

@@ -113,7 +113,7 @@ def write(
     evalset_hash: str,
     evalset_name: str,
     subset: str,
-    checkpoint_hash: str,
+    checkpoint_hash: str | None,
 ) -> Path:
     """Write the file atomically (a temporary file renamed into place)."""
     import pyarrow as pa

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -198,11 +198,11 @@ class _Scanner:
             except EvalboardError as e:
                 self.invalid(str(run.token_space), str(e))
         letters = sorted({t.letter for _, t in run.checkpoints} | {t.letter for _, t, _ in run.escaped})
-        track = letters[0] if len(letters) == 1 else "mixed" if letters else "unknown"
+        run_track = letters[0] if len(letters) == 1 else "mixed" if letters else "unknown"
         entity = self.reg.upsert_run(
             path=str(run.path),
             name=run.path.name,
-            track=track,
+            track=run_track,
             token_space_id=run_ts_id,
             token_space_path=str(run.token_space) if run.token_space else None,
         )
@@ -350,7 +350,7 @@ def _step_key(p: Path) -> tuple[int, str]:
     return (s if s is not None else -1, p.name)
 
 
-def _unchanged(files: list[dict[str, Any]], entries: dict[str, os.DirEntry]) -> bool:
+def _unchanged(files: list[dict[str, Any]], entries: Mapping[str, os.DirEntry[str] | FileEntry]) -> bool:
     """Same file names with the same size and mtime as registered: no need to read anything."""
     if sorted(f["name"] for f in files) != sorted(entries):
         return False

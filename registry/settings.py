@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,9 +120,9 @@ class WorkspaceConfig:
     @classmethod
     def parse(cls, text: str, ws: Workspace) -> WorkspaceConfig:
         """Validate the TOML text of `ws`'s config; unknown sections or keys are errors."""
-        try:
+        if sys.version_info >= (3, 11):
             import tomllib
-        except ModuleNotFoundError:  # Python 3.10
+        else:  # Python 3.10
             import tomli as tomllib
 
         where = ws.config_path

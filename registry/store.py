@@ -17,7 +17,7 @@ from dataclasses import fields
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, Integer, Select, String, Text, func, or_, select, text
+from sqlalchemy import CursorResult, Engine, Integer, Result, Select, String, Text, func, or_, select, text
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -362,6 +362,7 @@ class Registry:
             by_name.name = _version_name(name, by_name.content_hash)
             s.flush()
             if restoring:  # back to a content registered before: that version takes the name again
+                assert same_content is not None  # restoring implies it
                 _assign(same_content, name=name, **values)
                 s.flush()
                 return _entity(same_content), "replaced"
@@ -575,9 +576,10 @@ class Registry:
                   ORDER BY CASE WHEN c.base_model = {q["pref"]} THEN 0 ELSE 1 END, j.priority DESC, j.id
                   LIMIT 1 {q["lock"]})
             RETURNING id""")
-        params = {"worker": worker_id, "lease": float(lease_seconds), "pref": prefer_base_model}
+        lease = float(lease_seconds)
+        params = {"worker": worker_id, "lease": lease, "pref": prefer_base_model}
         with self._session() as s:
-            _seen(s, q, worker_id, params["lease"])
+            _seen(s, q, worker_id, lease)
             job_id = s.execute(statement, params).scalar()
             return None if job_id is None else _job(s, job_id)
 
@@ -589,7 +591,7 @@ class Registry:
              WHERE id = :id AND fencing_token = :token
                AND (status = 'running' OR (status = 'done' AND outbox_state = 'pending'))""")
         with self._session() as s:
-            if s.execute(statement, {"id": job_id, "token": token, "lease": lease_seconds}).rowcount != 1:
+            if _rowcount(s.execute(statement, {"id": job_id, "token": token, "lease": lease_seconds})) != 1:
                 return False
             s.execute(
                 text(f"""
@@ -613,9 +615,9 @@ class Registry:
              WHERE id = :id AND fencing_token = :token AND status = 'running'""")
         with self._session() as s:
             params = {"id": job_id, "token": token, "run": mlflow_run_id, "state": outbox_state}
-            if s.execute(statement, params).rowcount != 1:
+            if _rowcount(s.execute(statement, params)) != 1:
                 raise _lost(s, job_id, token, "complete")
-            row = s.get(M.EvalJob, job_id)
+            row = s.get_one(M.EvalJob, job_id)
             row.result = result
             s.flush()
             return _job(s, job_id)
@@ -636,7 +638,7 @@ class Registry:
              WHERE id = :id AND fencing_token = :token AND status = 'running'""")
         with self._session() as s:
             params = {"id": job_id, "token": token, "error": error, "give_up": give_up}
-            if s.execute(statement, params).rowcount != 1:
+            if _rowcount(s.execute(statement, params)) != 1:
                 raise _lost(s, job_id, token, verb)
             return _job(s, job_id)
 
@@ -651,7 +653,7 @@ class Registry:
                    fencing_token = fencing_token + 1
              WHERE id = :id AND status IN {statuses}""")
         with self._session() as s:
-            changed = s.execute(statement, {"id": job_id}).rowcount == 1
+            changed = _rowcount(s.execute(statement, {"id": job_id})) == 1
             if not changed:
                 _job(s, job_id)
             return changed
@@ -665,7 +667,7 @@ class Registry:
                    started_at = NULL, finished_at = NULL, duration_s = NULL, enqueued_at = {q["now"]}
              WHERE id = :id AND status IN ('failed', 'cancelled')""")
         with self._session() as s:
-            changed = s.execute(statement, {"id": job_id}).rowcount == 1
+            changed = _rowcount(s.execute(statement, {"id": job_id})) == 1
             if not changed:
                 _job(s, job_id)
             return changed
@@ -720,7 +722,7 @@ class Registry:
             UPDATE eval_jobs SET outbox_state = 'logged', mlflow_run_id = :run, lease_expires_at = NULL
              WHERE id = :id AND fencing_token = :token AND status = 'done' AND outbox_state = 'pending'""")
         with self._session() as s:
-            if s.execute(statement, {"id": job_id, "token": token, "run": mlflow_run_id}).rowcount != 1:
+            if _rowcount(s.execute(statement, {"id": job_id, "token": token, "run": mlflow_run_id})) != 1:
                 raise _lost(s, job_id, token, "mark logged")
             return _job(s, job_id)
 
@@ -740,7 +742,7 @@ class Registry:
         statement = text(f"SELECT worker_id FROM workers WHERE expires_at > {q['now']} ORDER BY last_seen DESC")
         with self._session(write=False) as s:
             ids = list(s.scalars(statement))
-            return [_entity(s.get(M.Worker, worker_id)) for worker_id in ids]
+            return [_entity(s.get_one(M.Worker, worker_id)) for worker_id in ids]
 
     def worker_gone(self, *, worker_id: str) -> None:
         """Mark a worker that stopped cleanly as no longer alive."""
@@ -754,7 +756,7 @@ class Registry:
         """The database's current time (UTC), the clock every lease is measured against."""
         q = self._clock()
         with self._session(write=False) as s:
-            value = s.execute(text(f"SELECT {q['now']}")).scalar()
+            value = s.execute(text(f"SELECT {q['now']}")).scalar_one()
         if isinstance(value, str):
             value = datetime.fromisoformat(value)
         return _utc(value)
@@ -924,7 +926,10 @@ class Registry:
     def counts(self) -> dict[str, int]:
         """Rows per table, e.g. to check that a refused input added nothing."""
         with self._session(write=False) as s:
-            return {t.name: s.scalar(select(func.count()).select_from(t)) for t in M.Base.metadata.sorted_tables}
+            return {
+                t.name: s.execute(select(func.count()).select_from(t)).scalar_one()
+                for t in M.Base.metadata.sorted_tables
+            }
 
     def snapshot(self) -> dict[str, list[tuple]]:
         """Every row of every table as tuples ordered by id: equal snapshots mean equal data."""
@@ -936,6 +941,13 @@ class Registry:
 
 
 # -- helpers (module level: they need a session, not the registry) ---------------------------
+
+
+def _rowcount(result: Result[Any]) -> int:
+    """Rows an UPDATE matched: `Session.execute` is typed as returning a `Result`, and for a DML
+    statement it is a `CursorResult`, which has the count."""
+    assert isinstance(result, CursorResult)
+    return result.rowcount
 
 
 def _utc(value: datetime) -> datetime:

@@ -242,6 +242,7 @@ class TokenSpace:
             if a is None or b is None:
                 present, absent = (this_label, other_label) if a else (other_label, this_label)
                 r = a or b
+                assert r is not None  # `name` is a range of one of the two
                 add(
                     f"range:{name}",
                     "error",
@@ -385,7 +386,7 @@ def _parse_codecs(raw: Any, where: str) -> dict[str, tuple[str | None, str | Non
         return {}
     if not isinstance(raw, dict):
         raise InvalidInput("codecs must be an object of modality -> version", path=where)
-    out = {}
+    out: dict[str, tuple[str | None, str | None]] = {}
     for name, spec in raw.items():
         if isinstance(spec, str):
             out[name] = (None, check_text(spec, f"codecs[{name!r}]", where))

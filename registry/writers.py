@@ -220,7 +220,7 @@ def rows_of_model(model: Any, token_space: TokenSpace, *, row_start: int | None 
     tied = head is None or head is emb or (head.data_ptr() == emb.data_ptr() and head.shape == emb.shape)
     with _no_grad():
         rows = emb[start:end].detach().to("cpu", copy=True)
-        head_rows = None if tied else head[start:end].detach().to("cpu", copy=True)
+        head_rows = None if tied or head is None else head[start:end].detach().to("cpu", copy=True)
     return rows, head_rows
 
 

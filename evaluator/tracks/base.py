@@ -19,10 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from torch import nn
-
 if TYPE_CHECKING:
     import torch
+    from transformers import PreTrainedModel
 
     from evaluator.batching import Example
     from evaluator.loss import InputsFn
@@ -36,7 +35,7 @@ __all__ = ["EvalTrack", "Applied", "TrackInputs"]
 class Applied:
     """A checkpoint applied to the resident model, ready to evaluate."""
 
-    model: nn.Module
+    model: PreTrainedModel
     """The causal LM whose loss is computed."""
     loaded: Any
     """The track's loaded checkpoint (what `load` returned)."""

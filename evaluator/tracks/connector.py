@@ -28,6 +28,8 @@ from registry.evalset import EvalSet
 from registry.files import verify_files
 
 if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
     from evaluator.service import EvalOptions, Evaluator
     from registry.entities import CheckpointEntity, EvalSetEntity
 
@@ -253,7 +255,7 @@ def _inputs_fn(ctx: _Context, features: torch.Tensor, rows: list[int], placehold
     """``inputs_embeds`` for a batch: token embeddings, with the connector's outputs in the slots."""
 
     @torch.no_grad()
-    def inputs(model: torch.nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+    def inputs(model: PreTrainedModel, batch: Batch) -> dict[str, torch.Tensor]:
         ids = batch.input_ids
         slots = ids == placeholder
         embeds = model.get_input_embeddings()(ids.masked_fill(slots, 0))

@@ -33,8 +33,12 @@ def run_migrations_online() -> None:
         _configure_and_run(connection)
         return
     from registry.engine import make_engine, normalize_url
+    from registry.errors import InvalidInput
 
-    engine = make_engine(normalize_url(context.config.get_main_option("sqlalchemy.url")))
+    url = context.config.get_main_option("sqlalchemy.url")
+    if url is None:
+        raise InvalidInput("alembic: no connection handed over and no sqlalchemy.url configured")
+    engine = make_engine(normalize_url(url))
     try:
         with engine.begin() as connection:
             _configure_and_run(connection)

@@ -6,53 +6,22 @@ never executes."""
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 
+from tests._infra.debian import CHROMIUM_ARGS, chromium
 from tests.dashboard._helpers import PAGES, ROOT, TITLES
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 SCREENSHOTS = ROOT / "test-output" / "screenshots"
 XSS_NAME = '<img src=x onerror="window.__xss=1">'
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--no-first-run",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-def _unavailable(reason: str):
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(reason)
-    pytest.skip(reason)
-
-
-def _chromium() -> str:
-    """Debian's chromium, installed with apt-get when missing and we are root."""
-    found = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
-    if found:
-        return found
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        _unavailable("chromium is not installed and apt-get cannot run here (not root): apt-get install chromium")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium"]):
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-        if proc.returncode != 0:
-            _unavailable(f"{' '.join(cmd)} failed: {proc.stderr.strip()[-500:]}")
-    return shutil.which("chromium") or _unavailable("apt-get installed chromium but it is not on PATH")
 
 
 def _free_port() -> int:
@@ -111,7 +80,7 @@ def server(populated, tmp_path):
 
 
 def test_every_page_in_chromium(server, tmp_path):
-    executable = _chromium()
+    executable = chromium()
     from playwright.sync_api import sync_playwright
 
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
