@@ -47,3 +47,80 @@ def test_compare_shows_the_evaluated_runs(demo_env):
             n = len(band["y"]) // 2
             highs, lows = band["y"][:n], band["y"][n:][::-1]
             assert all(lo <= hi for lo, hi in zip(lows, highs)) and any(lo < hi for lo, hi in zip(lows, highs))
+
+
+def test_the_demo_exports_a_pdf_holding_its_charts_and_intervals(quick_demo, tmp_path):
+    """`evalboard export --format pdf` inside the demo's workspace (no environment variable): the
+    PDF opens (poppler reads it), holds a drawn chart per task with each run's interval band, and
+    the report's tables with the intervals read from the per-example losses in MLflow."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    from tests._infra.debian import chromium, poppler
+
+    chromium()
+    tools = poppler()
+    workdir = quick_demo[0]
+    runs = ["stage3_lr0.01", "stage3_lr0.03", "stage3_lr0.05"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EVALBOARD_") and k != "MLFLOW_TRACKING_URI"}
+    out = tmp_path / "demo.pdf"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "evalboard.cli",
+            "export",
+            "--runs",
+            ",".join(runs),
+            "--format",
+            "pdf",
+            "--out",
+            str(out),
+        ],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert out.read_bytes().startswith(b"%PDF-")
+    info = subprocess.run([tools["pdfinfo"], str(out)], capture_output=True, text=True, timeout=60, check=True)
+    assert int(re.search(r"^Pages:\s+(\d+)$", info.stdout, re.M).group(1)) >= 1
+    text = subprocess.run(
+        [tools["pdftotext"], "-layout", str(out), "-"], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    charts = text[text.index("Loss vs step") : text.index("Runs", text.index("Loss vs step") + 12)]
+    for task in ("all", "a2t", "i2t"):
+        assert f"loss ({task})" in charts
+    assert charts.count("shaded: 95% interval") == 3  # each chart's legend says what its bands are
+    for run in runs:
+        assert charts.count(run) >= 3  # a legend entry per chart, drawn as SVG text
+    # the HTML the PDF was printed from has the same interval numbers the tables show
+    html = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "evalboard.cli",
+            "export",
+            "--runs",
+            ",".join(runs),
+            "--format",
+            "md",
+            "--out",
+            str(tmp_path / "r.md"),
+        ],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert html.returncode == 0, html.stderr[-2000:]
+    md = (tmp_path / "r.md").read_text()
+    lows = re.findall(r"\|\s*(\d\.\d{4})\s*\|\s*(\d\.\d{4})\s*\|\s*(\d\.\d{4})\s*\|", md)
+    assert lows, md[:2000]
+    flat = " ".join(text.split())
+    assert any(all(v in flat for v in row) for row in lows)
