@@ -231,16 +231,17 @@ else:
         st.success("No checkpoint is worse than its run's previous best with significance at 95%.")
     else:
         st.warning(
-            f"{len(flagged)} checkpoints are worse than their run's previous best, significant at 95% "
+            f"{len(flagged)} {'checkpoint is' if len(flagged) == 1 else 'checkpoints are'} worse than "
+            "their run's previous best, significant at 95% "
             "(the paired 95% interval of the difference excludes zero)."
         )
         st.dataframe(flagged, hide_index=True, width="stretch", column_config=_number_columns(flagged))
     noise = len(candidates) - len(flagged) - untested
     notes = []
     if noise:
-        notes.append(f"{noise} worse point values whose interval includes zero (noise, not flagged)")
+        notes.append(f"{noise} worse point value{'s' if noise > 1 else ''} whose interval includes zero (not flagged)")
     if untested:
-        notes.append(f"{untested} worse point values without an interval (not flagged)")
+        notes.append(f"{untested} worse point value{'s' if untested > 1 else ''} without an interval (not flagged)")
     if notes:
         st.caption("; ".join(notes) + ".")
 
