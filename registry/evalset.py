@@ -48,6 +48,8 @@ __all__ = ["EvalSet", "Example", "IGNORE_INDEX", "write_evalset", "MANIFEST"]
 IGNORE_INDEX = -100
 MANIFEST = "manifest.json"
 COLUMNS = ("example_id", "task", "input_ids", "labels")
+RESERVED_TASK = "all"
+"""The name results use for the loss over every task; no eval-set task may take it."""
 _MANIFEST_FIELDS = {
     "name",
     "token_space_hash",
@@ -263,6 +265,10 @@ def _read_examples(files: Sequence[Path], root: Path, vision: VisionSpec | None)
             if not isinstance(task, str) or not task:
                 raise InvalidInput(f"row {i}: task must be a non-empty string", path=f)
             check_text(task, f"row {i}: task", f, max_chars=64)
+            if task == RESERVED_TASK:
+                raise InvalidInput(
+                    f"row {i}: task {RESERVED_TASK!r} is reserved for the loss over every task; rename the task", path=f
+                )
             ex_id = cols["example_id"][i]
             if ex_id is None:
                 raise InvalidInput(f"row {i}: example_id is null", path=f)

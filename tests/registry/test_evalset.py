@@ -110,8 +110,9 @@ def test_invalid_manifests(tmp_path: Path, token_space: TokenSpace, changes: dic
         ([Example("a", "a2t", [], [])], "example 'a' has no tokens"),
         ([Example("a", "a2t", [1, -3, 2], [IGNORE_INDEX, IGNORE_INDEX, 2])], "has token id -3"),
         ([Example("a", "a2t", [1, 2, 3], [IGNORE_INDEX, IGNORE_INDEX, 999])], "has label 999, outside the token space"),
+        ([Example("a", "all", [1, 2], [IGNORE_INDEX, 2])], "task 'all' is reserved for the loss over every task"),
     ],
-    ids=["duplicate-id", "no-tokens", "negative-id", "label-outside"],
+    ids=["duplicate-id", "no-tokens", "negative-id", "label-outside", "task-all"],
 )
 def test_the_writer_refuses_invalid_examples(tmp_path: Path, token_space: TokenSpace, examples, message) -> None:
     with pytest.raises(InvalidInput, match=message):
