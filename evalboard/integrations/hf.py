@@ -25,7 +25,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from evalboard.integrations.publisher import CheckpointFormat, Publisher, RowsFormat, SaveEvent
+from evalboard.integrations.publisher import CheckpointFormat, Publisher, SaveEvent, checkpoint_format
 from registry.errors import InvalidInput
 from registry.settings import Settings
 from registry.token_space import TokenSpace
@@ -61,14 +61,14 @@ class EvalboardCallback(TrainerCallback):
         priority: int = 0,
         trainer_settings: Mapping[str, Any] | None = None,
     ):
-        if (token_space is None) == (format is None):
-            raise InvalidInput(
-                "EvalboardCallback: give token_space (trainable rows) or format= (e.g. a ConnectorFormat), exactly one"
-            )
-        if format is None:
-            space = token_space if isinstance(token_space, TokenSpace) else TokenSpace.load(token_space)
-            format = RowsFormat(space, base_model=base_model, fmt=rows_format, trainer=trainer_settings)
-        self.format = format
+        self.format = checkpoint_format(
+            "EvalboardCallback",
+            token_space,
+            format,
+            base_model=base_model,
+            rows_format=rows_format,
+            trainer_settings=trainer_settings,
+        )
         self.evalset = evalset
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.keep_trainer_checkpoints = keep_trainer_checkpoints

@@ -20,7 +20,7 @@ from typing import Any
 
 from lightning.pytorch import Callback
 
-from evalboard.integrations.publisher import CheckpointFormat, Publisher, RowsFormat, SaveEvent
+from evalboard.integrations.publisher import CheckpointFormat, Publisher, SaveEvent, checkpoint_format
 from registry.errors import InvalidInput
 from registry.settings import Settings
 from registry.token_space import TokenSpace
@@ -57,18 +57,17 @@ class EvalboardLightningCallback(Callback):
         priority: int = 0,
         trainer_settings: Mapping[str, Any] | None = None,
     ):
-        if (token_space is None) == (format is None):
-            raise InvalidInput(
-                "EvalboardLightningCallback: give token_space (trainable rows) or format= "
-                "(e.g. a ConnectorFormat), exactly one"
-            )
+        self.format = checkpoint_format(
+            "EvalboardLightningCallback",
+            token_space,
+            format,
+            base_model=base_model,
+            rows_format=rows_format,
+            trainer_settings=trainer_settings,
+        )
         for name, n in (("every_n_steps", every_n_steps), ("every_n_epochs", every_n_epochs)):
             if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
                 raise InvalidInput(f"EvalboardLightningCallback: {name} must be a positive integer, got {n!r}")
-        if format is None:
-            space = token_space if isinstance(token_space, TokenSpace) else TokenSpace.load(token_space)
-            format = RowsFormat(space, base_model=base_model, fmt=rows_format, trainer=trainer_settings)
-        self.format = format
         self.evalset = evalset
         self.every_n_steps = every_n_steps
         self.every_n_epochs = every_n_epochs if (every_n_epochs or every_n_steps) else 1

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from registry.errors import EvalboardError, Incompatible
+from registry.errors import EvalboardError, Incompatible, InvalidInput
 from registry.settings import Settings
 from registry.store import Registry
 from registry.token_space import TokenSpace
@@ -34,6 +34,7 @@ __all__ = [
     "RowsFormat",
     "ConnectorFormat",
     "Publisher",
+    "checkpoint_format",
     "register_and_enqueue",
     "active_mlflow_run",
 ]
@@ -190,6 +191,28 @@ class ConnectorFormat:
             config=self.config,
             overwrite=True,
         )
+
+
+def checkpoint_format(
+    owner: str,
+    token_space: TokenSpace | str | Path | None,
+    format: CheckpointFormat | None,
+    *,
+    base_model: str | None = None,
+    rows_format: str = "safetensors",
+    trainer_settings: Mapping[str, Any] | None = None,
+) -> CheckpointFormat:
+    """What a training callback writes: ``format`` as given, or the rows of ``token_space`` (a
+    `TokenSpace` or its JSON file); exactly one of the two. ``owner`` names the callback in errors."""
+    if (token_space is None) == (format is None):
+        raise InvalidInput(
+            f"{owner}: give token_space (trainable rows) or format= (e.g. a ConnectorFormat), exactly one"
+        )
+    if format is not None:
+        return format
+    assert token_space is not None
+    space = token_space if isinstance(token_space, TokenSpace) else TokenSpace.load(token_space)
+    return RowsFormat(space, base_model=base_model, fmt=rows_format, trainer=trainer_settings)
 
 
 @dataclass
