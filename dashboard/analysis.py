@@ -43,12 +43,7 @@ def with_intervals(results: pd.DataFrame, intervals: pd.DataFrame) -> pd.DataFra
     """`results` with the `low` and `high` of each (result, task) loss's 95% interval (NaN where
     the result has none). `intervals`: `dashboard.data.intervals_frame`."""
     base = results.drop(columns=[c for c in ("low", "high") if c in results.columns])
-    if base.empty or intervals.empty:  # an empty frame's key columns may have any dtype
-        return base.assign(low=np.nan, high=np.nan)
-    keys = intervals[["result_id", "task", "low", "high"]].astype(
-        {"result_id": base["result_id"].dtype, "task": base["task"].dtype}
-    )
-    return base.merge(keys, on=["result_id", "task"], how="left")
+    return base.merge(intervals[["result_id", "task", "low", "high"]], on=["result_id", "task"], how="left")
 
 
 def best_checkpoints(results: pd.DataFrame, task: str = "all") -> pd.DataFrame:

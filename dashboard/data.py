@@ -248,6 +248,8 @@ def load_results(reg: Registry, run_ids: Iterable[int] | None = None) -> pd.Data
             out["created_at"].append(created)
             out["per_example_path"].append(extra.get("per_example_path"))
     df = pd.DataFrame(out, columns=RESULT_COLUMNS)
+    for c in ("run", "evalset", "task", "source"):  # text even when there is no row
+        df[c] = df[c].astype("str")
     for c in ("run_id", "checkpoint_id", "step", "evalset_id", "tokens", "examples"):
         df[c] = pd.to_numeric(df[c], errors="coerce").astype("Int64")
     df["tokens_seen"] = pd.to_numeric(df["tokens_seen"], errors="coerce")
