@@ -526,20 +526,21 @@ def start_local_worker(settings: Settings) -> dict[str, Any]:
     finishes the queue even if the dashboard stops; it exits when nothing is left to claim).
     Its output goes to `<home>/workers/worker-<time>.log`. Returns {pid, log}."""
     import subprocess
-    import sys
     import time
+
+    from registry.processes import child_env, python_module_command
 
     log = Path(os.path.abspath(settings.home)) / "workers" / f"worker-{time.strftime('%Y%m%d-%H%M%S')}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     cwd = str(settings.workspace.root) if settings.workspace else None
     with open(log, "ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "evalboard.cli", "worker", "--once"],
+            python_module_command("evalboard.cli", "worker", "--once"),
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             cwd=cwd,
-            env=os.environ.copy(),
+            env=child_env(),
             start_new_session=True,
         )
     return {"pid": proc.pid, "log": str(log)}

@@ -23,6 +23,7 @@ def dashboard(
     from evalboard.cli_common import settings as current_settings
     from evalboard.cli_common import verbose
     from evalboard.procs import run_child
+    from registry.processes import child_env, python_module_command
 
     verbose(verbose_flag)
     settings = current_settings()
@@ -36,10 +37,7 @@ def dashboard(
         "PYTHONPATH": os.pathsep.join(filter(None, [str(APP.parent.parent), os.environ.get("PYTHONPATH")])),
     }
     cmd = [
-        sys.executable,
-        "-m",
-        "streamlit",
-        "run",
+        *python_module_command("streamlit", "run"),
         str(APP),
         "--server.port",
         str(port),
@@ -57,7 +55,7 @@ def dashboard(
         "minimal",
     ]
     sys.stderr.write(f"evalboard dashboard on http://{host}:{port} (registry {settings.db_url})\n")
-    raise typer.Exit(run_child(cmd, env))
+    raise typer.Exit(run_child(cmd, child_env(env)))
 
 
 def export(

@@ -49,7 +49,8 @@ def worker_cmd(
         None,
         "--connector-builder",
         metavar="PKG.MODULE:FUNCTION",
-        help="Builds connector modules for jobs whose checkpoint metadata, job and configuration name none.",
+        help="The builder that rebuilds connector modules for jobs that name none themselves; comes before the "
+        "configured one and the one a checkpoint names (honoured only if trusted).",
     ),
     verbose: bool = typer.Option(
         False, "--verbose", "-v", help="Say which workspace and stores are used; show library logs."
@@ -175,8 +176,8 @@ def enqueue_cmd(
         None,
         "--connector-builder",
         metavar="PKG.MODULE:FUNCTION",
-        help="Builds connector modules for connector checkpoints whose metadata and configuration name none "
-        "(kept with the job).",
+        help="The builder that rebuilds connector modules for these jobs (kept with the job); comes before the "
+        "configured one and the one a checkpoint names (honoured only if trusted).",
     ),
     json_out: bool = typer.Option(False, "--json", help="Print the jobs as JSON."),
     verbose_flag: bool = typer.Option(False, "--verbose", "-v", help="Say which workspace and stores are used."),
@@ -355,15 +356,24 @@ def jobs_retry(job_ids: list[int] = typer.Argument(..., min=1, max=2**31 - 1, he
 
 
 @jobs_app.command("reconcile")
-def jobs_reconcile(json_out: bool = typer.Option(False, "--json", help="Print what changed as JSON.")) -> None:
-    """Reap expired leases and close MLflow runs left RUNNING by dead workers (workers also do this
-    at start and periodically)."""
+def jobs_reconcile(
+    json_out: bool = typer.Option(False, "--json", help="Print what changed as JSON."),
+    hosts_gone: list[str] = typer.Option(
+        [],
+        "--host-gone",
+        help="HOST: a machine that will never end its runs (decommissioned); its RUNNING runs of no "
+        "queued job are ended KILLED too (repeatable).",
+    ),
+) -> None:
+    """Reap expired leases and close MLflow runs left RUNNING by dead workers, and by `evalboard
+    eval` / `import-eval` processes of this host that are gone (workers also do this at start and
+    periodically). Runs started on other hosts are left alone, unless named with --host-gone."""
     from evaluator.worker import Worker, WorkerConfig
     from registry import queue
 
     reg, settings = _registry()
     reaped = queue.reap_expired(reg)
-    out = {**reaped, **Worker(reg, settings, WorkerConfig()).reconcile()}
+    out = {**reaped, **Worker(reg, settings, WorkerConfig()).reconcile(hosts_gone=hosts_gone)}
     if json_out:
         sys.stdout.write(json.dumps(out, indent=2) + "\n")
     else:

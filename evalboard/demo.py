@@ -305,7 +305,8 @@ def _print_audit(console: Console, findings) -> None:
 
 def _serve(workdir: Path, port: int, env: dict[str, str], console: Console) -> None:
     from evalboard.procs import run_child
+    from registry.processes import child_env, python_module_command
 
-    cmd = [sys.executable, "-m", "evalboard.cli", "dashboard", "--port", str(port)]
+    cmd = python_module_command("evalboard.cli", "dashboard", "--port", str(port))
     console.print(f"dashboard: http://127.0.0.1:{port}  (Ctrl-C to stop)", markup=False, highlight=False)
-    run_child(cmd, {**os.environ, **env})
+    run_child(cmd, child_env({**os.environ, **env}))

@@ -2,9 +2,14 @@
 
 The connector's module code belongs to the user's training code, so evalboard never guesses it:
 a *builder* takes ``(state_dict, metadata)`` and returns an ``nn.Module`` mapping vision features
-``[batch, patches, tower_width]`` to LLM input embeddings ``[batch, tokens, llm_width]``. Which
-builder applies is, in order: the checkpoint's own metadata (``connector_builder``), the
-configuration (per run, then ``"*"``; `Settings.connector_builders`), then ``--connector-builder``.
+``[batch, patches, tower_width]`` to LLM input embeddings ``[batch, tokens, llm_width]``.
+
+Code runs only when a person chose it (`choose_builder`, the one place that decides): first the
+user's explicit choice (``--connector-builder`` on eval / enqueue / worker), then the configuration
+(per run, then ``"*"``; `Settings.connector_builders`), then the builder the checkpoint names, but
+only when it is a reference builder below or the user listed it as trusted
+(`Settings.trusted_builders`); then the layout's reference builder (LLaVA folders). A builder named
+only by a file is otherwise refused, before anything is imported.
 
 Two reference builders infer every dimension from the weights:
 
@@ -22,6 +27,7 @@ from __future__ import annotations
 import importlib
 import re
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +35,7 @@ import torch
 from torch import nn
 
 from registry.errors import Incompatible, InvalidInput
+from registry.settings import CONFIG_NAME, HOME_NAME, TRUSTED_KEY, Settings
 
 __all__ = [
     "PerceiverConnector",
@@ -37,6 +44,8 @@ __all__ = [
     "llava_projector",
     "load_builder",
     "build_connector",
+    "choose_builder",
+    "BuilderChoice",
     "REFERENCE_BUILDERS",
 ]
 
@@ -175,17 +184,75 @@ def llava_projector(state: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) 
     return ProjectorConnector(widths, attribute, single)
 
 
+@dataclass(frozen=True)
+class BuilderChoice:
+    """Which builder rebuilds a connector, and who chose it (said in logs and errors)."""
+
+    spec: str
+    """``package.module:function``."""
+    source: str
+    """"--connector-builder", "configuration", "checkpoint (reference builder)",
+    "checkpoint (trusted)" or "layout default"."""
+
+
+def choose_builder(
+    *,
+    chosen: str | None,
+    settings: Settings,
+    run_name: str | None,
+    hinted: str | None,
+    default: str | None,
+    where: str | Path,
+) -> BuilderChoice:
+    """The builder to run for one connector checkpoint, deciding on names only (nothing imported).
+
+    ``chosen``: the user's explicit choice (flag, job option); ``hinted``: the name the checkpoint
+    file gives; ``default``: its layout's reference builder. A hint that is neither a reference
+    builder nor trusted by the user is refused in one line that says how to trust it."""
+    if chosen:
+        return BuilderChoice(chosen, "--connector-builder")
+    configured = settings.connector_builder_for(run_name)
+    if configured:
+        return BuilderChoice(configured, "configuration")
+    if hinted:
+        if hinted in REFERENCE_BUILDERS:
+            return BuilderChoice(hinted, "checkpoint (reference builder)")
+        if settings.trusts_builder(hinted):
+            return BuilderChoice(hinted, "checkpoint (trusted)")
+        raise InvalidInput(
+            f"names connector builder {hinted!r}, which you have not trusted: evalboard runs code a "
+            f"checkpoint names only when you list it (add it to [connector_builders] {TRUSTED_KEY} = "
+            f'["{hinted}"] in {HOME_NAME}/{CONFIG_NAME}, or to EVALBOARD_TRUSTED_BUILDERS), or choose '
+            "a builder yourself with --connector-builder / EVALBOARD_CONNECTOR_BUILDER",
+            path=where,
+        )
+    if default:
+        return BuilderChoice(default, "layout default")
+    raise InvalidInput(
+        "names no connector builder: pass --connector-builder, set EVALBOARD_CONNECTOR_BUILDER or "
+        f"[connector_builders] in {HOME_NAME}/{CONFIG_NAME} (per run or for all) "
+        f"(reference builders: {', '.join(REFERENCE_BUILDERS)})",
+        path=where,
+    )
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e)
+    return text.splitlines()[0][:300] if text else ""
+
+
 def load_builder(spec: str) -> Callable[..., nn.Module]:
-    """Import ``package.module:function``; a clear error when it does not import or is not callable."""
+    """Import ``package.module:function``; a clear error when it does not import or is not callable.
+    Whatever the import raises (``SystemExit`` and ``KeyboardInterrupt`` included) becomes that error,
+    so a builder cannot end the process that evaluates it."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise InvalidInput(f"connector builder {spec!r} must be 'package.module:function'")
     try:
         module = importlib.import_module(module_name)
-    except Exception as e:  # noqa: BLE001 - user code: any import failure is reported, not raised as is
+    except BaseException as e:  # noqa: BLE001 - user code: any import failure is reported, not raised as is
         raise InvalidInput(
-            f"connector builder {spec!r} does not import: {type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else ''}"
+            f"connector builder {spec!r} does not import: {type(e).__name__}: {_first_line(e)}"
         ) from None
     fn: Any = module
     for part in attr.split("."):
@@ -210,10 +277,9 @@ def build_connector(
     except (InvalidInput, Incompatible) as e:
         message = str(e).removeprefix(f"{e.path}: ") if e.path else str(e)
         raise type(e)(f"connector builder {spec}: {message}", path=where) from None
-    except Exception as e:  # noqa: BLE001 - user code
+    except BaseException as e:  # noqa: BLE001 - user code: SystemExit / KeyboardInterrupt fail the job too
         raise InvalidInput(
-            f"connector builder {spec} failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
-            path=where,
+            f"connector builder {spec} failed: {type(e).__name__}: {_first_line(e)}", path=where
         ) from None
     if not isinstance(module, nn.Module):
         raise InvalidInput(

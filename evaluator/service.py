@@ -54,8 +54,8 @@ class EvalOptions:
     """Padded tokens per forward pass; None = automatic."""
     log_to_mlflow: bool = True
     connector_builder: str | None = None
-    """Builder (``package.module:function``) for connector checkpoints whose metadata and the
-    configuration name none (`--connector-builder`)."""
+    """Builder (``package.module:function``) the user chose for connector checkpoints
+    (`--connector-builder`); it comes first (`evaluator.connectors.choose_builder`)."""
 
 
 @dataclass
@@ -209,6 +209,7 @@ class Evaluator:
 
     def check(self, ck: CheckpointEntity, es: EvalSetEntity, options: EvalOptions) -> list:
         """Refuse what cannot be evaluated; returns the non-error findings (e.g. version warnings)."""
+        tracks.get(ck.track).refuse(self, ck, options)
         findings = pair_findings(self.reg, ck, es, models=self.settings.models)
         errors = [f for f in findings if f.severity == "error"]
         allowed = overridable(ck) if ck.status == "valid" else frozenset()

@@ -25,7 +25,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -70,7 +70,8 @@ class WorkerConfig:
     worker_id: str | None = None
     """Name recorded on claimed jobs; default `<host>:<pid>`."""
     connector_builder: str | None = None
-    """Connector builder for jobs whose checkpoint metadata, job options and configuration name none."""
+    """Connector builder (`--connector-builder`) for jobs whose options name none: the user's choice,
+    before the configured builder and a checkpoint's own (`evaluator.connectors.choose_builder`)."""
 
     def __post_init__(self) -> None:
         from evaluator.base_model import parse_device
@@ -190,6 +191,7 @@ class Worker:
         self._evaluator = evaluator
         self._stop = threading.Event()
         self._signals = 0
+        self._handles_signals = False
         self._base_model: str | None = None
         self._mlflow_down_until = 0.0
         self._next_reconcile = 0.0
@@ -228,6 +230,7 @@ class Worker:
 
         signal.signal(signal.SIGTERM, handle)
         signal.signal(signal.SIGINT, handle)
+        self._handles_signals = True
 
     def run(self) -> int:
         """Claim and run jobs until stopped; returns the process exit status."""
@@ -337,6 +340,12 @@ class Worker:
             except Interrupted:
                 self._give_back(job, "worker interrupted (second SIGTERM/SIGINT)", count_attempt=False)
                 raise
+            except (SystemExit, KeyboardInterrupt) as e:
+                if isinstance(e, KeyboardInterrupt) and not self._handles_signals:
+                    raise  # a real Ctrl-C: with our handlers installed it would arrive as a stop
+                # Raised by user code (a connector module): the job fails, the worker lives on.
+                reason = InvalidInput(f"user code raised {type(e).__name__}({e}) during job {job.id}")
+                return self._failed(job, reason, time.monotonic() - t0)
             except Exception as e:  # noqa: BLE001 - every failure is recorded on the job
                 return self._failed(job, e, time.monotonic() - t0)
         self.stats.done += 1
@@ -444,10 +453,12 @@ class Worker:
             self._next_reconcile = now + self.config.reconcile_seconds
             self.reconcile()
 
-    def reconcile(self) -> dict[str, list[str]]:
-        """Close MLflow runs of dead attempts (see `Tracker.reconcile`)."""
+    def reconcile(self, hosts_gone: Sequence[str] = ()) -> dict[str, list[str]]:
+        """Close MLflow runs of dead attempts and dead processes (see `Tracker.reconcile`)."""
         try:
-            out = self.evaluator.tracker.reconcile(lambda: queue.live_leases(self.reg), self._done_runs)
+            out = self.evaluator.tracker.reconcile(
+                lambda: queue.live_leases(self.reg), self._done_runs, hosts_gone=hosts_gone
+            )
         except Exception as e:  # noqa: BLE001 - MLflow away: try again next time
             log.warning("could not reconcile MLflow runs: %s: %s", type(e).__name__, str(e).splitlines()[0][:200])
             return {"killed": [], "superseded": []}
@@ -502,10 +513,12 @@ def supervise_gpus(argv: list[str], devices: list[int]) -> int:
     Each child is a plain `evalboard worker --device cuda:N`, so a crashed one can be restarted by
     itself (systemd/SLURM restart the parent, which starts them all again)."""
     import subprocess
-    import sys
 
+    from registry.processes import child_env, python_module_command
+
+    env = child_env()
     children = [
-        subprocess.Popen([sys.executable, "-m", "evalboard.cli", "worker", "--device", f"cuda:{d}", *argv])
+        subprocess.Popen(python_module_command("evalboard.cli", "worker", "--device", f"cuda:{d}", *argv), env=env)
         for d in devices
     ]
 

@@ -19,12 +19,15 @@ switches for running many workers.
 | MLflow store | `MLFLOW_TRACKING_URI` | `[mlflow] tracking_uri` | `sqlite:///<home>/mlflow.db` |
 | artifacts | `EVALBOARD_ARTIFACT_LOCATION` | `[mlflow] artifact_location` | next to a local store; the server's otherwise |
 | models | `EVALBOARD_MODELS` | `[models]` id = "dir" | none |
+| connector builders | `EVALBOARD_CONNECTOR_BUILDER` | `[connector_builders]` run (or "*") = "pkg.mod:fn" | none |
+| trusted builders | `EVALBOARD_TRUSTED_BUILDERS` | `[connector_builders] trusted = ["pkg.mod:fn", "pkg.mod:*"]` | none |
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -39,6 +42,8 @@ __all__ = [
     "WorkspaceConfig",
     "parse_models",
     "parse_connector_builders",
+    "parse_trusted_builders",
+    "check_builder_name",
     "DEFAULT_VISION_CACHE_BYTES",
     "default_artifact_location",
     "find_workspace",
@@ -48,6 +53,8 @@ __all__ = [
 ]
 
 HOME_NAME = ".evalboard"
+TRUSTED_KEY = "trusted"
+"""The key of ``[connector_builders]`` that lists trusted builders (not a run name)."""
 CONFIG_NAME = "config.toml"
 DEFAULT_VISION_CACHE_BYTES = 2 << 30
 ARTIFACTS_NAME = "mlartifacts"
@@ -60,6 +67,7 @@ ENV_VARS = {
     "EVALBOARD_ARTIFACT_LOCATION": "where new MLflow experiments keep their artifacts",
     "EVALBOARD_MODELS": "base-model (and vision-tower) id -> local folder: a JSON file, or id=dir,id2=dir2",
     "EVALBOARD_CONNECTOR_BUILDER": "connector builder pkg.mod:fn for every run, run=pkg.mod:fn,..., or a JSON file",
+    "EVALBOARD_TRUSTED_BUILDERS": "connector builders a checkpoint file may name: pkg.mod:fn or pkg.mod:*, comma-separated",
     "EVALBOARD_VISION_CACHE_BYTES": "bound of the on-disk vision-feature cache (bytes; 0 disables it)",
 }
 
@@ -109,6 +117,9 @@ class WorkspaceConfig:
     models: dict[str, str] | None = None
     connector_builders: dict[str, str] | None = None
     """``[connector_builders]``: run name (or "*") = "package.module:function"."""
+    trusted_builders: tuple[str, ...] | None = None
+    """``[connector_builders] trusted = [...]``: builders a checkpoint file may name (``pkg.mod:fn``
+    or ``pkg.mod:*``); a file's builder outside this list (and the reference builders) is refused."""
 
     _SECTIONS = {
         "registry": {"url"},
@@ -143,6 +154,13 @@ class WorkspaceConfig:
                     raise InvalidInput(
                         f"unknown key {key!r} in [{section}]; known: {', '.join(sorted(keys))}", path=where
                     )
+                if section == "connector_builders" and key == TRUSTED_KEY:
+                    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+                        raise InvalidInput(
+                            f'[connector_builders] {TRUSTED_KEY} must be a list of builders, e.g. ["pkg.mod:fn"]',
+                            path=where,
+                        )
+                    continue
                 if not isinstance(v, str) or not v.strip():
                     raise InvalidInput(f"[{section}] {key} must be a non-empty string", path=where)
         registry = data.get("registry", {}).get("url")
@@ -156,8 +174,13 @@ class WorkspaceConfig:
             ),
             models={k: str(_resolve_path(v, ws.root)) for k, v in models.items()} if models is not None else None,
             connector_builders=(
-                {k: _check_builder(v, str(where)) for k, v in data["connector_builders"].items()}
+                {k: _check_builder(v, str(where)) for k, v in data["connector_builders"].items() if k != TRUSTED_KEY}
                 if "connector_builders" in data
+                else None
+            ),
+            trusted_builders=(
+                tuple(_check_builder(v, str(where), trust=True) for v in data["connector_builders"][TRUSTED_KEY])
+                if TRUSTED_KEY in data.get("connector_builders", {})
                 else None
             ),
         )
@@ -258,9 +281,19 @@ class Settings:
     """Bound of the on-disk cache of vision-tower features (`<home>/cache/vision`), least recently
     used first out. Env `EVALBOARD_VISION_CACHE_BYTES`; 0 disables the disk cache."""
 
+    trusted_builders: tuple[str, ...] = ()
+    """Builders a checkpoint file may name and have run (``pkg.mod:fn``, or ``pkg.mod:*`` for every
+    function of a module), besides evalboard's reference builders. Config
+    ``[connector_builders] trusted = [...]``; env `EVALBOARD_TRUSTED_BUILDERS` (comma-separated)."""
+
     def connector_builder_for(self, run_name: str | None) -> str | None:
         """The configured builder for ``run_name``'s connector checkpoints (the run's, else "*")."""
         return self.connector_builders.get(run_name or "") or self.connector_builders.get("*")
+
+    def trusts_builder(self, spec: str) -> bool:
+        """Whether the user listed ``spec`` (or its whole module) as a builder files may name."""
+        module = spec.partition(":")[0]
+        return spec in self.trusted_builders or f"{module}:*" in self.trusted_builders
 
     artifact_location: str | None = None
     """Where new MLflow experiments keep artifacts. Env `EVALBOARD_ARTIFACT_LOCATION`; default
@@ -318,6 +351,10 @@ class Settings:
         builders = (
             parse_connector_builders(builders_value) if isinstance(builders_value, str) else dict(builders_value or {})
         )
+        trusted_value = pick("trusted_builders", "EVALBOARD_TRUSTED_BUILDERS", config.trusted_builders)
+        trusted = (
+            parse_trusted_builders(trusted_value) if isinstance(trusted_value, str) else tuple(trusted_value or ())
+        )
         return cls(
             home=Path(home),
             db_url=db_url,
@@ -327,6 +364,7 @@ class Settings:
             workspace=ws,
             origins=origins,
             connector_builders=builders,
+            trusted_builders=trusted,
             vision_cache_bytes=_non_negative_int(
                 env.get("EVALBOARD_VISION_CACHE_BYTES", ""), "EVALBOARD_VISION_CACHE_BYTES", DEFAULT_VISION_CACHE_BYTES
             ),
@@ -348,6 +386,8 @@ class Settings:
             "mlflow_tracking_uri": self.mlflow_uri,
             "artifact_location": self.artifact_location,
             "models": dict(self.models),
+            "connector_builders": dict(self.connector_builders),
+            "trusted_builders": list(self.trusted_builders),
             "origins": dict(self.origins),
         }
 
@@ -417,11 +457,37 @@ def _non_negative_int(value: str, name: str, default: int) -> int:
     return int(value)
 
 
-def _check_builder(spec: str, where: str) -> str:
-    module, sep, fn = spec.partition(":")
-    if not sep or not module.strip() or not fn.strip() or len(spec) > 512:
-        raise InvalidInput(f"{where}: connector builder {spec!r} must be 'package.module:function'")
-    return spec.strip()
+_DOTTED = r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*"
+BUILDER_RE = re.compile(rf"{_DOTTED}:{_DOTTED}")
+"""A builder name: ``package.module:function`` (dotted identifiers only)."""
+
+
+def check_builder_name(spec: object) -> str | None:
+    """``spec`` stripped when it is a well-formed builder name, else None."""
+    if not isinstance(spec, str) or len(spec) > 512:
+        return None
+    spec = spec.strip()
+    return spec if BUILDER_RE.fullmatch(spec) else None
+
+
+def _check_builder(spec: str, where: str, *, trust: bool = False) -> str:
+    """A builder name as configured (``pkg.mod:*`` also allowed in a trust list)."""
+    text = spec.strip() if isinstance(spec, str) else ""
+    module, _, fn = text.partition(":")
+    whole_module = trust and fn == "*" and re.fullmatch(_DOTTED, module) is not None
+    if check_builder_name(text) is None and not whole_module:
+        form = "'package.module:function' or 'package.module:*'" if trust else "'package.module:function'"
+        raise InvalidInput(f"{where}: connector builder {spec!r} must be {form}")
+    return text
+
+
+def parse_trusted_builders(value: str) -> tuple[str, ...]:
+    """`EVALBOARD_TRUSTED_BUILDERS`: builders a checkpoint may name, comma-separated."""
+    return tuple(
+        _check_builder(part, "EVALBOARD_TRUSTED_BUILDERS", trust=True)
+        for part in (p.strip() for p in value.split(","))
+        if part
+    )
 
 
 def parse_connector_builders(value: str) -> dict[str, str]:

@@ -88,6 +88,11 @@ class EvalTrack(ABC):
     def model_params(self, ck: CheckpointEntity, token_space_hash: str | None) -> dict[str, str]:
         """Parameters of the checkpoint's MLflow LoggedModel."""
 
+    def refuse(self, ev: Evaluator, ck: CheckpointEntity, options: EvalOptions) -> None:
+        """Refuse, from the registered entry alone (no file read, no code imported), what this track
+        can tell cannot be evaluated with ``options`` (default: nothing)."""
+        return None
+
     def stats_base(self, ev: Evaluator, ck: CheckpointEntity, loaded: Any) -> Path | None:
         """The local folder of the frozen model the statistics compare against (None: not needed)."""
         return None

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from evaluator.batching import IGNORE_INDEX, Batch, Example
-from evaluator.connectors import build_connector
+from evaluator.connectors import BuilderChoice, build_connector, choose_builder
 from evaluator.tracks.base import Applied, EvalTrack, TrackInputs
 from evaluator.vision import ResidentTower, VisionSettings
 from registry.connector import ConnectorCheckpoint
@@ -36,20 +36,18 @@ if TYPE_CHECKING:
 __all__ = ["ConnectorEval", "builder_for"]
 
 
-def builder_for(ev: Evaluator, ck: CheckpointEntity, loaded: ConnectorCheckpoint, fallback: str | None) -> str:
-    """The checkpoint's own builder, else the configured one (run, then "*"), else ``fallback``."""
-    run_name = ev.reg.get_run(id=ck.run_id).name
-    spec = loaded.builder or ev.settings.connector_builder_for(run_name) or fallback
-    if not spec:
-        from evaluator.connectors import REFERENCE_BUILDERS
-
-        raise InvalidInput(
-            "names no connector builder: set connector_builder in its metadata, "
-            "EVALBOARD_CONNECTOR_BUILDER (per run or for all), or pass --connector-builder "
-            f"(reference builders: {', '.join(REFERENCE_BUILDERS)})",
-            path=ck.path,
-        )
-    return spec
+def builder_for(
+    ev: Evaluator, ck: CheckpointEntity, hinted: str | None, default: str | None, chosen: str | None
+) -> BuilderChoice:
+    """`evaluator.connectors.choose_builder` for a registered connector checkpoint."""
+    return choose_builder(
+        chosen=chosen,
+        settings=ev.settings,
+        run_name=ev.reg.get_run(id=ck.run_id).name,
+        hinted=hinted,
+        default=default,
+        where=ck.path,
+    )
 
 
 class _Context:
@@ -80,6 +78,10 @@ class ConnectorEval(EvalTrack):
             raise InvalidInput("changed on disk since registration; rescan it with `evalboard scan`", path=ck.path)
         return loaded
 
+    def refuse(self, ev: Evaluator, ck: CheckpointEntity, options: EvalOptions) -> None:
+        meta = ck.meta or {}
+        builder_for(ev, ck, meta.get("connector_builder"), meta.get("default_builder"), options.connector_builder)
+
     def apply(
         self, ev: Evaluator, ck: CheckpointEntity, loaded: Any, device: torch.device, options: EvalOptions
     ) -> Applied:
@@ -87,7 +89,9 @@ class ConnectorEval(EvalTrack):
         from registry.tracks.connector import model_hidden_size
 
         # Everything that can be refused without loading a model comes first.
-        spec = builder_for(ev, ck, loaded, options.connector_builder)
+        choice = builder_for(ev, ck, loaded.builder, loaded.default_builder, options.connector_builder)
+        spec = choice.spec
+        ev.log.info("connector %s: builder %s (chosen by %s)", ck.path, spec, choice.source)
         connector = build_connector(spec, loaded.state, loaded.meta, ck.path)
         llm_dir = resolve_base_model(loaded.base_llm, ev.settings.models)
         tower_dir = resolve_base_model(loaded.vision_tower, ev.settings.models)
@@ -100,7 +104,7 @@ class ConnectorEval(EvalTrack):
         settings = tower.resolve(loaded.feature_layer, loaded.drop_cls)
         connector = connector.to(device)
         prepare = (
-            f"connector {Path(ck.path).name} built by {spec} ({loaded.n_params} parameters) on "
+            f"connector {Path(ck.path).name} built by {spec} ({choice.source}; {loaded.n_params} parameters) on "
             f"{tower.describe()}, features from hidden layer {settings.feature_layer}"
             f"{', CLS dropped' if settings.drop_cls else ''}"
         )
@@ -161,7 +165,7 @@ class ConnectorEval(EvalTrack):
             k = tower.cache_key(sha, size, settings)
             hit = memory.get(k)
             if hit is None and cache is not None:
-                hit = cache.get(k)
+                hit = cache.get(k, dtype=tower.dtype, width=tower.hidden_size)
                 if hit is not None:
                     memory[k] = hit
             rows.append(hit)

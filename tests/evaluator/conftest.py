@@ -22,6 +22,14 @@ def mlflow_template(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def track_a_ws(tmp_path_factory) -> Path:
+    """Built once: base, tower, a connector run (3 checkpoints), a LLaVA-layout run, an image eval set."""
+    from tests.evaluator._track_a import build_track_a_workspace
+
+    return build_track_a_workspace(tmp_path_factory.mktemp("track-a"))
+
+
 @dataclass
 class EvalEnv:
     root: Path

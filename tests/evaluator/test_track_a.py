@@ -16,66 +16,10 @@ import pytest
 import torch
 
 from evalboard.fixtures import (
-    TinyBaseSpec,
-    build_tiny_base,
-    build_tiny_vision_tower,
     image_examples,
-    make_image_evalset,
     write_connector_checkpoint,
 )
-
-BASE_ID = "demo/Qwen3-tiny-Base"
-TOWER_ID = "test/siglip-tiny"
-RUN = "stage1_align"
-LLAVA_RUN = "llava_pretrain"
-STEPS = (100, 200, 300)
-EVALSET = "images-i2t"
-
-
-@pytest.fixture(scope="session")
-def track_a_ws(tmp_path_factory) -> Path:
-    """Built once: base, tower, a connector run (3 checkpoints), a LLaVA-layout run, an image eval set."""
-    root = tmp_path_factory.mktemp("track-a")
-    build_tiny_base(root / "models" / "tiny-qwen3", TinyBaseSpec(output_scale=4.0))
-    tower = build_tiny_vision_tower(root / "models" / "siglip-tiny")
-    for i, step in enumerate(STEPS):
-        write_connector_checkpoint(
-            root / "outputs" / RUN / f"checkpoint_{step}.pt",
-            step=step,
-            vision_dim=32,
-            llm_dim=64,
-            n_queries=6,
-            num_heads=4,
-            base_llm=BASE_ID,
-            vision_tower=TOWER_ID,
-            seed=10 + i,
-        )
-    _write_llava(root / "outputs" / LLAVA_RUN / "checkpoint-500")
-    make_image_evalset(root / "evalsets" / EVALSET, EVALSET, tower=TOWER_ID, tower_dir=tower, n=10)
-    return root
-
-
-def _write_llava(folder: Path, *, hidden: int = 64, mm_hidden: int = 32) -> Path:
-    from evaluator.connectors import ProjectorConnector
-
-    folder.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(3)
-    proj = ProjectorConnector([mm_hidden, hidden, hidden])
-    torch.save({f"model.{k}": v for k, v in proj.state_dict().items()}, folder / "mm_projector.bin")
-    (folder / "config.json").write_text(
-        json.dumps(
-            {
-                "_name_or_path": BASE_ID,
-                "mm_vision_tower": TOWER_ID,
-                "mm_projector_type": "mlp2x_gelu",
-                "mm_hidden_size": mm_hidden,
-                "hidden_size": hidden,
-                "mm_vision_select_layer": -1,
-                "mm_vision_select_feature": "patch",
-            }
-        )
-    )
-    return folder
+from tests.evaluator._track_a import BASE_ID, EVALSET, LLAVA_RUN, RUN, TOWER_ID, models_mapping
 
 
 @dataclass
@@ -96,7 +40,7 @@ class Env:
             "EVALBOARD_HOME": str(self.settings.home),
             "EVALBOARD_DB": self.settings.db_url,
             "MLFLOW_TRACKING_URI": self.settings.mlflow_uri,
-            "EVALBOARD_MODELS": _models(self.root),
+            "EVALBOARD_MODELS": models_mapping(self.root),
         }
 
     def counts(self) -> tuple[int, int, int]:
@@ -106,10 +50,6 @@ class Env:
         exps = [e.experiment_id for e in client.search_experiments()]
         runs = len(client.search_runs(exps)) if exps else 0
         return len(self.reg.list_eval_results()), len(self.reg.list_checkpoints()), runs
-
-
-def _models(root: Path) -> str:
-    return f"{BASE_ID}={root / 'models' / 'tiny-qwen3'},{TOWER_ID}={root / 'models' / 'siglip-tiny'}"
 
 
 @pytest.fixture
@@ -127,7 +67,7 @@ def env(track_a_ws, mlflow_template, tmp_path, monkeypatch) -> Env:
         "EVALBOARD_HOME": str(home),
         "EVALBOARD_DB": f"sqlite:///{home / 'registry.db'}",
         "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
-        "EVALBOARD_MODELS": _models(root),
+        "EVALBOARD_MODELS": models_mapping(root),
     }.items():
         monkeypatch.setenv(k, v)
     settings = Settings.from_env()
@@ -372,7 +312,11 @@ BAD_CONNECTORS = {
         dict(state=_state(projector__9__weight=torch.zeros(2, 2))),
         ("unexpected keys", "projector.9.weight"),
     ),
-    "builder-does-not-import": (
+    "builder-not-trusted": (
+        dict(config={"connector_builder": "no_such_pkg.mod:build"}),
+        ("no_such_pkg.mod:build", "not trusted", "[connector_builders] trusted"),
+    ),
+    "trusted-builder-does-not-import": (
         dict(config={"connector_builder": "no_such_pkg.mod:build"}),
         ("no_such_pkg.mod:build", "does not import"),
     ),
@@ -405,14 +349,21 @@ def test_bad_connector_checkpoints_are_refused_in_one_line(env, case):
 
     scan(env.reg, [path])
     before = env.counts()
-    if case == "builder-wrong-widths":  # the module from this test file
+    if case == "builder-wrong-widths":  # the module from this test file, trusted by the user
         proc = _cli(
             env,
             "eval",
             str(path),
             "--evalset",
             EVALSET,
-            extra_env={"PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+            extra_env={
+                "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+                "EVALBOARD_TRUSTED_BUILDERS": "tests.evaluator.test_track_a:narrow_builder",
+            },
+        )
+    elif case == "trusted-builder-does-not-import":
+        proc = _cli(
+            env, "eval", str(path), "--evalset", EVALSET, extra_env={"EVALBOARD_TRUSTED_BUILDERS": "no_such_pkg.mod:*"}
         )
     else:
         proc = _cli(env, "eval", str(path), "--evalset", EVALSET)
