@@ -53,8 +53,9 @@ def eval_cmd(
         None,
         "--connector-builder",
         metavar="PKG.MODULE:FUNCTION",
-        help="Builds connector modules for connector checkpoints whose metadata and configuration "
-        "(EVALBOARD_CONNECTOR_BUILDER) name none; e.g. evaluator.connectors:perceiver_resampler.",
+        help="The builder that rebuilds connector modules, chosen by you: it comes before the configured one "
+        "(EVALBOARD_CONNECTOR_BUILDER) and the one a checkpoint names (honoured only if it is a reference "
+        "builder or listed in [connector_builders] trusted); e.g. evaluator.connectors:perceiver_resampler.",
     ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what loading and patching did."),
 ) -> None:
@@ -212,25 +213,26 @@ def import_eval_cmd(
     """Backfill existing eval_step*.json files into MLflow (and the registry), linked to their
     checkpoints when those are registered. Importing the same file twice does nothing."""
     from evaluator.tracking import Tracker
-    from registry.imports import EvalJson, checkpoints_by_step, matching_evalset, record_import
+    from registry.imports import EvalJson, check_attribution, matching_evalset, record_import
 
     reg, settings = _registry()
     files: list[Path] = []
     for p in paths:
         files += sorted(p.glob("eval_step*.json")) if p.is_dir() else [p]
     parsed = [EvalJson.read(f) for f in files]  # validate everything before writing
+    linked = [_checkpoint_of(reg, ej) for ej in parsed]
+    for ej, ck in zip(parsed, linked):
+        check_attribution(ej, ck)  # a result computed on other content is refused before anything is written
     _check_tracking(settings)
     tracker = Tracker(settings.mlflow_uri, artifact_location=settings.artifact_location)
     done = []
-    for ej in parsed:
+    for ej, ck in zip(parsed, linked):
         f, res = ej.path, ej.result
         run_dir = os.path.realpath(f.parent)
         try:
             run = reg.get_run(path=run_dir)
         except NotFound:
             run = None  # registered below, once MLflow took the result
-        valid = [c for c in reg.list_checkpoints(run_id=run.id) if c.status == "valid"] if run is not None else []
-        ck = checkpoints_by_step(valid).get(res.step) if res.step is not None else None
         evalset = matching_evalset(reg, res)
         model_type, model_params = _logged_model_of(reg, ck) if ck is not None else (None, None)
         ids = tracker.log_imported(
@@ -281,6 +283,20 @@ def import_eval_cmd(
                 markup=False,
                 highlight=False,
             )
+
+
+def _checkpoint_of(reg, ej):
+    """The registered valid checkpoint of the file's run at the file's step, if any."""
+    from registry.imports import checkpoints_by_step
+
+    try:
+        run = reg.get_run(path=os.path.realpath(ej.path.parent))
+    except NotFound:
+        return None
+    if ej.result.step is None:
+        return None
+    valid = [c for c in reg.list_checkpoints(run_id=run.id) if c.status == "valid"]
+    return checkpoints_by_step(valid).get(ej.result.step)
 
 
 def _logged_model_of(reg, ck) -> tuple[str, dict[str, str]]:

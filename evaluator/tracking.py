@@ -13,15 +13,22 @@ Idempotence: before creating a run we look for a FINISHED run with the same key 
 (``evalboard.eval_key``, and ``evalboard.job_id`` for queued jobs) and return it instead.
 A queued job's run is also tagged ``evalboard.fencing_token`` (its claim); `Tracker.reconcile`
 uses that to tell a live worker's RUNNING run from one a dead worker left behind.
+
+Every run is also tagged with the process that created it and will end it (``evalboard.host``,
+``evalboard.pid``, ``evalboard.pid_start``: the boot id and start time of that pid, from /proc, so
+a pid the kernel reused later is not taken for it). A run of no queued job (``evalboard eval``,
+``import-eval``) whose process is gone stays RUNNING for ever otherwise: `Tracker.reconcile`
+ends it KILLED when its host is this host (or one named as gone) and that process no longer runs.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -251,7 +258,8 @@ class Tracker:
     def _start_run(self, exp_id: str, run_name: str, tags: Mapping[str, str]) -> str:
         from mlflow.tracking.context import registry as context_registry
 
-        run = self.client.create_run(exp_id, run_name=run_name, tags=context_registry.resolve_tags(dict(tags)))
+        tags = {**dict(tags), **owner_tags()}  # who must end it: what `reconcile` checks when it stays RUNNING
+        run = self.client.create_run(exp_id, run_name=run_name, tags=context_registry.resolve_tags(tags))
         return run.info.run_id
 
     def find_finished(self, exp_id: str, *, eval_key: str | None = None, job_id: int | None = None) -> str | None:
@@ -321,12 +329,21 @@ class Tracker:
         return {"run_id": run_id, "experiment_id": exp_id, "model_id": model_id, "reused": "false"}
 
     def reconcile(
-        self, live_leases: Callable[[], Mapping[int, int]], done_runs: Callable[[], Mapping[int, str | None]]
+        self,
+        live_leases: Callable[[], Mapping[int, int]],
+        done_runs: Callable[[], Mapping[int, str | None]],
+        *,
+        hosts_gone: Collection[str] = (),
     ) -> dict[str, list[str]]:
-        """Close what dead workers left in MLflow; returns {"killed": run ids, "superseded": run ids}.
+        """Close what dead workers and processes left in MLflow; returns {"killed": run ids,
+        "superseded": run ids}.
 
         - A RUNNING run of a queued job whose (job id, fencing token) is not a live lease belongs to
           a dead attempt (worker killed, lease expired, or the job finished in another run): KILLED.
+        - A RUNNING run of no queued job (`evalboard eval`, `import-eval`) whose process is gone:
+          KILLED, tagged ``evalboard.reconciled``. Only this host's processes can be checked, so a
+          run created on another host is left alone, unless that host is in ``hosts_gone`` (the
+          user says it will never end its runs). Runs without the process tags are left alone.
         - A done job with more than one FINISHED run (a stale worker raced its successor) keeps the
           run the registry recorded; the others become FAILED, tagged ``evalboard.superseded_by``.
 
@@ -341,6 +358,7 @@ class Tracker:
         if not exp_ids:
             return {"killed": [], "superseded": []}
         job_tag = f"tags.`{TAG}job_id` LIKE '%'"
+        orphans = self._orphaned_runs(exp_ids, set(hosts_gone))
         running = self._all_runs(exp_ids, f"attributes.status = 'RUNNING' and {job_tag}")
         finished = self._all_runs(exp_ids, f"attributes.status = 'FINISHED' and {job_tag}")
         live, done = live_leases(), done_runs()
@@ -360,6 +378,12 @@ class Tracker:
                 run.info.run_id, f"{TAG}reconciled", "dead worker: lease lost or job finished elsewhere"
             )
             killed.append(run.info.run_id)
+        for run_id, reason in orphans:
+            if self.client.get_run(run_id).info.status != "RUNNING":
+                continue  # it ended after the listing
+            self.client.set_terminated(run_id, status="KILLED")
+            self.client.set_tag(run_id, f"{TAG}reconciled", reason)
+            killed.append(run_id)
         by_job: dict[int, list[Any]] = {}
         for run in finished:
             by_job.setdefault(int(run.data.tags[f"{TAG}job_id"]), []).append(run)
@@ -378,6 +402,21 @@ class Tracker:
                     self.client.set_tag(run.info.run_id, f"{TAG}superseded_by", keep)
                     superseded.append(run.info.run_id)
         return {"killed": killed, "superseded": superseded}
+
+    def _orphaned_runs(self, exp_ids: list[str], hosts_gone: set[str]) -> list[tuple[str, str]]:
+        """(run id, why) of the RUNNING runs of no queued job whose creating process is gone."""
+        here = socket.gethostname()
+        out = []
+        for run in self._all_runs(exp_ids, f"attributes.status = 'RUNNING' and tags.`{TAG}pid` LIKE '%'"):
+            tags = run.data.tags
+            if f"{TAG}job_id" in tags:
+                continue  # a queued job's run: its lease says whether its worker lives
+            host, pid, start = tags.get(f"{TAG}host", ""), tags.get(f"{TAG}pid", ""), tags.get(f"{TAG}pid_start", "")
+            if host in hosts_gone:
+                out.append((run.info.run_id, f"host {host} is gone (its process {pid} cannot end the run)"))
+            elif host == here and pid.isdigit() and not process_alive(int(pid), start):
+                out.append((run.info.run_id, f"process {pid} on {host} is gone"))
+        return out
 
     def _all_runs(self, exp_ids: list[str], filter_string: str) -> list[Any]:
         runs: list[Any] = []
@@ -497,6 +536,42 @@ class Tracker:
                 for key, value in _metrics(losses, tokens).items()
             ],
         )
+
+
+def owner_tags() -> dict[str, str]:
+    """The tags that say which process created a run (and must end it)."""
+    pid = os.getpid()
+    return {f"{TAG}host": socket.gethostname(), f"{TAG}pid": str(pid), f"{TAG}pid_start": process_start(pid) or ""}
+
+
+def process_start(pid: int) -> str | None:
+    """``<boot id>:<start time in clock ticks>`` of a running process (Linux /proc), so a pid reused
+    by a later process (or after a reboot) is told apart; None when no such process runs (a
+    zombie, killed but not yet reaped, runs no more) or /proc cannot say."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()  # the command name, in parentheses, may hold spaces
+    if fields[0] in ("Z", "X"):
+        return None
+    return f"{boot}:{fields[19]}"
+
+
+def process_alive(pid: int, start: str) -> bool:
+    """Whether process ``pid`` that started at ``start`` (`process_start`; "" when unknown) runs on
+    this host. Without /proc only the pid can be checked."""
+    if Path("/proc/self/stat").exists():
+        now = process_start(pid)
+        return now is not None and (not start or now == start)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _ensure_sqlite_folder(uri: str) -> None:

@@ -14,7 +14,6 @@ changes). The disk cache (`FeatureCache`) is bounded: least recently used files 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import os
@@ -29,6 +28,7 @@ import torch
 from evaluator.base_model import quiet_loading
 from registry.errors import Incompatible, InvalidInput, NotFound
 from registry.files import content_hash, file_records
+from registry.images import decode_image
 from registry.vision import preprocessing_settings, read_tower_preprocessing
 
 __all__ = ["VisionSettings", "ResidentTower", "FeatureCache", "load_tower"]
@@ -100,13 +100,12 @@ class ResidentTower:
     @torch.no_grad()
     def features(self, images: Sequence[bytes], settings: VisionSettings, *, batch_size: int = 32) -> torch.Tensor:
         """``[n, patches, hidden]`` features of the encoded ``images`` (on the tower's device)."""
-        from PIL import Image
-
         out = []
         for start in range(0, len(images), batch_size):
             pil = []
-            for data in images[start : start + batch_size]:
-                with Image.open(io.BytesIO(data)) as im:
+            for i, data in enumerate(images[start : start + batch_size], start):
+                what = f"image {i} (sha256 {hashlib.sha256(data).hexdigest()[:12]})"
+                with decode_image(data, what=what) as im:
                     pil.append(im.convert("RGB"))
             pixels = self.processor(images=pil, return_tensors="pt")["pixel_values"]
             hidden = self.model(pixel_values=pixels.to(self.device, self.dtype), output_hidden_states=True)
@@ -161,7 +160,12 @@ def load_tower(path: str | Path, device: torch.device, dtype: torch.dtype) -> Re
 
 
 class FeatureCache:
-    """Features on disk, one safetensors file per key, bounded to ``max_bytes`` (LRU by mtime)."""
+    """Features on disk, one safetensors file per key, bounded to ``max_bytes`` (LRU by mtime).
+
+    Each file records, in its safetensors metadata, the key it was stored under, the tensor's
+    shape and dtype and a sha256 of the key and the tensor's bytes. An entry is used only when all
+    of them check out (a torn write, a flipped byte or a file copied under another key is a miss,
+    logged, recomputed and replaced); nothing is ever unpickled."""
 
     def __init__(self, root: str | Path, max_bytes: int):
         if max_bytes < 0:
@@ -174,17 +178,24 @@ class FeatureCache:
     def _file(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.safetensors"
 
-    def get(self, key: str) -> torch.Tensor | None:
+    def get(self, key: str, *, dtype: torch.dtype | None = None, width: int | None = None) -> torch.Tensor | None:
+        """The features stored under ``key``, or None (a miss). ``dtype`` and ``width`` (the last
+        dimension) are what the caller expects; an entry that differs is a bad entry."""
         if self.max_bytes == 0:
             return None
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
         f = self._file(key)
+        if not f.exists():
+            self.misses += 1
+            return None
         try:
-            t = load_file(str(f))["features"]
+            t = _read_entry(f, key, dtype, width)
             os.utime(f)  # recently used: evicted last
-        except (OSError, KeyError, SafetensorError):
+        except _BadEntry as e:
+            log.warning("vision feature cache: entry %s is bad (%s); recomputing it", f, e)
+            f.unlink(missing_ok=True)
+            self.misses += 1
+            return None
+        except OSError:  # vanished (evicted by another process) or unreadable: a plain miss
             self.misses += 1
             return None
         self.hits += 1
@@ -198,8 +209,15 @@ class FeatureCache:
         f = self._file(key)
         f.parent.mkdir(parents=True, exist_ok=True)
         tmp = f.with_name(f"{f.name}.{os.getpid()}.tmp")
+        t = features.detach().to("cpu").contiguous()
+        meta = {
+            "key": key,
+            "shape": json.dumps(list(t.shape)),
+            "dtype": str(t.dtype).removeprefix("torch."),
+            "sha256": _entry_checksum(key, t),
+        }
         try:
-            save_file({"features": features.detach().to("cpu").contiguous()}, str(tmp))
+            save_file({"features": t}, str(tmp), metadata=meta)
             os.replace(tmp, f)
         except OSError as e:  # a full or read-only disk costs speed, never the evaluation
             log.warning("vision feature cache: could not write %s: %s", f, e)
@@ -227,3 +245,46 @@ class FeatureCache:
 
     def size_bytes(self) -> int:
         return sum(f.stat().st_size for f in self.root.glob("??/*.safetensors"))
+
+
+class _BadEntry(Exception):
+    """A cache file that is not what was stored under its key (the message says why)."""
+
+
+def _entry_checksum(key: str, t: torch.Tensor) -> str:
+    h = hashlib.sha256(b"evalboard-vision-cache-entry/1\n")
+    h.update(f"{key}\n{str(t.dtype).removeprefix('torch.')}\n{list(t.shape)}\n".encode())
+    h.update(t.contiguous().reshape(-1).view(torch.uint8).numpy().data)
+    return h.hexdigest()
+
+
+def _read_entry(f: Path, key: str, dtype: torch.dtype | None, width: int | None) -> torch.Tensor:
+    """The tensor of cache file ``f``, checked against its metadata and the caller's expectations."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(f), framework="pt") as fh:
+            meta = fh.metadata() or {}
+            names = list(fh.keys())
+            if names != ["features"]:
+                raise _BadEntry(f"holds tensors {names}, expected only 'features'")
+            t = fh.get_tensor("features")
+    except SafetensorError as e:
+        raise _BadEntry(f"not a readable safetensors file: {str(e).splitlines()[0][:200]}") from None
+    if "sha256" not in meta:
+        raise _BadEntry("written without a checksum")
+    if meta.get("key") != key:
+        raise _BadEntry(f"stored under key {str(meta.get('key'))[:64]!r}, not this one")
+    got_dtype = str(t.dtype).removeprefix("torch.")
+    if meta.get("shape") != json.dumps(list(t.shape)) or meta.get("dtype") != got_dtype:
+        raise _BadEntry(
+            f"holds a {got_dtype} tensor of shape {list(t.shape)}, its record says "
+            f"{meta.get('dtype')} {meta.get('shape')}"
+        )
+    if dtype is not None and t.dtype != dtype:
+        raise _BadEntry(f"holds {got_dtype} features, the tower gives {str(dtype).removeprefix('torch.')}")
+    if width is not None and (t.dim() != 2 or t.shape[-1] != width):
+        raise _BadEntry(f"holds features of shape {list(t.shape)}, expected [patches, {width}]")
+    if _entry_checksum(key, t) != meta["sha256"]:
+        raise _BadEntry("its checksum does not match its bytes")
+    return t

@@ -30,6 +30,7 @@ from typing import Any
 from registry.errors import InvalidInput
 from registry.files import FileRecord, content_hash, file_records
 from registry.safeio import check_int, check_text, load_tensors, require_regular_file
+from registry.settings import check_builder_name
 from registry.trainable_rows import check_step_in_name, parse_step
 
 __all__ = ["ConnectorCheckpoint", "LLAVA_FILES", "is_llava_folder"]
@@ -75,7 +76,10 @@ class ConnectorCheckpoint:
     output_width: int | None = None
     """Embedding width it produces (the LLM's hidden size), when the weights say it."""
     builder: str | None = None
-    """``package.module:function`` named by the checkpoint itself, if any."""
+    """``package.module:function`` named by the checkpoint itself, if any: a hint, which the
+    evaluator follows only for a reference builder or one the user trusts."""
+    default_builder: str | None = None
+    """The reference builder of the layout (LLaVA folders: ``llava_projector``), if it has one."""
     feature_layer: int | None = None
     drop_cls: bool | None = None
     state: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
@@ -142,6 +146,7 @@ class ConnectorCheckpoint:
             in_w,
             out_w,
             _builder(settings, path),
+            None,
             _int_setting(settings, ("vision_feature_layer", "mm_vision_select_layer", "feature_layer"), path),
             _drop_cls(settings, path),
             {k: t for params in modules.values() for k, t in params.items()},
@@ -162,6 +167,7 @@ class ConnectorCheckpoint:
             "input_width": self.input_width,
             "output_width": self.output_width,
             "connector_builder": self.builder,
+            "default_builder": self.default_builder,
             "vision_feature_layer": self.feature_layer,
             "vision_drop_cls": self.drop_cls,
             "content_hash": self.content_hash,
@@ -262,9 +268,16 @@ def _load_llava(path: Path) -> ConnectorCheckpoint:
     """LLaVA's pretraining output: ``mm_projector.bin`` + the model's ``config.json``."""
     from registry.safeio import read_json
 
-    weights = next((path / n for n in LLAVA_FILES[:2] if (path / n).exists()), None)
-    if weights is None:
+    found = [path / n for n in LLAVA_FILES[:2] if (path / n).exists()]
+    if not found:
         raise InvalidInput("has no mm_projector.bin / mm_projector.safetensors", path=path)
+    if len(found) > 1:  # either could be the projector: never pick one silently
+        raise InvalidInput(
+            f"holds both {' and '.join(p.name for p in found)}: which one is the checkpoint is ambiguous; "
+            "keep exactly one",
+            path=path,
+        )
+    weights = found[0]
     cfg_path = path / "config.json"
     if not cfg_path.exists():
         raise InvalidInput(
@@ -325,7 +338,7 @@ def _load_llava(path: Path) -> ConnectorCheckpoint:
         )
         if k in cfg
     }
-    builder = cfg.get("connector_builder") if isinstance(cfg.get("connector_builder"), str) else None
+    builder = _builder(cfg, cfg_path)
     layer = cfg.get("mm_vision_select_layer", -2)
     if isinstance(layer, bool) or not isinstance(layer, int):
         raise InvalidInput(f"mm_vision_select_layer must be an integer, got {layer!r}", path=cfg_path)
@@ -342,7 +355,8 @@ def _load_llava(path: Path) -> ConnectorCheckpoint:
         "llava",
         in_w,
         out_w,
-        builder or "evaluator.connectors:llava_projector",
+        builder,
+        "evaluator.connectors:llava_projector",
         layer,
         False if select == "cls_patch" else None,
         state,
@@ -385,9 +399,12 @@ def _builder(settings: Mapping[str, Any], path: Path) -> str | None:
         v = settings.get(k)
         if v is None:
             continue
-        if not isinstance(v, str) or ":" not in v or len(v) > 512:
-            raise InvalidInput(f"{k} must name a function as 'package.module:function', got {v!r}", path=path)
-        return v
+        name = check_builder_name(v)
+        if name is None:
+            raise InvalidInput(
+                f"{k} must name a function as 'package.module:function', got {str(v)[:200]!r}", path=path
+            )
+        return name
     return None
 
 

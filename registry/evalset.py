@@ -17,8 +17,9 @@ the description: renaming an eval set keeps its hash; changing one token changes
 
 Image eval sets (for vision-connector checkpoints) add, per example, the image and where it goes:
 
-- a column ``image`` (the encoded image bytes: PNG, JPEG, ...) or ``image_path`` (a path relative to
-  the eval-set folder; the file's bytes are hashed with the Parquet files);
+- a column ``image`` (the encoded image bytes: PNG, JPEG or WebP, the decoders `registry.images`
+  allows) or ``image_path`` (a path relative to the eval-set folder; the file's bytes are hashed
+  with the Parquet files);
 - in ``input_ids``, exactly one placeholder id (``vision.image_token_id``, default -200, LLaVA's
   IMAGE_TOKEN_INDEX) where the image goes; the evaluator expands it to the connector's output
   tokens, and its label must be -100;
@@ -280,7 +281,7 @@ def _read_examples(files: Sequence[Path], root: Path, vision: VisionSpec | None)
             data, source = _image_bytes(images[i], image_col, root, f, i)
             if source is not None:
                 image_files[source] = None
-            sha, size = _decode_image(data, source or f, i)
+            sha, size = _decode_image(data, source or f, i, str(ex_id))
             examples.append(Example(str(ex_id), task, ids, labels, data, sha, size))
     return examples, list(image_files)
 
@@ -332,21 +333,12 @@ def _read_image_file(path: Path, where: Path, row: int) -> bytes:
         os.close(fd)
 
 
-def _decode_image(data: bytes, where: Path, row: int) -> tuple[str, tuple[int, int]]:
+def _decode_image(data: bytes, where: Path, row: int, example_id: str) -> tuple[str, tuple[int, int]]:
     """sha256 and decoded (width, height); the whole image is decoded, so a truncated file is caught."""
-    import io
+    from registry.images import decode_image
 
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            size = (int(im.width), int(im.height))
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise InvalidInput(
-            f"row {row}: image is not a readable image ({str(e).splitlines()[0] if str(e) else type(e).__name__})",
-            path=where,
-        ) from None
+    with decode_image(data, what=f"row {row} (example {example_id!r})", path=where) as im:
+        size = (int(im.width), int(im.height))
     return hashlib.sha256(data).hexdigest(), size
 
 

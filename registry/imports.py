@@ -3,7 +3,9 @@ and by `evalboard import-eval` (MLflow first, then the registry).
 
 An imported result is linked to the run's checkpoint at its step (of two tracks sharing a step,
 the one with the higher `step_priority`) and to the registered eval set whose content hash the
-file names; importing the same file content into a run again adds nothing.
+file names; importing the same file content into a run again adds nothing. A file whose
+``checkpoint.content_hash`` names other content than that checkpoint's is refused
+(`check_attribution`): its numbers were computed on other weights.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 
 from registry import tracks
 from registry.entities import CheckpointEntity, EvalResultEntity, EvalSetEntity
-from registry.errors import NotFound
+from registry.errors import InvalidInput, NotFound
 from registry.eval_result import EvalResult
 from registry.safeio import sha256_file
 from registry.store import Registry
@@ -23,6 +25,7 @@ from registry.store import Registry
 __all__ = [
     "EvalJson",
     "checkpoints_by_step",
+    "check_attribution",
     "matching_evalset",
     "written_by_evaluator",
     "previous_import",
@@ -59,6 +62,21 @@ def checkpoints_by_step(checkpoints: Iterable[CheckpointEntity]) -> dict[int, Ch
         ):
             steps[c.step] = c
     return steps
+
+
+def check_attribution(ej: EvalJson, checkpoint: CheckpointEntity | None) -> None:
+    """Refuse to store the file's result as `checkpoint`'s when the file says it was computed on
+    other content (its ``checkpoint.content_hash`` is not the checkpoint's). A file that records
+    no hash, or a result that is linked to no checkpoint, is not judged."""
+    claimed = (ej.result.checkpoint or {}).get("content_hash")
+    if checkpoint is None or not claimed or not checkpoint.content_hash or claimed == checkpoint.content_hash:
+        return
+    raise InvalidInput(
+        f"checkpoint.content_hash {claimed} says this result was computed on other content than "
+        f"{checkpoint.path} holds now (content hash {checkpoint.content_hash}); not imported as its result: "
+        "evaluate the checkpoint again (`evalboard eval`) or remove the file",
+        path=ej.path,
+    )
 
 
 def matching_evalset(reg: Registry, result: EvalResult) -> EvalSetEntity | None:

@@ -28,7 +28,7 @@ from registry import tracks
 from registry.errors import EvalboardError, Incompatible, InvalidInput
 from registry.evalset import MANIFEST, EvalSet
 from registry.files import FileRecord, content_hash
-from registry.imports import EvalJson, checkpoints_by_step, record_import, written_by_evaluator
+from registry.imports import EvalJson, check_attribution, checkpoints_by_step, record_import, written_by_evaluator
 from registry.safeio import as_invalid, sha256_file
 from registry.store import Registry
 from registry.token_space import TokenSpace
@@ -328,6 +328,7 @@ class _Scanner:
         if written_by_evaluator(self.reg, ej.result):
             return  # evalboard wrote this file itself: the result is already registered
         ck = steps.get(ej.result.step) if ej.result.step is not None else None
+        check_attribution(ej, ck)  # computed on other content: an invalid item, never this checkpoint's result
         _, created = record_import(self.reg, ej, run_id=run_id, checkpoint=ck)
         self.summary.results_imported += created
 

@@ -123,11 +123,17 @@ def check_step_in_name(path: Path) -> None:
 
 
 def find_rows_file(ckpt_dir: Path) -> Path | None:
-    for name in ROWS_FILENAMES:
-        p = ckpt_dir / name
-        if p.exists() or p.is_symlink():
-            return p
-    return None
+    """The one rows file of a checkpoint folder (None without one). Two of them (a ``.pt`` and a
+    ``.safetensors``, say) are refused: which one holds the checkpoint is anybody's guess, and
+    whichever were picked would be used and hashed while the other sat there unnoticed."""
+    found = [p for p in (ckpt_dir / name for name in ROWS_FILENAMES) if p.exists() or p.is_symlink()]
+    if len(found) > 1:
+        raise InvalidInput(
+            f"holds both {' and '.join(p.name for p in found)}: which one is the checkpoint is ambiguous; "
+            "keep exactly one",
+            path=ckpt_dir,
+        )
+    return found[0] if found else None
 
 
 @dataclass(frozen=True)
