@@ -167,7 +167,9 @@ def enqueue_cmd(
     checkpoints: list[str] = typer.Argument(..., help="Checkpoint folders (registered on the fly) or registry ids."),
     evalset: str = typer.Option(..., "--evalset", help="Registered eval-set name, or a path to one."),
     force: bool = typer.Option(False, "--force", help="Queue again even if this content is queued or done."),
-    max_attempts: int = typer.Option(3, "--max-attempts", min=1, help="Attempts before the job is failed."),
+    max_attempts: int = typer.Option(
+        3, "--max-attempts", min=1, max=2**31 - 1, help="Attempts before the job is failed (1 to 2^31-1)."
+    ),
     max_examples: int | None = typer.Option(
         None, "--max-examples", min=1, help="Deterministic subset: at most N examples per task."
     ),
@@ -394,7 +396,9 @@ def watch_cmd(
     settle_seconds: float = typer.Option(
         30.0, "--settle-seconds", help="A checkpoint's files must be unchanged this long to count as complete."
     ),
-    max_attempts: int = typer.Option(3, "--max-attempts", min=1, help="Attempts per queued job."),
+    max_attempts: int = typer.Option(
+        3, "--max-attempts", min=1, max=2**31 - 1, help="Attempts per queued job (1 to 2^31-1)."
+    ),
     once: bool = typer.Option(False, "--once", help="Poll until nothing is still settling, then exit."),
 ) -> None:
     """Register each new checkpoint under PATHS once its files are complete (all present, sizes and

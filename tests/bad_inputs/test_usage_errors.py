@@ -14,6 +14,7 @@ CASES = [
     (["eval"], "checkpoints", "Missing argument"),
     (["scan", ".", "--bogus"], "--bogus", "No such option"),
     (["enqueue", "c", "--evalset", "e", "--max-attempts", "0"], "--max-attempts", "Invalid value"),
+    (["enqueue", "c", "--evalset", "e", "--max-attempts", str(10**12)], "--max-attempts", "Invalid value"),
     (["eval", "c", "--evalset", "e", "--max-examples", "many"], "--max-examples", "Invalid value"),
     (["scan", ".", "--interval", "soon"], "--interval", "Invalid value"),
     (["audit", "--severity", "loud"], "--severity", "must be one of"),
