@@ -25,22 +25,27 @@ STEPS = (100, 200, 300)
 EVALSET = "images-i2t"
 
 
+def write_perceiver(path: Path, step: int, **kw) -> Path:
+    """A reference-Perceiver connector checkpoint that fits the workspace's tower (32) and LLM (64)."""
+    return write_connector_checkpoint(
+        path,
+        step=step,
+        vision_dim=32,
+        llm_dim=64,
+        n_queries=6,
+        num_heads=4,
+        base_llm=BASE_ID,
+        vision_tower=TOWER_ID,
+        **kw,
+    )
+
+
 def build_track_a_workspace(root: Path) -> Path:
     """Built once: base, tower, a connector run (3 checkpoints), a LLaVA-layout run, an image eval set."""
     build_tiny_base(root / "models" / "tiny-qwen3", TinyBaseSpec(output_scale=4.0))
     tower = build_tiny_vision_tower(root / "models" / "siglip-tiny")
     for i, step in enumerate(STEPS):
-        write_connector_checkpoint(
-            root / "outputs" / RUN / f"checkpoint_{step}.pt",
-            step=step,
-            vision_dim=32,
-            llm_dim=64,
-            n_queries=6,
-            num_heads=4,
-            base_llm=BASE_ID,
-            vision_tower=TOWER_ID,
-            seed=10 + i,
-        )
+        write_perceiver(root / "outputs" / RUN / f"checkpoint_{step}.pt", step, seed=10 + i)
     write_llava(root / "outputs" / LLAVA_RUN / "checkpoint-500")
     make_image_evalset(root / "evalsets" / EVALSET, EVALSET, tower=TOWER_ID, tower_dir=tower, n=10)
     return root

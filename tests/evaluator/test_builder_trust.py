@@ -22,7 +22,7 @@ import pytest
 from registry.errors import InvalidInput
 from registry.processes import child_env, python_module_command
 from registry.settings import Settings, Workspace, WorkspaceConfig, write_workspace_config
-from tests.evaluator._track_a import BASE_ID, EVALSET, RUN, TOWER_ID, write_llava
+from tests.evaluator._track_a import BASE_ID, EVALSET, RUN, TOWER_ID, write_llava, write_perceiver
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HOSTILE_RUN = "shared_run"
@@ -103,19 +103,7 @@ def ws(track_a_ws, mlflow_template, tmp_path, monkeypatch) -> TrustWs:
     run.mkdir(parents=True)
     (run / "payload.py").write_text(_marker_module(marker))
     (root / "typer.py").write_text(_marker_module(marker) + "raise ImportError('planted typer')\n")
-    from evalboard.fixtures import write_connector_checkpoint
-
-    write_connector_checkpoint(
-        run / "checkpoint_900.pt",
-        step=900,
-        vision_dim=32,
-        llm_dim=64,
-        n_queries=6,
-        num_heads=4,
-        base_llm=BASE_ID,
-        vision_tower=TOWER_ID,
-        config={"connector_builder": PAYLOAD},
-    )
+    write_perceiver(run / "checkpoint_900.pt", 900, config={"connector_builder": PAYLOAD})
     llava = write_llava(root / "outputs" / HOSTILE_LLAVA_RUN / "checkpoint-950")
     cfg = json.loads((llava / "config.json").read_text())
     (llava / "config.json").write_text(json.dumps({**cfg, "connector_builder": PAYLOAD}))
@@ -147,21 +135,11 @@ def ws(track_a_ws, mlflow_template, tmp_path, monkeypatch) -> TrustWs:
 
 
 def _write_checkpoint(ws: TrustWs, run: str, step: int, builder: str) -> Path:
-    from evalboard.fixtures import write_connector_checkpoint
     from registry.scanner import scan
     from registry.store import Registry
 
-    path = ws.root / "outputs" / run / f"checkpoint_{step}.pt"
-    write_connector_checkpoint(
-        path,
-        step=step,
-        vision_dim=32,
-        llm_dim=64,
-        n_queries=6,
-        num_heads=4,
-        base_llm=BASE_ID,
-        vision_tower=TOWER_ID,
-        config={"connector_builder": builder},
+    path = write_perceiver(
+        ws.root / "outputs" / run / f"checkpoint_{step}.pt", step, config={"connector_builder": builder}
     )
     with Registry(settings=ws.settings()) as reg:
         scan(reg, [path])
