@@ -70,6 +70,9 @@ def export(
     ),
     out: Path = typer.Option(..., "--out", help="File to write."),
     evalset: str = typer.Option(None, "--evalset", help="Only results on this eval set (default: all)."),
+    force: bool = typer.Option(
+        False, "--force", help="Replace --out even when it is a read-only file (an existing writable file is replaced)."
+    ),
 ) -> None:
     """Write a report of the given runs: losses per task and step, best checkpoints, audit findings.
     PDF: the HTML report printed by headless Chromium (chromium, chromium-browser or google-chrome
@@ -82,19 +85,19 @@ def export(
 
     if fmt not in report.FORMATS:
         raise InvalidInput(f"--format must be one of {', '.join(report.FORMATS)}, got {fmt!r}")
-    if not runs and not run:
+    names = [n.strip() for item in runs or [] for n in item.split(",") if n.strip()]
+    if not names and not run:
         raise InvalidInput("name the runs to export: --run NAME (repeatable) or --runs A,B")
-    _check_out(out)
+    _check_out(out, force)
     chromium = _pdf_step(pdf.find_chromium) if fmt == "pdf" else None
     settings = Settings.from_env()
     with Registry(settings=settings) as reg:
-        names = [n.strip() for item in runs or [] for n in item.split(",") if n.strip()]
         names += [_run_name(reg, r) for r in run or []]
         examples = example_cache(settings.home, settings.mlflow_uri)
         rep = report.collect(reg, names, evalset, examples=examples)
     payload = _pdf_step(lambda: report.to_pdf(rep, chromium=chromium).data) if fmt == "pdf" else report.render(rep, fmt)
     data = payload.encode() if isinstance(payload, str) else payload
-    _write(out, data)
+    _write(out, data, force)
     sys.stderr.write(f"wrote {out} ({len(data) / 1024:.0f} KiB, {len(names)} runs)\n")
 
 
@@ -120,17 +123,13 @@ def _run_name(reg, ref: str) -> str:
         return ref  # reported with the other unknown names
 
 
-def _check_out(out: Path) -> None:
+def _check_out(out: Path, force: bool) -> None:
     """Refuse an --out that cannot become the report file before anything is computed."""
+    from registry.atomic import check_target
     from registry.errors import InvalidInput
 
-    if any(len(part.encode()) > 255 for part in out.parts):
-        raise InvalidInput("--out has a file or folder name longer than 255 bytes", path=out)
+    check_target(out, force=force)
     try:
-        if out.is_dir():
-            raise InvalidInput("--out names a folder; give the path of the report file to write", path=out)
-        if out.exists() and not out.is_file():
-            raise InvalidInput("--out is not a regular file; give the path of the report file to write", path=out)
         parent = out.parent
         while not parent.exists() and parent != parent.parent:
             parent = parent.parent
@@ -140,19 +139,17 @@ def _check_out(out: Path) -> None:
         raise InvalidInput(f"--out cannot be used: {e.strerror or type(e).__name__}", path=out) from None
 
 
-def _write(out: Path, data: bytes) -> None:
-    """Write the whole report or nothing (a temporary file renamed into place)."""
+def _write(out: Path, data: bytes, force: bool) -> None:
+    """Write the whole report or nothing (`registry.atomic.write_file`: a fresh temporary beside it,
+    renamed into place; a link at --out is replaced, never followed)."""
+    from registry.atomic import write_file
     from registry.errors import InvalidInput
 
-    tmp = out.with_name(f".{out.name}.tmp")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_bytes(data)
-        tmp.replace(out)
     except OSError as e:
-        if tmp.parent.is_dir():
-            tmp.unlink(missing_ok=True)
         raise InvalidInput(f"--out cannot be written: {e.strerror or type(e).__name__}", path=out) from None
+    write_file(out, data, force=force)
 
 
 def register(app: typer.Typer) -> None:

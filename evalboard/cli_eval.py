@@ -181,7 +181,11 @@ def _f(x) -> str:
 
 def materialize_cmd(
     checkpoint: str = typer.Argument(..., help="Track B checkpoint folder or registry id."),
-    out_dir: Path = typer.Option(..., "--out", help="Folder to write the full model into (must be empty or new)."),
+    out_dir: Path = typer.Option(
+        ...,
+        "--out",
+        help="Folder to write the full model into (new, or an empty folder; written beside it, then renamed in place).",
+    ),
     dtype: str | None = typer.Option(None, help="Save as float32/bfloat16/float16 (default: the base's dtype)."),
 ) -> None:
     """Write base + patched rows as a full `save_pretrained` snapshot, loadable with plain
@@ -190,13 +194,13 @@ def materialize_cmd(
 
     from evaluator import tracks
     from evaluator.service import Evaluator
+    from registry.atomic import check_folder_target
 
     reg, settings = _registry()
     ck = resolve_checkpoint(reg, checkpoint)
     if ck.status != "valid":
         raise InvalidInput(f"cannot be materialized ({ck.reason})", path=ck.path)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise InvalidInput("exists and is not empty; choose a new folder", path=out_dir)
+    check_folder_target(out_dir, replace_empty=True)
     want = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
     if dtype is not None and dtype not in want:
         raise typer.BadParameter(f"--dtype must be one of {', '.join(want)}")

@@ -24,6 +24,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from registry.atomic import write_file
 from registry.errors import InvalidInput
 
 BASE_ID = "demo/Qwen3-tiny-Base"
@@ -62,7 +63,7 @@ def _prepare_workdir(workdir: Path) -> None:
     for sub in ("models", "outputs", "evalsets", ".evalboard"):
         shutil.rmtree(workdir / sub, ignore_errors=True)
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / MARKER).write_text("created by `evalboard demo`; safe to delete\n")
+    write_file(workdir / MARKER, "created by `evalboard demo`; safe to delete\n")
 
 
 def _bar(console: Console) -> Progress:

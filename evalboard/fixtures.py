@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from registry.atomic import atomic_file, write_file
 from registry.eval_result import EvalResult, eval_filename
 from registry.evalset import IGNORE_INDEX, EvalSet, Example, write_evalset
 from registry.token_space import ModalityRange, TokenSpace
@@ -152,11 +153,12 @@ def write_trainable_rows(
     if lm_head_key is not None:
         tensors[lm_head_key] = head.contiguous()
     if fmt == "safetensors":
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
-        save_file(tensors, str(d / "trainable_rows.safetensors"))
+        write_file(d / "trainable_rows.safetensors", save(tensors))
     else:
-        torch.save(tensors, d / "trainable_rows.pt")
+        with atomic_file(d / "trainable_rows.pt") as fh:
+            torch.save(tensors, fh)
     meta = {
         "base_model": base_model,
         "row_start": start,
@@ -169,7 +171,7 @@ def write_trainable_rows(
     if lm_head_key is None:
         meta["tie_word_embeddings"] = True
     meta.update(extra_meta or {})
-    (d / "trainable_rows.json").write_text(json.dumps(meta, indent=2) + "\n")
+    write_file(d / "trainable_rows.json", json.dumps(meta, indent=2) + "\n")
     if ship_token_space:
         token_space.save(d / "token_space.json")
     return d
@@ -229,7 +231,8 @@ def write_connector_checkpoint(
         }
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(obj, p)
+    with atomic_file(p) as fh:
+        torch.save(obj, fh)
     return p
 
 

@@ -26,6 +26,7 @@ from evaluator.base_model import ResidentBase, load_base, parse_device, resolve_
 from evaluator.loss import LossReport, evaluate_loss
 from evaluator.rows import ResidentModel
 from registry import per_example
+from registry.atomic import write_file
 from registry.audit import overridable, pair_findings
 from registry.entities import CheckpointEntity, EvalSetEntity
 from registry.errors import EvalboardError, Incompatible, InvalidInput, TrackingError
@@ -391,7 +392,7 @@ class Evaluator:
             import json
 
             stats_path = out_dir / computed.track.stats_artifact
-            stats_path.write_text(json.dumps(stats, indent=2) + "\n")
+            write_file(stats_path, json.dumps(stats, indent=2) + "\n")
             artifacts[stats_path.name] = str(stats_path)
         record = self._tracking_record(ck, es, result, options, artifacts)
         if job_token is not None:
@@ -587,13 +588,15 @@ def _write_next_to_checkpoint(result: EvalResult, ckpt: Path, evalset_name: str)
     target = ckpt.parent / eval_filename(result.step or 0)
     if target.exists():
         try:
-            current = json.loads(target.read_text()).get("evalset", {}).get("name")
+            held = json.loads(target.read_text())
         except (OSError, ValueError):
-            current = None
+            held = None
+        evalset = held.get("evalset") if isinstance(held, dict) else None
+        current = evalset.get("name") if isinstance(evalset, dict) else None
         if current != evalset_name:
             safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in evalset_name)
             target = ckpt.parent / f"eval_step{result.step}.{safe}.json"
     try:
         result.save(target)
-    except OSError as e:
+    except (OSError, InvalidInput) as e:
         log.warning("could not write %s: %s", target, e)

@@ -23,7 +23,6 @@ ends it KILLED when its host is this host (or one named as gone) and that proces
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import tempfile
@@ -597,10 +596,3 @@ def _local_source(path: str):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "can be interpreted in multiple ways": both are the local source
         return resolve_dataset_source(Path(path).resolve().as_uri())
-
-
-def write_json_artifact(obj: Any, name: str, directory: str | None = None) -> str:
-    d = Path(directory or tempfile.mkdtemp(prefix="evalboard-"))
-    p = d / name
-    p.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    return str(p)

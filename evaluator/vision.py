@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from evaluator.base_model import quiet_loading
+from registry.atomic import write_file
 from registry.errors import Incompatible, InvalidInput, NotFound
 from registry.files import content_hash, file_records
 from registry.images import decode_image
@@ -204,11 +205,10 @@ class FeatureCache:
     def put(self, key: str, features: torch.Tensor) -> None:
         if self.max_bytes == 0:
             return
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
         f = self._file(key)
         f.parent.mkdir(parents=True, exist_ok=True)
-        tmp = f.with_name(f"{f.name}.{os.getpid()}.tmp")
         t = features.detach().to("cpu").contiguous()
         meta = {
             "key": key,
@@ -217,11 +217,9 @@ class FeatureCache:
             "sha256": _entry_checksum(key, t),
         }
         try:
-            save_file({"features": t}, str(tmp), metadata=meta)
-            os.replace(tmp, f)
-        except OSError as e:  # a full or read-only disk costs speed, never the evaluation
+            write_file(f, save({"features": t}, metadata=meta))
+        except (OSError, InvalidInput) as e:  # a full or read-only disk costs speed, never the evaluation
             log.warning("vision feature cache: could not write %s: %s", f, e)
-            tmp.unlink(missing_ok=True)
 
     def evict(self) -> int:
         """Delete least recently used files until the cache fits its bound; returns files removed."""

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from registry.atomic import write_file
 from registry.errors import InvalidInput
 from registry.safeio import check_int, check_text, read_json, short_repr
 from registry.trainable_rows import check_step_in_name, parse_step
@@ -103,14 +104,11 @@ class EvalResult:
         }
 
     def save(self, path: str | Path) -> Path:
-        """Write atomically (temp file + rename) so a reader never sees half a file."""
+        """Write atomically (`registry.atomic.write_file`) so a reader never sees half a file."""
         path = Path(path)
         if path.is_dir():
             path = path / eval_filename(self.step or 0)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n")
-        tmp.replace(path)
-        return path
+        return write_file(path, json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> EvalResult:

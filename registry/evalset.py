@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from registry.atomic import write_file
 from registry.errors import InvalidInput
 from registry.files import FileRecord, file_records
 from registry.safeio import MAX_NAME_CHARS, check_text, read_json, require_regular_file
@@ -449,5 +450,5 @@ def write_evalset(
     manifest["files"] = names
     if description:
         manifest["description"] = description
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    write_file(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     return EvalSet.load(out)

@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from registry.atomic import atomic_file
 from registry.errors import InvalidInput, TrackingError
 from registry.safeio import require_regular_file
 
@@ -143,14 +144,8 @@ def write(
         }
     ).replace_schema_metadata({_META_KEY: json.dumps(meta).encode()})
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as fh:
+        pq.write_table(table, fh)
     return path
 
 

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from registry.atomic import write_file
 from registry.errors import InvalidInput
 
 __all__ = [
@@ -216,8 +217,7 @@ def write_workspace_config(
     path.parent.mkdir(parents=True, exist_ok=True)
     text = "\n".join(lines) + "\n"
     WorkspaceConfig.parse(text, Workspace(Path(root)))  # never write a config we would refuse to read
-    path.write_text(text, encoding="utf-8")
-    return path
+    return write_file(path, text)
 
 
 def _toml_str(value: str) -> str:

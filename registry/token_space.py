@@ -216,11 +216,12 @@ class TokenSpace:
         }
 
     def save(self, path: str | Path) -> Path:
+        """Write ``token_space.json`` atomically (`registry.atomic.write_file`)."""
         import json
 
-        path = Path(path)
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        return path
+        from registry.atomic import write_file
+
+        return write_file(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     # --- comparison -----------------------------------------------------------------------
 

@@ -16,14 +16,13 @@ into exactly the tensors that were passed in. Torch is imported inside the funct
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
+from registry.atomic import atomic_file as _atomic_file
+from registry.atomic import atomic_folder as _atomic_folder
 from registry.errors import InvalidInput
 from registry.token_space import TokenSpace
 from registry.trainable_rows import META_FILENAME, TOKEN_SPACE_FILENAME, parse_step
@@ -43,72 +42,25 @@ EMBED_KEY, LM_HEAD_KEY = "embed_tokens", "lm_head"
 CONNECTOR_MODULES = ("resampler", "projector")
 
 
-# --- atomic placement --------------------------------------------------------------------------
-
-
-def _fsync(path: Path, *, directory: bool = False) -> None:
-    fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0))
-    try:
-        os.fsync(fd)
-    except OSError:  # some filesystems refuse fsync on directories; the rename is still atomic
-        pass
-    finally:
-        os.close(fd)
-
-
-def _check_free(final: Path, overwrite: bool) -> None:
-    if os.path.lexists(final) and not overwrite:
-        raise InvalidInput("already exists; pass overwrite=True to replace it", path=final)
+# --- atomic placement: registry.atomic ---------------------------------------------------------
 
 
 @contextmanager
 def atomic_folder(final: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
-    """Yield an empty hidden folder next to ``final``; when the block ends without an error, its
-    files are flushed and it is renamed to ``final`` (an existing ``final`` is replaced only with
-    ``overwrite``). On an error the temporary folder is removed and ``final`` is untouched."""
+    """`registry.atomic.atomic_folder`, creating the parent folders first."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    _check_free(final, overwrite)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
-    try:
-        os.chmod(tmp, 0o755)
+    with _atomic_folder(final, overwrite=overwrite) as tmp:
         yield tmp
-        for child in tmp.iterdir():
-            _fsync(child)
-        _fsync(tmp, directory=True)
-        _check_free(final, overwrite)
-        if os.path.lexists(final):
-            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=final.parent))
-            os.rename(final, old / final.name)
-            os.rename(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, final)
-        _fsync(final.parent, directory=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 @contextmanager
-def atomic_file(final: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a hidden temporary path next to ``final``; renamed to ``final`` once written."""
+def atomic_file(final: str | Path, *, overwrite: bool = False) -> Iterator[BinaryIO]:
+    """`registry.atomic.atomic_file` (an open binary file), creating the parent folders first."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    _check_free(final, overwrite)
-    fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        os.chmod(tmp, 0o644)
-        yield tmp
-        _fsync(tmp)
-        _check_free(final, overwrite)
-        os.replace(tmp, final)
-        _fsync(final.parent, directory=True)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with _atomic_file(final, overwrite=overwrite) as fh:
+        yield fh
 
 
 # --- Track B ------------------------------------------------------------------------------------
@@ -314,6 +266,6 @@ def save_connector(
     }
     if optimizer is not None:
         obj["optimizer"] = optimizer
-    with atomic_file(final, overwrite=overwrite) as tmp:
-        torch.save(obj, tmp)
+    with atomic_file(final, overwrite=overwrite) as fh:
+        torch.save(obj, fh)
     return final

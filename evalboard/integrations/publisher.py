@@ -13,6 +13,7 @@ the first training step.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from registry.atomic import write_file
 from registry.errors import EvalboardError, Incompatible, InvalidInput
 from registry.settings import Settings
 from registry.store import Registry
@@ -131,8 +133,6 @@ class RowsFormat:
 
     def prepare(self, run_dir: Path) -> None:
         """The run-level token_space.json: written when absent, and must agree when present."""
-        from registry.writers import atomic_file
-
         existing = run_dir / TOKEN_SPACE_FILENAME
         if existing.exists():
             if TokenSpace.load(existing).abi_hash != self.token_space.abi_hash:
@@ -141,8 +141,7 @@ class RowsFormat:
                     path=existing,
                 )
             return
-        with atomic_file(existing) as tmp:
-            self.token_space.save(tmp)
+        write_file(existing, json.dumps(self.token_space.to_dict(), indent=2) + "\n", overwrite=False)
 
     def path(self, run_dir: Path, step: int) -> Path:
         return run_dir / f"checkpoint_{step}"

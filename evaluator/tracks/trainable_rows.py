@@ -11,6 +11,7 @@ import torch
 from evaluator.batching import Example
 from evaluator.rows import RowTensors, TokenSpaceSizes
 from evaluator.tracks.base import Applied, EvalTrack, TrackInputs
+from registry.atomic import atomic_folder, write_file
 from registry.errors import InvalidInput
 from registry.evalset import EvalSet
 from registry.files import verify_files
@@ -116,35 +117,37 @@ class TrainableRowsEval(EvalTrack):
         resident = ResidentModel(base)
         sizes = TokenSpaceSizes(space.text_vocab_size, space.vocab_size_total, space.resolved_pad_id())
         resident.apply(sizes, RowTensors(rows.embed, rows.lm_head, rows.row_start, rows.row_end, source=ck.path))
-        out_dir.mkdir(parents=True, exist_ok=True)
-        resident.model.save_pretrained(out_dir, safe_serialization=True)
-        for name in (
-            "tokenizer.json",
-            "tokenizer_config.json",
-            "special_tokens_map.json",
-            "vocab.json",
-            "merges.txt",
-            "generation_config.json",
-        ):
-            src = Path(base_path) / name
-            if src.exists() and not (out_dir / name).exists():
-                shutil.copy2(src, out_dir / name)
-        space.save(out_dir / "token_space.json")
-        (out_dir / "evalboard_materialized.json").write_text(
-            json.dumps(
-                {
-                    "checkpoint": ck.path,
-                    "checkpoint_hash": ck.content_hash,
-                    "base_model": rows.base_model,
-                    "base_path": str(base_path),
-                    "token_space_hash": space.abi_hash,
-                    "row_start": rows.row_start,
-                    "row_end": rows.row_end,
-                },
-                indent=2,
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_folder(out_dir, replace_empty=True) as tmp:
+            resident.model.save_pretrained(tmp, safe_serialization=True)
+            for name in (
+                "tokenizer.json",
+                "tokenizer_config.json",
+                "special_tokens_map.json",
+                "vocab.json",
+                "merges.txt",
+                "generation_config.json",
+            ):
+                src = Path(base_path) / name
+                if src.is_file() and not (tmp / name).exists():
+                    shutil.copy2(src, tmp / name)
+            space.save(tmp / "token_space.json")
+            write_file(
+                tmp / "evalboard_materialized.json",
+                json.dumps(
+                    {
+                        "checkpoint": ck.path,
+                        "checkpoint_hash": ck.content_hash,
+                        "base_model": rows.base_model,
+                        "base_path": str(base_path),
+                        "token_space_hash": space.abi_hash,
+                        "row_start": rows.row_start,
+                        "row_end": rows.row_end,
+                    },
+                    indent=2,
+                )
+                + "\n",
             )
-            + "\n"
-        )
         return f"materialized {ck.path} into {out_dir}"
 
     def model_params(self, ck: CheckpointEntity, token_space_hash: str | None) -> dict[str, str]:
