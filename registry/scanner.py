@@ -76,17 +76,20 @@ class _Run:
     checkpoints: list[tuple[Path, Track]] = field(default_factory=list)
     eval_jsons: list[Path] = field(default_factory=list)
     token_space: Path | None = None
-    escaped: list[tuple[Path, Track, str]] = field(default_factory=list)  # symlinks leaving the tree
+    refused: list[tuple[Path, Track, str]] = field(default_factory=list)
+    """Checkpoints registered invalid without a read: symlinks leaving the tree, folders that cannot be entered."""
 
 
 @dataclass
 class Discovery:
     runs: dict[Path, _Run] = field(default_factory=dict)
     evalsets: list[Path] = field(default_factory=list)
+    unreadable: list[tuple[Path, str]] = field(default_factory=list)
+    """Folders that cannot be listed or entered (no permission): reported, never fatal."""
 
     @property
     def n_items(self) -> int:
-        return sum(len(r.checkpoints) + len(r.escaped) for r in self.runs.values()) + len(self.evalsets)
+        return sum(len(r.checkpoints) + len(r.refused) for r in self.runs.values()) + len(self.evalsets)
 
 
 def _outside(path: Path, root: Path) -> str | None:
@@ -99,19 +102,27 @@ def discover(root: str | Path) -> Discovery:
     """Walk ``root`` (never following symlinks) and sort what is there into runs and eval sets."""
     root = Path(os.path.realpath(root))
     found = Discovery()
-    if not root.exists():
+    if not os.path.lexists(root):
         raise InvalidInput("does not exist", path=root)
-    if root.is_file():
-        _classify_file(found, root.parent, root.name, root)
-        return found
-    track = _checkpoint_dir_track(root, root.name)
+    try:
+        if root.is_file():
+            _classify_file(found, root.parent, root.name, root)
+            return found
+        track = _checkpoint_dir_track(root, root.name)
+        if track is None and _is_evalset_dir(root):
+            found.evalsets.append(root)
+            return found
+    except OSError as e:
+        raise _cannot_enter(e, root) from None
     if track is not None:
         found.runs.setdefault(root.parent, _Run(root.parent)).checkpoints.append((root, track))
         return found
-    if _is_evalset_dir(root):
-        found.evalsets.append(root)
-        return found
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+
+    def cannot_list(e: OSError) -> None:
+        where = Path(e.filename or root)
+        found.unreadable.append((where, str(_cannot_enter(e, where))))
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=cannot_list, followlinks=False):
         here = Path(dirpath)
         keep = []
         for d in sorted(dirnames):
@@ -121,26 +132,43 @@ def discover(root: str | Path) -> Discovery:
             if p.is_symlink():
                 target = _outside(p, root)
                 if target and _CKPT_DIR_RE.match(d):
-                    found.runs.setdefault(here, _Run(here)).escaped.append(
+                    found.runs.setdefault(here, _Run(here)).refused.append(
                         (p, tracks.DEFAULT_DIR, f"symlink leaves the scanned tree {root} (points to {target}); refused")
                     )
                 continue
-            track = _checkpoint_dir_track(p, d)
+            try:
+                track = _checkpoint_dir_track(p, d)
+                evalset = track is None and _is_evalset_dir(p)
+            except OSError as e:  # no search permission: one invalid entry, the scan goes on
+                reason = str(_cannot_enter(e, p))
+                if _CKPT_DIR_RE.match(d):
+                    found.runs.setdefault(here, _Run(here)).refused.append((p, tracks.DEFAULT_DIR, reason))
+                else:
+                    found.unreadable.append((p, reason))
+                continue
             if track is not None:
                 found.runs.setdefault(here, _Run(here)).checkpoints.append((p, track))
-            elif _is_evalset_dir(p):
+            elif evalset:
                 found.evalsets.append(p)
             else:
                 keep.append(d)
         dirnames[:] = keep
         for f in sorted(filenames):
-            _classify_file(found, here, f, root)
+            try:
+                _classify_file(found, here, f, root)
+            except OSError as e:
+                found.unreadable.append((here / f, str(as_invalid(e, here / f))))
     for run in found.runs.values():
         ts = run.path / TOKEN_SPACE_FILENAME
-        if ts.exists() and (run.checkpoints or run.escaped):
+        if os.path.lexists(ts) and (run.checkpoints or run.refused):
             run.token_space = ts
-    found.runs = {p: r for p, r in found.runs.items() if r.checkpoints or r.escaped or r.eval_jsons}
+    found.runs = {p: r for p, r in found.runs.items() if r.checkpoints or r.refused or r.eval_jsons}
     return found
+
+
+def _cannot_enter(e: OSError, folder: Path) -> InvalidInput:
+    """A folder the scan cannot list or look into (no read or search permission, an I/O error)."""
+    return InvalidInput(f"folder cannot be listed or entered: {e.strerror or type(e).__name__}", path=folder)
 
 
 def _classify_file(found: Discovery, here: Path, name: str, root: Path) -> None:
@@ -150,7 +178,7 @@ def _classify_file(found: Discovery, here: Path, name: str, root: Path) -> None:
         run = found.runs.setdefault(here, _Run(here))
         target = _outside(p, root) if p.is_symlink() else None
         if target:
-            run.escaped.append((p, track, f"symlink leaves the scanned tree {root} (points to {target}); refused"))
+            run.refused.append((p, track, f"symlink leaves the scanned tree {root} (points to {target}); refused"))
         else:
             run.checkpoints.append((p, track))
     elif _EVAL_JSON_RE.match(name):
@@ -197,7 +225,7 @@ class _Scanner:
                 run_ts_id = self.token_space_id(run_ts, str(run.token_space))
             except EvalboardError as e:
                 self.invalid(str(run.token_space), str(e))
-        letters = sorted({t.letter for _, t in run.checkpoints} | {t.letter for _, t, _ in run.escaped})
+        letters = sorted({t.letter for _, t in run.checkpoints} | {t.letter for _, t, _ in run.refused})
         run_track = letters[0] if len(letters) == 1 else "mixed" if letters else "unknown"
         entity = self.reg.upsert_run(
             path=str(run.path),
@@ -217,7 +245,7 @@ class _Scanner:
             except (InvalidInput, Incompatible, OSError) as e:  # one unreadable item never aborts the scan
                 reason = str(as_invalid(e, ckpt) if isinstance(e, OSError) else e)
                 changed |= self.record_invalid(entity.id, ckpt, track, reason, []) is not None
-        for link, track, reason in run.escaped:
+        for link, track, reason in run.refused:
             self.summary.found += 1
             self.record_invalid(entity.id, link, track, reason, [])
             changed = True
@@ -444,7 +472,9 @@ def scan(
     if on_total:
         on_total(sum(d.n_items for _, d in discovered))
     for root, found in discovered:
-        scanner = _Scanner(registry, root if root.is_dir() else root.parent, summary, progress)
+        scanner = _Scanner(registry, root if os.path.isdir(root) else root.parent, summary, progress)
+        for path, reason in found.unreadable:
+            scanner.invalid(str(path), reason)
         for es in found.evalsets:
             scanner.evalset(es)
         for run in sorted(found.runs.values(), key=lambda r: str(r.path)):

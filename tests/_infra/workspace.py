@@ -88,16 +88,31 @@ def run_cli(
     cwd: Path | None = None,
     env: Mapping[str, str] | None = None,
     timeout: float = 300,
+    prefix: Sequence[str] = (),
 ) -> subprocess.CompletedProcess:
     """`python -m evalboard.cli ARGS` as a real process (what a user's shell runs), by default
-    in the folder that holds `home` (which the CLI creates on first use)."""
+    in the folder that holds `home` (which the CLI creates on first use); `prefix` goes before
+    the interpreter (e.g. `unprivileged()`)."""
     cwd = cwd or home.parent
     cwd.mkdir(parents=True, exist_ok=True)
     return subprocess.run(
-        [sys.executable, "-m", "evalboard.cli", *map(str, args)],
+        [*prefix, sys.executable, "-m", "evalboard.cli", *map(str, args)],
         capture_output=True,
         text=True,
         cwd=str(cwd),
         env=cli_env(home, env),
         timeout=timeout,
     )
+
+
+def unprivileged() -> list[str] | None:
+    """A command prefix under which permission bits hold for this user: none needed when we are
+    not root; as root, `unshare -U` (a user namespace without root's capabilities, so the owner's
+    bits apply); None when neither is available."""
+    if os.geteuid() != 0:
+        return []
+    try:
+        probe = subprocess.run(["unshare", "-U", "true"], capture_output=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return ["unshare", "-U"] if probe.returncode == 0 else None

@@ -26,9 +26,14 @@ def models_env(ws) -> dict[str, str]:
 
 
 def cli(
-    args: Sequence[Any], *, home: Path, env: Mapping[str, str] | None = None, timeout: float = TIMEOUT
+    args: Sequence[Any],
+    *,
+    home: Path,
+    env: Mapping[str, str] | None = None,
+    timeout: float = TIMEOUT,
+    prefix: Sequence[str] = (),
 ) -> subprocess.CompletedProcess:
-    return run_cli([str(a) for a in args], home=home, env=env, timeout=timeout)
+    return run_cli([str(a) for a in args], home=home, env=env, timeout=timeout, prefix=prefix)
 
 
 def refusal(proc: subprocess.CompletedProcess, names: Path | str, *says: str) -> str:
@@ -69,9 +74,9 @@ def state(home: Path) -> tuple[dict, dict]:
     return registry_snapshot(home), mlflow_counts(home)
 
 
-def scan(home: Path, *paths: Path, env: Mapping[str, str] | None = None) -> dict:
+def scan(home: Path, *paths: Path, env: Mapping[str, str] | None = None, prefix: Sequence[str] = ()) -> dict:
     """`evalboard scan --json`: must exit 0 without a traceback, whatever is in the tree."""
-    proc = cli(["scan", *paths, "--json"], home=home, env=env)
+    proc = cli(["scan", *paths, "--json"], home=home, env=env, prefix=prefix)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     return json.loads(proc.stdout)

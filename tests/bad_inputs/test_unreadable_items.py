@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from evalboard.fixtures import write_connector_checkpoint
-from tests._infra.workspace import small_token_space, write_rows
+from tests._infra.workspace import small_token_space, unprivileged, write_rows
 from tests.bad_inputs._helpers import cli, edit_json, invalid_reason, refusal, scan, state
 
 BIG = 2**70
@@ -135,30 +135,47 @@ def test_the_scan_registered_the_rest(tree) -> None:
     assert checkpoints <= invalid
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files without read permission")
-def test_a_folder_without_read_permission_is_registered_invalid(tmp_path: Path) -> None:
+@pytest.fixture
+def as_user() -> list[str]:
+    """The prefix under which permission bits hold (root runs the CLI in a user namespace)."""
+    prefix = unprivileged()
+    if prefix is None:
+        pytest.skip("root without user namespaces: permission bits cannot be tested here")
+    return prefix
+
+
+@pytest.mark.parametrize("mode", [0o000, 0o644], ids=["no-read", "no-search"])
+def test_a_folder_without_permission_is_an_invalid_entry_and_the_scan_goes_on(tmp_path: Path, as_user, mode) -> None:
     run = tmp_path / "run"
     locked = _ckpt(run, 100)
     good = _ckpt(run, 200)
-    locked.chmod(0)
+    notes = run / "notes"  # not a checkpoint: reported, not registered
+    notes.mkdir()
+    (notes / "x.txt").write_text("x")
+    for d in (locked, notes):
+        d.chmod(mode)
     try:
         home = tmp_path / "home"
-        summary = scan(home, run)
+        summary = scan(home, run, prefix=as_user)
         assert "Permission denied" in invalid_reason(summary, locked)
-        refusal(cli(["inspect", locked], home=home, timeout=60), locked, "Permission denied")
-        assert summary["new"] >= 2 and str(good) not in {i["path"] for i in summary["invalid_items"]}
+        assert "Permission denied" in invalid_reason(summary, notes)
+        assert summary["new"] == 2 and str(good) not in {i["path"] for i in summary["invalid_items"]}
+        refusal(cli(["inspect", locked], home=home, timeout=60, prefix=as_user), locked)
+        before = state(home)
+        refusal(cli(["scan", locked], home=home, timeout=60, prefix=as_user), locked)
+        assert state(home) == before
     finally:
-        locked.chmod(0o755)
+        for d in (locked, notes):
+            d.chmod(0o755)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files without read permission")
-def test_a_file_without_read_permission_is_registered_invalid(tmp_path: Path) -> None:
+def test_a_file_without_read_permission_is_registered_invalid(tmp_path: Path, as_user) -> None:
     ck = _ckpt(tmp_path / "run")
     (ck / "trainable_rows.pt").chmod(0)
     home = tmp_path / "home"
-    summary = scan(home, tmp_path / "run")
+    summary = scan(home, tmp_path / "run", prefix=as_user)
     assert "Permission denied" in invalid_reason(summary, ck)
-    refusal(cli(["inspect", ck], home=home, timeout=60), ck / "trainable_rows.pt", "Permission denied")
+    refusal(cli(["inspect", ck], home=home, timeout=60, prefix=as_user), ck / "trainable_rows.pt", "Permission denied")
 
 
 def test_the_token_space_reader_checks_types_and_ranges_in_one_place(tmp_path: Path) -> None:
