@@ -16,7 +16,12 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, Engine
+
+from registry.engine import mask_url
+from registry.errors import StoreError
 
 __all__ = ["alembic_config", "upgrade_to_head", "MIGRATIONS_DIR"]
 
@@ -40,5 +45,19 @@ def upgrade_to_head(engine: Engine) -> None:
     migrate one after another (processes are serialised by the database lock instead)."""
     config = alembic_config()
     with _ALEMBIC_LOCK, engine.begin() as connection:
+        _refuse_unknown_revision(connection, ScriptDirectory.from_config(config), mask_url(engine.url))
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
+
+
+def _refuse_unknown_revision(connection: Connection, scripts: ScriptDirectory, where: str) -> None:
+    """A registry a newer evalboard migrated (a revision we have no script for) is refused in one
+    line: upgrading evalboard is the fix; migrating or writing it with this version is not."""
+    known = {s.revision for s in scripts.walk_revisions()}
+    current = MigrationContext.configure(connection).get_current_heads()
+    unknown = [r for r in current if r not in known]
+    if unknown:
+        raise StoreError(
+            f"registry {where}: its schema is at revision {unknown[0]!r}, which this evalboard does not know "
+            f"(it knows up to {scripts.get_current_head()!r}); it was written by a newer evalboard: upgrade evalboard"
+        )

@@ -1,5 +1,6 @@
-"""The hand-written migrations create exactly the tables of models.py, on both backends, and
-several processes starting at once on a fresh database all succeed."""
+"""The hand-written migrations create exactly the tables of models.py, on both backends;
+several processes starting at once on a fresh database all succeed; a registry a newer evalboard
+migrated is refused in one line."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -14,9 +16,11 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, inspect, text
 
 from registry.engine import normalize_url
+from registry.errors import StoreError
 from registry.migrations import alembic_config
 from registry.models import Base
 from registry.store import Registry
+from tests._infra.workspace import run_cli
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HEAD = "0003"  # the newest revision in registry/migrations/versions
@@ -99,3 +103,21 @@ def test_concurrent_first_startup(db_url: str) -> None:
         assert returncode == 0, stderr
         assert stdout.strip() == expected
     assert _versions(db_url) == [HEAD]
+
+
+def test_a_registry_from_a_newer_evalboard_is_refused_in_one_line(db_url: str, tmp_path: Path) -> None:
+    """A revision this version has no script for: every command says to upgrade evalboard, and the
+    registry is left as the newer version wrote it."""
+    Registry(db_url).close()
+    engine = create_engine(normalize_url(db_url))
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE alembic_version SET version_num = '0042_from_the_future'"))
+    engine.dispose()
+
+    with pytest.raises(StoreError, match="revision '0042_from_the_future'.*upgrade evalboard"):
+        Registry(db_url)
+    proc = run_cli(["runs"], home=tmp_path / "home", env={"EVALBOARD_DB": db_url}, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    [line] = proc.stderr.splitlines()
+    assert "0042_from_the_future" in line and "upgrade evalboard" in line and f"'{HEAD}'" in line
+    assert _versions(db_url) == ["0042_from_the_future"]
