@@ -13,7 +13,9 @@ APP = Path(__file__).resolve().parent.parent / "dashboard" / "streamlit_app.py"
 
 
 def dashboard(
-    port: int = typer.Option(8501, help="Port to serve on."),
+    port: int = typer.Option(
+        8501, help="Port to serve on (1-65535; 0 picks a free one, and the printed URL names it)."
+    ),
     host: str = typer.Option("127.0.0.1", help="Address to bind; 0.0.0.0 exposes it to the network."),
     verbose_flag: bool = typer.Option(False, "--verbose", "-v", help="Say which workspace and stores are used."),
 ) -> None:
@@ -26,6 +28,7 @@ def dashboard(
     from registry.processes import child_env, python_module_command
 
     verbose(verbose_flag)
+    port = _serving_port(host, port)
     settings = current_settings()
     # The server resolves the same settings: name them, so it does not depend on its folder.
     env = {
@@ -56,6 +59,27 @@ def dashboard(
     ]
     sys.stderr.write(f"evalboard dashboard on http://{host}:{port} (registry {settings.db_url})\n")
     raise typer.Exit(run_child(cmd, child_env(env)))
+
+
+def _serving_port(host: str, port: int) -> int:
+    """The port the server will bind: checked to be free on ``host`` before Streamlit starts (0: one
+    the system picks), so a taken port or an impossible address is one line, not a server log."""
+    import socket
+
+    if not 0 <= port <= 65535:
+        raise typer.BadParameter(f"must be between 0 and 65535, got {port}", param_hint="'--port'")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as e:
+        raise typer.BadParameter(f"cannot serve on {host!r}: {e}", param_hint="'--host'") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds
+        try:
+            probe.bind(address)
+        except OSError as e:
+            what = f"port {port} on {host}" if port else f"{host}"
+            raise typer.BadParameter(f"cannot serve on {what}: {e.strerror or e}", param_hint="'--port'") from None
+        return int(probe.getsockname()[1])
 
 
 def export(

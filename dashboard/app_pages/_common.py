@@ -3,12 +3,14 @@ registry's data version (so new results appear on the next rerun), per-example l
 intervals cached by result id (a result never changes once recorded), and safe text helpers.
 
 Names users control are shown through `st.dataframe`, `st.text`, `st.code` or markdown escaped
-with `md` — never through `unsafe_allow_html` or `st.html`.
+with `md` (also the cells of an `st.table`, which renders Markdown) — never through
+`unsafe_allow_html` or `st.html`. URL query parameters are read only through `query_int`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import re
+from collections.abc import Container, Iterable
 
 import pandas as pd
 import streamlit as st
@@ -179,12 +181,47 @@ def findings(url: str, version: tuple) -> pd.DataFrame:
     return df
 
 
-_MD_SPECIAL = "\\`*_{}[]()#+-.!|<>~$:"
+_MD_SPECIAL = frozenset("\\`*_{}[]()#+-.!|<>~$:&=")
 
 
 def md(value: object) -> str:
-    """A user string escaped for Streamlit markdown (no links, emphasis or HTML survive)."""
+    """A user string (run, checkpoint and eval-set names, paths, base models, reasons and errors
+    read from files) escaped for any Markdown-rendering Streamlit call: `st.markdown`, `st.caption`,
+    `st.info` / `st.warning` / `st.error` / `st.success`, headers, widget labels, `st.table` cells.
+
+    Every character Streamlit's renderer (react-markdown with GFM, math, directives) gives a meaning
+    to is backslash-escaped, so no link, image, emphasis, code, heading, list, table, HTML, LaTeX
+    (`$`), entity (`&`), coloured-text directive or `:material/...:` icon (`:`) survives. Two text
+    transforms run after the escapes are resolved and so cannot be escaped: a bare URL or e-mail
+    address is still made a link, showing its own target, and `:smile:`-style shortcodes still
+    become emoji."""
     return "".join("\\" + ch if ch in _MD_SPECIAL else ch for ch in str(value))
+
+
+_ID_RE = re.compile(r"[0-9]{1,18}")  # ASCII digits only (str.isdigit also accepts "²" and "٣")
+_ID_MAX = 2**63 - 1  # a signed 64-bit database id
+
+
+def query_int(name: str, *, label: str | None = None, known: Container[int] | None = None) -> int | None:
+    """The URL query parameter `name` as a database id, or None when it is absent (or empty).
+
+    Only 1–18 ASCII digits with a value in 1..2**63-1 (and, given `known`, one of those ids) are
+    accepted; anything else shows a short warning naming the parameter, with its value escaped
+    and cut short, and returns None so that the page falls back to its normal picker."""
+    raw = st.query_params.get(name)
+    if not raw:
+        return None
+    value = int(raw) if _ID_RE.fullmatch(raw) else None
+    if value is not None and 1 <= value <= _ID_MAX and (known is None or value in known):
+        return value
+    shown = raw if len(raw) <= 40 else f"{raw[:40]}… ({len(raw)} characters)"
+    why = "none is registered with it" if value is not None and 1 <= value <= _ID_MAX else f"1 to {_ID_MAX}"
+    st.warning(
+        f"The URL's `{name}` parameter “{md(shown)}” is not a valid {label or name + ' id'} ({why}): "
+        "choose one below instead.",
+        icon=":material/link_off:",
+    )
+    return None
 
 
 def empty_state(message: str, command: str | None = None) -> None:

@@ -22,15 +22,11 @@ if cks.empty:
 
 run_names = dict(zip(runs["run_id"], runs["run"]))
 run_ids = [r for r in runs.sort_values("run")["run_id"] if r in set(cks["run_id"])]
-query_ck = st.query_params.get("checkpoint")
-if (
-    query_ck
-    and query_ck.isdigit()
-    and int(query_ck) in set(cks["checkpoint_id"])
-    and "checkpoint_run" not in st.session_state
-):
-    st.session_state["checkpoint_run"] = int(cks.loc[cks["checkpoint_id"] == int(query_ck), "run_id"].iloc[0])
-    st.session_state["checkpoint_id"] = int(query_ck)
+# ?checkpoint=ID opens that checkpoint; a malformed or unknown id warns and leaves the pickers as usual
+query_ck = c.query_int("checkpoint", label="checkpoint id", known={int(i) for i in cks["checkpoint_id"]})
+if query_ck is not None and "checkpoint_run" not in st.session_state:
+    st.session_state["checkpoint_run"] = int(cks.loc[cks["checkpoint_id"] == query_ck, "run_id"].iloc[0])
+    st.session_state["checkpoint_id"] = query_ck
 
 results = c.results(url, version)
 evaluated = set(results["checkpoint_id"].dropna().astype(int))

@@ -118,7 +118,8 @@ else:
     )
     shown = findings[findings["severity"].isin(severities)]
     if len(shown) <= 100:  # a static table wraps each message: nothing of a finding is cut off
-        st.table(shown.set_index("severity"))
+        # st.table renders its cells as Markdown: the run names, paths and reasons are escaped
+        st.table(shown.set_index("severity").map(lambda v: c.md(v) if isinstance(v, str) else v))
     else:
         st.dataframe(
             shown,

@@ -67,7 +67,7 @@ same = {
 labels = {"base_model": "base model", "token_space": "token space", "track": "track", "invalid": "invalid checkpoints"}
 st.caption(
     f"{len(shown)} of {len(table)} runs"
-    + "".join(f" · {labels[k]}: {'—' if pd.isna(v) else v}" for k, v in same.items())
+    + "".join(f" · {labels[k]}: {'—' if pd.isna(v) else c.md(v)}" for k, v in same.items())
     + " · a dash: no result on that task, or not known (a Track A run has no token space)"
 )
 display = shown[[col for col in columns if col not in same]].copy()

@@ -20,6 +20,9 @@ CASES = [
     (["audit", "--severity", "loud"], "--severity", "must be one of"),
     (["jobs", "frobnicate"], "frobnicate", "No such command"),
     (["scan", ".", "--watch"], "--watch needs --evalset", "Invalid value"),
+    (["dashboard", "--port", "-1"], "--port", "between 0 and 65535"),
+    (["dashboard", "--port", "99999"], "--port", "between 0 and 65535"),
+    (["dashboard", "--host", "no-such-host.invalid"], "--host", "cannot serve on"),
 ]
 
 

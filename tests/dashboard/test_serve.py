@@ -1,9 +1,11 @@
 """`evalboard dashboard` takes its Streamlit server (and anything that started) down with it:
-SIGTERM or Ctrl-C to the command leaves nothing listening on the port."""
+SIGTERM or Ctrl-C to the command leaves nothing listening on the port. `--port 0` serves on a
+free port that the printed URL names; a taken port is refused in one line before Streamlit starts."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -52,3 +54,45 @@ def test_a_stop_signal_stops_the_server_too(empty, tmp_path, signum) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_port_0_serves_on_the_port_the_printed_url_names(empty, tmp_path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "evalboard.cli", "dashboard", "--port", "0"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=os.environ.copy(),
+    )
+    try:
+        first = proc.stdout.readline()
+        found = re.search(r"http://127\.0\.0\.1:(\d+)", first)
+        assert found and found.group(1) != "0", first
+        port = int(found.group(1))
+        _wait_healthy(f"http://127.0.0.1:{port}/_stcore/health", proc)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        assert_port_freed(port)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_a_taken_port_is_one_line_before_anything_starts(empty, tmp_path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = subprocess.run(
+            [sys.executable, "-m", "evalboard.cli", "dashboard", "--port", str(port)],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            env=os.environ.copy(),
+            timeout=60,
+        )
+    assert proc.returncode == 2, proc.stderr
+    [line] = proc.stderr.splitlines()
+    assert f"port {port}" in line and "in use" in line and "--port" in line
