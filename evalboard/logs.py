@@ -1,8 +1,10 @@
 """What the command line prints besides its results: our own log lines and progress bars only.
 
 Libraries we call (transformers, huggingface_hub, MLflow, Alembic, SQLAlchemy, urllib3, ...)
-log at INFO and draw their own progress bars; a user running `evalboard demo` or `evalboard
-worker` wants to see evalboard's progress, so theirs are kept at WARNING unless `--verbose`.
+log at INFO, draw their own progress bars and log errors (with tracebacks) that they then raise:
+a user wants evalboard's progress and, when something fails, evalboard's one line that names the
+file or store and the problem. So their loggers are silent on stderr (only CRITICAL passes) and
+their bars off, unless `--verbose`, which shows everything from INFO up.
 """
 
 from __future__ import annotations
@@ -35,17 +37,17 @@ class _Handler(logging.StreamHandler):
 
 
 def configure(verbose: bool = False, *, ours: int = logging.WARNING) -> None:
-    """Logs to stderr: evalboard's loggers at `ours`, every other library at WARNING, and no
-    third-party progress bars; with `verbose`, everything at INFO and their bars back on."""
+    """Logs to stderr: evalboard's loggers at `ours`, every other library's only at CRITICAL, and
+    no third-party progress bars; with `verbose`, everything at INFO and their bars back on."""
     root = logging.getLogger()
     if not any(isinstance(h, _Handler) for h in root.handlers):
         handler = _Handler(sys.stderr)
         handler.setFormatter(logging.Formatter(_FORMAT, datefmt="%H:%M:%S"))
         root.addHandler(handler)
-    third = logging.INFO if verbose else logging.WARNING
-    root.setLevel(logging.WARNING)
+    third = logging.INFO if verbose else logging.CRITICAL
+    root.setLevel(logging.INFO if verbose else logging.CRITICAL)
     for name in ALWAYS_QUIET:
-        logging.getLogger(name).setLevel(logging.WARNING)
+        logging.getLogger(name).setLevel(logging.WARNING if verbose else logging.CRITICAL)
     for name in OURS:
         logging.getLogger(name).setLevel(logging.INFO if verbose else ours)
     for name in THIRD_PARTY:
@@ -55,9 +57,12 @@ def configure(verbose: bool = False, *, ours: int = logging.WARNING) -> None:
         for h in [h for h in logger.handlers if isinstance(h, logging.StreamHandler)]:
             logger.removeHandler(h)
         logger.propagate = True
+    # MLflow would attach its own stderr handler when it is imported (after this runs): leave its
+    # loggers to ours, at the levels above.
+    os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
     if not verbose:
-        # MLflow sets up its own loggers when imported (after this runs), at this level.
-        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+        # Should MLflow still set up its own loggers (MLFLOW_CONFIGURE_LOGGING=true), at this level.
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "CRITICAL")
         # Read when MLflow moves artifacts and when huggingface_hub / transformers are imported
         # (transformers takes its progress-bar switch from huggingface_hub at import).
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

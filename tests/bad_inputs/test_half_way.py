@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests._infra.workspace import unprivileged
 from tests.bad_inputs._helpers import cli, models_env, refusal, registry_snapshot, scan, state
 
 EVALSET = "synthetic-a2t-i2t"
@@ -94,3 +95,25 @@ def test_eval_whose_mlflow_server_fails_after_computing_records_nothing(scanned)
     refusal(proc, f"http://127.0.0.1:{port}", "could not log the result", "nothing was recorded")
     assert registry_snapshot(home) == before  # no statistics row, no result
     assert not (ck.parent / "eval_step100.json").exists() and not list(ck.parent.glob("eval_step100.*.json"))
+
+
+@pytest.mark.slow
+def test_eval_into_a_read_only_mlflow_store_is_one_line_without_mlflow_tracebacks(scanned) -> None:
+    """MLflow logs the failed insert (with its traceback) before raising it: without --verbose the
+    user sees only evalboard's line, and nothing is recorded."""
+    ws, home, env, _ = scanned
+    prefix = unprivileged()
+    if prefix is None:
+        pytest.skip("root without user namespaces: a read-only file cannot be tested here")
+    first, second = ws.checkpoints["stage3_token_lm_iter5"][:2]
+    ok = cli(["eval", first, "--evalset", EVALSET, "--device", "cpu"], home=home, env=env)
+    assert ok.returncode == 0, ok.stderr
+    store = home / "mlflow.db"
+    store.chmod(0o444)
+    try:
+        before = state(home)
+        proc = cli(["eval", second, "--evalset", EVALSET, "--device", "cpu"], home=home, env=env, prefix=prefix)
+        refusal(proc, store, "readonly database", "nothing was recorded")
+        assert state(home) == before
+    finally:
+        store.chmod(0o644)
