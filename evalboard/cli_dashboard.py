@@ -152,8 +152,13 @@ def _check_out(out: Path, force: bool) -> None:
     from registry.atomic import check_target
     from registry.errors import InvalidInput
 
-    check_target(out, force=force)
+    if any(len(part.encode()) > 255 for part in out.parts):
+        raise InvalidInput("--out has a file or folder name longer than 255 bytes", path=out)
     try:
+        if out.is_dir() and not out.is_symlink():
+            raise InvalidInput("--out names a folder; give the path of the report file to write", path=out)
+        if out.exists() and not out.is_file():
+            raise InvalidInput("--out is not a regular file; give the path of the report file to write", path=out)
         parent = out.parent
         while not parent.exists() and parent != parent.parent:
             parent = parent.parent
@@ -161,6 +166,7 @@ def _check_out(out: Path, force: bool) -> None:
             raise InvalidInput(f"--out cannot be created: {parent} is not a folder", path=out)
     except OSError as e:
         raise InvalidInput(f"--out cannot be used: {e.strerror or type(e).__name__}", path=out) from None
+    check_target(out, force=force)  # a read-only report is kept unless --force; a link is replaced
 
 
 def _write(out: Path, data: bytes, force: bool) -> None:
