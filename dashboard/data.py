@@ -210,6 +210,7 @@ RESULT_COLUMNS = [
     "mlflow_run_id",
     "created_at",
     "per_example_path",
+    "computed_for",
 ]
 
 
@@ -217,16 +218,24 @@ def load_results(reg: Registry, run_ids: Iterable[int] | None = None) -> pd.Data
     """Eval results in long form: one row per (result, task), `task == "all"` included.
 
     `tokens_seen` comes from the result's `extra` (training tokens at that checkpoint, when the
-    trainer recorded it); `subset` marks evaluations limited by `max_examples`.
+    trainer recorded it); `subset` marks evaluations limited by `max_examples`. A result belongs to
+    content: it is shown on every checkpoint with the content it was computed on, and
+    `computed_for` names the checkpoint it was computed for when that is another one (else None).
     """
     names = {e.id: e.name for e in reg.list_evalsets()}
     runs = {r.id: r.name for r in reg.list_runs()}
     out: dict[str, list] = {c: [] for c in RESULT_COLUMNS}
-    rows = reg.result_table(run_ids=run_ids)
+    rows = reg.result_table(run_ids=run_ids, same_content=True)
     for rid, run_id, ck_id, step, es_id, source, metrics, extra, ml_run, created in rows:
         label = evalset_label(es_id, names, extra.get("evalset_name"))
         tokens_seen = extra.get("tokens_seen")
         subset = bool(extra.get("max_examples"))
+        origin = extra.get("computed_for")
+        computed_for = (
+            f"{runs.get(origin.get('run_id'), 'run ' + str(origin.get('run_id')))} step {origin.get('step')}"
+            if isinstance(origin, dict)
+            else None
+        )
         for task, m in metrics.items():
             if not isinstance(m, dict) or m.get("loss") is None:
                 continue
@@ -247,6 +256,7 @@ def load_results(reg: Registry, run_ids: Iterable[int] | None = None) -> pd.Data
             out["mlflow_run_id"].append(ml_run)
             out["created_at"].append(created)
             out["per_example_path"].append(extra.get("per_example_path"))
+            out["computed_for"].append(computed_for)
     df = pd.DataFrame(out, columns=RESULT_COLUMNS)
     for c in ("run", "evalset", "task", "source"):  # text even when there is no row
         df[c] = df[c].astype("str")
@@ -318,8 +328,9 @@ def load_row_stats(reg: Registry, checkpoint_ids: Iterable[int]) -> dict[int, di
 
 
 def result_entities(reg: Registry, run_ids: Iterable[int]) -> dict[int, EvalResultEntity]:
-    """{result id: result} of the given runs (one query): what `result_examples` needs."""
-    return {r.id: r for r in reg.list_eval_results(run_ids=[int(i) for i in run_ids])}
+    """{result id: result} of the given runs, those computed for the same content elsewhere
+    included (one query): what `result_examples` needs."""
+    return {r.id: r for r in reg.list_eval_results(run_ids=[int(i) for i in run_ids], same_content=True)}
 
 
 def may_have_examples(results: pd.DataFrame) -> pd.Series:

@@ -174,10 +174,11 @@ def to_csv(report: Report) -> str:
         "examples",
         "source",
         "subset",
+        "computed_for",
         "mlflow_run_id",
         "created_at",
     ]
-    return safe_csv(report.results[cols])
+    return safe_csv(report.results[[c for c in cols if c in report.results.columns]])
 
 
 # -- Markdown ----------------------------------------------------------------------------------
@@ -228,7 +229,7 @@ def to_markdown(report: Report) -> str:
     parts = [
         f"# evalboard report: {len(report.runs)} runs\n",
         f"Eval set: {md_escape(report.evalset or 'all')}  \nGenerated {report.created_at:%Y-%m-%d %H:%M} UTC\n",
-        md_escape(interval_note(report)) + "\n",
+        md_escape(interval_note(report) + computed_once_note(report)) + "\n",
         "## Runs\n",
         md_table(_overview_columns(report)),
         "## Best checkpoint per run (by loss on all)\n",
@@ -260,6 +261,21 @@ def interval_note(report: Report) -> str:
     for reason, n in sorted(report.no_interval.items()):
         text += f" {n} result{'s' if n > 1 else ''} without one: {reason}."
     return text
+
+
+def computed_once_note(report: Report) -> str:
+    """A sentence on results shown for a checkpoint but computed for another with the same content."""
+    if "computed_for" not in report.results.columns:
+        return ""
+    shared = report.results.dropna(subset=["computed_for"])
+    if shared.empty:
+        return ""
+    n = shared["result_id"].nunique()
+    where = ", ".join(sorted(shared["computed_for"].unique())[:3])
+    return (
+        f" {n} result{'s' if n > 1 else ''} shown here {'were' if n > 1 else 'was'} computed once, for a checkpoint "
+        f"with the same content ({where}{', ...' if shared['computed_for'].nunique() > 3 else ''})."
+    )
 
 
 def _vs_best_columns(report: Report) -> pd.DataFrame:
@@ -314,7 +330,7 @@ def to_html(report: Report, *, for_print: bool = False) -> str:
 <h1>evalboard report</h1>
 <p>Runs: {run_list}<br>Eval set: {e(report.evalset or "all")}<br>
 Generated {report.created_at:%Y-%m-%d %H:%M} UTC</p>
-<p>{e(interval_note(report))}</p>
+<p>{e(interval_note(report) + computed_once_note(report))}</p>
 <h2>Loss vs step</h2>
 {"".join(figures) or "<p><em>no eval results for these runs</em></p>"}
 <h2>Runs</h2>

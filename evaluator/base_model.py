@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from registry.errors import InvalidInput, NotFound
+from registry.settings import LOCAL_MODELS_KEY
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -35,8 +36,6 @@ __all__ = [
     "quiet_loading",
 ]
 
-LOCAL_MODELS_KEY = "*"
-"""`EVALBOARD_MODELS` key whose folder holds base models a checkpoint may name by local path."""
 
 log = logging.getLogger(__name__)
 

@@ -326,18 +326,18 @@ class Evaluator:
     def prior_result(
         self, ck: CheckpointEntity, es: EvalSetEntity, max_examples: int | None, *, logged_only: bool = False
     ):
-        """The registry's evaluator result for this checkpoint content on this eval-set content and
-        subset (``logged_only``: one that has its MLflow run), or None."""
-        for r in self.reg.list_eval_results(checkpoint_id=ck.id):
-            if (
-                r.source == "evaluator"
-                and r.checkpoint_hash == ck.content_hash
-                and r.evalset_hash == es.content_hash
-                and (r.extra or {}).get("max_examples") == max_examples
-                and (r.mlflow_run_id or not logged_only)
-            ):
-                return r
-        return None
+        """The registry's newest evaluator result for this checkpoint content on this eval-set content
+        and subset, whichever checkpoint it was computed for (``logged_only``: one that has its
+        MLflow run), or None."""
+        if ck.content_hash is None:
+            return None
+        return self.reg.find_eval_result(
+            checkpoint_hash=ck.content_hash,
+            evalset_hash=es.content_hash,
+            source="evaluator",
+            max_examples=max_examples,
+            logged_only=logged_only,
+        )
 
     def _existing(self, ck: CheckpointEntity, es: EvalSetEntity, options: EvalOptions) -> EvalOutcome | None:
         r = self.prior_result(ck, es, options.max_examples)

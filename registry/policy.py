@@ -67,18 +67,16 @@ def prior_evaluation(
     reg: Registry, checkpoint: CheckpointEntity, evalset: EvalSetEntity, max_examples: int | None = None
 ) -> EvalResultEntity | None:
     """The newest evaluator result for this checkpoint content on this eval-set content and subset
-    that reached MLflow, or None."""
-    found = None
-    for r in reg.list_eval_results(checkpoint_id=checkpoint.id):
-        if (
-            r.source == "evaluator"
-            and r.checkpoint_hash == checkpoint.content_hash
-            and r.evalset_hash == evalset.content_hash
-            and r.mlflow_run_id
-            and (r.extra or {}).get("max_examples") == max_examples
-        ):
-            found = r
-    return found
+    that reached MLflow (computed for this checkpoint or another with the same content), or None."""
+    if checkpoint.content_hash is None:
+        return None
+    return reg.find_eval_result(
+        checkpoint_hash=checkpoint.content_hash,
+        evalset_hash=evalset.content_hash,
+        source="evaluator",
+        max_examples=max_examples,
+        logged_only=True,
+    )
 
 
 def enqueue_checkpoints(

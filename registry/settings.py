@@ -51,6 +51,7 @@ __all__ = [
     "write_workspace_config",
     "CONFIG_NAME",
     "HOME_NAME",
+    "LOCAL_MODELS_KEY",
 ]
 
 HOME_NAME = ".evalboard"
@@ -59,6 +60,8 @@ TRUSTED_KEY = "trusted"
 CONFIG_NAME = "config.toml"
 DEFAULT_VISION_CACHE_BYTES = 2 << 30
 ARTIFACTS_NAME = "mlartifacts"
+LOCAL_MODELS_KEY = "*"
+"""The models-mapping key whose folder holds base models a checkpoint may name by local path."""
 
 ENV_VARS = {
     "EVALBOARD_WORKSPACE": "workspace folder (instead of searching upwards for .evalboard/config.toml)",
@@ -285,6 +288,31 @@ class Settings:
     """Builders a checkpoint file may name and have run (``pkg.mod:fn``, or ``pkg.mod:*`` for every
     function of a module), besides evalboard's reference builders. Config
     ``[connector_builders] trusted = [...]``; env `EVALBOARD_TRUSTED_BUILDERS` (comma-separated)."""
+
+    def model_id_for(self, name_or_path: str, *, what: str = "the base model") -> str:
+        """The id workers know a model by, for a training process that names it by ``name_or_path``
+        (e.g. ``model.config._name_or_path``): an id stays as it is; a local folder becomes the id
+        the models mapping gives that folder, or stays a path when it lies inside the folder mapped
+        under ``"*"``. Any other local folder is refused here, in the training process, because no
+        worker would load it (`evaluator.base_model.resolve_base_model`)."""
+        if name_or_path in self.models or not name_or_path:
+            return name_or_path
+        folder = Path(name_or_path).expanduser()
+        if not folder.is_dir():
+            return name_or_path
+        real = Path(os.path.realpath(folder))
+        for model_id, mapped in sorted(self.models.items()):
+            if model_id != LOCAL_MODELS_KEY and Path(os.path.realpath(Path(mapped).expanduser())) == real:
+                return model_id
+        allowed = self.models.get(LOCAL_MODELS_KEY)
+        if allowed and real.is_relative_to(os.path.realpath(Path(allowed).expanduser())):
+            return name_or_path
+        raise InvalidInput(
+            f"{what} was loaded from a local folder that the workspace's models mapping does not name, "
+            "so no worker could load it: map it under an id ([models] in .evalboard/config.toml, or "
+            f"EVALBOARD_MODELS='my-org/my-base={name_or_path}'), or pass base_model='<id>' to the callback",
+            path=name_or_path,
+        )
 
     def connector_builder_for(self, run_name: str | None) -> str | None:
         """The configured builder for ``run_name``'s connector checkpoints (the run's, else "*")."""

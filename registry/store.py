@@ -15,12 +15,26 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import fields
 from datetime import datetime, timezone
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
-from sqlalchemy import CursorResult, Engine, Integer, Result, Select, String, Text, func, or_, select, text
+from sqlalchemy import (
+    ColumnElement,
+    CursorResult,
+    Engine,
+    Integer,
+    Result,
+    Select,
+    String,
+    Text,
+    and_,
+    func,
+    or_,
+    select,
+    text,
+)
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from registry import entities as E
 from registry import models as M
@@ -416,10 +430,21 @@ class Registry:
         run_ids: Iterable[int] | None = None,
         evalset_id: int | None = None,
         checkpoint_id: int | None = None,
+        same_content: bool = False,
     ) -> list[E.EvalResultEntity]:
+        """Results, by run and step. With ``same_content``, ``run_ids`` also selects the results
+        computed for other checkpoints with the same content as one of these runs' (a result
+        belongs to content: `result_table` shows it on every such checkpoint)."""
         query = select(M.EvalResult).order_by(M.EvalResult.run_id, M.EvalResult.step, M.EvalResult.id)
         if run_ids is not None:
-            query = query.where(M.EvalResult.run_id.in_(list(run_ids)))
+            ids = list(run_ids)
+            mine: ColumnElement[bool] = M.EvalResult.run_id.in_(ids)
+            if same_content:
+                hashes = select(M.Checkpoint.content_hash).where(
+                    M.Checkpoint.run_id.in_(ids), M.Checkpoint.status == "valid"
+                )
+                mine = or_(mine, M.EvalResult.checkpoint_hash.in_(hashes))
+            query = query.where(mine)
         if evalset_id is not None:
             query = query.where(M.EvalResult.evalset_id == evalset_id)
         if checkpoint_id is not None:
@@ -428,17 +453,29 @@ class Registry:
             return _entities(s.scalars(query))
 
     def find_eval_result(
-        self, *, checkpoint_hash: str, evalset_hash: str, source: str | None = None
+        self,
+        *,
+        checkpoint_hash: str,
+        evalset_hash: str,
+        source: str | None = None,
+        max_examples: int | None | Literal["any"] = "any",
+        logged_only: bool = False,
     ) -> E.EvalResultEntity | None:
-        """The latest result for this checkpoint content on this eval set content, if any."""
+        """The latest result for this checkpoint content on this eval set content, if any, whichever
+        checkpoint it was computed for (a result belongs to content); ``max_examples``: only one
+        on that subset (None: the whole eval set); ``logged_only``: only one that reached MLflow."""
         query = select(M.EvalResult).where(
             M.EvalResult.checkpoint_hash == checkpoint_hash, M.EvalResult.evalset_hash == evalset_hash
         )
         if source is not None:
             query = query.where(M.EvalResult.source == source)
+        if logged_only:
+            query = query.where(M.EvalResult.mlflow_run_id.is_not(None), M.EvalResult.mlflow_run_id != "")
         with self._session(write=False) as s:
-            row = s.scalars(query.order_by(M.EvalResult.id.desc()).limit(1)).first()
-            return None if row is None else _entity(row)
+            for row in s.scalars(query.order_by(M.EvalResult.id.desc())):
+                if max_examples == "any" or (_decoded(row.extra) or {}).get("max_examples") == max_examples:
+                    return _entity(row)
+        return None
 
     # -- row stats -------------------------------------------------------------------------
 
@@ -818,25 +855,41 @@ class Registry:
                 for r in s.execute(q)
             ]
 
-    def result_table(self, *, run_ids: Iterable[int] | None = None) -> list[tuple]:
+    def result_table(self, *, run_ids: Iterable[int] | None = None, same_content: bool = False) -> list[tuple]:
         """(id, run_id, checkpoint_id, step, evalset_id, source, metrics, extra, mlflow_run_id,
-        created_at) per eval result, oldest first."""
-        q = select(
-            M.EvalResult.id,
-            M.EvalResult.run_id,
-            M.EvalResult.checkpoint_id,
-            M.EvalResult.step,
-            M.EvalResult.evalset_id,
-            M.EvalResult.source,
-            M.EvalResult.metrics,
-            M.EvalResult.extra,
-            M.EvalResult.mlflow_run_id,
-            M.EvalResult.created_at,
-        ).order_by(M.EvalResult.id)
-        if run_ids is not None:
-            q = q.where(M.EvalResult.run_id.in_(list(run_ids)))
+        created_at) per eval result, oldest first.
+
+        With ``same_content``, a result also appears on every other valid checkpoint with the
+        content it was computed on (a run copied to a new folder, the same bytes saved twice): that
+        row carries the viewing checkpoint's run, id and step, the result's own id, and in ``extra``
+        ``computed_for = {"checkpoint_id", "run_id", "step"}``, the checkpoint it was computed for."""
+        r = M.EvalResult
+        columns = (r.id, r.run_id, r.checkpoint_id, r.step, r.evalset_id, r.source, r.metrics, r.extra)
+        q = select(*columns, r.mlflow_run_id, r.created_at).order_by(r.id)
+        ids = None if run_ids is None else list(run_ids)
+        if ids is not None:
+            q = q.where(r.run_id.in_(ids))
         with self._session(write=False) as s:
-            return [(*r[:6], _decoded(r[6]), _decoded(r[7]), r[8], _plain(r[9])) for r in s.execute(q)]
+            rows = [(*row[:6], _decoded(row[6]), _decoded(row[7]), row[8], _plain(row[9])) for row in s.execute(q)]
+            if not same_content:
+                return rows
+            viewer = aliased(M.Checkpoint)
+            shared = (
+                select(r.id, viewer.run_id, viewer.id, viewer.step, *columns[4:], r.mlflow_run_id, r.created_at)
+                .add_columns(r.checkpoint_id, r.run_id, r.step)
+                .join(viewer, and_(viewer.content_hash == r.checkpoint_hash, viewer.id != r.checkpoint_id))
+                .where(viewer.status == "valid")
+                .order_by(r.id, viewer.id)
+            )
+            if ids is not None:
+                shared = shared.where(viewer.run_id.in_(ids))
+            for row in s.execute(shared):
+                extra = {
+                    **(_decoded(row[7]) or {}),
+                    "computed_for": {"checkpoint_id": row[10], "run_id": row[11], "step": row[12]},
+                }
+                rows.append((*row[:6], _decoded(row[6]), extra, row[8], _plain(row[9])))
+        return sorted(rows, key=lambda t: t[0])
 
     def job_table(self) -> list[tuple]:
         """(id, status, run name, step, eval set name, worker_id, attempts, max_attempts, enqueued_at,

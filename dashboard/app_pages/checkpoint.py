@@ -138,6 +138,12 @@ else:
     )
     wide = wide[data.task_order(wide.columns)].reset_index().sort_values("created_at", ascending=False)
     st.dataframe(wide.drop(columns="result_id"), hide_index=True, width="stretch")
+    computed_for = sorted(history["computed_for"].dropna().unique())
+    if computed_for:
+        st.caption(
+            f"Computed once, for the checkpoint with the same content in {c.md(', '.join(computed_for))}: "
+            "a result belongs to the content, so every checkpoint holding it shows it."
+        )
     latest = history.sort_values("result_id").iloc[-1]
     extra = data.result_extra(reg, int(latest["result_id"]))
     links = data.mlflow_links(latest["mlflow_run_id"], extra)
@@ -151,7 +157,8 @@ else:
         st.caption("No MLflow run recorded for the latest result.")
 
     st.subheader("Per-example losses")
-    mine = {r.id: r for r in reg.list_eval_results(checkpoint_id=ck_id)}
+    shown_ids = set(history["result_id"].astype(int))  # its own results and those of the same content
+    mine = {i: r for i, r in c.result_entities(url, version, (int(ck.run_id),)).items() if i in shown_ids}
     # those that can hold per-example losses first, newest first
     ordered = history.assign(_none=~data.may_have_examples(history)).sort_values(
         ["_none", "result_id"], ascending=[True, False]
@@ -195,8 +202,8 @@ else:
             format_func=other_labels.get,
             help="B − A with B this checkpoint: negative means this checkpoint is better",
         )
-        other_ck = int(others.loc[others["result_id"] == other, "checkpoint_id"].iloc[0])
-        other_result = next(r for r in reg.list_eval_results(checkpoint_id=other_ck) if r.id == other)
+        other_run = int(others.loc[others["result_id"] == other, "run_id"].iloc[0])
+        other_result = c.result_entities(url, version, (other_run,))[other]
         here = f"step {ck.step}" if ck.step is not None else "this checkpoint"
         c.show_paired(c.paired(url, other_result, mine[choice]), other_labels[other], here)
         other_ex = data.examples_frame(c.examples(url, other_result))

@@ -13,12 +13,18 @@ ours: at every step or epoch where it would save, only the rows are written.
 Only the main process (``state.is_world_process_zero``) writes and talks to the registry. When
 training ends, the final step is saved if no save covered it, and saves whose registry calls
 failed are retried. The MLflow run active during training (the Trainer's ``report_to="mlflow"``
-starts one) is recorded on the evalboard run; each evaluation's MLflow run is tagged with it.
+starts one) is recorded on the evalboard run; each evaluation's MLflow run is tagged with it. With
+``report_to="mlflow"`` and no tracking URI chosen (no ``MLFLOW_TRACKING_URI``, no
+``mlflow.set_tracking_uri``), the Trainer's MLflow callback is pointed at the workspace's MLflow
+store, where the dashboard's link to the training run finds it (the Trainer would otherwise log to
+a store in the working folder that nothing else reads).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -81,6 +87,17 @@ class EvalboardCallback(TrainerCallback):
     def events(self) -> list[SaveEvent]:
         """One per saved step: where it went, its job, and the time the save took."""
         return list(self.publisher.events) if self.publisher is not None else []
+
+    def on_init_end(self, args, state, control, **kwargs):
+        """Runs when the Trainer is built, before its MLflow callback picks a store at train begin."""
+        if "mlflow" not in (args.report_to or []) or os.environ.get("MLFLOW_TRACKING_URI"):
+            return
+        mlflow = sys.modules.get("mlflow")
+        if mlflow is not None and mlflow.is_tracking_uri_set():
+            return  # the training code chose a store
+        self.settings = self.settings or Settings.from_env()
+        os.environ["MLFLOW_TRACKING_URI"] = self.settings.mlflow_uri  # what the Trainer's MLflowCallback reads
+        log.info("the Trainer's MLflow run goes to the workspace's store %s", self.settings.mlflow_uri)
 
     def on_train_begin(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:

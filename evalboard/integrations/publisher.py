@@ -19,7 +19,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -114,6 +114,10 @@ class CheckpointFormat(Protocol):
     def prepare(self, run_dir: Path) -> None:
         """Check or write what the run folder needs, before training starts."""
 
+    def for_workers(self, model: Any, settings: Settings) -> CheckpointFormat:
+        """This format with the models it names as workers know them (`Settings.model_id_for`):
+        raises, before anything is written, when a worker could not load one."""
+
     def path(self, run_dir: Path, step: int) -> Path: ...
 
     def write(self, model: Any, path: Path, step: int) -> Path: ...
@@ -130,6 +134,14 @@ class RowsFormat:
     fmt: str = "safetensors"
     trainer: Mapping[str, Any] | None = None
     """Training settings recorded in trainable_rows.json (the dashboard shows them)."""
+
+    def for_workers(self, model: Any, settings: Settings) -> RowsFormat:
+        named = self.base_model or getattr(getattr(model, "config", None), "_name_or_path", None)
+        if not named:
+            raise InvalidInput(
+                "the model names no base (its config has no _name_or_path): pass base_model='<id>' to the callback"
+            )
+        return replace(self, base_model=settings.model_id_for(str(named)))
 
     def prepare(self, run_dir: Path) -> None:
         """The run-level token_space.json: written when absent, and must agree when present."""
@@ -174,6 +186,13 @@ class ConnectorFormat:
 
     def prepare(self, run_dir: Path) -> None:
         return None
+
+    def for_workers(self, model: Any, settings: Settings) -> ConnectorFormat:
+        return replace(
+            self,
+            base_llm=settings.model_id_for(self.base_llm, what="the connector's base LLM"),
+            vision_tower=settings.model_id_for(self.vision_tower, what="the vision tower"),
+        )
 
     def path(self, run_dir: Path, step: int) -> Path:
         return run_dir / f"checkpoint_{step}.pt"
@@ -234,6 +253,7 @@ class Publisher:
     _reg: Registry | None = field(default=None, init=False, repr=False)
     _es: Any = field(default=None, init=False, repr=False)
     _linked: tuple[str, str] | None = field(default=None, init=False, repr=False)
+    _writes: CheckpointFormat | None = field(default=None, init=False, repr=False)
 
     def open(self) -> None:
         """Connect, find the eval set and prepare the run folder: raises before training starts."""
@@ -262,10 +282,15 @@ class Publisher:
         return {e.step for e in self.events}
 
     def save(self, model: Any, step: int) -> SaveEvent:
-        """Write the checkpoint of ``step``, register it and queue it."""
+        """Write the checkpoint of ``step``, register it and queue it. The first save checks that
+        workers can load the models the checkpoint names (a base loaded from a local folder is
+        recorded under the id the models mapping gives it), and raises before writing if not."""
         self.open()
+        assert self.settings is not None
+        if self._writes is None:
+            self._writes = self.format.for_workers(model, self.settings)
         start = time.perf_counter()
-        path = self.format.write(model, self.format.path(self.run_dir, step), step)
+        path = self._writes.write(model, self._writes.path(self.run_dir, step), step)
         written = time.perf_counter()
         event = self._queue(step, path, written - start)
         self.events = [e for e in self.events if e.step != step] + [event]
