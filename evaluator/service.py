@@ -528,12 +528,16 @@ def _with_tags(record, tags: dict[str, str]):
 def _reproducibility(
     base: ResidentBase | None, report: LossReport, options: EvalOptions, prepare: str, findings: list
 ) -> dict[str, Any]:
+    from importlib.metadata import PackageNotFoundError, version
+
     import transformers
 
-    import evalboard
-
+    try:
+        evalboard_version = version("evalboard")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        evalboard_version = "unknown"
     return {
-        "evalboard_version": evalboard.__version__,
+        "evalboard_version": evalboard_version,
         "torch_version": torch.__version__,
         "transformers_version": transformers.__version__,
         "python_version": platform.python_version(),
