@@ -31,7 +31,6 @@ from registry.store import Registry
 __all__ = [
     "open_registry",
     "data_version",
-    "jobs_version",
     "load_runs",
     "load_checkpoints",
     "load_evalsets",
@@ -91,11 +90,6 @@ def data_version(reg: Registry) -> tuple:
     runs, eval sets or row stats are added or updated. Pages pass it to their cached loaders so a
     new result shows up on the next rerun without waiting for a TTL."""
     return reg.data_fingerprint()
-
-
-def jobs_version(reg: Registry) -> tuple:
-    """Jobs change status in place, so their fingerprint includes the latest transition."""
-    return reg.jobs_fingerprint()
 
 
 # -- catalogue ---------------------------------------------------------------------------------

@@ -40,8 +40,6 @@ __all__ = [
     "ApplyReport",
     "prepare_for_token_space",
     "patch_rows",
-    "snapshot_rows",
-    "restore_rows",
     "ResidentModel",
 ]
 
@@ -387,19 +385,6 @@ def _same_values(a: torch.Tensor, b: torch.Tensor) -> bool:
     if a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.dtype == b.dtype:
         return True
     return torch.equal(a.to(b.device, torch.float32), b.to(torch.float32))
-
-
-@torch.no_grad()
-def snapshot_rows(model: PreTrainedModel, row_start: int, row_end: int) -> RowTensors:
-    """A copy of rows `[row_start, row_end)` of the embedding and lm_head (None when tied)."""
-    emb, head = _matrices(model)
-    lm_head = None if _is_tied(emb, head) else head.weight[row_start:row_end].clone()
-    return RowTensors(emb.weight[row_start:row_end].clone(), lm_head, row_start, row_end, source="snapshot")
-
-
-def restore_rows(model: PreTrainedModel, snapshot: RowTensors) -> PatchReport:
-    """Put back rows taken with `snapshot_rows`."""
-    return patch_rows(model, snapshot.embed, snapshot.lm_head, snapshot.row_start, snapshot.row_end)
 
 
 @dataclass(frozen=True)

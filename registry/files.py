@@ -7,7 +7,6 @@ sha256 proves, before an evaluation, that the bytes are still the ones we regist
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 from registry.errors import IntegrityError
 from registry.safeio import sha256_file
 
-__all__ = ["FileRecord", "file_records", "content_hash", "stat_matches", "verify_files"]
+__all__ = ["FileRecord", "file_records", "content_hash", "verify_files"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,19 +52,6 @@ def content_hash(records: Iterable[FileRecord]) -> str:
 
 def _resolve(base: Path, name: str) -> Path:
     return base if base.is_file() else base / name
-
-
-def stat_matches(base: Path, records: Iterable[Mapping[str, Any] | FileRecord]) -> bool:
-    """True when every recorded file still has its size and mtime (no bytes read)."""
-    for r in records:
-        r = r if isinstance(r, FileRecord) else FileRecord.from_dict(r)
-        try:
-            st = os.stat(_resolve(base, r.name))
-        except OSError:
-            return False
-        if st.st_size != r.size or st.st_mtime_ns != r.mtime_ns:
-            return False
-    return True
 
 
 def verify_files(base: str | Path, records: Iterable[Mapping[str, Any] | FileRecord]) -> None:

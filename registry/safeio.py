@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import pickle
 import re
@@ -399,7 +398,3 @@ def _load_safetensors(path: Path) -> dict[str, Any]:
         return dict(load_file(str(path), device="cpu"))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise InvalidInput(f"safetensors file cannot be read: {str(e).splitlines()[0]}", path=path) from None
-
-
-def is_finite_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)

@@ -398,11 +398,6 @@ class Settings:
             ),
         )
 
-    def ensure_home(self) -> Path:
-        """Create `home` on first use rather than at import, so reading settings has no effects."""
-        self.home.mkdir(parents=True, exist_ok=True)
-        return self.home
-
     def describe(self) -> dict[str, Any]:
         """What `evalboard info` prints: each setting with where it came from."""
         ws = self.workspace

@@ -308,11 +308,6 @@ class Registry:
         with self._session(write=False) as s:
             return {path: (files, content_hash, status) for path, files, content_hash, status in s.execute(query)}
 
-    def delete_checkpoint(self, *, id: int) -> None:
-        """Delete a checkpoint with its row stats and jobs; its results stay, unlinked."""
-        with self._session() as s:
-            s.delete(_get_one(s, M.Checkpoint, "checkpoint", id=id))
-
     # -- eval sets -------------------------------------------------------------------------
 
     def register_evalset(
@@ -814,19 +809,6 @@ class Registry:
         ]
         with self._session(write=False) as s:
             return tuple(tuple(str(v) for v in s.execute(q).one()) for q in parts)
-
-    def jobs_fingerprint(self) -> tuple:
-        """Jobs change status in place, so this includes the latest transition."""
-        q = select(
-            func.count(),
-            func.max(M.EvalJob.id),
-            func.max(M.EvalJob.enqueued_at),
-            func.max(M.EvalJob.started_at),
-            func.max(M.EvalJob.finished_at),
-            func.sum(M.EvalJob.attempts),
-        )
-        with self._session(write=False) as s:
-            return tuple(str(v) for v in s.execute(q.select_from(M.EvalJob)).one())
 
     def checkpoint_table(self, *, run_ids: Iterable[int] | None = None) -> list[tuple]:
         """(id, run_id, step, track, status, reason, path, content_hash, base_model, token_space_id,

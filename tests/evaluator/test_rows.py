@@ -22,8 +22,6 @@ from evaluator.rows import (
     TokenSpaceSizes,
     patch_rows,
     prepare_for_token_space,
-    restore_rows,
-    snapshot_rows,
 )
 from registry.errors import Incompatible, InvalidInput, NotFound
 
@@ -167,15 +165,6 @@ def test_patch_touches_only_its_rows_in_place():
         assert torch.equal(w[AUDIO[1] :], w0[AUDIO[1] :])
         assert torch.equal(w[AUDIO[0] : AUDIO[1]], new)
     assert [w.data_ptr() for w in _weights(model)] == ptrs
-
-
-def test_snapshot_and_restore_round_trip():
-    model = _fresh(random_rows(4))
-    saved = snapshot_rows(model, TEXT_VOCAB, VOCAB_TOTAL)
-    other = random_rows(5)
-    patch_rows(model, other.embed, other.lm_head, TEXT_VOCAB, VOCAB_TOTAL)
-    restore_rows(model, saved)
-    assert all(torch.equal(a, b) for a, b in zip(_weights(model), _weights(_fresh(random_rows(4)))))
 
 
 def test_resident_swap_equals_a_fresh_load_and_does_not_reallocate():

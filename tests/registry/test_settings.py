@@ -32,7 +32,6 @@ def test_environment_overrides(tmp_path: Path) -> None:
     assert settings.mlflow_uri == "http://mlflow:5000"
     assert settings.models == {"Qwen/Qwen3-8B-Base": "/models/qwen3", "tiny": "/models/tiny"}
     assert not settings.home.exists()  # reading settings creates nothing
-    assert settings.ensure_home().is_dir()
 
 
 def test_models_from_json_file(tmp_path: Path) -> None:

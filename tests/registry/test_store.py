@@ -185,30 +185,6 @@ def test_list_checkpoints_by_run_in_step_order(registry: Registry, run) -> None:
     assert len(registry.list_checkpoints()) == 4
 
 
-def test_delete_checkpoint_keeps_results_and_drops_dependents(registry: Registry, run) -> None:
-    checkpoint, _ = _checkpoint(registry, run.id, 100)
-    evalset, _ = _evalset(registry)
-    registry.put_row_stats(checkpoint_id=checkpoint.id, stats={"audio": {"mean_norm": 1.0}})
-    registry.enqueue_job(checkpoint_id=checkpoint.id, evalset_id=evalset.id)
-    result = registry.add_eval_result(
-        checkpoint_id=checkpoint.id,
-        run_id=run.id,
-        source="evaluator",
-        checkpoint_hash=checkpoint.content_hash,
-        metrics={"all": {"loss": 2.5}},
-    )
-
-    registry.delete_checkpoint(id=checkpoint.id)
-
-    counts = registry.counts()
-    assert (counts["checkpoints"], counts["row_stats"], counts["eval_jobs"], counts["eval_results"]) == (0, 0, 0, 1)
-    (kept,) = registry.list_eval_results()
-    assert kept.id == result.id and kept.checkpoint_id is None
-    assert kept.checkpoint_hash == checkpoint.content_hash
-    with pytest.raises(NotFound):
-        registry.delete_checkpoint(id=checkpoint.id)
-
-
 # -- eval sets -------------------------------------------------------------------------------
 
 
