@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from registry import queue
 from registry.entities import EvalJobEntity
 from registry.errors import EvalboardError, InvalidInput
+from registry.job_options import JobOptions
 from registry.settings import Settings
 from registry.store import Registry
 
@@ -45,8 +46,6 @@ log = logging.getLogger("evalboard.worker")
 EXIT_DEVICE_FAULT = 3
 """Exit status after an unrecoverable CUDA error: the job was released; restart the worker."""
 EXIT_INTERRUPTED = 130
-
-_OPTION_KEYS = ("max_examples", "allow_mismatch", "write_eval_json", "max_tokens_per_batch", "connector_builder")
 
 
 @dataclass(frozen=True)
@@ -299,13 +298,18 @@ class Worker:
             try:
                 ck = self.reg.get_checkpoint(id=job.checkpoint_id)
                 es = self.reg.get_evalset(id=job.evalset_id)
-                opts = {k: v for k, v in (job.options or {}).items() if k in _OPTION_KEYS}
-                opts.setdefault("connector_builder", self.config.connector_builder)
-                options = EvalOptions(device=str(self.device), force=True, **opts)
+                opts = JobOptions.parse(job.options)
+                options = EvalOptions(
+                    device=str(self.device),
+                    force=True,
+                    max_examples=opts.max_examples,
+                    allow_mismatch=opts.allow_mismatch,
+                    write_eval_json=opts.write_eval_json,
+                    max_tokens_per_batch=opts.max_tokens_per_batch,
+                    connector_builder=opts.connector_builder or self.config.connector_builder,
+                )
                 prior = (
-                    None
-                    if (job.options or {}).get("force")
-                    else self.evaluator.prior_result(ck, es, options.max_examples, logged_only=True)
+                    None if opts.force else self.evaluator.prior_result(ck, es, options.max_examples, logged_only=True)
                 )
                 if prior is not None:
                     queue.complete(

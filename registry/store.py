@@ -11,9 +11,9 @@ Getters `get_*` raise `NotFound`; `find_*` and `get_row_stats` return None when 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import fields
+from dataclasses import fields, replace
 from datetime import datetime, timezone
 from typing import Any, Literal, TypeVar
 
@@ -40,6 +40,7 @@ from registry import entities as E
 from registry import models as M
 from registry.engine import SQLITE_WRITE_OPTION, make_engine, mask_url, normalize_url
 from registry.errors import InvalidInput, LeaseLost, NotFound, StoreError
+from registry.job_options import JobOptions
 from registry.migrations import upgrade_to_head
 from registry.safeio import DB_INT_MAX, MAX_NAME_CHARS
 from registry.settings import Settings
@@ -502,13 +503,15 @@ class Registry:
         evalset_id: int,
         force: bool = False,
         max_attempts: int = 3,
-        options: dict[str, Any] | None = None,
+        options: JobOptions | Mapping[str, Any] | None = None,
         priority: int = 0,
     ) -> tuple[E.EvalJobEntity, bool]:
         """Queue an evaluation; returns (job, created). Without `force`, an existing job for the
-        same checkpoint content and eval-set content (not failed or cancelled) is returned."""
+        same checkpoint content and eval-set content (not failed or cancelled) is returned.
+        ``options`` are parsed by `JobOptions.parse`: an unknown or mistyped one is refused here."""
         if max_attempts < 1:
             raise InvalidInput(f"max_attempts must be at least 1, got {max_attempts}")
+        parsed = JobOptions.parse(options)
         with self._session() as s:
             checkpoint = _get_one(s, M.Checkpoint, "checkpoint", id=checkpoint_id)
             evalset = _get_one(s, M.EvalSet, "eval set", id=evalset_id)
@@ -517,10 +520,10 @@ class Registry:
                     f"checkpoint {checkpoint.path} cannot be evaluated: it is {checkpoint.status}"
                     + (f" ({checkpoint.reason})" if checkpoint.reason else "")
                 )
-            options = dict(options or {})
-            key = _dedupe_key(checkpoint, evalset, options)
             if force:
-                options["force"] = True  # the worker evaluates again even if a result exists
+                parsed = replace(parsed, force=True)  # the worker evaluates again even if a result exists
+            stored = parsed.to_dict()
+            key = _dedupe_key(checkpoint, evalset, stored)
             self._lock_key(s, key)
             if not force:
                 existing = s.scalars(
@@ -537,14 +540,14 @@ class Registry:
                 dedupe_key=key,
                 max_attempts=max_attempts,
                 priority=priority,
-                options=options,
+                options=stored,
             )
             s.add(job)
             s.flush()
             return _entity(job), True
 
     def find_active_job(
-        self, *, checkpoint_id: int, evalset_id: int, options: dict[str, Any] | None = None
+        self, *, checkpoint_id: int, evalset_id: int, options: JobOptions | Mapping[str, Any] | None = None
     ) -> E.EvalJobEntity | None:
         """The job `enqueue_job` would return instead of creating one (same checkpoint content,
         eval-set content and subset; not failed or cancelled), if any."""
@@ -556,7 +559,7 @@ class Registry:
             row = s.scalars(
                 select(M.EvalJob)
                 .where(
-                    M.EvalJob.dedupe_key == _dedupe_key(checkpoint, evalset, options or {}),
+                    M.EvalJob.dedupe_key == _dedupe_key(checkpoint, evalset, JobOptions.parse(options).to_dict()),
                     M.EvalJob.status.not_in(_INACTIVE_JOB_STATUSES),
                 )
                 .order_by(M.EvalJob.id)

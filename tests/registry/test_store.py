@@ -284,11 +284,41 @@ def test_enqueue_deduplicates_unless_forced(registry: Registry, run) -> None:
     assert (again, created) == (job, False)
 
     forced, created = registry.enqueue_job(
-        checkpoint_id=checkpoint.id, evalset_id=evalset.id, force=True, options={"batch_size": 4}
+        checkpoint_id=checkpoint.id, evalset_id=evalset.id, force=True, options={"max_tokens_per_batch": 4096}
     )
-    assert created and forced.id != job.id and forced.options == {"batch_size": 4, "force": True}
+    assert created and forced.id != job.id and forced.options == {"max_tokens_per_batch": 4096, "force": True}
     assert [j.id for j in registry.list_jobs(status="queued")] == [job.id, forced.id]
     assert registry.get_job(id=forced.id) == forced
+
+
+@pytest.mark.parametrize(
+    "options, says",
+    [
+        ({"batch_size": 4}, "unknown job option 'batch_size'"),
+        ({"max_example": 5}, "unknown job option 'max_example'"),
+        ({"max_examples": "5"}, "max_examples must be an integer"),
+        ({"max_examples": 0}, "max_examples must be an integer from 1"),
+        ({"allow_mismatch": "yes"}, "allow_mismatch must be true or false"),
+        ({"connector_builder": "os.system"}, "connector_builder must be package.module:function"),
+    ],
+)
+def test_an_unknown_or_mistyped_job_option_is_refused_at_enqueue(registry: Registry, run, options, says) -> None:
+    checkpoint, _ = _checkpoint(registry, run.id, 100)
+    evalset, _ = _evalset(registry)
+    with pytest.raises(InvalidInput, match=says):
+        registry.enqueue_job(checkpoint_id=checkpoint.id, evalset_id=evalset.id, options=options)
+    assert registry.counts()["eval_jobs"] == 0
+
+
+def test_job_options_are_stored_as_what_differs_from_the_defaults(registry: Registry, run) -> None:
+    from registry.job_options import JobOptions
+
+    checkpoint, _ = _checkpoint(registry, run.id, 100)
+    evalset, _ = _evalset(registry)
+    opts = JobOptions(max_examples=8, connector_builder="my_pkg.builders:build")
+    job, _ = registry.enqueue_job(checkpoint_id=checkpoint.id, evalset_id=evalset.id, options=opts)
+    assert job.options == {"max_examples": 8, "connector_builder": "my_pkg.builders:build"}
+    assert job.dedupe_key.endswith(":n8") and JobOptions.parse(job.options) == opts
 
 
 def test_failed_job_does_not_block_a_new_one(registry: Registry, run) -> None:
