@@ -17,7 +17,9 @@ Two reference builders infer every dimension from the weights:
   ``nn.MultiheadAttention``), then an MLP projector (``Linear, GELU, Linear, ...``). Keys
   ``resampler.queries``, ``resampler.attn.*``, ``projector.<i>.*``; the number of attention heads is
   the one thing weights cannot tell, so the metadata must say it (``num_heads``).
-- `llava_projector`: LLaVA's ``mm_projector`` (``linear`` or ``mlp<N>x_gelu``), one embedding per patch.
+- `llava_projector`: LLaVA's ``mm_projector`` (``linear`` or ``mlp<N>x_gelu``), one embedding per patch;
+  without ``mm_projector_type``, LLaVA's weights (``mm_projector.*``) are ``linear``, as LLaVA's
+  ``build_vision_projector`` defaults it.
 
 Weights are loaded strictly: missing or unexpected keys are an error that lists them.
 """
@@ -162,6 +164,8 @@ def llava_projector(state: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) 
     where = str(meta.get("_path", "connector"))
     attribute = "mm_projector" if any(k.startswith("mm_projector.") for k in state) else "projector"
     kind = meta.get("mm_projector_type")
+    if kind is None and attribute == "mm_projector":
+        kind = "linear"  # LLaVA's build_vision_projector: getattr(config, 'mm_projector_type', 'linear')
     single = f"{attribute}.weight" in state
     widths = _mlp_widths(state, attribute, where)
     if kind is not None:

@@ -5,10 +5,14 @@ again and again; only the connector changes. So the tower's output for an image 
 and kept, keyed by everything that changes it:
 
     tower content hash  x  image sha256 + decoded (width, height)  x  preprocessing settings
-    x  selected hidden layer  x  whether the CLS token is dropped  x  dtype
+    x  selected hidden layer  x  whether the CLS token is dropped  x  aspect-ratio mode  x  dtype
 
 (keys that leave out the image size or the preprocessing serve stale features when either
-changes). The disk cache (`FeatureCache`) is bounded: least recently used files go first.
+changes). The aspect-ratio mode is LLaVA's ``image_aspect_ratio``: "default" hands each image to
+the tower's image processor as it is; "pad" first pastes it, centred, on a square canvas of the
+processor's mean colour (LLaVA's ``expand2square``: side max(w, h), offset (w - h) // 2 on the short
+axis, fill ``tuple(int(x * 255) for x in image_mean)``), as LLaVA-1.5 trained and evaluated.
+The disk cache (`FeatureCache`) is bounded: least recently used files go first.
 """
 
 from __future__ import annotations
@@ -30,9 +34,9 @@ from registry.atomic import write_file
 from registry.errors import Incompatible, InvalidInput, NotFound
 from registry.files import content_hash, file_records
 from registry.images import decode_image
-from registry.vision import preprocessing_settings, read_tower_preprocessing
+from registry.vision import ASPECT_RATIOS, preprocessing_settings, read_tower_preprocessing
 
-__all__ = ["VisionSettings", "ResidentTower", "FeatureCache", "load_tower"]
+__all__ = ["VisionSettings", "ResidentTower", "FeatureCache", "load_tower", "expand_to_square"]
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +51,11 @@ class VisionSettings:
     """Index into the tower's hidden states (-1: last layer; LLaVA uses -2)."""
     drop_cls: bool
     """Drop the first token (CLIP's CLS); towers without one (SigLIP) keep every patch."""
+    aspect_ratio: str = "default"
+    """"default" (images to the processor as they are) or "pad" (LLaVA's expand2square first)."""
 
     def key(self) -> str:
-        return f"layer={self.feature_layer};drop_cls={int(self.drop_cls)}"
+        return f"layer={self.feature_layer};drop_cls={int(self.drop_cls)};aspect={self.aspect_ratio}"
 
 
 @dataclass
@@ -76,14 +82,30 @@ class ResidentTower:
             f"(hidden {self.hidden_size}, {self.num_layers} layers, CLS token: {self.has_cls})"
         )
 
-    def resolve(self, feature_layer: int | None, drop_cls: bool | None) -> VisionSettings:
+    def resolve(
+        self, feature_layer: int | None, drop_cls: bool | None, aspect_ratio: str = "default"
+    ) -> VisionSettings:
         layer = -2 if feature_layer is None else feature_layer
         if not -(self.num_layers + 1) <= layer <= self.num_layers:
             raise Incompatible(
                 f"vision feature layer {layer} is out of range for tower {self.path} "
                 f"({self.num_layers} layers + embeddings)"
             )
-        return VisionSettings(layer, self.has_cls if drop_cls is None else drop_cls)
+        if aspect_ratio not in ASPECT_RATIOS:
+            raise InvalidInput(f"image aspect-ratio mode {aspect_ratio!r} is not one of {', '.join(ASPECT_RATIOS)}")
+        if aspect_ratio == "pad":
+            self.pad_colour()  # a processor without image_mean is refused before any image is read
+        return VisionSettings(layer, self.has_cls if drop_cls is None else drop_cls, aspect_ratio)
+
+    def pad_colour(self) -> tuple[int, ...]:
+        """LLaVA's canvas colour for "pad": ``tuple(int(x * 255) for x in image_processor.image_mean)``."""
+        mean = getattr(self.processor, "image_mean", None)
+        if not isinstance(mean, (list, tuple)) or len(mean) != 3:
+            raise Incompatible(
+                f"the image processor of vision tower {self.path} has no 3-channel image_mean "
+                f"(got {mean!r}); image_aspect_ratio 'pad' fills the canvas with it"
+            )
+        return tuple(int(x * 255) for x in mean)
 
     def cache_key(self, image_sha256: str, size: tuple[int, int], settings: VisionSettings) -> str:
         h = hashlib.sha256(b"evalboard-vision-features/1\n")
@@ -107,13 +129,28 @@ class ResidentTower:
             for i, data in enumerate(images[start : start + batch_size], start):
                 what = f"image {i} (sha256 {hashlib.sha256(data).hexdigest()[:12]})"
                 with decode_image(data, what=what) as im:
-                    pil.append(im.convert("RGB"))
+                    rgb = im.convert("RGB")
+                pil.append(expand_to_square(rgb, self.pad_colour()) if settings.aspect_ratio == "pad" else rgb)
             pixels = self.processor(images=pil, return_tensors="pt")["pixel_values"]
             hidden = self.model(pixel_values=pixels.to(self.device, self.dtype), output_hidden_states=True)
             feats = hidden.hidden_states[settings.feature_layer]
             out.append(feats[:, 1:] if settings.drop_cls else feats)
             self.images_forwarded += len(pil)
         return torch.cat(out)
+
+
+def expand_to_square(image: Any, fill: tuple[int, ...]) -> Any:
+    """LLaVA's ``expand2square``: ``image`` pasted on a square canvas of colour ``fill``, centred on
+    its short axis (offset ``(long - short) // 2``); a square image is returned as it is."""
+    from PIL import Image
+
+    width, height = image.size
+    if width == height:
+        return image
+    side = max(width, height)
+    canvas = Image.new(image.mode, (side, side), fill)
+    canvas.paste(image, (0, (width - height) // 2) if width > height else ((height - width) // 2, 0))
+    return canvas
 
 
 def _tower_hash(path: Path) -> str:

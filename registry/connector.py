@@ -12,16 +12,40 @@ Schema (README "Track A checkpoint"): a dict with
 
 Settings the evaluator reads from the metadata (``config``/``meta``, or top level):
 ``connector_builder`` ("package.module:function" that rebuilds the module from the state dict),
-``vision_feature_layer`` (which hidden layer of the tower feeds the connector) and
-``vision_drop_cls`` (whether the tower's CLS token is dropped); see evaluator/tracks/connector.py.
+``vision_feature_layer`` (which hidden layer of the tower feeds the connector),
+``vision_drop_cls`` (whether the tower's CLS token is dropped) and ``image_aspect_ratio`` (LLaVA's:
+"pad" pads images to a square first, see below); see evaluator/tracks/connector.py.
 
-Also accepted: LLaVA's layout, a folder holding ``mm_projector.bin`` (or ``.safetensors``) and
-the training ``config.json`` (``mm_vision_tower``, ``mm_projector_type``, ``mm_hidden_size``,
-``hidden_size``, ``mm_vision_select_layer``, ``mm_vision_select_feature``, ``_name_or_path``).
+Also accepted: LLaVA's layouts (haotian-liu/LLaVA pretraining with ``--tune_mm_mlp_adapter``),
+``mm_projector.bin`` (or ``.safetensors``) with the training ``config.json`` (``mm_vision_tower``,
+``mm_hidden_size``, ``hidden_size``, ``_name_or_path``; optional ``mm_projector_type``,
+``mm_vision_select_layer``, ``mm_vision_select_feature``, ``image_aspect_ratio``). Where LLaVA puts them:
+
+- the output folder ``<out>/`` holds the FINAL save (``mm_projector.bin``, ``config.json``, and the
+  ``trainer_state.json`` of ``trainer.save_state()``): a checkpoint of run ``<out>`` (the folder
+  itself), its step the ``global_step`` of ``trainer_state.json`` (step-less, with a note, without one);
+- ``<out>/checkpoint-<step>/`` (``LLaVATrainer._save_checkpoint``: ``mm_projector.bin`` and
+  ``config.json``): a checkpoint of run ``<out>`` at that step. Without its own ``config.json`` it
+  uses ``<out>/config.json`` (recorded as ``../config.json``, said in a note); a
+  ``trainer_state.json`` there must agree with the step in the name;
+- ``<out>/mm_projector/checkpoint-<step>.bin`` (the save of an output folder named
+  ``checkpoint-<step>``, and older LLaVA's intermediate saves): a checkpoint of run ``<out>`` at that
+  step, with ``<out>/checkpoint-<step>/config.json`` (what LLaVA writes beside it), else
+  ``<out>/config.json``.
+
+The content hash covers the weights and the config only: a final save equal to a step folder's
+has that folder's hash (``trainer_state.json`` is recorded, so a rescan sees it change, but only
+gives the step). LLaVA's defaults are LLaVA's: ``mm_projector_type`` absent means ``linear``
+(``build_vision_projector``), said in a note; ``image_aspect_ratio`` ``pad`` pads each image to a
+square of the processor's mean colour before the processor (``expand2square``); ``anyres*``,
+``highres`` and ``crop_split`` are refused (not implemented); any other value, or none, feeds the
+image processor directly, as LLaVA's ``process_images`` does.
 """
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,13 +53,29 @@ from typing import Any
 
 from registry.errors import InvalidInput
 from registry.files import FileRecord, content_hash, file_records
-from registry.safeio import check_int, check_text, load_tensors, require_regular_file
+from registry.safeio import check_int, check_text, load_tensors, require_regular_file, sha256_file
 from registry.settings import check_builder_name
 from registry.trainable_rows import check_step_in_name, parse_step
 
-__all__ = ["ConnectorCheckpoint", "LLAVA_FILES", "is_llava_folder"]
+__all__ = [
+    "ConnectorCheckpoint",
+    "LLAVA_FILES",
+    "is_llava_folder",
+    "is_llava_projector_file",
+    "is_llava_config_dir",
+    "llava_run_dir",
+    "llava_files",
+    "llava_config",
+]
 
-LLAVA_FILES = ("mm_projector.bin", "mm_projector.safetensors", "config.json")
+LLAVA_FILES = ("mm_projector.bin", "mm_projector.safetensors", "config.json", "trainer_state.json")
+_LLAVA_WEIGHTS = LLAVA_FILES[:2]
+_TRAINER_STATE = "trainer_state.json"
+_LLAVA_STEP_DIR_RE = re.compile(r"^(?:checkpoint|ckpt)[-_]\d+$")
+_LLAVA_PROJECTOR_DIR = "mm_projector"
+_LLAVA_PROJECTOR_FILE_RE = re.compile(r"^checkpoint-\d+\.bin$")
+_LINEAR = {"mm_projector.weight", "mm_projector.bias"}
+_UNIMPLEMENTED_ASPECT = re.compile(r"^(?:anyres.*|highres|crop_split)$")
 _BUILDER_KEYS = ("connector_builder", "builder")
 
 _STATE_KEYS = ("connector", "connector_state_dict", "state_dict", "model", "model_state_dict")
@@ -84,6 +124,14 @@ class ConnectorCheckpoint:
     drop_cls: bool | None = None
     state: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
     """The connector's tensors, keys without ``module.``/``connector.`` prefixes."""
+    aspect_ratio: str = "default"
+    """How images reach the tower (`registry.vision.ASPECT_RATIOS`): "pad" for LLaVA's
+    ``image_aspect_ratio: pad``."""
+    step_files: tuple[FileRecord, ...] = ()
+    """Files read for the step only (LLaVA's ``trainer_state.json``): registered with the checkpoint
+    so a rescan sees them change, outside the content hash."""
+    notes: tuple[str, ...] = ()
+    """What was defaulted or looked up elsewhere, in words (``evalboard inspect`` shows them)."""
 
     @property
     def content_hash(self) -> str:
@@ -92,7 +140,7 @@ class ConnectorCheckpoint:
     @classmethod
     def load(cls, path: str | Path) -> ConnectorCheckpoint:
         path = Path(path)
-        if path.is_dir():
+        if path.is_dir() or is_llava_projector_file(path):
             return _load_llava(path)
         require_regular_file(path)
         check_step_in_name(path)
@@ -150,6 +198,7 @@ class ConnectorCheckpoint:
             _int_setting(settings, ("vision_feature_layer", "mm_vision_select_layer", "feature_layer"), path),
             _drop_cls(settings, path),
             {k: t for params in modules.values() for k, t in params.items()},
+            _aspect_ratio(settings, path),
         )
 
     def summary(self) -> dict[str, Any]:
@@ -170,8 +219,11 @@ class ConnectorCheckpoint:
             "default_builder": self.default_builder,
             "vision_feature_layer": self.feature_layer,
             "vision_drop_cls": self.drop_cls,
+            **({"mm_projector_type": self.meta.get("mm_projector_type")} if self.layout == "llava" else {}),
+            "image_aspect_ratio": self.aspect_ratio,
             "content_hash": self.content_hash,
-            "files": [f.to_dict() for f in self.files],
+            "files": [f.to_dict() for f in (*self.files, *self.step_files)],
+            "notes": list(self.notes),
         }
 
 
@@ -261,39 +313,189 @@ def _check_finite(state: Mapping[str, Any], path: Path) -> None:
 
 
 def is_llava_folder(path: Path) -> bool:
-    return (path / "mm_projector.bin").exists() or (path / "mm_projector.safetensors").exists()
+    return any((path / n).exists() for n in _LLAVA_WEIGHTS)
+
+
+def is_llava_projector_file(path: Path) -> bool:
+    """``<out>/mm_projector/checkpoint-<step>.bin``: LLaVA's save of a folder named ``checkpoint-<step>``."""
+    return path.parent.name == _LLAVA_PROJECTOR_DIR and bool(_LLAVA_PROJECTOR_FILE_RE.match(path.name))
+
+
+def is_llava_config_dir(path: Path) -> bool:
+    """``<out>/checkpoint-<step>/`` holding no projector, beside ``<out>/mm_projector/checkpoint-<step>.bin``:
+    where LLaVA saved that file's config.json, not a checkpoint of its own."""
+    projector = path.parent / _LLAVA_PROJECTOR_DIR / f"{path.name}.bin"
+    return not is_llava_folder(path) and is_llava_projector_file(projector) and projector.is_file()
+
+
+def _is_step_dir(path: Path) -> bool:
+    return bool(_LLAVA_STEP_DIR_RE.match(path.name))
+
+
+def llava_run_dir(path: Path) -> Path:
+    """The run (LLaVA's output folder) a LLaVA checkpoint belongs to: the folder holding a
+    ``checkpoint-<step>/``, the output folder itself for its final save, ``<out>`` for
+    ``<out>/mm_projector/checkpoint-<step>.bin``."""
+    if is_llava_projector_file(path):
+        return path.parent.parent
+    return path.parent if _is_step_dir(path) else path
+
+
+def llava_config(path: Path) -> tuple[Path | None, str | None]:
+    """The ``config.json`` a LLaVA checkpoint is read with, and a note when it is not its own."""
+    if is_llava_projector_file(path):
+        out = path.parent.parent
+        own = out / path.name.removesuffix(".bin") / "config.json"
+        if own.is_file():
+            return own, None
+        shared = out / "config.json"
+        if shared.is_file():
+            return shared, f"config.json: {own.parent.name}/config.json absent, the output folder's config.json is used"
+        return None, None
+    own = path / "config.json"
+    if os.path.lexists(own) or not _is_step_dir(path):
+        return (own if os.path.lexists(own) else None), None
+    shared = path.parent / "config.json"
+    if shared.is_file():
+        return shared, f"config.json: none in {path.name}/, the output folder's ../config.json is used"
+    return None, None
+
+
+def _record_name(base: Path, p: Path) -> str:
+    """``p`` relative to the checkpoint: to its folder, or to the folder holding a single-file one."""
+    return os.path.relpath(p, base.parent if is_llava_projector_file(base) else base)
+
+
+def llava_files(path: Path) -> dict[str, Path]:
+    """Record name -> file, for every file a LLaVA checkpoint is made of (weights, the config it
+    is read with, ``trainer_state.json``): what registration records and a rescan compares."""
+    if is_llava_projector_file(path):
+        found = [path]
+    else:
+        found = [path / n for n in (*_LLAVA_WEIGHTS, _TRAINER_STATE) if os.path.lexists(path / n)]
+    cfg, _ = llava_config(path)
+    if cfg is not None:
+        found.append(cfg)
+    return {_record_name(path, p): p for p in found}
+
+
+def _records(base: Path, paths: list[Path]) -> tuple[FileRecord, ...]:
+    out = []
+    for p in paths:
+        st = require_regular_file(p)
+        out.append(FileRecord(_record_name(base, p), st.st_size, st.st_mtime_ns, sha256_file(p)))
+    return tuple(sorted(out, key=lambda r: r.name))
+
+
+def _trainer_state_step(path: Path) -> int:
+    from registry.safeio import read_json
+
+    state = read_json(path)
+    if "global_step" not in state:
+        raise InvalidInput("missing field 'global_step' (the step the final save was made at)", path=path)
+    return check_int(state["global_step"], "global_step", path)
+
+
+def _llava_step(path: Path, notes: list[str]) -> tuple[int | None, Path | None]:
+    """(step, trainer_state.json read for it): a step folder's or projector file's from its name (a
+    trainer_state.json there must agree), the final save's from the output folder's trainer_state.json."""
+    if is_llava_projector_file(path):
+        check_step_in_name(path)
+        return parse_step(path.name), None
+    ts = path / _TRAINER_STATE
+    has_ts = os.path.lexists(ts)
+    if _is_step_dir(path):
+        check_step_in_name(path)
+        step = parse_step(path.name)
+        if has_ts and (got := _trainer_state_step(ts)) != step:
+            raise InvalidInput(f"global_step {got} disagrees with the folder's name {path.name}", path=ts)
+        return step, ts if has_ts else None
+    if not has_ts:
+        notes.append(
+            "step: none (the final save of a LLaVA output folder takes its step from trainer_state.json, "
+            "and there is none)"
+        )
+        return None, None
+    step = _trainer_state_step(ts)
+    notes.append(f"step: {step}, the global_step of trainer_state.json (final save of the LLaVA output folder)")
+    return step, ts
+
+
+def _aspect_ratio(settings: Mapping[str, Any], path: Path) -> str:
+    """LLaVA's ``image_aspect_ratio``: "pad", or "default" for what LLaVA's ``process_images``
+    hands to the image processor as is (absent, None, "square", anything else); the modes evalboard
+    does not implement are refused."""
+    v = settings.get("image_aspect_ratio")
+    if v is None or v == "":
+        return "default"
+    if not isinstance(v, str) or len(v) > 64:
+        raise InvalidInput(f"image_aspect_ratio must be a string such as 'pad' or 'square', got {v!r}", path=path)
+    if v == "pad":
+        return "pad"
+    if _UNIMPLEMENTED_ASPECT.match(v):
+        raise InvalidInput(
+            f"image_aspect_ratio {v!r} is not implemented: evalboard implements 'pad' and LLaVA's default "
+            "(images straight to the image processor: 'square', or no image_aspect_ratio)",
+            path=path,
+        )
+    return "default"
 
 
 def _load_llava(path: Path) -> ConnectorCheckpoint:
-    """LLaVA's pretraining output: ``mm_projector.bin`` + the model's ``config.json``."""
+    """LLaVA's pretraining output: ``mm_projector.bin`` + the model's ``config.json`` (see the module
+    docstring for the folders LLaVA writes them to)."""
     from registry.safeio import read_json
 
-    found = [path / n for n in LLAVA_FILES[:2] if (path / n).exists()]
-    if not found:
-        raise InvalidInput("has no mm_projector.bin / mm_projector.safetensors", path=path)
-    if len(found) > 1:  # either could be the projector: never pick one silently
+    notes: list[str] = []
+    if is_llava_projector_file(path):
+        require_regular_file(path)
+        weights = path
+    else:
+        found = [path / n for n in _LLAVA_WEIGHTS if (path / n).exists()]
+        if not found:
+            raise InvalidInput("has no mm_projector.bin / mm_projector.safetensors", path=path)
+        if len(found) > 1:  # either could be the projector: never pick one silently
+            raise InvalidInput(
+                f"holds both {' and '.join(p.name for p in found)}: which one is the checkpoint is ambiguous; "
+                "keep exactly one",
+                path=path,
+            )
+        weights = found[0]
+    cfg_path, cfg_note = llava_config(path)
+    if cfg_path is None:
+        if is_llava_projector_file(path):
+            where = f" (looked for ../{path.name.removesuffix('.bin')}/config.json and ../config.json)"
+        else:
+            where = " (nor the output folder's ../config.json)" if _is_step_dir(path) else ""
         raise InvalidInput(
-            f"holds both {' and '.join(p.name for p in found)}: which one is the checkpoint is ambiguous; "
-            "keep exactly one",
+            f"has no config.json{where}: LLaVA's training config (mm_vision_tower, mm_hidden_size, hidden_size, "
+            "_name_or_path)",
             path=path,
         )
-    weights = found[0]
-    cfg_path = path / "config.json"
-    if not cfg_path.exists():
-        raise InvalidInput(
-            "has no config.json (mm_vision_tower, mm_projector_type, mm_hidden_size, hidden_size)", path=path
-        )
+    if cfg_note:
+        notes.append(cfg_note)
     cfg = read_json(cfg_path)
-    for key in ("mm_vision_tower", "mm_projector_type", "mm_hidden_size", "hidden_size"):
+    for key in ("mm_vision_tower", "mm_hidden_size", "hidden_size"):
         if key not in cfg:
             raise InvalidInput(f"missing field {key!r} (LLaVA layout)", path=cfg_path)
     for key in ("mm_hidden_size", "hidden_size"):
         v = cfg[key]
         if isinstance(v, bool) or not isinstance(v, int) or not 0 < v < 2**20:
             raise InvalidInput(f"{key} must be a positive integer, got {v!r}", path=cfg_path)
-    for key in ("mm_vision_tower", "mm_projector_type"):
-        if not isinstance(cfg[key], str) or not cfg[key].strip() or len(cfg[key]) > 512:
+    kind = cfg.get("mm_projector_type")
+    if kind is None:  # LLaVA's build_vision_projector: getattr(config, 'mm_projector_type', 'linear')
+        kind = "linear"
+        notes.append("mm_projector_type: linear (default: not in config.json; LLaVA's default)")
+    for key, v in (("mm_vision_tower", cfg["mm_vision_tower"]), ("mm_projector_type", kind)):
+        if not isinstance(v, str) or not v.strip() or len(v) > 512:
             raise InvalidInput(f"{key} must be a non-empty string", path=cfg_path)
+    aspect = _aspect_ratio(cfg, cfg_path)
+    if aspect == "default" and cfg.get("image_aspect_ratio"):
+        notes.append(
+            f"image_aspect_ratio: {cfg['image_aspect_ratio']!r} gives images to the image processor as they are "
+            "(LLaVA's process_images pads only for 'pad')"
+        )
+    step, ts_path = _llava_step(path, notes)
     raw = load_tensors(weights)
     state: dict[str, Any] = {}
     import torch
@@ -308,6 +510,13 @@ def _load_llava(path: Path) -> ConnectorCheckpoint:
     if not state:
         raise InvalidInput("holds no mm_projector weights", path=weights)
     _check_finite(state, weights)
+    if "mm_projector_type" not in cfg and ("mm_projector.weight" not in state or not set(state) <= _LINEAR):
+        raise InvalidInput(
+            "has no mm_projector_type, so it is 'linear' as in LLaVA (one mm_projector.weight/bias), but "
+            f"{weights.name} holds {', '.join(sorted(state)[:4])}{', ...' if len(state) > 4 else ''}; "
+            "record mm_projector_type (e.g. mlp2x_gelu)",
+            path=cfg_path,
+        )
     shapes = {"mm_projector": {k: tuple(t.shape) for k, t in state.items()}}
     in_w, out_w = _widths(shapes)
     if in_w is not None and in_w != cfg["mm_hidden_size"]:
@@ -329,7 +538,6 @@ def _load_llava(path: Path) -> ConnectorCheckpoint:
     info = {
         k: cfg[k]
         for k in (
-            "mm_projector_type",
             "mm_hidden_size",
             "hidden_size",
             "mm_vision_select_layer",
@@ -338,19 +546,20 @@ def _load_llava(path: Path) -> ConnectorCheckpoint:
         )
         if k in cfg
     }
+    info["mm_projector_type"] = kind
     builder = _builder(cfg, cfg_path)
     layer = cfg.get("mm_vision_select_layer", -2)
     if isinstance(layer, bool) or not isinstance(layer, int):
         raise InvalidInput(f"mm_vision_select_layer must be an integer, got {layer!r}", path=cfg_path)
     return ConnectorCheckpoint(
         str(path),
-        parse_step(path.name),
+        step,
         base,
         cfg["mm_vision_tower"],
         shapes,
         sum(int(t.numel()) for t in state.values()),
         False,
-        tuple(file_records(path, [weights, cfg_path])),
+        _records(path, [weights, cfg_path]),
         info,
         "llava",
         in_w,
@@ -360,13 +569,15 @@ def _load_llava(path: Path) -> ConnectorCheckpoint:
         layer,
         False if select == "cls_patch" else None,
         state,
+        aspect,
+        _records(path, [ts_path]) if ts_path is not None else (),
+        tuple(notes),
     )
 
 
 def _widths(shapes: Mapping[str, Mapping[str, tuple[int, ...]]]) -> tuple[int | None, int | None]:
     """(features in, embeddings out) read off the weights: the resampler's queries (or the first
     projector layer) take the tower's width; the last projector layer gives the LLM's."""
-    import re
 
     def index(name: str) -> tuple[int, ...]:
         return tuple(int(x) for x in re.findall(r"\.(\d+)\.", name + "."))

@@ -5,6 +5,9 @@ What counts as what (README "Layout"); which files make a checkpoint of which tr
 - ``<run>/checkpoint_<step>/`` holding a track's files (``trainable_rows.*``: Track B;
   ``mm_projector.*``: Track A in LLaVA's layout) → a checkpoint of run ``<run>``;
 - ``<run>/checkpoint_<step>.pt`` → a Track A (connector) checkpoint;
+- a checkpoint whose track names another run folder (``Track.run_dir``; LLaVA's output folder holds
+  its final save itself, beside ``checkpoint-<step>/`` and ``mm_projector/checkpoint-<step>.bin``)
+  → a checkpoint of that run; a folder that is its own run is also looked into;
 - ``<run>/token_space.json`` next to checkpoints → the run-level token space;
 - ``<run>/eval_step<step>.json`` → an evaluation the trainer already made (imported, source="import");
 - a folder with ``manifest.json`` and ``*.parquet`` → an eval set.
@@ -115,8 +118,10 @@ def discover(root: str | Path) -> Discovery:
     except OSError as e:
         raise _cannot_enter(e, root) from None
     if track is not None:
-        found.runs.setdefault(root.parent, _Run(root.parent)).checkpoints.append((root, track))
-        return found
+        run_path = track.run_dir(root)
+        found.runs.setdefault(run_path, _Run(run_path)).checkpoints.append((root, track))
+        if run_path != root:
+            return found
 
     def cannot_list(e: OSError) -> None:
         where = Path(e.filename or root)
@@ -147,7 +152,10 @@ def discover(root: str | Path) -> Discovery:
                     found.unreadable.append((p, reason))
                 continue
             if track is not None:
-                found.runs.setdefault(here, _Run(here)).checkpoints.append((p, track))
+                run_path = track.run_dir(p)
+                found.runs.setdefault(run_path, _Run(run_path)).checkpoints.append((p, track))
+                if run_path == p:  # a run of its own (LLaVA's output folder): its checkpoints are inside
+                    keep.append(d)
             elif evalset:
                 found.evalsets.append(p)
             else:
@@ -175,7 +183,8 @@ def _classify_file(found: Discovery, here: Path, name: str, root: Path) -> None:
     p = here / name
     track = tracks.for_file(p)
     if track is not None:
-        run = found.runs.setdefault(here, _Run(here))
+        run_path = track.run_dir(p)
+        run = found.runs.setdefault(run_path, _Run(run_path))
         target = _outside(p, root) if p.is_symlink() else None
         if target:
             run.refused.append((p, track, f"symlink leaves the scanned tree {root} (points to {target}); refused"))
@@ -188,9 +197,14 @@ def _classify_file(found: Discovery, here: Path, name: str, root: Path) -> None:
 def _checkpoint_dir_track(p: Path, name: str) -> Track | None:
     """The track of folder ``p`` when it is a checkpoint: by its files, else by its name (but a
     Hugging Face Trainer's own full checkpoint, next to ours when the training callback saves
-    rows beside it, is not one of ours)."""
+    rows beside it, is not one of ours, nor a folder holding another checkpoint's files)."""
     track = tracks.for_dir(p)
-    if track is None and _CKPT_DIR_RE.match(name) and not (p / _TRAINER_STATE).is_file():
+    if (
+        track is None
+        and _CKPT_DIR_RE.match(name)
+        and not (p / _TRAINER_STATE).is_file()
+        and not any(t.companion_dir(p) for t in tracks.ALL)
+    ):
         return tracks.DEFAULT_DIR  # registered (invalid) with what is missing
     return track
 
@@ -395,8 +409,8 @@ def _unchanged(files: list[dict[str, Any]], entries: Mapping[str, os.DirEntry[st
 
 def _records(path: Path, names: Iterable[str]) -> list[FileRecord]:
     out = []
-    for n in names:
-        p = path if path.is_file() else path / n
+    for n in names:  # relative to the folder, or to the folder holding a single-file checkpoint
+        p = (path.parent if path.is_file() else path) / n
         try:
             st = p.stat()
             out.append(FileRecord(n, st.st_size, st.st_mtime_ns, sha256_file(p)))

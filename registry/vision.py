@@ -16,6 +16,7 @@ from typing import Any
 from registry.errors import InvalidInput
 
 __all__ = [
+    "ASPECT_RATIOS",
     "IMAGE_TOKEN_ID",
     "PREPROCESSING_KEYS",
     "preprocessing_settings",
@@ -28,6 +29,10 @@ IMAGE_TOKEN_ID = -200
 """Default placeholder id in ``input_ids`` where an example's image goes (LLaVA's IMAGE_TOKEN_INDEX).
 It is expanded to the connector's output tokens at evaluation; being negative, it can never
 collide with a vocabulary id."""
+
+ASPECT_RATIOS = ("default", "pad")
+"""How an image reaches the tower's image processor (LLaVA's ``image_aspect_ratio``): "default" as
+it is, "pad" first pasted centred on a square of the processor's mean colour (``expand2square``)."""
 
 PREPROCESSING_KEYS = (
     "do_resize",

@@ -13,6 +13,7 @@ Track B's: token-weighted NLL of the scored text labels.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -72,7 +73,7 @@ class ConnectorEval(EvalTrack):
     model_type = "vision-connector"
 
     def load(self, ev: Evaluator, ck: CheckpointEntity) -> ConnectorCheckpoint:
-        verify_files(ck.path, ck.files)
+        _verify(ck)
         loaded = ConnectorCheckpoint.load(ck.path)
         if loaded.content_hash != ck.content_hash:
             raise InvalidInput("changed on disk since registration; rescan it with `evalboard scan`", path=ck.path)
@@ -101,12 +102,13 @@ class ConnectorEval(EvalTrack):
         _check_widths(connector, spec, loaded, ck, tower_width, hidden)
         resident = ev.ensure_base(loaded.base_llm, device, pristine=True)
         tower = ev.ensure_tower(loaded.vision_tower, device)
-        settings = tower.resolve(loaded.feature_layer, loaded.drop_cls)
+        settings = tower.resolve(loaded.feature_layer, loaded.drop_cls, loaded.aspect_ratio)
         connector = connector.to(device)
         prepare = (
             f"connector {Path(ck.path).name} built by {spec} ({choice.source}; {loaded.n_params} parameters) on "
             f"{tower.describe()}, features from hidden layer {settings.feature_layer}"
             f"{', CLS dropped' if settings.drop_cls else ''}"
+            f"{', images padded to square (image_aspect_ratio pad)' if settings.aspect_ratio == 'pad' else ''}"
         )
         params = {
             "connector_builder": spec,
@@ -114,6 +116,7 @@ class ConnectorEval(EvalTrack):
             "vision_tower_hash": tower.content_hash,
             "vision_feature_layer": settings.feature_layer,
             "vision_drop_cls": settings.drop_cls,
+            "image_aspect_ratio": settings.aspect_ratio,
         }
         pad = resident.model.config.pad_token_id
         return Applied(resident.model, loaded, pad, None, prepare, params, _Context(connector, tower, settings, spec))
@@ -211,6 +214,17 @@ class ConnectorEval(EvalTrack):
             "vision_tower": str(meta.get("vision_tower") or ""),
             "n_params": str(meta.get("n_params") or ""),
         }
+
+
+def _verify(ck: CheckpointEntity) -> None:
+    """`verify_files` for a connector checkpoint, whose record names are relative to its folder or
+    to the folder holding a single-file one, and may leave it (LLaVA: ``../config.json``,
+    ``../checkpoint-<step>/config.json``): each file is named by its own path in the error."""
+    base = Path(ck.path)
+    folder = base.parent if base.is_file() else base
+    for record in ck.files:
+        p = Path(os.path.normpath(folder / str(record["name"])))
+        verify_files(p.parent, [{**record, "name": p.name}])
 
 
 def _check_widths(

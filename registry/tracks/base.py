@@ -75,6 +75,16 @@ class Track(ABC):
         """A single file that is one checkpoint of this track."""
         return False
 
+    def run_dir(self, path: Path) -> Path:
+        """The run folder of the checkpoint at ``path``: the folder holding it. A track whose tool
+        keeps its final save in the run folder itself says so (the scanner then also looks inside)."""
+        return path.parent
+
+    def companion_dir(self, path: Path) -> bool:
+        """Whether folder ``path`` only holds files of another checkpoint of this track (so it is
+        not a checkpoint itself, even when it is named like one)."""
+        return False
+
     def inspects_file(self, path: Path) -> bool:
         """A file `evalboard inspect` should read as a checkpoint of this track (looser than
         `claims_file`: any name, when the user points at it)."""

@@ -1,10 +1,13 @@
 """Track A: vision-connector checkpoints (registry side).
 
 A checkpoint is one ``checkpoint_<step>.pt`` (resampler + projector weights, step, pointers to the
-frozen LLM and vision tower) or LLaVA's folder (``mm_projector.bin`` + ``config.json``); both are
-read by registry/connector.py. Audit rules: the connector's widths against the LLM's hidden size
-and the tower's, one LLM and one tower per run, and the eval set's tower and preprocessing against
-the checkpoint's tower.
+frozen LLM and vision tower) or one of LLaVA's saves (``mm_projector.bin`` + ``config.json``); both
+are read by registry/connector.py, whose docstring says where LLaVA writes them. LLaVA's output
+folder is a run of its own: it holds its final save (a checkpoint at the folder itself) beside its
+``checkpoint-<step>/`` folders and ``mm_projector/checkpoint-<step>.bin`` files (`run_dir`).
+
+Audit rules: the connector's widths against the LLM's hidden size and the tower's, one LLM and one
+tower per run, and the eval set's tower and preprocessing against the checkpoint's tower.
 """
 
 from __future__ import annotations
@@ -15,10 +18,19 @@ from collections.abc import Hashable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from registry.connector import LLAVA_FILES, ConnectorCheckpoint, is_llava_folder
+from registry.connector import (
+    LLAVA_FILES,
+    ConnectorCheckpoint,
+    is_llava_config_dir,
+    is_llava_folder,
+    is_llava_projector_file,
+    llava_config,
+    llava_files,
+    llava_run_dir,
+)
 from registry.files import read_model_config
 from registry.findings import Finding, checkpoint_label
-from registry.tracks.base import Registration, Track
+from registry.tracks.base import FileEntry, Registration, Track
 from registry.vision import VisionSpec, preprocessing_diff, read_tower_preprocessing
 
 if TYPE_CHECKING:
@@ -55,7 +67,9 @@ class ConnectorTrack(Track):
 
     def complete(self, path: Path) -> bool:
         if path.is_dir():
-            return is_llava_folder(path) and (path / "config.json").exists()
+            return is_llava_folder(path) and llava_config(path)[0] is not None
+        if is_llava_projector_file(path):
+            return path.is_file() and llava_config(path)[0] is not None
         return path.is_file()
 
     def claims_dir(self, path: Path) -> bool:
@@ -63,6 +77,24 @@ class ConnectorTrack(Track):
 
     def claims_file(self, path: Path) -> bool:
         return bool(_CKPT_FILE_RE.match(path.name))
+
+    def run_dir(self, path: Path) -> Path:
+        """The run folder of the checkpoint at ``path`` (the scanner asks): the folder holding it,
+        but for LLaVA the output folder (`registry.connector.llava_run_dir`), which is the
+        final save itself: the scanner then also looks inside it."""
+        if is_llava_projector_file(path) or (path.is_dir() and is_llava_folder(path)):
+            return llava_run_dir(path)
+        return path.parent
+
+    def companion_dir(self, path: Path) -> bool:
+        """A folder holding only another checkpoint's files (the scanner asks), so not a checkpoint:
+        LLaVA's ``checkpoint-<step>/config.json`` of ``mm_projector/checkpoint-<step>.bin``."""
+        return is_llava_config_dir(path)
+
+    def entries(self, path: Path) -> dict[str, Any]:
+        if is_llava_projector_file(path) or (path.is_dir() and is_llava_folder(path)):
+            return {name: FileEntry(p) for name, p in llava_files(path).items()}
+        return super().entries(path)
 
     def inspects_file(self, path: Path) -> bool:
         return path.suffix in (".pt", ".bin", ".pth", ".safetensors")
@@ -72,7 +104,7 @@ class ConnectorTrack(Track):
         return Registration(
             step=ck.step,
             content_hash=ck.content_hash,
-            files=[f.to_dict() for f in ck.files],
+            files=[f.to_dict() for f in (*ck.files, *ck.step_files)],
             base_model=ck.base_llm,
             meta={
                 **dict(ck.meta),
@@ -87,6 +119,8 @@ class ConnectorTrack(Track):
                 "default_builder": ck.default_builder,
                 "vision_feature_layer": ck.feature_layer,
                 "vision_drop_cls": ck.drop_cls,
+                "image_aspect_ratio": ck.aspect_ratio,
+                **({"notes": list(ck.notes)} if ck.notes else {}),
             },
         )
 
