@@ -25,7 +25,7 @@ from registry.comparison import ResultExamples
 from registry.entities import EvalResultEntity
 from registry.errors import EvalboardError, Incompatible
 from registry.per_example import ExampleCache
-from registry.settings import Settings
+from registry.settings import DEFAULT_MLFLOW_UI, Settings
 from registry.store import Registry
 
 __all__ = [
@@ -67,8 +67,6 @@ __all__ = [
 NO_EVALSET = "(imported, eval set unknown)"
 """Label of results whose eval set is not registered (e.g. imported eval_step*.json files)."""
 
-DEFAULT_MLFLOW_UI = "http://127.0.0.1:5000"
-
 
 def open_registry(settings: Settings | None = None) -> Registry:
     """The registry of the workspace or `EVALBOARD_DB` (see `registry.settings`); a SQLite
@@ -95,8 +93,9 @@ def data_version(reg: Registry) -> tuple:
 # -- catalogue ---------------------------------------------------------------------------------
 
 
-def load_runs(reg: Registry) -> pd.DataFrame:
-    """One row per run, with its token space's short hash."""
+def load_runs(reg: Registry, mlflow_ui: str = DEFAULT_MLFLOW_UI) -> pd.DataFrame:
+    """One row per run, with its token space's short hash and the link (into the MLflow UI at
+    ``mlflow_ui``) of the training run that wrote it."""
     cols = [
         "run_id",
         "run",
@@ -121,14 +120,14 @@ def load_runs(reg: Registry) -> pd.DataFrame:
             "path": r.path,
             "created_at": r.created_at,
             "updated_at": r.updated_at,
-            "training_run": training_run_link(r.training_mlflow_run_id, r.training_mlflow_experiment_id),
+            "training_run": training_run_link(r.training_mlflow_run_id, r.training_mlflow_experiment_id, mlflow_ui),
         }
         for r in reg.list_runs()
     ]
     return pd.DataFrame(rows, columns=cols)
 
 
-def training_run_link(run_id: str | None, experiment_id: str | None, base: str | None = None) -> str | None:
+def training_run_link(run_id: str | None, experiment_id: str | None, base: str = DEFAULT_MLFLOW_UI) -> str | None:
     """The MLflow UI link of the training run that wrote a run's checkpoints (recorded by the
     training callbacks), or None when none was recorded."""
     if not run_id or experiment_id is None:
@@ -431,9 +430,11 @@ def paired_frame(p: PairedDelta) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=cols)
 
 
-def mlflow_links(mlflow_run_id: str | None, extra: dict[str, Any] | None, base: str | None = None) -> dict[str, str]:
-    """Links into the MLflow UI (base from `EVALBOARD_MLFLOW_UI`); only ids go into the URL."""
-    base = (base or os.environ.get("EVALBOARD_MLFLOW_UI") or DEFAULT_MLFLOW_UI).rstrip("/")
+def mlflow_links(
+    mlflow_run_id: str | None, extra: dict[str, Any] | None, base: str = DEFAULT_MLFLOW_UI
+) -> dict[str, str]:
+    """Links into the MLflow UI at ``base`` (`Settings.mlflow_ui`); only ids go into the URL."""
+    base = base.rstrip("/")
     extra = extra or {}
     exp = extra.get("mlflow_experiment_id")
     links = {}

@@ -30,6 +30,7 @@ from registry import bootstrap
 from registry.comparison import ResultExamples
 from registry.errors import InvalidInput, NotFound
 from registry.per_example import ExampleCache
+from registry.settings import DEFAULT_MLFLOW_UI
 from registry.store import Registry
 
 __all__ = ["Report", "collect", "to_html", "to_markdown", "to_csv", "to_pdf", "neutralise_cell", "render", "FORMATS"]
@@ -67,13 +68,14 @@ def collect(
     examples: ExampleCache | None = None,
     iters: int = bootstrap.DEFAULT_ITERS,
     seed: int = bootstrap.DEFAULT_SEED,
+    mlflow_ui: str = DEFAULT_MLFLOW_UI,
 ) -> Report:
     """Gather the report of `run_names` (on one eval set label, or all when None). Per-example
     losses come from each result's MLflow run through `examples` (`registry.comparison.example_cache`),
     else from the local files the results name."""
     from registry.audit import audit
 
-    runs = data.load_runs(reg)
+    runs = data.load_runs(reg, mlflow_ui)
     unknown = sorted(set(run_names) - set(runs["run"]))
     if unknown:
         known = ", ".join(sorted(runs["run"])) or "none registered; run `evalboard scan PATH`"

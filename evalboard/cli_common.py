@@ -88,9 +88,9 @@ def progress(description: str):
 
 
 def _force_progress() -> bool:
-    import os
+    from registry.settings import Settings
 
-    return os.environ.get("EVALBOARD_PROGRESS", "") == "1"
+    return Settings.from_env().progress
 
 
 def resolve_checkpoint(reg, ref: str):

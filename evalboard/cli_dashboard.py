@@ -118,7 +118,7 @@ def export(
     with Registry(settings=settings) as reg:
         names += [_run_name(reg, r) for r in run or []]
         examples = example_cache(settings.home, settings.mlflow_uri)
-        rep = report.collect(reg, names, evalset, examples=examples)
+        rep = report.collect(reg, names, evalset, examples=examples, mlflow_ui=settings.mlflow_ui)
     payload = _pdf_step(lambda: report.to_pdf(rep, chromium=chromium).data) if fmt == "pdf" else report.render(rep, fmt)
     data = payload.encode() if isinstance(payload, str) else payload
     _write(out, data, force)

@@ -52,6 +52,7 @@ __all__ = [
     "CONFIG_NAME",
     "HOME_NAME",
     "LOCAL_MODELS_KEY",
+    "DEFAULT_MLFLOW_UI",
 ]
 
 HOME_NAME = ".evalboard"
@@ -60,6 +61,7 @@ TRUSTED_KEY = "trusted"
 CONFIG_NAME = "config.toml"
 DEFAULT_VISION_CACHE_BYTES = 2 << 30
 ARTIFACTS_NAME = "mlartifacts"
+DEFAULT_MLFLOW_UI = "http://127.0.0.1:5000"
 LOCAL_MODELS_KEY = "*"
 """The models-mapping key whose folder holds base models a checkpoint may name by local path."""
 
@@ -73,6 +75,8 @@ ENV_VARS = {
     "EVALBOARD_CONNECTOR_BUILDER": "connector builder pkg.mod:fn for every run, run=pkg.mod:fn,..., or a JSON file",
     "EVALBOARD_TRUSTED_BUILDERS": "connector builders a checkpoint file may name: pkg.mod:fn or pkg.mod:*, comma-separated",
     "EVALBOARD_VISION_CACHE_BYTES": "bound of the on-disk vision-feature cache (bytes; 0 disables it)",
+    "EVALBOARD_MLFLOW_UI": "base URL of the MLflow UI the dashboard links to",
+    "EVALBOARD_PROGRESS": "1: draw progress bars even when stderr is not a terminal",
 }
 
 
@@ -323,6 +327,13 @@ class Settings:
         module = spec.partition(":")[0]
         return spec in self.trusted_builders or f"{module}:*" in self.trusted_builders
 
+    mlflow_ui: str = DEFAULT_MLFLOW_UI
+    """Base URL of the MLflow UI that the dashboard's and reports' links point at. Env
+    `EVALBOARD_MLFLOW_UI` (an http or https URL)."""
+
+    progress: bool = False
+    """Draw progress bars even when stderr is not a terminal. Env `EVALBOARD_PROGRESS=1`."""
+
     artifact_location: str | None = None
     """Where new MLflow experiments keep artifacts. Env `EVALBOARD_ARTIFACT_LOCATION`; default
     next to a local SQLite store (`default_artifact_location`), the server's choice otherwise."""
@@ -396,6 +407,8 @@ class Settings:
             vision_cache_bytes=_non_negative_int(
                 env.get("EVALBOARD_VISION_CACHE_BYTES", ""), "EVALBOARD_VISION_CACHE_BYTES", DEFAULT_VISION_CACHE_BYTES
             ),
+            mlflow_ui=_http_url(env.get("EVALBOARD_MLFLOW_UI", ""), "EVALBOARD_MLFLOW_UI") or DEFAULT_MLFLOW_UI,
+            progress=_switch(env.get("EVALBOARD_PROGRESS", ""), "EVALBOARD_PROGRESS"),
         )
 
     def describe(self) -> dict[str, Any]:
@@ -411,6 +424,9 @@ class Settings:
             "models": dict(self.models),
             "connector_builders": dict(self.connector_builders),
             "trusted_builders": list(self.trusted_builders),
+            "vision_cache_bytes": self.vision_cache_bytes,
+            "mlflow_ui": self.mlflow_ui,
+            "progress": self.progress,
             "origins": dict(self.origins),
         }
 
@@ -483,6 +499,24 @@ def _non_negative_int(value: str, name: str, default: int) -> int:
 _DOTTED = r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*"
 BUILDER_RE = re.compile(rf"{_DOTTED}:{_DOTTED}")
 """A builder name: ``package.module:function`` (dotted identifiers only)."""
+
+
+def _http_url(value: str, name: str) -> str | None:
+    """An http(s) URL from the environment (None when unset), without a trailing slash."""
+    text = value.strip()
+    if not text:
+        return None
+    if not re.fullmatch(r"https?://[^\s/?#]+(?:/[^\s?#]*)?", text):
+        raise InvalidInput(f"{name} must be an http:// or https:// URL, got {text[:80]!r}")
+    return text.rstrip("/")
+
+
+def _switch(value: str, name: str) -> bool:
+    """An on/off switch from the environment: unset, "0" or "1"."""
+    text = value.strip()
+    if text not in ("", "0", "1"):
+        raise InvalidInput(f"{name} must be 1 (on) or 0 (off), got {text[:80]!r}")
+    return text == "1"
 
 
 def check_builder_name(spec: object) -> str | None:

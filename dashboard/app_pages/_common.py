@@ -147,7 +147,7 @@ def version() -> tuple:
 
 @st.cache_data(ttl=TTL, show_spinner=False, max_entries=4)
 def runs(url: str, version: tuple) -> pd.DataFrame:
-    return data.load_runs(_registry(url))
+    return data.load_runs(_registry(url), settings().mlflow_ui)
 
 
 @st.cache_data(ttl=TTL, show_spinner=False, max_entries=4)

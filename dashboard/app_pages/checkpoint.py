@@ -146,7 +146,7 @@ else:
         )
     latest = history.sort_values("result_id").iloc[-1]
     extra = data.result_extra(reg, int(latest["result_id"]))
-    links = data.mlflow_links(latest["mlflow_run_id"], extra)
+    links = data.mlflow_links(latest["mlflow_run_id"], extra, c.settings().mlflow_ui)
     if links:
         with st.container(horizontal=True):
             if "run" in links:

@@ -38,7 +38,13 @@ fmt = st.radio(
 
 if st.button("Build report", type="primary", key="export_build", disabled=not chosen):
     try:
-        rep = report.collect(c.registry(), chosen, None if evalset == ALL else evalset, examples=c.examples_cache())
+        rep = report.collect(
+            c.registry(),
+            chosen,
+            None if evalset == ALL else evalset,
+            examples=c.examples_cache(),
+            mlflow_ui=c.settings().mlflow_ui,
+        )
         with st.spinner("Printing the report with headless Chromium…") if fmt == "pdf" else nullcontext():
             payload = report.render(rep, fmt)
     except EvalboardError as e:  # incl. dashboard.pdf's ChromiumMissing / PrintFailed

@@ -81,6 +81,9 @@ def test_a_copied_run_shows_the_results_of_its_content_computed_once(eval_env, t
     assert exported.returncode == 0, exported.stderr
     lines = out.read_text().splitlines()
     assert len(lines) == 1 + 2 * 3 and all(rerun.name in line and RUN in line for line in lines[1:])
+    theirs = tmp_path / "first.csv"
+    assert _cli(eval_env, "export", "--run", RUN, "--format", "csv", "--out", theirs).returncode == 0
+    assert sum(RUN in line and "_rerun" not in line for line in theirs.read_text().splitlines()) >= 2 * 3
     md = tmp_path / "rerun.md"
     assert _cli(eval_env, "export", "--run", rerun.name, "--format", "md", "--out", md).returncode == 0
     assert "computed once" in md.read_text()

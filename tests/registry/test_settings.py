@@ -57,3 +57,21 @@ def test_models_json_must_map_strings(tmp_path: Path) -> None:
     path.write_text("[1, 2]")
     with pytest.raises(InvalidInput, match=f"{path}: EVALBOARD_MODELS must be a JSON object"):
         parse_models(str(path))
+
+
+def test_the_mlflow_ui_and_progress_switch_are_settings(tmp_path: Path) -> None:
+    from registry.settings import DEFAULT_MLFLOW_UI
+
+    plain = Settings.from_env({}, cwd=tmp_path)
+    assert (plain.mlflow_ui, plain.progress) == (DEFAULT_MLFLOW_UI, False)
+    chosen = Settings.from_env(
+        {"EVALBOARD_MLFLOW_UI": "https://mlflow.example/ui/", "EVALBOARD_PROGRESS": "1"}, cwd=tmp_path
+    )
+    assert (chosen.mlflow_ui, chosen.progress) == ("https://mlflow.example/ui", True)
+    assert {"mlflow_ui": chosen.mlflow_ui, "progress": True}.items() <= chosen.describe().items()
+    for env, says in (
+        ({"EVALBOARD_MLFLOW_UI": "javascript:alert(1)"}, "EVALBOARD_MLFLOW_UI must be an http"),
+        ({"EVALBOARD_PROGRESS": "yes"}, "EVALBOARD_PROGRESS must be 1"),
+    ):
+        with pytest.raises(InvalidInput, match=says):
+            Settings.from_env(env, cwd=tmp_path)
