@@ -94,40 +94,15 @@ def worker_cmd(
 def _existing_registry():
     """The registry a worker serves. A worker never creates one: a database that does not exist
     (or holds no registry) is named and refused, instead of an empty registry polled for ever."""
-    from sqlalchemy import create_engine, inspect
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from registry.engine import mask_url, normalize_url, refuse_network_filesystem
-    from registry.errors import NotFound, StoreError
     from registry.settings import Settings
     from registry.store import Registry
 
     settings = Settings.from_env()
-    url = normalize_url(settings.db_url)
     hint = (
         "a worker never creates a registry; point EVALBOARD_DB (or EVALBOARD_HOME) at the one that "
         "`evalboard scan` / `evalboard enqueue` wrote"
     )
-    if url.get_backend_name() == "sqlite":
-        path = Path(url.database or "")
-        if url.database and url.database != ":memory:":
-            refuse_network_filesystem(path.absolute())
-        if not url.database or url.database == ":memory:" or not path.is_file() or path.stat().st_size == 0:
-            raise NotFound(f"registry database {path} does not exist; {hint}")
-    engine = create_engine(url)
-    try:
-        with engine.connect() as conn:
-            has_registry = inspect(conn).has_table("alembic_version")
-    except SQLAlchemyError as e:
-        first = str(getattr(e, "orig", None) or e).strip().splitlines()
-        raise StoreError(
-            f"registry {mask_url(url)}: cannot connect: {first[0] if first else type(e).__name__}"
-        ) from None
-    finally:
-        engine.dispose()
-    if not has_registry:
-        raise NotFound(f"registry {mask_url(url)} holds no evalboard registry; {hint}")
-    return Registry(settings=settings), settings
+    return Registry.existing(settings, hint=hint), settings
 
 
 def _gpu_list(gpus: str) -> list[int]:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import fields, replace
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from sqlalchemy import (
@@ -28,6 +29,7 @@ from sqlalchemy import (
     Text,
     and_,
     func,
+    inspect,
     or_,
     select,
     text,
@@ -38,7 +40,7 @@ from sqlalchemy.orm import Session, aliased
 
 from registry import entities as E
 from registry import models as M
-from registry.engine import SQLITE_WRITE_OPTION, make_engine, mask_url, normalize_url
+from registry.engine import SQLITE_WRITE_OPTION, make_engine, mask_url, normalize_url, refuse_network_filesystem
 from registry.errors import InvalidInput, LeaseLost, NotFound, StoreError
 from registry.job_options import JobOptions
 from registry.migrations import upgrade_to_head
@@ -78,6 +80,33 @@ class Registry:
     `url` defaults to `settings.db_url` (itself `EVALBOARD_DB` or `sqlite:///.evalboard/registry.db`).
     Construction migrates the database to the latest schema; several processes may do so at once.
     """
+
+    @classmethod
+    def existing(cls, settings: Settings, *, hint: str) -> Registry:
+        """The registry at ``settings.db_url``, refused (``NotFound``, with ``hint``) when that
+        database does not exist or holds no evalboard registry: for a process that must never
+        create one (a worker polling an empty registry would wait for ever)."""
+        url = normalize_url(settings.db_url)
+        if url.get_backend_name() == "sqlite":
+            path = Path(url.database or "")
+            if url.database and url.database != ":memory:":
+                refuse_network_filesystem(path.absolute())
+            if not url.database or url.database == ":memory:" or not path.is_file() or path.stat().st_size == 0:
+                raise NotFound(f"registry database {path} does not exist; {hint}")
+        engine = make_engine(url)
+        try:
+            with engine.connect() as conn:
+                has_registry = inspect(conn).has_table("alembic_version")
+        except SQLAlchemyError as e:
+            first = str(getattr(e, "orig", None) or e).strip().splitlines()
+            raise StoreError(
+                f"registry {mask_url(url)}: cannot connect: {first[0] if first else type(e).__name__}"
+            ) from None
+        finally:
+            engine.dispose()
+        if not has_registry:
+            raise NotFound(f"registry {mask_url(url)} holds no evalboard registry; {hint}")
+        return cls(settings=settings)
 
     def __init__(self, url: str | None = None, settings: Settings | None = None):
         if url is None:
