@@ -49,9 +49,21 @@ __all__ = [
     "choose_builder",
     "BuilderChoice",
     "REFERENCE_BUILDERS",
+    "LAYOUT_BUILDERS",
+    "layout_builder",
 ]
 
 REFERENCE_BUILDERS = ("evaluator.connectors:perceiver_resampler", "evaluator.connectors:llava_projector")
+LAYOUT_BUILDERS = {"llava": "evaluator.connectors:llava_projector"}
+"""The reference builder of a checkpoint layout that implies its model (LLaVA's projector types):
+the catalogue records the layout (``ConnectorCheckpoint.layout``); which code builds it is ours."""
+
+
+def layout_builder(layout: str | None) -> str | None:
+    """The builder a checkpoint layout implies, or None (an evalboard ``.pt`` implies none)."""
+    return LAYOUT_BUILDERS.get(layout or "")
+
+
 _HEAD_KEYS = ("num_heads", "n_heads", "resampler_heads", "resampler_num_heads", "attn_heads")
 
 

@@ -118,8 +118,6 @@ class ConnectorCheckpoint:
     builder: str | None = None
     """``package.module:function`` named by the checkpoint itself, if any: a hint, which the
     evaluator follows only for a reference builder or one the user trusts."""
-    default_builder: str | None = None
-    """The reference builder of the layout (LLaVA folders: ``llava_projector``), if it has one."""
     feature_layer: int | None = None
     drop_cls: bool | None = None
     state: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
@@ -194,7 +192,6 @@ class ConnectorCheckpoint:
             in_w,
             out_w,
             _builder(settings, path),
-            None,
             _int_setting(settings, ("vision_feature_layer", "mm_vision_select_layer", "feature_layer"), path),
             _drop_cls(settings, path),
             {k: t for params in modules.values() for k, t in params.items()},
@@ -216,7 +213,6 @@ class ConnectorCheckpoint:
             "input_width": self.input_width,
             "output_width": self.output_width,
             "connector_builder": self.builder,
-            "default_builder": self.default_builder,
             "vision_feature_layer": self.feature_layer,
             "vision_drop_cls": self.drop_cls,
             **({"mm_projector_type": self.meta.get("mm_projector_type")} if self.layout == "llava" else {}),
@@ -565,7 +561,6 @@ def _load_llava(path: Path) -> ConnectorCheckpoint:
         in_w,
         out_w,
         builder,
-        "evaluator.connectors:llava_projector",
         layer,
         False if select == "cls_patch" else None,
         state,

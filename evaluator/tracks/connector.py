@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from evaluator.batching import IGNORE_INDEX, Batch, Example
-from evaluator.connectors import BuilderChoice, build_connector, choose_builder
+from evaluator.connectors import BuilderChoice, build_connector, choose_builder, layout_builder
 from evaluator.tracks.base import Applied, EvalTrack, TrackInputs
 from evaluator.vision import ResidentTower, VisionSettings
 from registry.connector import ConnectorCheckpoint
@@ -81,7 +81,9 @@ class ConnectorEval(EvalTrack):
 
     def refuse(self, ev: Evaluator, ck: CheckpointEntity, options: EvalOptions) -> None:
         meta = ck.meta or {}
-        builder_for(ev, ck, meta.get("connector_builder"), meta.get("default_builder"), options.connector_builder)
+        builder_for(
+            ev, ck, meta.get("connector_builder"), layout_builder(meta.get("layout")), options.connector_builder
+        )
 
     def apply(
         self, ev: Evaluator, ck: CheckpointEntity, loaded: Any, device: torch.device, options: EvalOptions
@@ -90,7 +92,7 @@ class ConnectorEval(EvalTrack):
         from registry.tracks.connector import model_hidden_size
 
         # Everything that can be refused without loading a model comes first.
-        choice = builder_for(ev, ck, loaded.builder, loaded.default_builder, options.connector_builder)
+        choice = builder_for(ev, ck, loaded.builder, layout_builder(loaded.layout), options.connector_builder)
         spec = choice.spec
         ev.log.info("connector %s: builder %s (chosen by %s)", ck.path, spec, choice.source)
         connector = build_connector(spec, loaded.state, loaded.meta, ck.path)

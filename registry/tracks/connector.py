@@ -116,7 +116,6 @@ class ConnectorTrack(Track):
                 "input_width": ck.input_width,
                 "output_width": ck.output_width,
                 "connector_builder": ck.builder,
-                "default_builder": ck.default_builder,
                 "vision_feature_layer": ck.feature_layer,
                 "vision_drop_cls": ck.drop_cls,
                 "image_aspect_ratio": ck.aspect_ratio,
