@@ -30,6 +30,7 @@ from registry.atomic import write_file
 from registry.audit import overridable, pair_findings
 from registry.entities import CheckpointEntity, EvalSetEntity
 from registry.errors import EvalboardError, Incompatible, InvalidInput, TrackingError
+from registry.eval_key import EvalKey
 from registry.eval_result import EvalResult, eval_filename
 from registry.settings import Settings
 from registry.store import Registry
@@ -160,11 +161,6 @@ def subset_examples(examples: Sequence[Any], max_per_task: int) -> list[Any]:
         chosen.extend(ranked[:max_per_task])
     keep = {id(e) for e in chosen}
     return [e for e in examples if id(e) in keep]
-
-
-def eval_key(checkpoint_hash: str, evalset_hash: str, max_examples: int | None) -> str:
-    suffix = f":n{max_examples}" if max_examples else ""
-    return f"{checkpoint_hash[:24]}:{evalset_hash[:24]}{suffix}"
 
 
 _FEATURES_MEMORY_BYTES = 4 << 30
@@ -329,15 +325,9 @@ class Evaluator:
         """The registry's newest evaluator result for this checkpoint content on this eval-set content
         and subset, whichever checkpoint it was computed for (``logged_only``: one that has its
         MLflow run), or None."""
-        if ck.content_hash is None:
+        if not ck.content_hash:
             return None
-        return self.reg.find_eval_result(
-            checkpoint_hash=ck.content_hash,
-            evalset_hash=es.content_hash,
-            source="evaluator",
-            max_examples=max_examples,
-            logged_only=logged_only,
-        )
+        return self.reg.latest_result(EvalKey.of(ck, es, max_examples), source="evaluator", logged_only=logged_only)
 
     def _existing(self, ck: CheckpointEntity, es: EvalSetEntity, options: EvalOptions) -> EvalOutcome | None:
         r = self.prior_result(ck, es, options.max_examples)
@@ -515,7 +505,7 @@ class Evaluator:
             params=params,
             tags=tags,
             artifacts=artifacts,
-            eval_key=eval_key(ck.content_hash, es.content_hash, options.max_examples),
+            eval_key=EvalKey.of(ck, es, options.max_examples).tag,
         )
 
 
@@ -568,7 +558,7 @@ def _write_per_example(
         tokens=[e.tokens for e in report.examples],
         evalset_hash=es.content_hash,
         evalset_name=es.name,
-        subset=per_example.subset_rule(max_examples),
+        subset=EvalKey.of(ck, es, max_examples).subset,
         checkpoint_hash=ck.content_hash,
     )
 

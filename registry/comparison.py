@@ -17,6 +17,7 @@ from pathlib import Path
 from registry import bootstrap, per_example
 from registry.entities import CheckpointEntity, EvalResultEntity, EvalSetEntity
 from registry.errors import InvalidInput, NotFound, TrackingError
+from registry.eval_key import subset_of
 from registry.per_example import ExampleCache, ExampleLosses
 from registry.store import Registry
 
@@ -131,7 +132,12 @@ def results_for(reg: Registry, checkpoint: CheckpointEntity, evalset: EvalSetEnt
     """The checkpoint's results on the eval set, newest first; when it has none on this content,
     those on earlier contents of the same name (``name@hash``), so that comparing across a
     replaced eval set is refused with both hashes rather than reported as missing."""
-    mine = [r for r in reg.list_eval_results(checkpoint_id=checkpoint.id)]
+    mine = [  # its own, and those computed for the same content elsewhere (a result belongs to content)
+        r
+        for r in reg.list_eval_results(run_ids=[checkpoint.run_id], same_content=True)
+        if r.checkpoint_id == checkpoint.id
+        or (checkpoint.content_hash and r.checkpoint_hash == checkpoint.content_hash)
+    ]
     exact = [r for r in mine if r.evalset_id == evalset.id or r.evalset_hash == evalset.content_hash]
     if exact:
         return sorted(exact, key=lambda r: r.id, reverse=True)
@@ -149,9 +155,9 @@ def pick_result(
         raise InvalidInput(f"max_examples must be a whole number ≥ 1, not {max_examples!r}")
     found = results_for(reg, checkpoint, evalset)
     if max_examples is not None:
-        found = [r for r in found if (r.extra or {}).get("max_examples") == max_examples]
+        found = [r for r in found if subset_of(r) == max_examples]
     else:
-        whole = [r for r in found if not (r.extra or {}).get("max_examples")]
+        whole = [r for r in found if subset_of(r) is None]
         found = whole or found
     if not found:
         subset = f" with --max-examples {max_examples}" if max_examples else ""

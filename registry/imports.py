@@ -18,6 +18,7 @@ from typing import Any
 from registry import tracks
 from registry.entities import CheckpointEntity, EvalResultEntity, EvalSetEntity
 from registry.errors import InvalidInput, NotFound
+from registry.eval_key import EvalKey
 from registry.eval_result import EvalResult
 from registry.safeio import sha256_file
 from registry.store import Registry
@@ -95,7 +96,7 @@ def written_by_evaluator(reg: Registry, result: EvalResult) -> bool:
     ck_hash = (result.checkpoint or {}).get("content_hash")
     es_hash = (result.evalset or {}).get("content_hash")
     return bool(
-        ck_hash and es_hash and reg.find_eval_result(checkpoint_hash=ck_hash, evalset_hash=es_hash, source="evaluator")
+        ck_hash and es_hash and reg.latest_result(EvalKey(ck_hash, es_hash), source="evaluator", any_subset=True)
     )
 
 

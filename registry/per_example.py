@@ -39,6 +39,7 @@ import numpy as np
 
 from registry.atomic import atomic_file
 from registry.errors import InvalidInput, TrackingError
+from registry.eval_key import ALL_EXAMPLES
 from registry.safeio import require_regular_file
 
 __all__ = [
@@ -47,7 +48,6 @@ __all__ = [
     "ALL_EXAMPLES",
     "ExampleLosses",
     "ExampleCache",
-    "subset_rule",
     "write",
     "read",
 ]
@@ -56,15 +56,8 @@ ARTIFACT = "per_example_losses.parquet"
 """The file's name, locally and as an MLflow artifact (at the run's artifact root)."""
 
 FORMAT = 2
-ALL_EXAMPLES = "all"
 _META_KEY = b"evalboard"
 _COLUMNS = ("example_id", "task", "nll_sum", "tokens", "loss")
-
-
-def subset_rule(max_examples: int | None) -> str:
-    """How the examples were chosen: "all", or "max_examples=N" (the evaluator's deterministic
-    per-task subset). Two results are comparable example by example only when this matches."""
-    return f"max_examples={int(max_examples)}" if max_examples else ALL_EXAMPLES
 
 
 @dataclass(frozen=True, eq=False)

@@ -26,6 +26,7 @@ from typing import Any
 from registry.audit import refusals
 from registry.entities import CheckpointEntity, EvalJobEntity, EvalResultEntity, EvalSetEntity
 from registry.errors import EvalboardError
+from registry.eval_key import EvalKey
 from registry.findings import Finding
 from registry.store import Registry
 
@@ -68,15 +69,9 @@ def prior_evaluation(
 ) -> EvalResultEntity | None:
     """The newest evaluator result for this checkpoint content on this eval-set content and subset
     that reached MLflow (computed for this checkpoint or another with the same content), or None."""
-    if checkpoint.content_hash is None:
+    if not checkpoint.content_hash:
         return None
-    return reg.find_eval_result(
-        checkpoint_hash=checkpoint.content_hash,
-        evalset_hash=evalset.content_hash,
-        source="evaluator",
-        max_examples=max_examples,
-        logged_only=True,
-    )
+    return reg.latest_result(EvalKey.of(checkpoint, evalset, max_examples), source="evaluator", logged_only=True)
 
 
 def enqueue_checkpoints(

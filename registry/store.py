@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     ColumnElement,
@@ -42,6 +42,7 @@ from registry import entities as E
 from registry import models as M
 from registry.engine import SQLITE_WRITE_OPTION, make_engine, mask_url, normalize_url, refuse_network_filesystem
 from registry.errors import InvalidInput, LeaseLost, NotFound, StoreError
+from registry.eval_key import EvalKey
 from registry.job_options import JobOptions
 from registry.migrations import upgrade_to_head
 from registry.safeio import DB_INT_MAX, MAX_NAME_CHARS
@@ -477,20 +478,14 @@ class Registry:
         with self._session(write=False) as s:
             return _entities(s.scalars(query))
 
-    def find_eval_result(
-        self,
-        *,
-        checkpoint_hash: str,
-        evalset_hash: str,
-        source: str | None = None,
-        max_examples: int | None | Literal["any"] = "any",
-        logged_only: bool = False,
+    def latest_result(
+        self, key: EvalKey, *, source: str | None = None, logged_only: bool = False, any_subset: bool = False
     ) -> E.EvalResultEntity | None:
-        """The latest result for this checkpoint content on this eval set content, if any, whichever
-        checkpoint it was computed for (a result belongs to content); ``max_examples``: only one
-        on that subset (None: the whole eval set); ``logged_only``: only one that reached MLflow."""
+        """The newest result for ``key`` (this checkpoint content on this eval-set content and
+        subset), whichever checkpoint it was computed for: a result belongs to content.
+        ``logged_only``: only one that reached MLflow; ``any_subset``: on any subset of the eval set."""
         query = select(M.EvalResult).where(
-            M.EvalResult.checkpoint_hash == checkpoint_hash, M.EvalResult.evalset_hash == evalset_hash
+            M.EvalResult.checkpoint_hash == key.checkpoint_hash, M.EvalResult.evalset_hash == key.evalset_hash
         )
         if source is not None:
             query = query.where(M.EvalResult.source == source)
@@ -498,8 +493,9 @@ class Registry:
             query = query.where(M.EvalResult.mlflow_run_id.is_not(None), M.EvalResult.mlflow_run_id != "")
         with self._session(write=False) as s:
             for row in s.scalars(query.order_by(M.EvalResult.id.desc())):
-                if max_examples == "any" or (_decoded(row.extra) or {}).get("max_examples") == max_examples:
-                    return _entity(row)
+                result = _entity(row)
+                if any_subset or EvalKey.of_result(result) == key:
+                    return result
         return None
 
     # -- row stats -------------------------------------------------------------------------
@@ -1110,11 +1106,8 @@ def _check_values(model: type[M.Base], values: dict[str, Any], where: Any) -> No
 
 def _dedupe_key(checkpoint: M.Checkpoint, evalset: M.EvalSet, options: dict[str, Any]) -> str:
     """One job per checkpoint content and eval-set content; a quick subset and the full
-    evaluation are different jobs."""
-    key = f"{checkpoint.content_hash}:{evalset.content_hash}"
-    if options.get("max_examples"):
-        key += f":n{options['max_examples']}"
-    return key
+    evaluation are different jobs (`EvalKey.dedupe_key`)."""
+    return EvalKey(checkpoint.content_hash or "", evalset.content_hash, options.get("max_examples")).dedupe_key
 
 
 def _version_name(name: str, content_hash: str) -> str:

@@ -12,6 +12,7 @@ import pytest
 from registry import per_example
 from registry.bootstrap import loss_intervals, paired_bootstrap
 from registry.errors import Incompatible, InvalidInput
+from registry.eval_key import EvalKey
 from registry.per_example import ExampleLosses
 
 HASH = "e" * 64
@@ -146,14 +147,14 @@ def test_the_per_example_file_round_trips_with_its_metadata(tmp_path):
         tokens=[r[2] for r in FIXED],
         evalset_hash=HASH,
         evalset_name="set",
-        subset=per_example.subset_rule(None),
+        subset=EvalKey("c" * 64, HASH).subset,
         checkpoint_hash="c" * 64,
     )
     got = per_example.read(path)
     assert got.comparable and got.evalset_hash == HASH and got.subset == "all" and got.n == len(FIXED)
     assert got.nll_sums.tolist() == [r[3] for r in FIXED]
     assert got.losses.tolist() == pytest.approx([r[3] / r[2] for r in FIXED])
-    assert per_example.subset_rule(5) == "max_examples=5"
+    assert EvalKey("c" * 64, HASH, 5).subset == "max_examples=5"
     assert list(tmp_path.iterdir()) == [path]  # no temporary file left
 
 

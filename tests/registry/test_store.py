@@ -11,6 +11,7 @@ from sqlalchemy import text, update
 from registry import models as M
 from registry.engine import mask_url, network_filesystem, normalize_url
 from registry.errors import InvalidInput, NotFound, StoreError
+from registry.eval_key import EvalKey
 from registry.store import Registry
 
 HASH_A, HASH_B, HASH_C = "a" * 64, "b" * 64, "c" * 64
@@ -242,12 +243,11 @@ def test_results_are_appended_and_found_latest_first(registry: Registry, run) ->
     second = registry.add_eval_result(source="evaluator", metrics=metrics, loss_all=1.5, **common)
 
     assert imported.loss_all == 2.0 and second.loss_all == 1.5
-    assert registry.find_eval_result(checkpoint_hash=checkpoint.content_hash, evalset_hash=HASH_A) == second
-    assert (
-        registry.find_eval_result(checkpoint_hash=checkpoint.content_hash, evalset_hash=HASH_A, source="import")
-        == imported
-    )
-    assert registry.find_eval_result(checkpoint_hash=HASH_C, evalset_hash=HASH_A) is None
+    assert registry.latest_result(EvalKey(checkpoint.content_hash, HASH_A)) == second
+    assert registry.latest_result(EvalKey(checkpoint.content_hash, HASH_A), source="import") == imported
+    assert registry.latest_result(EvalKey(HASH_C, HASH_A)) is None
+    assert registry.latest_result(EvalKey(checkpoint.content_hash, HASH_A, 5)) is None  # no result on that subset
+    assert registry.latest_result(EvalKey(checkpoint.content_hash, HASH_A, 5), any_subset=True) == second
     assert [r.id for r in registry.list_eval_results(run_ids=[run.id])] == [imported.id, first.id, second.id]
     assert registry.list_eval_results(run_ids=[run.id + 1]) == []
     assert len(registry.list_eval_results(evalset_id=evalset.id, checkpoint_id=checkpoint.id)) == 3
