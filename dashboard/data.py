@@ -22,7 +22,7 @@ import pandas as pd
 from registry import bootstrap, comparison
 from registry.bootstrap import DeltaInterval, LossInterval
 from registry.comparison import ResultExamples
-from registry.entities import EvalResultEntity
+from registry.entities import CheckpointRow, EvalResultEntity, JobRow
 from registry.errors import EvalboardError, Incompatible
 from registry.per_example import ExampleCache
 from registry.settings import DEFAULT_MLFLOW_UI, Settings
@@ -136,24 +136,8 @@ def training_run_link(run_id: str | None, experiment_id: str | None, base: str =
 
 
 def load_checkpoints(reg: Registry, run_ids: Iterable[int] | None = None) -> pd.DataFrame:
-    cols = [
-        "checkpoint_id",
-        "run_id",
-        "step",
-        "track",
-        "status",
-        "reason",
-        "path",
-        "content_hash",
-        "base_model",
-        "token_space_id",
-        "row_start",
-        "row_end",
-        "registered_at",
-        "size_bytes",
-    ]
     rows = reg.checkpoint_table(run_ids=run_ids)
-    df = pd.DataFrame(rows, columns=cols)
+    df = pd.DataFrame(rows, columns=list(CheckpointRow._fields))
     df["step"] = df["step"].astype("Int64")
     return df
 
@@ -219,7 +203,16 @@ def load_results(reg: Registry, run_ids: Iterable[int] | None = None) -> pd.Data
     runs = {r.id: r.name for r in reg.list_runs()}
     out: dict[str, list] = {c: [] for c in RESULT_COLUMNS}
     rows = reg.result_table(run_ids=run_ids, same_content=True)
-    for rid, run_id, ck_id, step, es_id, source, metrics, extra, ml_run, created in rows:
+    for row in rows:
+        rid, run_id, ck_id, step, es_id, source = (
+            row.result_id,
+            row.run_id,
+            row.checkpoint_id,
+            row.step,
+            row.evalset_id,
+            row.source,
+        )
+        metrics, extra, ml_run, created = row.metrics, row.extra, row.mlflow_run_id, row.created_at
         label = evalset_label(es_id, names, extra.get("evalset_name"))
         tokens_seen = extra.get("tokens_seen")
         subset = bool(extra.get("max_examples"))
@@ -451,24 +444,7 @@ def result_extra(reg: Registry, result_id: int) -> dict[str, Any]:
 
 # -- jobs --------------------------------------------------------------------------------------
 
-JOB_COLUMNS = [
-    "job_id",
-    "status",
-    "run",
-    "step",
-    "evalset",
-    "worker",
-    "attempts",
-    "max_attempts",
-    "enqueued_at",
-    "started_at",
-    "finished_at",
-    "duration_s",
-    "last_error",
-    "mlflow_run_id",
-    "checkpoint_id",
-    "evalset_id",
-]
+JOB_COLUMNS = list(JobRow._fields)
 
 
 def load_jobs(reg: Registry) -> pd.DataFrame:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 __all__ = [
     "TokenSpaceEntity",
@@ -20,6 +20,9 @@ __all__ = [
     "RowStatsEntity",
     "EvalJobEntity",
     "WorkerEntity",
+    "CheckpointRow",
+    "ResultRow",
+    "JobRow",
 ]
 
 
@@ -146,3 +149,61 @@ class WorkerEntity:
     first_seen: datetime
     last_seen: datetime
     expires_at: datetime
+
+
+# -- the rows of the read-only tables the dashboard draws (one query each) ---------------------
+
+
+class CheckpointRow(NamedTuple):
+    """One checkpoint as `Registry.checkpoint_table` lists it."""
+
+    checkpoint_id: int
+    run_id: int
+    step: int | None
+    track: str
+    status: str
+    reason: str | None
+    path: str
+    content_hash: str | None
+    base_model: str | None
+    token_space_id: int | None
+    row_start: int | None
+    row_end: int | None
+    registered_at: datetime
+    size_bytes: int
+
+
+class ResultRow(NamedTuple):
+    """One eval result as `Registry.result_table` lists it (on the checkpoint that shows it)."""
+
+    result_id: int
+    run_id: int | None
+    checkpoint_id: int | None
+    step: int | None
+    evalset_id: int | None
+    source: str
+    metrics: dict[str, Any]
+    extra: dict[str, Any]
+    mlflow_run_id: str | None
+    created_at: datetime
+
+
+class JobRow(NamedTuple):
+    """One eval job as `Registry.job_table` lists it, with its run's and eval set's names."""
+
+    job_id: int
+    status: str
+    run: str | None
+    step: int | None
+    evalset: str | None
+    worker: str | None
+    attempts: int
+    max_attempts: int
+    enqueued_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    duration_s: float | None
+    last_error: str | None
+    mlflow_run_id: str | None
+    checkpoint_id: int | None
+    evalset_id: int | None

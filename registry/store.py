@@ -838,9 +838,8 @@ class Registry:
         with self._session(write=False) as s:
             return tuple(tuple(str(v) for v in s.execute(q).one()) for q in parts)
 
-    def checkpoint_table(self, *, run_ids: Iterable[int] | None = None) -> list[tuple]:
-        """(id, run_id, step, track, status, reason, path, content_hash, base_model, token_space_id,
-        row_start, row_end, registered_at, size_bytes) per checkpoint, by run and step."""
+    def checkpoint_table(self, *, run_ids: Iterable[int] | None = None) -> list[E.CheckpointRow]:
+        """One `CheckpointRow` per checkpoint, by run and step."""
         q = select(
             M.Checkpoint.id,
             M.Checkpoint.run_id,
@@ -861,13 +860,14 @@ class Registry:
             q = q.where(M.Checkpoint.run_id.in_(list(run_ids)))
         with self._session(write=False) as s:
             return [
-                (*r[:-2], _plain(r[-2]), sum(int(f.get("size") or 0) for f in _decoded(r[-1]) or []))
+                E.CheckpointRow._make(
+                    (*r[:-2], _plain(r[-2]), sum(int(f.get("size") or 0) for f in _decoded(r[-1]) or []))
+                )
                 for r in s.execute(q)
             ]
 
-    def result_table(self, *, run_ids: Iterable[int] | None = None, same_content: bool = False) -> list[tuple]:
-        """(id, run_id, checkpoint_id, step, evalset_id, source, metrics, extra, mlflow_run_id,
-        created_at) per eval result, oldest first.
+    def result_table(self, *, run_ids: Iterable[int] | None = None, same_content: bool = False) -> list[E.ResultRow]:
+        """One `ResultRow` per eval result, oldest first.
 
         With ``same_content``, a result also appears on every other valid checkpoint with the
         content it was computed on (a run copied to a new folder, the same bytes saved twice): that
@@ -880,7 +880,10 @@ class Registry:
         if ids is not None:
             q = q.where(r.run_id.in_(ids))
         with self._session(write=False) as s:
-            rows = [(*row[:6], _decoded(row[6]), _decoded(row[7]), row[8], _plain(row[9])) for row in s.execute(q)]
+            rows = [
+                E.ResultRow._make((*row[:6], _decoded(row[6]), _decoded(row[7]), row[8], _plain(row[9])))
+                for row in s.execute(q)
+            ]
             if not same_content:
                 return rows
             viewer = aliased(M.Checkpoint)
@@ -898,13 +901,11 @@ class Registry:
                     **(_decoded(row[7]) or {}),
                     "computed_for": {"checkpoint_id": row[10], "run_id": row[11], "step": row[12]},
                 }
-                rows.append((*row[:6], _decoded(row[6]), extra, row[8], _plain(row[9])))
-        return sorted(rows, key=lambda t: t[0])
+                rows.append(E.ResultRow._make((*row[:6], _decoded(row[6]), extra, row[8], _plain(row[9]))))
+        return sorted(rows, key=lambda t: t.result_id)
 
-    def job_table(self) -> list[tuple]:
-        """(id, status, run name, step, eval set name, worker_id, attempts, max_attempts, enqueued_at,
-        started_at, finished_at, duration_s, last_error, mlflow_run_id, checkpoint_id, evalset_id)
-        per job, newest first."""
+    def job_table(self) -> list[E.JobRow]:
+        """One `JobRow` per job (with its run's and eval set's names), newest first."""
         q = (
             select(
                 M.EvalJob.id,
@@ -930,7 +931,7 @@ class Registry:
             .order_by(M.EvalJob.id.desc())
         )
         with self._session(write=False) as s:
-            return [tuple(_plain(v) for v in r) for r in s.execute(q)]
+            return [E.JobRow._make(_plain(v) for v in r) for r in s.execute(q)]
 
     def row_stats_of(self, *, checkpoint_ids: Iterable[int]) -> dict[int, dict[str, Any]]:
         """{checkpoint_id: stats} for those of `checkpoint_ids` that have row statistics."""
