@@ -423,14 +423,39 @@ class Registry:
 
     # -- results ---------------------------------------------------------------------------
 
-    def add_eval_result(self, **fields: Any) -> E.EvalResultEntity:
+    def add_eval_result(
+        self,
+        *,
+        source: str,
+        metrics: dict[str, Any],
+        checkpoint_id: int | None = None,
+        run_id: int | None = None,
+        evalset_id: int | None = None,
+        checkpoint_hash: str | None = None,
+        evalset_hash: str | None = None,
+        step: int | None = None,
+        loss_all: float | None = None,
+        mlflow_run_id: str | None = None,
+        path: str | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> E.EvalResultEntity:
         """Record one evaluation; `loss_all` defaults to `metrics["all"]["loss"]`."""
-        _check_fields(M.EvalResult, fields)
-        _check_values(M.EvalResult, fields, fields.get("path"))
-        _require(fields, ("source", "metrics"), "an eval result", fields.get("path"))
-        _check_choice("eval result source", fields["source"], M.RESULT_SOURCES)
-        fields.setdefault("loss_all", (fields["metrics"].get("all") or {}).get("loss"))
-        fields.setdefault("extra", {})
+        fields: dict[str, Any] = {
+            "source": source,
+            "metrics": metrics,
+            "checkpoint_id": checkpoint_id,
+            "run_id": run_id,
+            "evalset_id": evalset_id,
+            "checkpoint_hash": checkpoint_hash,
+            "evalset_hash": evalset_hash,
+            "step": step,
+            "loss_all": loss_all if loss_all is not None else ((metrics or {}).get("all") or {}).get("loss"),
+            "mlflow_run_id": mlflow_run_id,
+            "path": path,
+            "extra": dict(extra or {}),
+        }
+        _check_values(M.EvalResult, fields, path)
+        _check_choice("eval result source", source, M.RESULT_SOURCES)
         with self._session() as s:
             row = M.EvalResult(**fields)
             s.add(row)
