@@ -39,7 +39,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/eval_throughput.py
 	$(BIN)/python benchmarks/eval_throughput.py --preset 8b-split
 	$(BIN)/python benchmarks/dashboard.py
-	$(BIN)/python benchmarks/queue.py
+	$(BIN)/python benchmarks/queue_claims.py
 	$(BIN)/python benchmarks/track_a_sweep.py
 	$(BIN)/python benchmarks/callback_save.py
 	$(BIN)/python benchmarks/bootstrap.py

@@ -1,9 +1,9 @@
 """Imported first by every benchmark script run as `python benchmarks/NAME.py`.
 
-Python puts the script's folder first on sys.path, so `benchmarks/queue.py` would shadow the
-standard library's `queue` (which torch, streamlit and multiprocessing import). This drops the
-folder from sys.path and puts the repository root there instead, so `registry`, `evaluator`,
-`dashboard` and `evalboard` import from the checkout.
+Python puts the script's folder first on sys.path; this replaces it with the repository root, so
+`benchmarks.*` (shared helpers such as `benchmarks._utilisation`) and `registry`, `evaluator`,
+`dashboard` and `evalboard` import from the checkout, and no benchmark's name can shadow a module
+of the standard library.
 """
 
 import sys

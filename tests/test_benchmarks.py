@@ -32,7 +32,10 @@ CASES = {
         ["--runs", "4", "--checkpoints", "3", "--selected", "2", "--repeats", "1"],
         {"compare_render_s", "runs_render_s", "compare_cold_render_s"},
     ),
-    "queue": (["--jobs", "40", "--claimers", "2"], {"sqlite_claims_per_s", "postgres_claims_per_s", "duplicates"}),
+    "queue_claims": (
+        ["--jobs", "40", "--claimers", "2"],
+        {"sqlite_claims_per_s", "postgres_claims_per_s", "duplicates"},
+    ),
     "callback_save": (
         ["--hidden", "32", "--new-rows", "64", "--saves", "2", "--seq", "16"],
         {"save_s_median", "write_s_median", "registry_s_median", "train_step_s_median", "all_enqueued"},
@@ -61,7 +64,7 @@ def test_benchmark_script_prints_its_figures(name):
     assert keys <= set(figures), sorted(figures)
     if name == "scan":
         assert figures["checkpoints"] == 10 and figures["rescan_new"] == 0
-    if name == "queue":
+    if name == "queue_claims":
         assert figures["duplicates"] == 0
     if name == "eval_throughput":
         assert figures["max_abs_loss_diff"] <= 1e-4

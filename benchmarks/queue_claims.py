@@ -12,21 +12,16 @@ EVALBOARD_TEST_PG_URL.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-# This file is named queue.py: drop its folder from the path so `import queue` (stdlib, used by
-# multiprocessing) does not find it.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
 import argparse
 import json
 import multiprocessing
 import os
+import sys
 import tempfile
 import time
 import uuid
 from collections import Counter
+from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
