@@ -10,11 +10,10 @@ a vision tower) is asked of `evaluator.tracks`: this module never branches on a 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import platform
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ import torch
 from evaluator import tracks
 from evaluator.base_model import ResidentBase, load_base, parse_device, resolve_base_model
 from evaluator.loss import LossReport, evaluate_loss
+from evaluator.options import EvalOptions, subset_examples
 from evaluator.rows import ResidentModel
 from registry import per_example
 from registry.atomic import write_file
@@ -38,26 +38,6 @@ from registry.store import Registry
 __all__ = ["EvalOptions", "EvalOutcome", "Evaluator", "Publication", "subset_examples", "resolve_device"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class EvalOptions:
-    device: str | None = None
-    """'cpu', 'cuda' or 'cuda:N'; None picks cuda when available, else cpu."""
-    max_examples: int | None = None
-    """Evaluate a deterministic subset of at most this many examples per task."""
-    force: bool = False
-    """Evaluate again even when this checkpoint content was already evaluated on this eval set."""
-    allow_mismatch: bool = False
-    """Evaluate despite a token-space mismatch (the MLflow run is tagged as such)."""
-    write_eval_json: bool = True
-    """Also write eval_step<step>.json into the checkpoint's run folder."""
-    max_tokens_per_batch: int | None = None
-    """Padded tokens per forward pass; None = automatic."""
-    log_to_mlflow: bool = True
-    connector_builder: str | None = None
-    """Builder (``package.module:function``) the user chose for connector checkpoints
-    (`--connector-builder`); it comes first (`evaluator.connectors.choose_builder`)."""
 
 
 @dataclass
@@ -148,19 +128,6 @@ def resolve_device(requested: str | None) -> torch.device:
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise InvalidInput(f"--device {requested}: only {torch.cuda.device_count()} CUDA devices are visible")
     return dev
-
-
-def subset_examples(examples: Sequence[Any], max_per_task: int) -> list[Any]:
-    """The same subset every time: per task, the examples whose id hashes lowest."""
-    by_task: dict[str, list[Any]] = {}
-    for ex in examples:
-        by_task.setdefault(ex.task, []).append(ex)
-    chosen = []
-    for task in sorted(by_task):
-        ranked = sorted(by_task[task], key=lambda e: hashlib.sha256(e.example_id.encode()).hexdigest())
-        chosen.extend(ranked[:max_per_task])
-    keep = {id(e) for e in chosen}
-    return [e for e in examples if id(e) in keep]
 
 
 _FEATURES_MEMORY_BYTES = 4 << 30

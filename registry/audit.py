@@ -10,106 +10,20 @@ the evaluator, the queue and the dashboard's Evaluate form refuse with.
 
 from __future__ import annotations
 
-import dataclasses
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from typing import Any
 
 from registry import tracks
-from registry.entities import CheckpointEntity, EvalSetEntity, RunEntity, TokenSpaceEntity
-from registry.files import read_model_config
+from registry.audit_context import AuditContext, base_embedding_rows
+from registry.entities import CheckpointEntity, EvalSetEntity, RunEntity
 from registry.findings import SEVERITIES, Finding, checkpoint_label
 from registry.store import Registry
-from registry.token_space import TokenSpace
 
 __all__ = ["Finding", "audit", "pair_findings", "refusals", "overridable", "SEVERITIES", "base_embedding_rows"]
 
 
-def _space(ts: TokenSpaceEntity | None) -> TokenSpace | None:
-    return TokenSpace.from_dict(ts.spec, source=ts.first_path) if ts is not None else None
-
-
-def with_versions(space: TokenSpace, codecs: Mapping[str, Any] | None, tokenizer: str | None) -> TokenSpace:
-    """``space`` with the codec/tokenizer versions a particular file recorded (token-space rows
-    are shared per ABI hash, so the registered spec carries only the first file's versions)."""
-    if codecs:
-        mods = tuple(
-            dataclasses.replace(r, codec=None, codec_version=codecs.get(r.name)) if r.name in codecs else r
-            for r in space.modalities
-        )
-        space = dataclasses.replace(space, modalities=mods)
-    if tokenizer is not None:
-        space = dataclasses.replace(space, tokenizer_name=None, tokenizer_version=tokenizer)
-    return space
-
-
 _label = checkpoint_label
-
-
-class _Context:
-    """Everything registered, loaded once."""
-
-    def __init__(self, reg: Registry, models: Mapping[str, str] | None):
-        self.reg = reg
-        self.models = dict(models or {})
-        self.spaces = {t.id: t for t in reg.list_token_spaces()}
-        self.by_hash = {t.abi_hash: t for t in self.spaces.values()}
-        self.runs = {r.id: r for r in reg.list_runs()}
-        self.checkpoints = reg.list_checkpoints()
-        self.evalsets = reg.list_evalsets()
-        self._parsed: dict[int, TokenSpace | None] = {}
-        self._files: dict[str, TokenSpace | None] = {}
-
-    def space(self, ts_id: int | None) -> TokenSpace | None:
-        if ts_id is None:
-            return None
-        if ts_id not in self._parsed:
-            self._parsed[ts_id] = _space(self.spaces.get(ts_id))
-        return self._parsed[ts_id]
-
-    def evalset_space(self, es: EvalSetEntity) -> TokenSpace | None:
-        manifest = es.manifest or {}
-        inline = manifest.get("token_space")
-        if isinstance(inline, dict):
-            return TokenSpace.from_dict(inline, source=es.path)
-        ts = self.by_hash.get(es.token_space_hash or "")
-        space = self.space(ts.id) if ts else None
-        if space is not None and (manifest.get("codec_versions") or manifest.get("tokenizer_version")):
-            codecs = manifest.get("codec_versions") if isinstance(manifest.get("codec_versions"), dict) else None
-            space = with_versions(space, codecs, manifest.get("tokenizer_version"))
-        return space
-
-    def own_space(self, ck: CheckpointEntity) -> TokenSpace | None:
-        """The checkpoint's shipped token space, with the versions its own file recorded."""
-        space = self.space(ck.token_space_id)
-        versions = (ck.meta or {}).get("token_space_versions")
-        if space is not None and isinstance(versions, dict):
-            space = with_versions(space, versions.get("codecs"), versions.get("tokenizer"))
-        return space
-
-    def run_space(self, run: RunEntity | None) -> TokenSpace | None:
-        """The run-level token_space.json as it is on disk (for its versions), else as registered."""
-        if run is None or run.token_space_id is None:
-            return None
-        if run.token_space_path and run.token_space_path not in self._files:
-            try:
-                self._files[run.token_space_path] = TokenSpace.load(run.token_space_path)
-            except Exception:  # noqa: BLE001 - moved or broken since the scan: use the registered spec
-                self._files[run.token_space_path] = None
-        on_disk = self._files.get(run.token_space_path or "")
-        if on_disk is not None and on_disk.abi_hash == self.spaces[run.token_space_id].abi_hash:
-            return on_disk
-        return self.space(run.token_space_id)
-
-    def checkpoint_space(self, ck: CheckpointEntity) -> tuple[TokenSpace | None, str]:
-        """The checkpoint's own token space, else its run's (the seed allows either)."""
-        if ck.token_space_id is not None:
-            return self.own_space(ck), "checkpoint"
-        run = self.runs.get(ck.run_id)
-        if run is not None and run.token_space_id is not None:
-            return self.run_space(run), "run"
-        return None, "none"
 
 
 def pair_findings(
@@ -117,13 +31,13 @@ def pair_findings(
     checkpoint: CheckpointEntity,
     evalset: EvalSetEntity,
     *,
-    ctx: _Context | None = None,
+    ctx: AuditContext | None = None,
     models: Mapping[str, str] | None = None,
 ) -> list[Finding]:
     """Can ``checkpoint`` be evaluated on ``evalset``? Errors mean no. The checkpoint's track
     decides what compatible means (registry/tracks); ``models`` (id -> local folder) lets it
     check widths and preprocessing against the models' configs."""
-    ctx = ctx or _Context(reg, models)
+    ctx = ctx or AuditContext(reg, models)
     run = ctx.runs.get(checkpoint.run_id)
     run_name = run.name if run else None
     if checkpoint.status != "valid":
@@ -154,7 +68,7 @@ def refusals(
 ) -> dict[int, list[Finding]]:
     """Error-level findings, by checkpoint id, for evaluating each of ``checkpoints`` on
     ``evalset``; checkpoints that may be evaluated are absent. The registry is read once."""
-    ctx = _Context(reg, models)
+    ctx = AuditContext(reg, models)
     out: dict[int, list[Finding]] = {}
     for ck in checkpoints:
         errors = [f for f in pair_findings(reg, ck, evalset, ctx=ctx) if f.severity == "error"]
@@ -163,19 +77,9 @@ def refusals(
     return out
 
 
-def base_embedding_rows(model_dir: str | Path) -> int | None:
-    """The base model's embedding rows from its config.json (no weights read)."""
-    data = read_model_config(model_dir)
-    if data is None:
-        return None
-    data = data.get("text_config", data)
-    v = data.get("vocab_size")
-    return v if isinstance(v, int) else None
-
-
 def audit(reg: Registry, *, models: Mapping[str, str] | None = None) -> list[Finding]:
     """All findings, errors first."""
-    ctx = _Context(reg, models)
+    ctx = AuditContext(reg, models)
     findings: list[Finding] = []
     by_run: dict[int, list[CheckpointEntity]] = defaultdict(list)
     for ck in ctx.checkpoints:
@@ -187,7 +91,7 @@ def audit(reg: Registry, *, models: Mapping[str, str] | None = None) -> list[Fin
     return sorted(findings, key=lambda f: (order[f.severity], f.code, f.run or "", f.checkpoint or "", f.evalset or ""))
 
 
-def _run_findings(ctx: _Context, run: RunEntity, cks: list[CheckpointEntity]) -> list[Finding]:
+def _run_findings(ctx: AuditContext, run: RunEntity, cks: list[CheckpointEntity]) -> list[Finding]:
     out: list[Finding] = []
     valid = [c for c in cks if c.status == "valid"]
     for ck in cks:
@@ -217,7 +121,7 @@ def _run_findings(ctx: _Context, run: RunEntity, cks: list[CheckpointEntity]) ->
     return out
 
 
-def _evalset_findings(ctx: _Context, by_run: Mapping[int, list[CheckpointEntity]]) -> list[Finding]:
+def _evalset_findings(ctx: AuditContext, by_run: Mapping[int, list[CheckpointEntity]]) -> list[Finding]:
     """One finding per (run, checkpoint token space, eval set) that disagree — not per checkpoint."""
     out: list[Finding] = []
     for es in ctx.evalsets:

@@ -19,13 +19,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from evaluator.options import EvalOptions
+
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel
 
     from evaluator.batching import Example
     from evaluator.loss import InputsFn
-    from evaluator.service import EvalOptions, Evaluator
+    from evaluator.service import Evaluator
     from registry.entities import CheckpointEntity, EvalSetEntity
 
 __all__ = ["EvalTrack", "Applied", "TrackInputs"]

@@ -21,6 +21,7 @@ import torch
 
 from evaluator.batching import IGNORE_INDEX, Batch, Example
 from evaluator.connectors import BuilderChoice, build_connector, choose_builder, layout_builder
+from evaluator.options import EvalOptions, subset_examples
 from evaluator.tracks.base import Applied, EvalTrack, TrackInputs
 from evaluator.vision import ResidentTower, VisionSettings
 from registry.connector import ConnectorCheckpoint
@@ -31,7 +32,7 @@ from registry.files import verify_files
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
-    from evaluator.service import EvalOptions, Evaluator
+    from evaluator.service import Evaluator
     from registry.entities import CheckpointEntity, EvalSetEntity
 
 __all__ = ["ConnectorEval", "builder_for"]
@@ -124,7 +125,6 @@ class ConnectorEval(EvalTrack):
         return Applied(resident.model, loaded, pad, None, prepare, params, _Context(connector, tower, settings, spec))
 
     def inputs(self, ev: Evaluator, applied: Applied, es: EvalSetEntity, max_examples: int | None) -> TrackInputs:
-        from evaluator.service import subset_examples
 
         ctx: _Context = applied.context
         key = (es.content_hash, "images")

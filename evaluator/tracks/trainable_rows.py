@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from evaluator.batching import Example
+from evaluator.options import EvalOptions, subset_examples
 from evaluator.rows import RowTensors, TokenSpaceSizes
 from evaluator.tracks.base import Applied, EvalTrack, TrackInputs
 from registry.atomic import atomic_folder, write_file
@@ -19,7 +20,7 @@ from registry.token_space import TokenSpace
 from registry.trainable_rows import TrainableRows
 
 if TYPE_CHECKING:
-    from evaluator.service import EvalOptions, Evaluator
+    from evaluator.service import Evaluator
     from registry.entities import CheckpointEntity, EvalSetEntity
 
 __all__ = ["TrainableRowsEval"]
@@ -67,7 +68,6 @@ class TrainableRowsEval(EvalTrack):
             if loaded.content_hash != es.content_hash:
                 raise InvalidInput("eval set changed on disk since registration; re-register it", path=es.path)
             ev.examples_cache[key] = [Example(e.example_id, e.task, e.input_ids, e.labels) for e in loaded.examples]
-        from evaluator.service import subset_examples
 
         examples = ev.examples_cache[key]
         return TrackInputs(subset_examples(examples, max_examples) if max_examples else examples)

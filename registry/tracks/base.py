@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from registry.findings import Finding
 
 if TYPE_CHECKING:  # the audit passes its context in; no import at run time
-    from registry.audit import _Context
+    from registry.audit_context import AuditContext
     from registry.entities import CheckpointEntity, EvalSetEntity, RunEntity
     from registry.token_space import TokenSpace
 
@@ -121,13 +121,13 @@ class Track(ABC):
 
     # --- audit ------------------------------------------------------------------------------
 
-    def run_findings(self, ctx: _Context, run: RunEntity, checkpoints: list[CheckpointEntity]) -> list[Finding]:
+    def run_findings(self, ctx: AuditContext, run: RunEntity, checkpoints: list[CheckpointEntity]) -> list[Finding]:
         """Findings about this track's valid checkpoints of one run."""
         return []
 
     @abstractmethod
     def pair_findings(
-        self, ctx: _Context, ck: CheckpointEntity, es: EvalSetEntity, run_name: str | None
+        self, ctx: AuditContext, ck: CheckpointEntity, es: EvalSetEntity, run_name: str | None
     ) -> list[Finding]:
         """Can valid checkpoint ``ck`` be evaluated on ``es``? Error-level findings mean no."""
 
@@ -135,7 +135,7 @@ class Track(ABC):
     def accepts_evalset(self, es: EvalSetEntity) -> bool:
         """Whether ``es`` is the kind of eval set this track evaluates (the audit only pairs those)."""
 
-    def evalset_group(self, ctx: _Context, ck: CheckpointEntity) -> Hashable:
+    def evalset_group(self, ctx: AuditContext, ck: CheckpointEntity) -> Hashable:
         """Checkpoints of one run in the same group get one finding per eval set, not one each."""
         return None
 

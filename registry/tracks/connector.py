@@ -34,7 +34,7 @@ from registry.tracks.base import FileEntry, Registration, Track
 from registry.vision import VisionSpec, preprocessing_diff, read_tower_preprocessing
 
 if TYPE_CHECKING:
-    from registry.audit import _Context
+    from registry.audit_context import AuditContext
     from registry.entities import CheckpointEntity, EvalSetEntity, RunEntity
     from registry.token_space import TokenSpace
 
@@ -131,10 +131,10 @@ class ConnectorTrack(Track):
     def accepts_evalset(self, es: EvalSetEntity) -> bool:
         return "vision" in (es.manifest or {})
 
-    def evalset_group(self, ctx: _Context, ck: CheckpointEntity) -> Hashable:
+    def evalset_group(self, ctx: AuditContext, ck: CheckpointEntity) -> Hashable:
         return (ck.meta or {}).get("vision_tower")
 
-    def run_findings(self, ctx: _Context, run: RunEntity, checkpoints: list[CheckpointEntity]) -> list[Finding]:
+    def run_findings(self, ctx: AuditContext, run: RunEntity, checkpoints: list[CheckpointEntity]) -> list[Finding]:
         out: list[Finding] = []
         towers: dict[str, list[str]] = defaultdict(list)
         for ck in checkpoints:
@@ -154,7 +154,7 @@ class ConnectorTrack(Track):
             out += self._width_findings(ctx, run.name, ck)
         return out
 
-    def _width_findings(self, ctx: _Context, run_name: str | None, ck: CheckpointEntity) -> list[Finding]:
+    def _width_findings(self, ctx: AuditContext, run_name: str | None, ck: CheckpointEntity) -> list[Finding]:
         meta = ck.meta or {}
         label = checkpoint_label(ck.path)
         out = []
@@ -188,7 +188,7 @@ class ConnectorTrack(Track):
         return out
 
     def pair_findings(
-        self, ctx: _Context, ck: CheckpointEntity, es: EvalSetEntity, run_name: str | None
+        self, ctx: AuditContext, ck: CheckpointEntity, es: EvalSetEntity, run_name: str | None
     ) -> list[Finding]:
         label = checkpoint_label(ck.path)
         raw = (es.manifest or {}).get("vision")

@@ -17,7 +17,7 @@ from registry.tracks.base import Registration, Track
 from registry.trainable_rows import META_FILENAME, ROWS_FILENAMES, TOKEN_SPACE_FILENAME, TrainableRows
 
 if TYPE_CHECKING:
-    from registry.audit import _Context
+    from registry.audit_context import AuditContext
     from registry.entities import CheckpointEntity, EvalSetEntity, RunEntity
     from registry.token_space import TokenSpace
 
@@ -86,11 +86,11 @@ class TrainableRowsTrack(Track):
     def accepts_evalset(self, es: EvalSetEntity) -> bool:
         return es.token_space_hash is not None
 
-    def evalset_group(self, ctx: _Context, ck: CheckpointEntity) -> Hashable:
+    def evalset_group(self, ctx: AuditContext, ck: CheckpointEntity) -> Hashable:
         space, _ = ctx.checkpoint_space(ck)
         return space.abi_hash if space else None
 
-    def run_findings(self, ctx: _Context, run: RunEntity, checkpoints: list[CheckpointEntity]) -> list[Finding]:
+    def run_findings(self, ctx: AuditContext, run: RunEntity, checkpoints: list[CheckpointEntity]) -> list[Finding]:
         out: list[Finding] = []
         run_space = ctx.run_space(run)
         if checkpoints and run_space is None:
@@ -102,9 +102,9 @@ class TrainableRowsTrack(Track):
         return out
 
     def _checkpoint_findings(
-        self, ctx: _Context, run: RunEntity, run_space: TokenSpace | None, ck: CheckpointEntity
+        self, ctx: AuditContext, run: RunEntity, run_space: TokenSpace | None, ck: CheckpointEntity
     ) -> list[Finding]:
-        from registry.audit import base_embedding_rows
+        from registry.audit_context import base_embedding_rows
 
         out: list[Finding] = []
         label = checkpoint_label(ck.path)
@@ -178,7 +178,7 @@ class TrainableRowsTrack(Track):
         return out
 
     def pair_findings(
-        self, ctx: _Context, ck: CheckpointEntity, es: EvalSetEntity, run_name: str | None
+        self, ctx: AuditContext, ck: CheckpointEntity, es: EvalSetEntity, run_name: str | None
     ) -> list[Finding]:
         ck_label = checkpoint_label(ck.path)
         if es.token_space_hash is None:

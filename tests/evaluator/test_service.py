@@ -11,7 +11,8 @@ import sys
 import pytest
 import torch
 
-from evaluator.service import EvalOptions, Evaluator, subset_examples
+from evaluator.options import subset_examples
+from evaluator.service import EvalOptions, Evaluator
 from registry.errors import Incompatible, IntegrityError, NotFound
 from registry.evalset import EvalSet
 
