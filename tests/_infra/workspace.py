@@ -95,12 +95,25 @@ def run_cli(
     the interpreter (e.g. `unprivileged()`)."""
     cwd = cwd or home.parent
     cwd.mkdir(parents=True, exist_ok=True)
+    return evalboard_cli(args, env=cli_env(home, env), cwd=cwd, timeout=timeout, prefix=prefix)
+
+
+def evalboard_cli(
+    args: Sequence[Any],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | str | None = None,
+    timeout: float = 300,
+    prefix: Sequence[str] = (),
+) -> subprocess.CompletedProcess:
+    """The one way tests run the CLI: `python -m evalboard.cli ARGS` as a real process with exactly
+    `env` (default: this process's), in `cwd`, under a timeout, its output captured as text."""
     return subprocess.run(
         [*prefix, sys.executable, "-m", "evalboard.cli", *map(str, args)],
         capture_output=True,
         text=True,
-        cwd=str(cwd),
-        env=cli_env(home, env),
+        cwd=None if cwd is None else str(cwd),
+        env=None if env is None else dict(env),
         timeout=timeout,
     )
 

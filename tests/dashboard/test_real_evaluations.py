@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from tests._infra.workspace import evalboard_cli
 from tests.dashboard._helpers import PAGES, TITLES, assert_ok, run_page
 
 pytestmark = pytest.mark.slow
@@ -56,7 +57,6 @@ def test_the_demo_exports_a_pdf_holding_its_charts_and_intervals(quick_demo, tmp
     import os
     import re
     import subprocess
-    import sys
     from pathlib import Path
 
     from tests._infra.debian import chromium, poppler
@@ -69,14 +69,7 @@ def test_the_demo_exports_a_pdf_holding_its_charts_and_intervals(quick_demo, tmp
 
     def export(fmt: str, out: Path) -> None:
         cmd = ["export", "--runs", ",".join(runs), "--format", fmt, "--out", str(out)]
-        done = subprocess.run(
-            [sys.executable, "-m", "evalboard.cli", *cmd],
-            cwd=workdir,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        done = evalboard_cli(cmd, env=env, cwd=workdir)
         assert done.returncode == 0, done.stderr[-2000:]
 
     out = tmp_path / "demo.pdf"

@@ -6,6 +6,8 @@ from collections import defaultdict
 
 import pytest
 
+from tests._infra.workspace import evalboard_cli
+
 pytestmark = pytest.mark.slow
 
 
@@ -51,8 +53,6 @@ def test_after_the_demo_every_command_works_inside_its_workspace(quick_demo, tmp
     artifacts stay in the workspace; commands elsewhere say which registry they read."""
     import json
     import os
-    import subprocess
-    import sys
 
     from mlflow.tracking import MlflowClient
 
@@ -63,14 +63,7 @@ def test_after_the_demo_every_command_works_inside_its_workspace(quick_demo, tmp
     env = {k: v for k, v in os.environ.items() if not k.startswith("EVALBOARD_") and k != "MLFLOW_TRACKING_URI"}
 
     def cli(*args, cwd=workdir):
-        done = subprocess.run(
-            [sys.executable, "-m", "evalboard.cli", *map(str, args)],
-            cwd=cwd,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        done = evalboard_cli(args, env=env, cwd=cwd)
         assert done.returncode == 0, (args, done.stderr[-2000:])
         return done
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 
 import pytest
 
 from evaluator.service import EvalOptions, Evaluator
 from registry.eval_result import EvalResult
+from tests._infra.workspace import evalboard_cli
 
 pytestmark = pytest.mark.slow
 
@@ -19,9 +18,7 @@ RUN = "stage3_token_lm_iter5"
 
 
 def _cli(env, *args):
-    return subprocess.run(
-        [sys.executable, "-m", "evalboard.cli", *args], capture_output=True, text=True, env=env.env(), timeout=300
-    )
+    return evalboard_cli(args, env=env.env())
 
 
 def _evaluate(env, step: int, **options):

@@ -5,8 +5,6 @@ the results in its charts, exports and compare, each with a note that it was com
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 
 import pytest
 
@@ -14,19 +12,14 @@ from dashboard import data
 from evaluator.worker import Worker, WorkerConfig
 from registry.policy import enqueue_checkpoints
 from registry.scanner import scan
+from tests._infra.workspace import evalboard_cli
 
 RUN = "stage3_token_lm_iter5"
 EVALSET = "synthetic-a2t-i2t"
 
 
 def _cli(env, *args):
-    return subprocess.run(
-        [sys.executable, "-m", "evalboard.cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=env.env(),
-        timeout=300,
-    )
+    return evalboard_cli(args, env=env.env())
 
 
 def _eval_runs(uri: str) -> int:

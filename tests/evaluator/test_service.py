@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -15,6 +13,7 @@ from evaluator.options import subset_examples
 from evaluator.service import EvalOptions, Evaluator
 from registry.errors import Incompatible, IntegrityError, NotFound
 from registry.evalset import EvalSet
+from tests._infra.workspace import evalboard_cli
 
 RUN = "stage3_token_lm_iter5"
 OTHER = "stage3_token_lm_wide_image"
@@ -215,9 +214,7 @@ def test_missing_base_model_is_a_clear_error(eval_env, monkeypatch):
 
 
 def _cli(env, *args, check_rc=None):
-    proc = subprocess.run(
-        [sys.executable, "-m", "evalboard.cli", *args], capture_output=True, text=True, env=env.env(), timeout=300
-    )
+    proc = evalboard_cli(args, env=env.env())
     if check_rc is not None:
         assert proc.returncode == check_rc, proc.stderr
     return proc

@@ -8,7 +8,6 @@ import io
 import json
 import shutil
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from evalboard.fixtures import (
     image_examples,
     write_connector_checkpoint,
 )
+from tests._infra.workspace import evalboard_cli
 from tests.evaluator._track_a import BASE_ID, EVALSET, LLAVA_RUN, RUN, TOWER_ID, models_mapping
 
 
@@ -266,14 +266,7 @@ def test_audit_names_widths_towers_and_eval_set_kind(env):
 
 
 def _cli(env: Env, *args: str, extra_env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "evalboard.cli", *args],
-        capture_output=True,
-        text=True,
-        env={**env.env(), **(extra_env or {})},
-        timeout=300,
-        cwd=env.root,
-    )
+    return evalboard_cli(args, env={**env.env(), **(extra_env or {})}, cwd=env.root)
 
 
 def _one_line_refusal(proc: subprocess.CompletedProcess, *needles: str) -> None:

@@ -8,6 +8,8 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from tests._infra.workspace import evalboard_cli
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FAST = [
     "--lease-seconds",
@@ -57,11 +59,4 @@ def run_cli(
     timeout: float = 120,
     extra_env: Mapping[str, str] | None = None,
 ) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "evalboard.cli", *map(str, args)],
-        cwd=str(cwd),
-        env=child_env(env, extra_env),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return evalboard_cli(args, env=child_env(env, extra_env), cwd=cwd, timeout=timeout)
