@@ -1,4 +1,4 @@
-"""Class 6: bounded inputs. Names and free-text fields have a length limit, said in the refusal,
+"""Bounded inputs. Names and free-text fields have a length limit, said in the refusal,
 so a 10 MB `base_model` cannot grow the registry by megabytes; and a checkpoint's `base_model`
 cannot make evalboard load an arbitrary local folder: base models resolve through
 `EVALBOARD_MODELS` and the Hugging Face cache, a local folder only where the user allowed it

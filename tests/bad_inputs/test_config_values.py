@@ -1,4 +1,4 @@
-"""Class 5: configuration and command-line values. `EVALBOARD_MODELS` naming a folder, a named
+"""Configuration and command-line values. `EVALBOARD_MODELS` naming a folder, a named
 pipe or a file that is not UTF-8; `--device` with a name torch does not know; a checkpoint or job
 id no registry can hold; `export --out` naming a folder or a path under a file. Each is one line
 on stderr naming the value, exit 2, and nothing registered or logged."""

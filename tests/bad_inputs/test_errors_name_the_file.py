@@ -1,4 +1,4 @@
-"""Class 11: every refusal names the file. Rows that fit their own JSON but not the base model
+"""Every refusal names the file. Rows that fit their own JSON but not the base model
 (hidden size 8 on a base of 64) are only found when `eval` patches them in; that refusal names
 the checkpoint's rows file too, and nothing is logged."""
 

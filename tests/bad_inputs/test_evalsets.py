@@ -1,4 +1,4 @@
-"""Class 7: eval sets. A `*.parquet` symlink pointing outside the eval set's folder is refused
+"""Eval sets. A `*.parquet` symlink pointing outside the eval set's folder is refused
 exactly like the same escape through the manifest's `files`; and `evalset add --replace` keeps
 the replaced content as its own version (`<name>@<hash>`), so results on the old and the new
 contents never appear as one series."""

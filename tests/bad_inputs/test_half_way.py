@@ -1,4 +1,4 @@
-"""Class 3: a command that fails must fail before it writes. `eval` and `import-eval` check the
+"""A command that fails must fail before it writes. `eval` and `import-eval` check the
 MLflow store before computing or registering anything, validate every file before the first
 write, and register a run only once MLflow took its result: after a refusal there is no
 `eval_step*.json`, no statistics row, no registry row and no MLflow run."""

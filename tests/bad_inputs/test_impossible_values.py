@@ -1,4 +1,4 @@
-"""Class 4: values that cannot be right are refused where they enter, and every command agrees.
+"""Values that cannot be right are refused where they enter, and every command agrees.
 Eval results: a negative or non-finite loss, a negative token count, zero examples. Checkpoints:
 row ranges written as floats (never truncated), rows of width 0, no lm_head rows without a
 declared tying. `inspect` refuses, `scan` registers invalid with the same sentence, `audit`

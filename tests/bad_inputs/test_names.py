@@ -1,4 +1,4 @@
-"""Class 8: names. A run folder named `a,b` can be exported: `--run` takes one name as written
+"""Names. A run folder named `a,b` can be exported: `--run` takes one name as written
 (repeatable) or a registry id; `--runs` keeps splitting on commas."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Class 3 of the trust boundary: writes that cannot destroy what they do not own.
+"""Writes that cannot destroy what they do not own.
 
 A teammate who can write into a shared outputs folder (or the folder a report goes to) plants
 links where evalboard writes: at the old fixed temporary name of an export (`.<out>.tmp`), at the

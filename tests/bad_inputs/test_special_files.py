@@ -1,4 +1,4 @@
-"""Class 1: special files (a named pipe, a socket, a device) where a checkpoint, a JSON file, an
+"""Special files (a named pipe, a socket, a device) where a checkpoint, a JSON file, an
 eval result or a Parquet file is expected. Opening one for reading blocks for ever (a FIFO with
 no writer, /dev/zero read to its end); only regular files are opened. `inspect` refuses each in
 one line naming the file and its kind, a scan registers it invalid and goes on, and nothing

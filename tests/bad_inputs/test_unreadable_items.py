@@ -1,4 +1,4 @@
-"""Class 2: one unreadable item (no read permission, JSON nested 200,000 deep, a field of the
+"""One unreadable item (no read permission, JSON nested 200,000 deep, a field of the
 wrong type, an integer no registry column can hold) is registered invalid with its reason and the
 scan goes on; `inspect` refuses it in one line. Types and ranges are checked where the JSON is
 read, so every such value is refused the same way wherever it appears."""

@@ -1,4 +1,4 @@
-"""Class 10: usage errors. `--help` stays rich; a usage error (a missing or unknown option, a
+"""Usage errors. `--help` stays rich; a usage error (a missing or unknown option, a
 value of the wrong type or out of range) is one line on stderr that names the option, exit 2."""
 
 from __future__ import annotations

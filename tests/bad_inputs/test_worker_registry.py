@@ -1,4 +1,4 @@
-"""Class 9: a worker never creates a registry. Given a database that does not exist (or holds no
+"""A worker never creates a registry. Given a database that does not exist (or holds no
 evalboard registry) it says which one it could not find, exits 2, and leaves no file behind."""
 
 from __future__ import annotations
