@@ -1,4 +1,4 @@
-"""Security class 5: what other people write reaches the dashboard only as text. A malformed,
+"""What other people write reaches the dashboard only as text. A malformed,
 huge, negative or unknown `?checkpoint=` never crashes the Checkpoint page (a warning, then the
 usual pickers), and a base model, run name or reason holding Markdown, HTML or LaTeX shows
 literally wherever Streamlit renders Markdown (captions, alerts, `st.table` cells), while the
