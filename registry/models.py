@@ -1,4 +1,4 @@
-"""SQLAlchemy ORM tables of the registry. Only `registry/store.py` touches these rows.
+"""SQLAlchemy ORM tables of the registry. Only `registry/store/` touches these rows.
 
 `registry/migrations/versions/*.py` create exactly these tables, written by hand;
 `tests/registry/test_migrations.py` fails when the two drift apart. Constraint names come from
