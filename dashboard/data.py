@@ -204,43 +204,33 @@ def load_results(reg: Registry, run_ids: Iterable[int] | None = None) -> pd.Data
     out: dict[str, list] = {c: [] for c in RESULT_COLUMNS}
     rows = reg.result_table(run_ids=run_ids, same_content=True)
     for row in rows:
-        rid, run_id, ck_id, step, es_id, source = (
-            row.result_id,
-            row.run_id,
-            row.checkpoint_id,
-            row.step,
-            row.evalset_id,
-            row.source,
-        )
-        metrics, extra, ml_run, created = row.metrics, row.extra, row.mlflow_run_id, row.created_at
-        label = evalset_label(es_id, names, extra.get("evalset_name"))
-        tokens_seen = extra.get("tokens_seen")
-        subset = bool(extra.get("max_examples"))
+        extra = row.extra
+        label = evalset_label(row.evalset_id, names, extra.get("evalset_name"))
         origin = extra.get("computed_for")
         computed_for = (
             f"{runs.get(origin.get('run_id'), 'run ' + str(origin.get('run_id')))} step {origin.get('step')}"
             if isinstance(origin, dict)
             else None
         )
-        for task, m in metrics.items():
+        for task, m in row.metrics.items():
             if not isinstance(m, dict) or m.get("loss") is None:
                 continue
-            out["result_id"].append(rid)
-            out["run_id"].append(run_id)
-            out["run"].append(runs.get(run_id, f"run {run_id}"))
-            out["checkpoint_id"].append(ck_id)
-            out["step"].append(step)
-            out["tokens_seen"].append(tokens_seen)
-            out["evalset_id"].append(es_id)
+            out["result_id"].append(row.result_id)
+            out["run_id"].append(row.run_id)
+            out["run"].append(runs.get(row.run_id, f"run {row.run_id}"))
+            out["checkpoint_id"].append(row.checkpoint_id)
+            out["step"].append(row.step)
+            out["tokens_seen"].append(extra.get("tokens_seen"))
+            out["evalset_id"].append(row.evalset_id)
             out["evalset"].append(label)
             out["task"].append(str(task))
             out["loss"].append(float(m["loss"]))
             out["tokens"].append(m.get("tokens"))
             out["examples"].append(m.get("examples"))
-            out["source"].append(source)
-            out["subset"].append(subset)
-            out["mlflow_run_id"].append(ml_run)
-            out["created_at"].append(created)
+            out["source"].append(row.source)
+            out["subset"].append(bool(extra.get("max_examples")))
+            out["mlflow_run_id"].append(row.mlflow_run_id)
+            out["created_at"].append(row.created_at)
             out["per_example_path"].append(extra.get("per_example_path"))
             out["computed_for"].append(computed_for)
     df = pd.DataFrame(out, columns=RESULT_COLUMNS)

@@ -18,9 +18,11 @@ from collections.abc import Hashable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from registry.connector import (
+from registry.connector import ConnectorCheckpoint
+from registry.files import read_model_config
+from registry.findings import Finding, checkpoint_label
+from registry.llava_layout import (
     LLAVA_FILES,
-    ConnectorCheckpoint,
     is_llava_config_dir,
     is_llava_folder,
     is_llava_projector_file,
@@ -28,8 +30,6 @@ from registry.connector import (
     llava_files,
     llava_run_dir,
 )
-from registry.files import read_model_config
-from registry.findings import Finding, checkpoint_label
 from registry.tracks.base import FileEntry, Registration, Track
 from registry.vision import VisionSpec, preprocessing_diff, read_tower_preprocessing
 
