@@ -10,16 +10,7 @@ from dataclasses import fields
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
-from sqlalchemy import (
-    CursorResult,
-    Engine,
-    Integer,
-    Result,
-    Select,
-    String,
-    Text,
-    select,
-)
+from sqlalchemy import CursorResult, Engine, Integer, Result, Select, String, Text, select
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session

@@ -5,11 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import (
-    ColumnElement,
-    or_,
-    select,
-)
+from sqlalchemy import ColumnElement, or_, select
 
 from registry import entities as E
 from registry import models as M

@@ -8,10 +8,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import (
-    select,
-    text,
-)
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from registry import entities as E
@@ -19,15 +16,7 @@ from registry import models as M
 from registry.errors import InvalidInput, LeaseLost, NotFound
 from registry.eval_key import EvalKey
 from registry.job_options import JobOptions
-from registry.store._base import (
-    _check_choice,
-    _entities,
-    _entity,
-    _get_one,
-    _rowcount,
-    _Store,
-    _utc,
-)
+from registry.store._base import _check_choice, _entities, _entity, _get_one, _rowcount, _Store, _utc
 
 _INACTIVE_JOB_STATUSES = ("failed", "cancelled")
 

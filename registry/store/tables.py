@@ -6,20 +6,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import (
-    and_,
-    func,
-    select,
-)
+from sqlalchemy import and_, func, select
 from sqlalchemy.orm import aliased
 
 from registry import entities as E
 from registry import models as M
-from registry.store._base import (
-    _decoded,
-    _plain,
-    _Store,
-)
+from registry.store._base import _decoded, _plain, _Store
 
 
 class Tables(_Store):
