@@ -44,19 +44,27 @@ def fsync_path(path: Path, *, directory: bool = False) -> None:
         os.close(fd)
 
 
+def _lstat_target(final: Path) -> os.stat_result | None:
+    """What is at ``final`` now, never following a link (None: nothing); a name no filesystem
+    holds, or a path that cannot be looked at, is refused in one line."""
+    if any(len(part.encode()) > _NAME_BYTES for part in final.parts):
+        raise InvalidInput("has a file or folder name longer than 255 bytes", path=final)
+    try:
+        return os.lstat(final)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise InvalidInput(f"cannot be used: {e.strerror or type(e).__name__}", path=final) from None
+
+
 def check_target(final: str | Path, *, overwrite: bool = True, force: bool = False) -> Path:
     """Refuse a target that must not be replaced: an existing one without ``overwrite``, a folder or
     other non-file, and a read-only file without ``force``. A link at the target is fine: it is
     replaced, never followed."""
     final = Path(final)
-    if any(len(part.encode()) > _NAME_BYTES for part in final.parts):
-        raise InvalidInput("has a file or folder name longer than 255 bytes", path=final)
-    try:
-        st = os.lstat(final)
-    except FileNotFoundError:
+    st = _lstat_target(final)
+    if st is None:
         return final
-    except OSError as e:
-        raise InvalidInput(f"cannot be used: {e.strerror or type(e).__name__}", path=final) from None
     if not overwrite:
         raise InvalidInput("already exists; not replaced", path=final)
     if stat.S_ISDIR(st.st_mode):
@@ -127,14 +135,9 @@ def write_file(final: str | Path, data: bytes | str, *, overwrite: bool = True, 
 def check_folder_target(final: str | Path, *, overwrite: bool = False, replace_empty: bool = False) -> Path:
     """Refuse a folder target `atomic_folder` would refuse, before any work is done."""
     final = Path(final)
-    if any(len(part.encode()) > _NAME_BYTES for part in final.parts):
-        raise InvalidInput("has a file or folder name longer than 255 bytes", path=final)
-    try:
-        st = os.lstat(final)
-    except FileNotFoundError:
+    st = _lstat_target(final)
+    if st is None:
         return final
-    except OSError as e:
-        raise InvalidInput(f"cannot be used: {e.strerror or type(e).__name__}", path=final) from None
     if overwrite:
         return final
     if replace_empty:
