@@ -98,3 +98,13 @@ def edit_json(path: Path, **changes: Any) -> Path:
             data[key] = value
     path.write_text(json.dumps(data))
     return path
+
+
+def scanned_workspace(ws, home: Path, evalset: str) -> dict[str, str]:
+    """`ws`'s outputs scanned into `home` and its eval set `evalset` added, as a user would (CLI);
+    returns the environment naming its base model."""
+    env = models_env(ws)
+    scan(home, ws.root / "outputs", env=env)
+    proc = cli(["evalset", "add", ws.evalsets[evalset]], home=home, env=env)
+    assert proc.returncode == 0, proc.stderr
+    return env

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests._infra.workspace import unprivileged
-from tests.bad_inputs._helpers import cli, models_env, refusal, registry_snapshot, scan, state
+from tests.bad_inputs._helpers import cli, refusal, registry_snapshot, scanned_workspace, state
 
 EVALSET = "synthetic-a2t-i2t"
 
@@ -19,10 +19,7 @@ EVALSET = "synthetic-a2t-i2t"
 @pytest.fixture
 def scanned(workspace, tmp_path):
     home = tmp_path / "home"
-    env = models_env(workspace)
-    scan(home, workspace.root / "outputs", env=env)
-    proc = cli(["evalset", "add", workspace.evalsets[EVALSET]], home=home, env=env)
-    assert proc.returncode == 0, proc.stderr
+    env = scanned_workspace(workspace, home, EVALSET)
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the MLflow store's folder should be\n")
     broken = {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{blocker}/mlflow.db"}

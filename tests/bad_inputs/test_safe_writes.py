@@ -19,7 +19,7 @@ import pytest
 from registry.atomic import atomic_file, atomic_folder, write_file
 from registry.errors import InvalidInput
 from tests._infra.workspace import write_rows
-from tests.bad_inputs._helpers import cli, models_env, refusal, scan, state
+from tests.bad_inputs._helpers import cli, refusal, scan, scanned_workspace, state
 
 VICTIM_TEXT = "the user's own file\n"
 EVALSET = "synthetic-a2t-i2t"
@@ -150,11 +150,7 @@ def test_export_with_an_empty_runs_list_is_refused(run, tmp_path, runs) -> None:
 @pytest.fixture
 def scanned(workspace, tmp_path):
     home = tmp_path / "home"
-    env = models_env(workspace)
-    scan(home, workspace.root / "outputs", env=env)
-    proc = cli(["evalset", "add", workspace.evalsets[EVALSET]], home=home, env=env)
-    assert proc.returncode == 0, proc.stderr
-    return workspace, home, env
+    return workspace, home, scanned_workspace(workspace, home, EVALSET)
 
 
 @pytest.mark.slow

@@ -116,3 +116,26 @@ def train_examples(assets: Assets, n_per_task: int = 16, length: int = 32) -> li
             }
         )
     return out
+
+
+def training_args(out: Path | str, **kw):
+    """The TrainingArguments these tests train with (CPU, tiny, deterministic); ``kw`` overrides."""
+    from transformers import TrainingArguments
+
+    base = dict(
+        output_dir=str(out),
+        max_steps=6,
+        save_steps=2,
+        per_device_train_batch_size=8,
+        learning_rate=1e-2,
+        weight_decay=0.0,
+        logging_steps=1,
+        use_cpu=True,
+        disable_tqdm=True,
+        save_only_model=True,
+        report_to=["mlflow"],
+        dataloader_num_workers=0,
+        seed=0,
+    )
+    base.update(kw)
+    return TrainingArguments(**base)

@@ -18,7 +18,7 @@ from registry.errors import InvalidInput
 from registry.settings import Settings, write_workspace_config
 from registry.store import Registry
 from registry.trainable_rows import TrainableRows
-from tests.integrations.conftest import BASE_ID, EVALSET, rows_model, train_examples
+from tests.integrations.conftest import BASE_ID, EVALSET, rows_model, train_examples, training_args
 
 ENV = ("EVALBOARD_HOME", "EVALBOARD_DB", "EVALBOARD_MODELS", "EVALBOARD_WORKSPACE", "MLFLOW_TRACKING_URI")
 
@@ -45,28 +45,6 @@ def readme_workspace(assets, tmp_path, monkeypatch) -> Path:
     return root
 
 
-def _args(out: str, **kw):
-    from transformers import TrainingArguments
-
-    base = dict(
-        output_dir=out,
-        max_steps=4,
-        save_steps=2,
-        per_device_train_batch_size=8,
-        learning_rate=1e-2,
-        weight_decay=0.0,
-        logging_steps=1,
-        use_cpu=True,
-        disable_tqdm=True,
-        save_only_model=True,
-        report_to=["mlflow"],
-        dataloader_num_workers=0,
-        seed=0,
-    )
-    base.update(kw)
-    return TrainingArguments(**base)
-
-
 @pytest.mark.slow
 def test_the_readme_lines_with_a_local_base_are_evaluated_and_linked_to_the_training_run(assets, readme_workspace):
     from mlflow.tracking import MlflowClient
@@ -77,7 +55,7 @@ def test_the_readme_lines_with_a_local_base_are_evaluated_and_linked_to_the_trai
     model = rows_model(assets)
     assert Path(model.config._name_or_path) == assets.base_dir  # loaded from a local folder
     data = train_examples(assets)
-    args = _args("outputs/my_run")
+    args = training_args("outputs/my_run", max_steps=4)
 
     # the README's three lines
     callback = EvalboardCallback(EVALSET, token_space="outputs/my_run/token_space.json")
@@ -115,7 +93,7 @@ def test_an_unmapped_local_base_is_refused_at_the_first_save(assets, readme_work
     space = assets.space
     prepare_for_token_space(model, space.text_vocab_size, space.vocab_size_total, space.resolved_pad_id())
     callback = EvalboardCallback(EVALSET, token_space="outputs/my_run/token_space.json")
-    args = _args("outputs/my_run", max_steps=2, report_to=[])
+    args = training_args("outputs/my_run", max_steps=2, report_to=[])
     trainer = Trainer(model=model, args=args, train_dataset=train_examples(assets, n_per_task=2), callbacks=[callback])
     with pytest.raises(InvalidInput, match="models mapping does not name") as refused:
         trainer.train()

@@ -4,37 +4,13 @@ MLflow holds one evaluation per checkpoint, tagged with the training's MLflow ru
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
 from evalboard.integrations.hf import EvalboardCallback
 from registry.errors import NotFound
 from registry.trainable_rows import TrainableRows
-from tests.integrations.conftest import BASE_ID, EVALSET, rows_model, train_examples
-
-
-def _args(out: Path, **kw):
-    from transformers import TrainingArguments
-
-    base = dict(
-        output_dir=str(out),
-        max_steps=6,
-        save_steps=2,
-        per_device_train_batch_size=8,
-        learning_rate=1e-2,
-        weight_decay=0.0,
-        logging_steps=1,
-        use_cpu=True,
-        disable_tqdm=True,
-        save_only_model=True,
-        report_to=["mlflow"],
-        dataloader_num_workers=0,
-        seed=0,
-    )
-    base.update(kw)
-    return TrainingArguments(**base)
+from tests.integrations.conftest import BASE_ID, EVALSET, rows_model, train_examples, training_args
 
 
 def _drain(stack) -> int:
@@ -58,7 +34,7 @@ def test_every_save_is_queued_and_evaluated_linked_to_the_training_run(assets, s
     out = stack.root / "outputs" / "rows_trainer_run"
     model = rows_model(assets)
     callback = EvalboardCallback(EVALSET, assets.space, base_model=BASE_ID, settings=stack.settings)
-    trainer = Trainer(model=model, args=_args(out), train_dataset=train_examples(assets), callbacks=[callback])
+    trainer = Trainer(model=model, args=training_args(out), train_dataset=train_examples(assets), callbacks=[callback])
     trainer.train()
 
     events = callback.events
@@ -128,7 +104,7 @@ def test_instead_of_the_trainers_checkpoints_and_the_last_step_saved_at_train_en
         keep_trainer_checkpoints=False,
         rows_format="pt",
     )
-    args = _args(out, save_steps=4, max_steps=6, report_to=[], save_strategy="steps")
+    args = training_args(out, save_steps=4, max_steps=6, report_to=[], save_strategy="steps")
     trainer = Trainer(model=rows_model(assets), args=args, train_dataset=train_examples(assets), callbacks=[callback])
     trainer.train()
     assert not any(p.name.startswith("checkpoint-") for p in out.iterdir()) if out.exists() else True
@@ -144,7 +120,7 @@ def test_an_unknown_evalset_fails_before_the_first_step(assets, stack):
     callback = EvalboardCallback("no-such-evalset", assets.space, base_model=BASE_ID, settings=stack.settings)
     trainer = Trainer(
         model=rows_model(assets),
-        args=_args(stack.root / "out", max_steps=1, report_to=[]),
+        args=training_args(stack.root / "out", max_steps=1, report_to=[]),
         train_dataset=train_examples(assets, n_per_task=2),
         callbacks=[callback],
     )
